@@ -1,0 +1,1 @@
+"""Hypervisor drivers: the agent's only way to touch VMs."""

@@ -1,0 +1,70 @@
+"""The hypervisor interface. Every driver passes tests/contract/test_hypervisor_contract.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from shared.domain import Capacity, VMSpec, VMStatus
+
+VMEventCallback = Callable[[VMStatus, str], None]
+"""Called (from any thread) with the VM's new status and the lifecycle event name."""
+
+
+@dataclass(frozen=True, slots=True)
+class BootMedia:
+    """What the driver needs to boot a VM, resolved from an image by the agent."""
+
+    kernel: str = ""
+    initrd: str = ""
+    cmdline: str = ""
+    disk: str = ""  # path of the VM's own qcow2 (an overlay on the image's base), or ""
+
+
+@dataclass(frozen=True, slots=True)
+class HostInfo:
+    capacity: Capacity  # vCPUs and memory from the hypervisor; storage from the image dir's disk
+    arch: str
+    hypervisor: str  # human readable, e.g. "QEMU 7.2.0 (tcg)"
+
+
+class Hypervisor(Protocol):
+    """Blocking API (the agent calls it from a worker thread). All operations are idempotent:
+    creating a VM that already exists with the same id and generation, deleting one that is gone,
+    suspending a paused one, all succeed without change."""
+
+    def host_info(self) -> HostInfo: ...
+
+    def list_vms(self) -> list[VMStatus]:
+        """Every VM this agent manages (domains carrying our metadata)."""
+        ...
+
+    def get_vm(self, vm_id: str) -> VMStatus | None: ...
+
+    def create(
+        self, vm_id: str, spec: VMSpec, generation: int, media: BootMedia, console_log: str,
+        start_paused: bool = False,
+    ) -> VMStatus:
+        """Define the VM persistently and start it; returns once libvirt reports it running."""
+        ...
+
+    def start(self, vm_id: str) -> VMStatus: ...
+
+    def stop(self, vm_id: str) -> VMStatus:
+        """Hard stop (destroy); the definition stays."""
+        ...
+
+    def suspend(self, vm_id: str) -> VMStatus: ...
+
+    def resume(self, vm_id: str) -> VMStatus: ...
+
+    def delete(self, vm_id: str) -> None:
+        """Stop if running and undefine. Deleting an unknown VM is not an error."""
+        ...
+
+    def subscribe(self, callback: VMEventCallback) -> None:
+        """Deliver lifecycle events of managed VMs to `callback` until close()."""
+        ...
+
+    def close(self) -> None: ...
