@@ -1,0 +1,180 @@
+"""Pure translation between our VM model and libvirt domain XML.
+
+The domain carries our own metadata element so that the agent can tell its VMs from foreign
+domains and recover (vm_id, generation, image) from libvirt alone after a restart.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+from agent.hypervisor.base import BootMedia
+from shared.domain import VMSpec
+from shared.errors import InvalidArgument
+
+NAMESPACE = "https://novacron.dev/xmlns/vm/1.0"
+PREFIX = "nc"
+DOMAIN_PREFIX = "nc-"
+VIRT_TYPES = ("qemu", "kvm", "test")
+
+_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$")
+_LABEL_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._/-]{0,62}$")
+_SERIAL_CONSOLE = {"x86_64": "ttyS0", "i686": "ttyS0", "aarch64": "ttyAMA0"}
+
+
+@dataclass(frozen=True, slots=True)
+class VMMetadata:
+    """What we store in the domain's <metadata> element."""
+
+    vm_id: str
+    name: str
+    generation: int
+    image: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def domain_name(vm_name: str) -> str:
+    return f"{DOMAIN_PREFIX}{vm_name}"
+
+
+def validate_vm(vm_id: str, spec: VMSpec, generation: int) -> str:
+    """Check what libvirt would reject less clearly; returns the canonical vm_id."""
+    try:
+        canonical = str(uuid.UUID(vm_id))
+    except ValueError:
+        raise InvalidArgument(f"vm_id must be a UUID, got {vm_id!r}") from None
+    if not _NAME_RE.match(spec.name):
+        raise InvalidArgument(
+            f"name {spec.name!r} must be 1-63 characters of letters, digits, '.', '_' or '-'"
+        )
+    if spec.vcpus <= 0:
+        raise InvalidArgument(f"vcpus must be > 0, got {spec.vcpus}")
+    if spec.memory_mib <= 0:
+        raise InvalidArgument(f"memory_mib must be > 0, got {spec.memory_mib}")
+    if generation < 0:
+        raise InvalidArgument(f"generation must be >= 0, got {generation}")
+    return canonical
+
+
+def build_domain_xml(
+    vm_id: str,
+    spec: VMSpec,
+    generation: int,
+    media: BootMedia,
+    console_log: str,
+    virt_type: str = "qemu",
+    arch: str = "x86_64",
+) -> str:
+    """Domain XML for one VM: kernel boot when media has a kernel, else disk boot."""
+    vm_id = validate_vm(vm_id, spec, generation)
+    if virt_type not in VIRT_TYPES:
+        raise InvalidArgument(f"virt_type must be one of {VIRT_TYPES}, got {virt_type!r}")
+    if not media.kernel and not media.disk:
+        raise InvalidArgument("boot media needs a kernel or a disk")
+    if media.initrd and not media.kernel:
+        raise InvalidArgument("boot media has an initrd but no kernel")
+
+    dom = ET.Element("domain", type=virt_type)
+    ET.SubElement(dom, "name").text = domain_name(spec.name)
+    ET.SubElement(dom, "uuid").text = vm_id
+    ET.SubElement(dom, "title").text = f"NovaCron VM {spec.name}"
+    dom.append(_metadata_element(VMMetadata(vm_id, spec.name, generation, spec.image, spec.labels)))
+    ET.SubElement(dom, "memory", unit="MiB").text = str(spec.memory_mib)
+    ET.SubElement(dom, "vcpu").text = str(spec.vcpus)
+
+    os_el = ET.SubElement(dom, "os")
+    ET.SubElement(os_el, "type", arch=arch).text = "hvm"
+    if media.kernel:
+        ET.SubElement(os_el, "kernel").text = media.kernel
+        if media.initrd:
+            ET.SubElement(os_el, "initrd").text = media.initrd
+        ET.SubElement(os_el, "cmdline").text = kernel_cmdline(media.cmdline, spec.name, arch)
+    else:
+        ET.SubElement(os_el, "boot", dev="hd")
+
+    if virt_type == "kvm":
+        ET.SubElement(dom, "cpu", mode="host-passthrough")
+    ET.SubElement(dom, "clock", offset="utc")
+    ET.SubElement(dom, "on_poweroff").text = "destroy"
+    ET.SubElement(dom, "on_reboot").text = "restart"
+    ET.SubElement(dom, "on_crash").text = "destroy"
+
+    devices = ET.SubElement(dom, "devices")
+    if media.disk:
+        disk = ET.SubElement(devices, "disk", type="file", device="disk")
+        ET.SubElement(disk, "driver", name="qemu", type="qcow2")
+        ET.SubElement(disk, "source", file=media.disk)
+        ET.SubElement(disk, "target", dev="vda", bus="virtio")
+    serial = ET.SubElement(devices, "serial", type="file")
+    ET.SubElement(serial, "source", path=console_log, append="on")
+    ET.SubElement(serial, "target", port="0")
+    console = ET.SubElement(devices, "console", type="file")
+    ET.SubElement(console, "source", path=console_log, append="on")
+    ET.SubElement(console, "target", type="serial", port="0")
+    if virt_type != "test":
+        ET.SubElement(devices, "memballoon", model="none")
+    ET.indent(dom)
+    return ET.tostring(dom, encoding="unicode")
+
+
+def kernel_cmdline(base: str, vm_name: str, arch: str = "x86_64") -> str:
+    """The image's cmdline plus nc.name (the guest prints it) and a serial console if none."""
+    parts = base.split()
+    if not any(p.startswith("console=") for p in parts):
+        parts.insert(0, f"console={_SERIAL_CONSOLE.get(arch, 'ttyS0')}")
+    parts = [p for p in parts if not p.startswith("nc.name=")]
+    parts.append(f"nc.name={vm_name}")
+    return " ".join(parts)
+
+
+def _metadata_element(meta: VMMetadata) -> ET.Element:
+    outer = ET.Element("metadata")
+    vm = ET.SubElement(outer, f"{{{NAMESPACE}}}vm")
+    ET.SubElement(vm, f"{{{NAMESPACE}}}id").text = meta.vm_id
+    ET.SubElement(vm, f"{{{NAMESPACE}}}name").text = meta.name
+    ET.SubElement(vm, f"{{{NAMESPACE}}}generation").text = str(meta.generation)
+    ET.SubElement(vm, f"{{{NAMESPACE}}}image").text = meta.image
+    simple = {k: v for k, v in meta.labels.items() if _LABEL_RE.match(k) and len(v) <= 256}
+    if simple:
+        labels = ET.SubElement(vm, f"{{{NAMESPACE}}}labels")
+        for key in sorted(simple):
+            ET.SubElement(labels, f"{{{NAMESPACE}}}label", key=key, value=simple[key])
+    return outer
+
+
+def metadata_xml(meta: VMMetadata) -> str:
+    """Our <nc:vm> element alone, as virDomainSetMetadata wants it."""
+    vm = _metadata_element(meta)[0]
+    return ET.tostring(vm, encoding="unicode")
+
+
+def parse_metadata(domain_xml: str) -> VMMetadata | None:
+    """Our metadata from a full domain XML, or None for a domain we do not manage."""
+    try:
+        root = ET.fromstring(domain_xml)
+    except ET.ParseError:
+        return None
+    vm = root.find(f"metadata/{{{NAMESPACE}}}vm")
+    if vm is None:
+        return None
+    vm_id = (vm.findtext(f"{{{NAMESPACE}}}id") or "").strip()
+    name = (vm.findtext(f"{{{NAMESPACE}}}name") or "").strip()
+    try:
+        generation = int((vm.findtext(f"{{{NAMESPACE}}}generation") or "0").strip())
+    except ValueError:
+        generation = 0
+    if not vm_id:
+        return None
+    labels = {
+        el.get("key", ""): el.get("value", "")
+        for el in vm.findall(f"{{{NAMESPACE}}}labels/{{{NAMESPACE}}}label")
+        if el.get("key")
+    }
+    image = (vm.findtext(f"{{{NAMESPACE}}}image") or "").strip()
+    return VMMetadata(vm_id, name, generation, image, labels)
+
+
+ET.register_namespace(PREFIX, NAMESPACE)

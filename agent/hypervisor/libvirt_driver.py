@@ -1,0 +1,490 @@
+"""The libvirt driver: the real `Hypervisor` for QEMU guests (and libvirt's test driver).
+
+Blocking by design; the agent calls it from a worker thread. Lifecycle events come from libvirt's
+default event loop, run by one daemon thread per process and shared by every instance.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import libvirt
+import structlog
+
+from agent.hypervisor import domain_xml
+from agent.hypervisor.base import BootMedia, HostInfo, VMEventCallback
+from agent.hypervisor.domain_xml import VMMetadata
+from agent.hypervisor.kvm_probe import kvm_works
+from shared.domain import Capacity, VMSpec, VMState, VMStatus
+from shared.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    NovaCronError,
+    Unavailable,
+)
+
+log = structlog.get_logger(__name__)
+
+_STATES: dict[int, VMState] = {
+    libvirt.VIR_DOMAIN_NOSTATE: VMState.UNKNOWN,
+    libvirt.VIR_DOMAIN_RUNNING: VMState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: VMState.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: VMState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: VMState.RUNNING,
+    libvirt.VIR_DOMAIN_SHUTOFF: VMState.STOPPED,
+    libvirt.VIR_DOMAIN_CRASHED: VMState.CRASHED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: VMState.PAUSED,
+}
+
+# lifecycle event -> (event name, state the VM is in after it; None = ask libvirt)
+_EVENTS: dict[int, tuple[str, VMState | None]] = {
+    libvirt.VIR_DOMAIN_EVENT_DEFINED: ("defined", None),
+    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: ("undefined", VMState.MISSING),
+    libvirt.VIR_DOMAIN_EVENT_STARTED: ("started", VMState.RUNNING),
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: ("suspended", VMState.PAUSED),
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: ("resumed", VMState.RUNNING),
+    libvirt.VIR_DOMAIN_EVENT_STOPPED: ("stopped", VMState.STOPPED),
+    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: ("shutdown", None),
+    libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: ("pmsuspended", VMState.PAUSED),
+    libvirt.VIR_DOMAIN_EVENT_CRASHED: ("crashed", VMState.CRASHED),
+}
+
+_SHUTOFF_REASONS = {
+    libvirt.VIR_DOMAIN_SHUTOFF_UNKNOWN: "",
+    libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: "shutdown",
+    libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED: "destroyed",
+    libvirt.VIR_DOMAIN_SHUTOFF_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED: "migrated",
+    libvirt.VIR_DOMAIN_SHUTOFF_SAVED: "saved",
+    libvirt.VIR_DOMAIN_SHUTOFF_FAILED: "failed",
+}
+
+_event_lock = threading.Lock()
+_event_thread: threading.Thread | None = None
+
+
+def ensure_event_loop() -> None:
+    """Register libvirt's default event implementation and run it in one daemon thread.
+
+    libvirt needs this before a connection is opened for events and keepalives to work, and
+    allows it only once per process; every instance and asyncio loop shares the thread.
+    """
+    global _event_thread
+    with _event_lock:
+        if _event_thread is not None:
+            return
+        libvirt.registerErrorHandler(_quiet_error_handler, None)
+        libvirt.virEventRegisterDefaultImpl()
+        _event_thread = threading.Thread(target=_run_events, name="libvirt-events", daemon=True)
+        _event_thread.start()
+
+
+def _quiet_error_handler(_ctx: object, _err: object) -> None:
+    """libvirt prints every error to stderr by default; we raise them as exceptions instead."""
+
+
+def _run_events() -> None:
+    while True:
+        try:
+            libvirt.virEventRunDefaultImpl()
+        except Exception:  # pragma: no cover - keep the process's only event loop alive
+            log.exception("libvirt_event_loop_error")
+
+
+def _error_code(err: libvirt.libvirtError) -> int:
+    code = err.get_error_code()
+    return int(code) if code is not None else -1
+
+
+@contextmanager
+def _mapped(op: str, vm_id: str = "") -> Iterator[None]:
+    """Translate libvirt errors into shared.errors, keeping libvirt's own message."""
+    try:
+        yield
+    except libvirt.libvirtError as err:
+        code = _error_code(err)
+        msg = f"{op}{' ' + vm_id if vm_id else ''}: {err.get_error_message() or err}"
+        if code == libvirt.VIR_ERR_NO_DOMAIN:
+            raise NotFound(msg) from err
+        if code == libvirt.VIR_ERR_OPERATION_INVALID:
+            raise FailedPrecondition(msg) from err
+        if code in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_SYSTEM_ERROR) and (
+            err.get_error_domain() in (libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE)
+        ):
+            raise Unavailable(msg) from err
+        raise Internal(msg) from err
+
+
+class LibvirtHypervisor:
+    """`Hypervisor` over one libvirt connection.
+
+    virt_type: "auto" picks 'test' for the test driver, 'kvm' only when a probe proves KVM works
+    on this host, else 'qemu' (TCG); "qemu" or "kvm" force it. storage_path, if given, is the
+    directory whose filesystem size is reported as storage capacity (the image directory).
+    """
+
+    def __init__(self, uri: str, virt_type: str = "auto", storage_path: str | None = None) -> None:
+        if virt_type not in ("auto", "qemu", "kvm", "test"):
+            raise InvalidArgument(f"virt_type must be auto, qemu, kvm or test, got {virt_type!r}")
+        ensure_event_loop()
+        self._uri = uri
+        self._storage_path = storage_path
+        self._lock = threading.Lock()
+        self._callbacks: list[VMEventCallback] = []
+        self._callback_id: int | None = None
+        self._known: dict[str, VMMetadata] = {}  # vm_id -> metadata, for "undefined" events
+        self._closed = False
+        try:
+            self._conn: Any = libvirt.open(uri)
+        except libvirt.libvirtError as err:
+            raise Unavailable(f"cannot connect to libvirt at {uri}: {err}") from err
+        self._is_test = str(self._conn.getType()).upper() == "TEST"
+        self._arch = str(self._conn.getInfo()[0])
+        if self._is_test:
+            self.virt_type = "test"
+        elif virt_type == "auto":
+            self.virt_type = "kvm" if kvm_works(self._arch) else "qemu"
+        else:
+            self.virt_type = virt_type
+        log.info("libvirt_connected", uri=uri, virt_type=self.virt_type, arch=self._arch)
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def host_info(self) -> HostInfo:
+        with _mapped("host_info"):
+            info = self._conn.getInfo()
+            hv_type = str(self._conn.getType())
+            version = int(self._conn.getVersion())
+        storage_gib = 0
+        if self._storage_path and os.path.isdir(self._storage_path):
+            storage_gib = shutil.disk_usage(self._storage_path).total // (1 << 30)
+        if self._is_test:
+            hypervisor = "Test"
+        else:
+            ver = f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}"
+            hypervisor = f"{hv_type} {ver} ({'tcg' if self.virt_type == 'qemu' else 'kvm'})"
+        return HostInfo(
+            capacity=Capacity(vcpus=int(info[2]), memory_mib=int(info[1]), storage_gib=storage_gib),
+            arch=str(info[0]),
+            hypervisor=hypervisor,
+        )
+
+    def list_vms(self) -> list[VMStatus]:
+        with _mapped("list_vms"):
+            domains = self._conn.listAllDomains(0)
+        result = []
+        for dom in domains:
+            try:
+                status = self._status(dom)
+            except libvirt.libvirtError as err:
+                if _error_code(err) == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue  # vanished between listing and reading it
+                raise Internal(f"list_vms: {err.get_error_message()}") from err
+            if status is not None:
+                result.append(status)
+        return sorted(result, key=lambda s: s.name)
+
+    def get_vm(self, vm_id: str) -> VMStatus | None:
+        dom = self._lookup(vm_id)
+        if dom is None:
+            return None
+        try:
+            return self._status(dom)
+        except libvirt.libvirtError as err:
+            if _error_code(err) == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise Internal(f"get_vm {vm_id}: {err.get_error_message()}") from err
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def create(
+        self,
+        vm_id: str,
+        spec: VMSpec,
+        generation: int,
+        media: BootMedia,
+        console_log: str,
+        start_paused: bool = False,
+    ) -> VMStatus:
+        vm_id = domain_xml.validate_vm(vm_id, spec, generation)
+        for what, path in (("kernel", media.kernel), ("initrd", media.initrd), ("disk", media.disk)):
+            if path and not os.path.isfile(path):
+                raise InvalidArgument(f"{what} {path} does not exist (vm {spec.name})")
+        if not console_log or not os.path.isdir(os.path.dirname(os.path.abspath(console_log))):
+            raise InvalidArgument(f"console log directory of {console_log!r} does not exist")
+        xml = domain_xml.build_domain_xml(
+            vm_id, spec, generation, media, console_log, self.virt_type, self._arch
+        )
+        existing = self._lookup_any(vm_id)
+        if existing is not None:
+            meta = self._meta(existing)
+            if meta is None:
+                raise AlreadyExists(f"a foreign libvirt domain already has uuid {vm_id}")
+            if meta.generation == generation:
+                return self._require_status(existing, vm_id)
+            if meta.generation > generation:
+                raise FailedPrecondition(
+                    f"vm {vm_id} is at generation {meta.generation}; refusing generation {generation}"
+                )
+        self._check_name_free(vm_id, spec.name)
+        with _mapped("define", vm_id):
+            dom = self._conn.defineXML(xml)
+        self._remember(VMMetadata(vm_id, spec.name, generation, spec.image, dict(spec.labels)))
+        if existing is None or not dom.isActive():
+            flags = libvirt.VIR_DOMAIN_START_PAUSED if start_paused else 0
+            try:
+                with _mapped("start", vm_id):
+                    dom.createWithFlags(flags)
+            except NovaCronError:
+                if existing is None:  # leave nothing behind that we defined ourselves
+                    self._undefine_quietly(dom)
+                raise
+        log.info("vm_created", vm_id=vm_id, name=spec.name, generation=generation)
+        return self._require_status(dom, vm_id)
+
+    def start(self, vm_id: str) -> VMStatus:
+        dom = self._require(vm_id)
+        with _mapped("start", vm_id):
+            if not dom.isActive():
+                dom.create()
+        return self._require_status(dom, vm_id)
+
+    def stop(self, vm_id: str) -> VMStatus:
+        dom = self._require(vm_id)
+        with _mapped("stop", vm_id):
+            if dom.isActive():
+                self._destroy(dom)
+        return self._require_status(dom, vm_id)
+
+    def suspend(self, vm_id: str) -> VMStatus:
+        dom = self._require(vm_id)
+        with _mapped("suspend", vm_id):
+            state = dom.state()[0]
+            if state == libvirt.VIR_DOMAIN_SHUTOFF:
+                raise FailedPrecondition(f"suspend {vm_id}: the vm is stopped")
+            if state != libvirt.VIR_DOMAIN_PAUSED:
+                dom.suspend()
+        return self._require_status(dom, vm_id)
+
+    def resume(self, vm_id: str) -> VMStatus:
+        dom = self._require(vm_id)
+        with _mapped("resume", vm_id):
+            state = dom.state()[0]
+            if state == libvirt.VIR_DOMAIN_SHUTOFF:
+                raise FailedPrecondition(f"resume {vm_id}: the vm is stopped")
+            if state == libvirt.VIR_DOMAIN_PAUSED:
+                dom.resume()
+        return self._require_status(dom, vm_id)
+
+    def delete(self, vm_id: str) -> None:
+        dom = self._lookup(vm_id)
+        if dom is None:
+            return
+        try:
+            with _mapped("delete", vm_id):
+                if dom.isActive():
+                    self._destroy(dom)
+                self._undefine(dom)
+        except NotFound:
+            pass  # someone else removed it meanwhile: the outcome we wanted
+        log.info("vm_deleted", vm_id=vm_id)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def subscribe(self, callback: VMEventCallback) -> None:
+        with self._lock:
+            if self._closed:
+                raise FailedPrecondition("subscribe on a closed hypervisor")
+            self._callbacks.append(callback)
+            if self._callback_id is None:
+                with _mapped("subscribe"):
+                    self._callback_id = self._conn.domainEventRegisterAny(
+                        None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
+                    )
+        self.list_vms()  # learn existing VMs so that their "undefined" events can be named
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._callbacks.clear()
+            callback_id, self._callback_id = self._callback_id, None
+        try:
+            if callback_id is not None:
+                self._conn.domainEventDeregisterAny(callback_id)
+        except libvirt.libvirtError as err:
+            log.warning("libvirt_deregister_failed", error=str(err))
+        try:
+            self._conn.close()
+        except libvirt.libvirtError as err:
+            log.warning("libvirt_close_failed", error=str(err))
+
+    def __enter__(self) -> LibvirtHypervisor:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _on_lifecycle(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
+        """Runs in the libvirt event thread: build a status and hand it to the subscribers."""
+        try:
+            status = self._event_status(dom, event, detail)
+        except Exception:
+            log.exception("libvirt_event_status_failed")
+            return
+        if status is None:
+            return
+        name = _EVENTS.get(event, (f"event-{event}", None))[0]
+        with self._lock:
+            callbacks = list(self._callbacks)
+        for callback in callbacks:
+            try:
+                callback(status, name)
+            except Exception:
+                log.exception("vm_event_callback_failed", vm_id=status.vm_id, event=name)
+
+    def _event_status(self, dom: Any, event: int, detail: int) -> VMStatus | None:
+        vm_id = str(dom.UUIDString())
+        state = _EVENTS.get(event, ("", None))[1]
+        reason = ""
+        if event == libvirt.VIR_DOMAIN_EVENT_STOPPED and detail in (
+            libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED,
+            libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED,
+        ):
+            reason = "crashed" if detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED else "failed"
+        if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:
+            with self._lock:
+                meta = self._known.pop(vm_id, None)
+            if meta is None:
+                return None
+            return VMStatus(meta.vm_id, meta.name, VMState.MISSING, meta.generation, meta.image)
+        try:
+            current = self._status(dom)
+        except libvirt.libvirtError:
+            current = None
+        if current is None:
+            with self._lock:
+                meta = self._known.get(vm_id)
+            if meta is None:
+                return None
+            current = VMStatus(meta.vm_id, meta.name, VMState.UNKNOWN, meta.generation, meta.image)
+        return VMStatus(
+            vm_id=current.vm_id,
+            name=current.name,
+            state=state or current.state,
+            generation=current.generation,
+            image=current.image,
+            vcpus=current.vcpus,
+            memory_mib=current.memory_mib,
+            reason=reason or current.reason,
+        )
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _lookup_any(self, vm_id: str) -> Any | None:
+        """The domain with this UUID, managed or not."""
+        try:
+            return self._conn.lookupByUUIDString(vm_id)
+        except libvirt.libvirtError as err:
+            if _error_code(err) in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_INVALID_ARG):
+                return None
+            raise Internal(f"lookup {vm_id}: {err.get_error_message()}") from err
+
+    def _lookup(self, vm_id: str) -> Any | None:
+        """The managed domain with this id; foreign domains do not exist for us."""
+        dom = self._lookup_any(vm_id)
+        if dom is None:
+            return None
+        try:
+            return dom if self._meta(dom) is not None else None
+        except libvirt.libvirtError:
+            return None
+
+    def _require(self, vm_id: str) -> Any:
+        dom = self._lookup(vm_id)
+        if dom is None:
+            raise NotFound(f"vm {vm_id} not found")
+        return dom
+
+    def _require_status(self, dom: Any, vm_id: str) -> VMStatus:
+        with _mapped("status", vm_id):
+            status = self._status(dom)
+        if status is None:
+            raise NotFound(f"vm {vm_id} not found")
+        return status
+
+    def _meta(self, dom: Any) -> VMMetadata | None:
+        meta = domain_xml.parse_metadata(dom.XMLDesc(0))
+        if meta is not None:
+            self._remember(meta)
+        return meta
+
+    def _remember(self, meta: VMMetadata) -> None:
+        with self._lock:
+            self._known[meta.vm_id] = meta
+
+    def _status(self, dom: Any) -> VMStatus | None:
+        meta = self._meta(dom)
+        if meta is None:
+            return None
+        state, reason = dom.state()
+        info = dom.info()  # [state, maxMem KiB, mem KiB, vcpus, cpuTime]
+        why = _SHUTOFF_REASONS.get(reason, "") if state == libvirt.VIR_DOMAIN_SHUTOFF else ""
+        return VMStatus(
+            vm_id=meta.vm_id,
+            name=meta.name,
+            state=_STATES.get(state, VMState.UNKNOWN),
+            generation=meta.generation,
+            image=meta.image,
+            vcpus=int(info[3]),
+            memory_mib=int(info[1]) // 1024,
+            reason=why,
+        )
+
+    def _check_name_free(self, vm_id: str, name: str) -> None:
+        try:
+            other = self._conn.lookupByName(domain_xml.domain_name(name))
+        except libvirt.libvirtError:
+            return
+        if str(other.UUIDString()) != vm_id:
+            raise AlreadyExists(
+                f"vm name {name!r} is taken by domain {other.UUIDString()} on this node"
+            )
+
+    @staticmethod
+    def _destroy(dom: Any) -> None:
+        try:
+            dom.destroy()
+        except libvirt.libvirtError as err:
+            if _error_code(err) != libvirt.VIR_ERR_OPERATION_INVALID:  # already stopped
+                raise
+
+    @staticmethod
+    def _undefine(dom: Any) -> None:
+        flags = (
+            libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+        )
+        try:
+            dom.undefineFlags(flags)
+        except libvirt.libvirtError as err:
+            if _error_code(err) == libvirt.VIR_ERR_NO_SUPPORT:
+                dom.undefine()
+            else:
+                raise
+
+    def _undefine_quietly(self, dom: Any) -> None:
+        try:
+            self._undefine(dom)
+        except libvirt.libvirtError as err:
+            log.warning("undefine_after_failed_start_failed", error=str(err))
+

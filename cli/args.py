@@ -1,0 +1,67 @@
+"""argparse value types: catch obvious input mistakes before any RPC (exit 2, like any usage error).
+
+The controller stays the authority; these only spare a round trip and give a clearer message.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+UINT32_MAX = 2**32 - 1
+UINT64_MAX = 2**64 - 1
+
+
+def _int(text: str, minimum: int, maximum: int, what: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    if value > maximum:
+        raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {text!r}")
+    return value
+
+
+def positive_u32(text: str) -> int:
+    return _int(text, 1, UINT32_MAX, "a positive integer")
+
+
+def positive_u64(text: str) -> int:
+    return _int(text, 1, UINT64_MAX, "a positive integer")
+
+
+def non_negative_u32(text: str) -> int:
+    return _int(text, 0, UINT32_MAX, "an integer >= 0")
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def label(text: str) -> tuple[str, str]:
+    """`key=value`; the key must be non-empty, the value may be empty."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"must be key=value, got {text!r}")
+    return key, value
+
+
+def non_empty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def controller(text: str) -> str:
+    """HOST:PORT (or any gRPC target such as unix:/path); only emptiness is rejected here."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be HOST:PORT")
+    return text.strip()

@@ -1,0 +1,152 @@
+"""Thin typed wrapper over the sync EdgeAPI stub.
+
+It exists so every call gets a deadline and every `grpc.RpcError` becomes a `CLIError` carrying
+the status code name and the server's message verbatim (the server is the authority on wording).
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from cli.errors import CLIError
+from cli.version import VERSION
+from shared.pb.v1 import edge_api_pb2 as api
+from shared.pb.v1 import edge_api_pb2_grpc, types_pb2
+
+DEFAULT_CONTROLLER = "127.0.0.1:7700"
+DEFAULT_TIMEOUT = 10.0
+# Deadline for DeployVM when the controller picks the wait time itself (timeout_seconds = 0).
+DEFAULT_DEPLOY_WAIT = 300
+
+_Req = TypeVar("_Req", bound=Message)
+_Resp = TypeVar("_Resp", bound=Message)
+
+# Fragments of grpc-core transport errors: an UNAVAILABLE carrying one of these never reached the
+# controller, so it is reported as "cannot reach"; any other UNAVAILABLE came from the server.
+_TRANSPORT_HINTS = (
+    "failed to connect",
+    "connection refused",
+    "dns resolution failed",
+    "name resolution",
+    "socket closed",
+    "connections to all backends failing",
+    "no route to host",
+    "network is unreachable",
+    "handshake",
+    "connection reset",
+    "empty address list",
+)
+
+
+def is_transport_failure(details: str) -> bool:
+    lowered = details.lower()
+    return any(hint in lowered for hint in _TRANSPORT_HINTS)
+
+
+class EdgeClient:
+    """One channel to one controller; use as a context manager so the channel is closed."""
+
+    def __init__(self, target: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(
+            target, options=[("grpc.primary_user_agent", f"novacron-cli/{VERSION}")]
+        )
+        self._stub = edge_api_pb2_grpc.EdgeAPIStub(self._channel)
+
+    def __enter__(self) -> EdgeClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    # -- error mapping -------------------------------------------------------------------------
+
+    def to_cli_error(self, err: grpc.RpcError, deadline: float) -> CLIError:
+        """Map an RpcError to a CLIError; transport failures get a hint naming the target."""
+        code = err.code() if isinstance(err, grpc.Call) else None
+        details = (err.details() if isinstance(err, grpc.Call) else None) or str(err)
+        name = code.name if code is not None else "UNKNOWN"
+        if code is grpc.StatusCode.UNAVAILABLE and is_transport_failure(details):
+            return CLIError(name, f"cannot reach controller at {self.target} ({details})")
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED and details.lower() in (
+            "deadline exceeded",
+            "",
+        ):
+            return CLIError(
+                name, f"no answer from controller at {self.target} within {deadline:g}s"
+            )
+        return CLIError(name, details)
+
+    def _call(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[_Req, _Resp],
+        request: _Req,
+        timeout: float | None = None,
+    ) -> _Resp:
+        deadline = self.timeout if timeout is None else timeout
+        try:
+            return method(request, timeout=deadline)
+        except grpc.RpcError as err:
+            raise self.to_cli_error(err, deadline) from None
+
+    # -- RPCs ----------------------------------------------------------------------------------
+
+    def deploy_future(
+        self, request: api.DeployVMRequest
+    ) -> tuple[grpc.Future[types_pb2.VM], float]:
+        """Start DeployVM without blocking (so a spinner can run); returns (future, deadline).
+
+        The deadline covers the controller's wait for the VM to run plus the normal RPC timeout.
+        """
+        wait = request.timeout_seconds or DEFAULT_DEPLOY_WAIT
+        deadline = wait + self.timeout
+        return self._stub.DeployVM.future(request, timeout=deadline), deadline
+
+    def deploy_result(self, future: grpc.Future[types_pb2.VM], deadline: float) -> types_pb2.VM:
+        try:
+            return future.result()
+        except grpc.RpcError as err:
+            raise self.to_cli_error(err, deadline) from None
+
+    def get_vm(self, name_or_id: str) -> types_pb2.VM:
+        return self._call(self._stub.GetVM, api.GetVMRequest(name_or_id=name_or_id))
+
+    def list_vms(self, node_id: str = "") -> list[types_pb2.VM]:
+        resp = self._call(self._stub.ListVMs, api.ListVMsRequest(node_id=node_id))
+        return list(resp.vms)
+
+    def delete_vm(self, name_or_id: str) -> types_pb2.VM:
+        resp = self._call(self._stub.DeleteVM, api.DeleteVMRequest(name_or_id=name_or_id))
+        return resp.vm
+
+    def suspend_vm(self, name_or_id: str) -> types_pb2.VM:
+        return self._call(self._stub.SuspendVM, api.VMRef(name_or_id=name_or_id))
+
+    def resume_vm(self, name_or_id: str) -> types_pb2.VM:
+        return self._call(self._stub.ResumeVM, api.VMRef(name_or_id=name_or_id))
+
+    def vm_console(self, name_or_id: str, max_bytes: int = 0) -> api.GetVMConsoleResponse:
+        req = api.GetVMConsoleRequest(name_or_id=name_or_id, max_bytes=max_bytes)
+        return self._call(self._stub.GetVMConsole, req)
+
+    def list_nodes(self) -> list[types_pb2.Node]:
+        return list(self._call(self._stub.ListNodes, api.ListNodesRequest()).nodes)
+
+    def get_node(self, node_id: str) -> types_pb2.Node:
+        return self._call(self._stub.GetNode, api.GetNodeRequest(node_id=node_id))
+
+    def status(self) -> api.Status:
+        return self._call(self._stub.GetStatus, api.GetStatusRequest())

@@ -1,0 +1,130 @@
+"""One function per command: call the controller through EdgeClient, print in the chosen format."""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TextIO
+
+from google.protobuf.message import Message
+
+from cli import progress
+from cli.client import EdgeClient
+from cli.render import dump, list_data, to_data
+from cli.views import node_describe, node_table, status_describe, vm_describe, vm_table
+from shared.pb.v1 import edge_api_pb2 as api
+from shared.pb.v1 import types_pb2 as pb
+
+
+@dataclass(frozen=True)
+class Context:
+    client: EdgeClient
+    fmt: str
+    out: TextIO
+    err: TextIO
+    now: float
+
+
+Handler = Callable[[Context, argparse.Namespace], int]
+
+
+def _emit_one(ctx: Context, message: Message, as_table: Callable[[], str]) -> int:
+    ctx.out.write(as_table() if ctx.fmt == "table" else dump(to_data(message), ctx.fmt))
+    return 0
+
+
+def _emit_list(
+    ctx: Context, messages: Sequence[Message], as_table: Callable[[], str], what: str
+) -> int:
+    if ctx.fmt != "table":
+        ctx.out.write(dump(list_data(messages), ctx.fmt))
+    elif not messages:
+        ctx.err.write(f"No {what} found.\n")
+    else:
+        ctx.out.write(as_table())
+    return 0
+
+
+# -- status / nodes ----------------------------------------------------------------------------
+
+
+def status(ctx: Context, args: argparse.Namespace) -> int:
+    st = ctx.client.status()
+    return _emit_one(ctx, st, lambda: status_describe(st))
+
+
+def node_list(ctx: Context, args: argparse.Namespace) -> int:
+    nodes = ctx.client.list_nodes()
+    return _emit_list(ctx, nodes, lambda: node_table(nodes, ctx.now), "nodes")
+
+
+def node_show(ctx: Context, args: argparse.Namespace) -> int:
+    node = ctx.client.get_node(args.node)
+    return _emit_one(ctx, node, lambda: node_describe(node, ctx.now))
+
+
+# -- VMs ---------------------------------------------------------------------------------------
+
+
+def vm_deploy(ctx: Context, args: argparse.Namespace) -> int:
+    request_id = args.request_id or str(uuid.uuid4())
+    spec = pb.VMSpec(
+        name=args.name,
+        image=args.image,
+        vcpus=args.vcpus,
+        memory_mib=args.memory_mib,
+        labels=dict(args.labels),
+    )
+    request = api.DeployVMRequest(
+        spec=spec, request_id=request_id, timeout_seconds=args.wait_timeout
+    )
+    # On stderr so stdout stays clean for -o json; the id makes a retry idempotent.
+    ctx.err.write(f"deploying {args.name} (request_id {request_id})\n")
+    future, deadline = ctx.client.deploy_future(request)
+    try:
+        progress.wait(future, f"waiting for {args.name} to run", ctx.err)
+        vm = ctx.client.deploy_result(future, deadline)
+    except KeyboardInterrupt:
+        future.cancel()
+        ctx.err.write(
+            f"\ninterrupted: the controller may still deploy {args.name}; "
+            f"re-run with --request-id {request_id} to wait for the same deployment\n"
+        )
+        return 130
+    return _emit_one(ctx, vm, lambda: vm_table([vm], ctx.now))
+
+
+def vm_list(ctx: Context, args: argparse.Namespace) -> int:
+    vms = ctx.client.list_vms(args.node or "")
+    return _emit_list(ctx, vms, lambda: vm_table(vms, ctx.now), "VMs")
+
+
+def vm_show(ctx: Context, args: argparse.Namespace) -> int:
+    vm = ctx.client.get_vm(args.vm)
+    return _emit_one(ctx, vm, lambda: vm_describe(vm, ctx.now))
+
+
+def vm_suspend(ctx: Context, args: argparse.Namespace) -> int:
+    vm = ctx.client.suspend_vm(args.vm)
+    return _emit_one(ctx, vm, lambda: vm_table([vm], ctx.now))
+
+
+def vm_resume(ctx: Context, args: argparse.Namespace) -> int:
+    vm = ctx.client.resume_vm(args.vm)
+    return _emit_one(ctx, vm, lambda: vm_table([vm], ctx.now))
+
+
+def vm_delete(ctx: Context, args: argparse.Namespace) -> int:
+    vm = ctx.client.delete_vm(args.vm)
+    return _emit_one(ctx, vm, lambda: vm_table([vm], ctx.now))
+
+
+def vm_console(ctx: Context, args: argparse.Namespace) -> int:
+    resp = ctx.client.vm_console(args.vm, args.bytes)
+    if ctx.fmt != "table":
+        return _emit_one(ctx, resp, lambda: "")
+    text = resp.text
+    ctx.out.write(text if not text or text.endswith("\n") else text + "\n")
+    return 0

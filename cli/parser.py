@@ -1,0 +1,262 @@
+"""The argparse tree: every command with help text and examples.
+
+Global options (--controller, -o, --timeout) are accepted before or after the command
+(`novacron -o json vm list` and `novacron vm list -o json`), as kubectl users expect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from cli import args as types
+from cli import commands
+from cli.client import DEFAULT_CONTROLLER, DEFAULT_DEPLOY_WAIT, DEFAULT_TIMEOUT
+from cli.render import FORMATS
+from cli.version import VERSION
+
+ENV_CONTROLLER = "NOVACRON_CONTROLLER"
+
+MAIN_EPILOG = f"""\
+output (-o):
+  table   human-readable columns (default); `show` commands print a describe block
+  json    protobuf messages as JSON with proto field names (memory_mib); enums as lowercase
+          short names ("running", "not_ready", "mec"); 64-bit integers as numbers; every
+          field present even at its default; timestamps in RFC 3339; lists as {{"items": [...]}}
+  yaml    the same data as YAML
+
+errors:
+  printed on stderr as `error: CODE: message` (CODE is the gRPC status, e.g. NOT_FOUND) with
+  exit status 1; usage errors exit 2.
+
+environment:
+  {ENV_CONTROLLER}   default for --controller (else {DEFAULT_CONTROLLER})
+
+examples:
+  novacron status
+  novacron node list
+  novacron vm deploy web-1 --image alpine-3.20 --vcpus 1 --memory-mib 256
+  novacron vm list -o json
+  novacron --controller 10.0.0.5:7700 vm show web-1
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
+
+
+def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """Add the global options; below the top level they default to SUPPRESS so an option
+    given before the command is not overwritten by the subcommand's default."""
+
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    group = parser.add_argument_group("global options")
+    group.add_argument(
+        "--controller",
+        metavar="HOST:PORT",
+        type=types.controller,
+        default=default(None),
+        help=f"controller EdgeAPI address (env {ENV_CONTROLLER}, default {DEFAULT_CONTROLLER})",
+    )
+    group.add_argument(
+        "-o",
+        "--output",
+        choices=FORMATS,
+        default=default("table"),
+        help="output format: table (default), json, yaml",
+    )
+    group.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=types.positive_seconds,
+        default=default(DEFAULT_TIMEOUT),
+        help=f"deadline for each RPC (default {DEFAULT_TIMEOUT:g}); vm deploy adds its wait time",
+    )
+
+
+def _sub(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_text: str,
+    examples: str,
+    handler: commands.Handler,
+    aliases: tuple[str, ...] = (),
+) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        name,
+        aliases=list(aliases),
+        help=help_text,
+        description=help_text,
+        epilog="examples:\n" + examples,
+        formatter_class=_Formatter,
+    )
+    _global_options(parser, top=False)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _group(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_text: str,
+    examples: str,
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    parser = subparsers.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog="examples:\n" + examples,
+        formatter_class=_Formatter,
+    )
+    _global_options(parser, top=False)
+    return parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="novacron",
+        description="Operate NovaCron Edge: nodes and VMs through the controller's EdgeAPI.",
+        epilog=MAIN_EPILOG,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"novacron {VERSION}")
+    _global_options(parser, top=True)
+    top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    _sub(
+        top,
+        "status",
+        "show controller status: version, store, node and VM counts",
+        "  novacron status\n  novacron status -o yaml\n",
+        commands.status,
+    )
+
+    # -- node --
+    node = _group(
+        top, "node", "inspect edge nodes", "  novacron node list\n  novacron node show gw-1\n"
+    )
+    _sub(
+        node,
+        "list",
+        "list nodes with condition, location, allocated/total vCPUs and memory, heartbeat age",
+        "  novacron node list\n  novacron node list -o json | jq '.items[].info.node_id'\n",
+        commands.node_list,
+        aliases=("ls",),
+    )
+    show = _sub(
+        node,
+        "show",
+        "describe one node: labels, capacity, allocation, utilisation, images",
+        "  novacron node show gw-1\n  novacron node show gw-1 -o yaml\n",
+        commands.node_show,
+        aliases=("describe",),
+    )
+    show.add_argument("node", metavar="NODE", type=types.non_empty, help="node id")
+
+    # -- vm --
+    vm = _group(
+        top,
+        "vm",
+        "deploy and manage virtual machines",
+        "  novacron vm deploy web-1 --image alpine-3.20 --vcpus 1 --memory-mib 256\n"
+        "  novacron vm list --node gw-1\n"
+        "  novacron vm console web-1 --bytes 4096\n",
+    )
+    deploy = _sub(
+        vm,
+        "deploy",
+        "deploy a VM and wait until it runs (a spinner shows progress on a terminal)",
+        "  novacron vm deploy web-1 --image alpine-3.20 --vcpus 1 --memory-mib 256\n"
+        "  novacron vm deploy cam-7 --image yolo-arm64 --vcpus 2 --memory-mib 1024 \\\n"
+        "      --label app=vision --label tier=edge --wait-timeout 120\n"
+        "  # retry safely after a timeout or a lost connection: reuse the printed request_id\n"
+        "  novacron vm deploy web-1 --image alpine-3.20 --vcpus 1 --memory-mib 256 \\\n"
+        "      --request-id 3f0c9a52-...\n",
+        commands.vm_deploy,
+    )
+    deploy.add_argument("name", metavar="NAME", type=types.non_empty, help="VM name")
+    deploy.add_argument("--image", required=True, type=types.non_empty, help="image name")
+    deploy.add_argument(
+        "--vcpus", required=True, type=types.positive_u32, metavar="N", help="virtual CPUs (> 0)"
+    )
+    deploy.add_argument(
+        "--memory-mib",
+        required=True,
+        type=types.positive_u64,
+        metavar="M",
+        help="memory in MiB (> 0)",
+    )
+    deploy.add_argument(
+        "--label",
+        dest="labels",
+        action="append",
+        type=types.label,
+        default=[],
+        metavar="KEY=VALUE",
+        help="VM label (repeatable)",
+    )
+    deploy.add_argument(
+        "--request-id",
+        type=types.non_empty,
+        metavar="ID",
+        help="idempotency key; a new UUID is generated (and printed on stderr) if omitted",
+    )
+    deploy.add_argument(
+        "--wait-timeout",
+        type=types.non_negative_u32,
+        default=0,
+        metavar="S",
+        help="seconds the controller waits for the VM to run (0 = controller default; "
+        f"the CLI then allows {DEFAULT_DEPLOY_WAIT}s)",
+    )
+
+    vm_list = _sub(
+        vm,
+        "list",
+        "list VMs (ID is shortened to 8 characters; -o json has the full id)",
+        "  novacron vm list\n  novacron vm list --node gw-1 -o yaml\n",
+        commands.vm_list,
+        aliases=("ls",),
+    )
+    vm_list.add_argument("--node", metavar="NODE", help="only VMs placed on this node")
+
+    for verb, help_text, handler, aliases in (
+        ("show", "describe one VM", commands.vm_show, ("describe",)),
+        ("suspend", "pause a running VM", commands.vm_suspend, ()),
+        ("resume", "resume a suspended VM", commands.vm_resume, ()),
+        ("delete", "delete a VM (its desired state becomes deleted)", commands.vm_delete, ("rm",)),
+    ):
+        sub = _sub(
+            vm,
+            verb,
+            help_text,
+            f"  novacron vm {verb} web-1\n  novacron vm {verb} 3f0c9a52 -o json\n",
+            handler,
+            aliases=aliases,
+        )
+        sub.add_argument("vm", metavar="NAME|ID", type=types.non_empty, help="VM name or id")
+
+    console = _sub(
+        vm,
+        "console",
+        "print the tail of the guest's serial console log",
+        "  novacron vm console web-1\n  novacron vm console web-1 --bytes 4096\n",
+        commands.vm_console,
+    )
+    console.add_argument("vm", metavar="NAME|ID", type=types.non_empty, help="VM name or id")
+    console.add_argument(
+        "--bytes",
+        type=types.non_negative_u32,
+        default=0,
+        metavar="N",
+        help="how much of the tail to print (0 = controller default, 64 KiB)",
+    )
+    return parser
+
+
+def resolve_controller(value: str | None) -> str:
+    """--controller, else $NOVACRON_CONTROLLER, else the default; read at run time."""
+    return value or os.environ.get(ENV_CONTROLLER, "").strip() or DEFAULT_CONTROLLER

@@ -1,0 +1,466 @@
+"""The controller's core: desired state, node registry, deploy/delete/suspend/resume, reconcile.
+
+It owns the in-memory view (authoritative while running, loaded from the store at start) and
+writes every change through the store before acknowledging it. Placement and reconciliation are
+pure functions it calls; the gRPC adapters (`controller.api`, `controller.sessions`) call it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import structlog
+
+from controller.liveness import node_condition
+from controller.placement import Candidate, PlacementEngine
+from controller.reconcile import Action, ActionKind, plan
+from controller.records import AuditEntry, NodeRecord, VMRecord
+from controller.sessions import AgentConnection
+from controller.store import Store
+from controller.validation import validate_spec
+from shared import convert
+from shared.domain import (
+    Capacity,
+    DesiredState,
+    NodeCondition,
+    VMSpec,
+    VMState,
+    VMStatus,
+)
+from shared.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    NotFound,
+    NovaCronError,
+    Unavailable,
+    error_from_code,
+)
+from shared.pb.v1 import agent_pb2 as apb
+
+log = structlog.get_logger(__name__)
+
+Clock = Callable[[], float]
+
+
+class Controller:
+    def __init__(
+        self,
+        store: Store,
+        engine: PlacementEngine,
+        *,
+        controller_id: str = "",
+        heartbeat_interval: float = 5.0,
+        command_timeout: float = 30.0,
+        deploy_timeout: float = 120.0,
+        clock: Clock = time.time,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.controller_id = controller_id or f"controller-{uuid.uuid4().hex[:8]}"
+        self.heartbeat_interval = heartbeat_interval
+        self.command_timeout = command_timeout
+        self.deploy_timeout = deploy_timeout
+        self.clock = clock
+        self.started_at = clock()
+        self.nodes: dict[str, NodeRecord] = {}
+        self.vms: dict[str, VMRecord] = {}
+        self._connections: dict[str, AgentConnection] = {}
+        self._inflight: dict[str, asyncio.Task[VMRecord]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ---------------------------------------------------------------- start-up and views
+
+    async def load(self) -> None:
+        """Load persisted state. Until its node reports, a VM's observed state is unknown."""
+        for node in await self.store.load_nodes():
+            self.nodes[node.node_id] = node
+        for vm in await self.store.load_vms():
+            if vm.state not in (VMState.FAILED, VMState.DELETING):
+                vm.state = VMState.UNKNOWN
+                vm.state_reason = "controller restarted; waiting for the node to report"
+            self.vms[vm.id] = vm
+        log.info("state loaded", nodes=len(self.nodes), vms=len(self.vms), store=self.store.name)
+
+    def condition(self, node: NodeRecord) -> tuple[NodeCondition, str]:
+        return node_condition(
+            node.connected, node.last_heartbeat, self.clock(), self.heartbeat_interval
+        )
+
+    def allocated(self, node_id: str) -> Capacity:
+        total = Capacity()
+        for vm in self.vms.values():
+            if vm.node_id == node_id and vm.reserves_capacity:
+                total = total + vm.spec.capacity()
+        return total
+
+    def vms_on(self, node_id: str) -> list[VMRecord]:
+        return [vm for vm in self.vms.values() if vm.node_id == node_id]
+
+    def candidates(self) -> list[Candidate]:
+        return [
+            Candidate(
+                node_id=node.node_id,
+                condition=self.condition(node)[0],
+                capacity=node.capacity,
+                allocated=self.allocated(node.node_id),
+                images=frozenset(i.name for i in node.images),
+            )
+            for node in self.nodes.values()
+        ]
+
+    def find_vm(self, name_or_id: str) -> VMRecord:
+        if not name_or_id:
+            raise NotFound("a VM name or id is required")
+        vm = self.vms.get(name_or_id)
+        if vm is not None:
+            return vm
+        for vm in self.vms.values():
+            if vm.spec.name == name_or_id:
+                return vm
+        matches = [vm for vm in self.vms.values() if vm.id.startswith(name_or_id)]
+        if len(matches) == 1:
+            return matches[0]
+        raise NotFound(f"VM {name_or_id!r} not found")
+
+    def get_node(self, node_id: str) -> NodeRecord:
+        node = self.nodes.get(node_id)
+        if node is None:
+            raise NotFound(f"node {node_id!r} not found")
+        return node
+
+    # ---------------------------------------------------------------- client operations
+
+    async def deploy(self, spec: VMSpec, request_id: str = "", timeout: float = 0) -> VMRecord:
+        validate_spec(spec)
+        timeout = timeout or self.deploy_timeout
+        if request_id:
+            for vm in self.vms.values():
+                if vm.request_id == request_id:
+                    return await self._retry_of(vm, spec, timeout)
+        if any(vm.spec.name == spec.name for vm in self.vms.values()):
+            raise AlreadyExists(f"a VM named {spec.name!r} already exists")
+        self._require_image(spec.image)
+        decision = self.engine.place(spec, self.candidates())
+        now = self.clock()
+        record = VMRecord(
+            id=str(uuid.uuid4()),
+            spec=spec,
+            node_id=decision.node_id,
+            desired=DesiredState.RUNNING,
+            state=VMState.PENDING,
+            generation=1,
+            created_at=now,
+            updated_at=now,
+            state_reason=f"placed on {decision.node_id}",
+            request_id=request_id,
+        )
+        # Recorded before any await: this is the capacity reservation.
+        self.vms[record.id] = record
+        try:
+            await self.store.put_vm(record)
+        except Exception:
+            del self.vms[record.id]
+            raise
+        await self._audit("vm.deploy", record.id, f"name={spec.name} node={decision.node_id}")
+        log.info("vm placed", vm_id=record.id, name=spec.name, node_id=decision.node_id)
+        task = asyncio.create_task(self._create_on_node(record, timeout))
+        self._inflight[record.id] = task
+        task.add_done_callback(lambda _: self._inflight.pop(record.id, None))
+        return await asyncio.shield(task)
+
+    async def _retry_of(self, vm: VMRecord, spec: VMSpec, timeout: float) -> VMRecord:
+        if vm.spec != spec:
+            raise AlreadyExists(
+                f"request_id {vm.request_id!r} was already used to deploy VM {vm.spec.name!r} "
+                "with a different spec"
+            )
+        task = self._inflight.get(vm.id)
+        if task is not None:
+            return await asyncio.wait_for(asyncio.shield(task), timeout)
+        if vm.state is VMState.FAILED:
+            raise FailedPrecondition(
+                f"VM {vm.spec.name!r} from this request failed: {vm.state_reason}; "
+                "delete it before deploying again"
+            )
+        return vm
+
+    def _require_image(self, image: str) -> None:
+        known = {i.name for node in self.nodes.values() for i in node.images}
+        if image not in known:
+            listing = ", ".join(sorted(known)) or "none"
+            raise NotFound(f"image {image!r} not found on any node (known images: {listing})")
+
+    async def _create_on_node(self, vm: VMRecord, timeout: float) -> VMRecord:
+        command = apb.Command(
+            create=apb.CreateVM(
+                vm_id=vm.id,
+                spec=convert.spec_to_pb(vm.spec),
+                generation=vm.generation,
+                start_paused=vm.desired is DesiredState.PAUSED,
+            )
+        )
+        result = await self._command_vm(vm, command, timeout, "creating")
+        await self._observe(vm, convert.vm_status_from_pb(result.vm))
+        return vm
+
+    async def _command_vm(
+        self, vm: VMRecord, command: apb.Command, timeout: float, doing: str
+    ) -> apb.CommandResult:
+        """Run a command for `vm` on its node, turning every failure into a recorded state."""
+        conn = self._connections.get(vm.node_id)
+        try:
+            if conn is None:
+                raise Unavailable(f"node {vm.node_id!r} is not connected")
+            result = await conn.call(command, timeout)
+        except (Unavailable, DeadlineExceeded) as exc:
+            await self._set_state(
+                vm, VMState.UNKNOWN, f"{exc}; state unknown until the node reports"
+            )
+            raise type(exc)(f"{doing} VM {vm.spec.name!r}: {exc}; its state is unknown") from exc
+        if not result.ok:
+            if command.WhichOneof("action") == "create":
+                await self._set_state(vm, VMState.FAILED, result.error.message)
+            raise error_from_code(
+                result.error.code,
+                f"node {vm.node_id!r} failed {doing} VM {vm.spec.name!r}: {result.error.message}",
+            )
+        return result
+
+    async def delete(self, name_or_id: str) -> VMRecord:
+        vm = self.find_vm(name_or_id)
+        never_created = vm.state is VMState.FAILED
+        vm.desired = DesiredState.DELETED
+        await self._set_state(vm, VMState.DELETING, "deletion requested")
+        await self._audit("vm.delete", vm.id, f"name={vm.spec.name} node={vm.node_id}")
+        conn = self._connections.get(vm.node_id)
+        if conn is None:
+            if never_created:  # the driver leaves nothing behind when a create fails
+                vm.state_reason = "deleted (it had failed to deploy)"
+                await self._forget(vm)
+                return vm
+            await self._set_state(
+                vm,
+                VMState.DELETING,
+                f"node {vm.node_id!r} is not connected; the VM will be deleted when it reconnects",
+            )
+            return vm
+        command = apb.Command(delete=apb.VMTarget(vm_id=vm.id, name=vm.spec.name))
+        try:
+            await self._command_vm(vm, command, self.command_timeout, "deleting")
+        except (Unavailable, DeadlineExceeded):
+            vm.state = VMState.DELETING
+            vm.state_reason = "the node did not confirm; the VM will be deleted when it reports"
+            await self.store.put_vm(vm)
+            return vm
+        vm.state = VMState.MISSING
+        vm.state_reason = f"deleted from node {vm.node_id}"
+        await self._forget(vm)
+        return vm
+
+    async def suspend(self, name_or_id: str) -> VMRecord:
+        return await self._change_power(name_or_id, DesiredState.PAUSED)
+
+    async def resume(self, name_or_id: str) -> VMRecord:
+        return await self._change_power(name_or_id, DesiredState.RUNNING)
+
+    async def _change_power(self, name_or_id: str, desired: DesiredState) -> VMRecord:
+        vm = self.find_vm(name_or_id)
+        verb = "suspend" if desired is DesiredState.PAUSED else "resume"
+        if vm.desired is DesiredState.DELETED:
+            raise FailedPrecondition(f"cannot {verb} VM {vm.spec.name!r}: it is being deleted")
+        if vm.state is VMState.FAILED:
+            raise FailedPrecondition(f"cannot {verb} VM {vm.spec.name!r}: it failed to deploy")
+        if vm.node_id not in self._connections:
+            raise FailedPrecondition(
+                f"cannot {verb} VM {vm.spec.name!r}: node {vm.node_id!r} is not connected"
+            )
+        vm.desired = desired
+        await self.store.put_vm(vm)
+        await self._audit(f"vm.{verb}", vm.id, f"name={vm.spec.name}")
+        target = apb.VMTarget(vm_id=vm.id, name=vm.spec.name, generation=vm.generation)
+        command = (
+            apb.Command(suspend=target) if verb == "suspend" else apb.Command(resume=target)
+        )
+        result = await self._command_vm(vm, command, self.command_timeout, f"{verb[:-1]}ing")
+        await self._observe(vm, convert.vm_status_from_pb(result.vm))
+        return vm
+
+    async def console(self, name_or_id: str, max_bytes: int) -> tuple[VMRecord, str]:
+        vm = self.find_vm(name_or_id)
+        conn = self._connections.get(vm.node_id)
+        if conn is None:
+            raise Unavailable(f"node {vm.node_id!r} is not connected")
+        command = apb.Command(
+            read_console=apb.ReadConsole(
+                vm_id=vm.id, name=vm.spec.name, max_bytes=max_bytes or 65536
+            )
+        )
+        result = await conn.call(command, self.command_timeout)
+        if not result.ok:
+            raise error_from_code(result.error.code, result.error.message)
+        return vm, result.console
+
+    # ---------------------------------------------------------------- agent sessions
+
+    async def on_hello(self, conn: AgentConnection, hello: apb.Hello) -> None:
+        info = convert.node_info_from_pb(hello.node)
+        now = self.clock()
+        previous = self._connections.get(info.node_id)
+        if previous is not None and previous is not conn:
+            previous.close("replaced by a newer session")
+        node = self.nodes.get(info.node_id)
+        if node is None:
+            node = NodeRecord(info=info, registered_at=now)
+            self.nodes[info.node_id] = node
+            await self._audit("node.register", info.node_id, f"edge_type={info.edge_type}")
+        node.info = info
+        node.images = tuple(convert.image_from_pb(i) for i in hello.images)
+        node.connected = True
+        node.last_heartbeat = now
+        self._connections[info.node_id] = conn
+        await self.store.put_node(node)
+        reported = [convert.vm_status_from_pb(v) for v in hello.vms]
+        self._spawn(self._reconcile(conn, reported))
+
+    async def on_heartbeat(self, conn: AgentConnection, heartbeat: apb.Heartbeat) -> None:
+        node = self.nodes.get(conn.node_id)
+        if node is None or self._connections.get(conn.node_id) is not conn:
+            return
+        node.last_heartbeat = self.clock()
+        node.utilization = convert.utilization_from_pb(heartbeat.utilization)
+        for status in heartbeat.vms:
+            await self._observe_reported(conn.node_id, convert.vm_status_from_pb(status))
+
+    async def on_vm_event(self, conn: AgentConnection, event: apb.VMEvent) -> None:
+        status = convert.vm_status_from_pb(event.vm)
+        log.info("vm event", node_id=conn.node_id, vm_id=status.vm_id, event=event.event)
+        await self._observe_reported(conn.node_id, status)
+
+    async def on_disconnect(self, conn: AgentConnection) -> None:
+        if self._connections.get(conn.node_id) is not conn:
+            return
+        del self._connections[conn.node_id]
+        node = self.nodes.get(conn.node_id)
+        if node is not None:
+            node.connected = False
+            await self.store.put_node(node)
+        for vm in self.vms_on(conn.node_id):
+            if vm.state not in (VMState.FAILED, VMState.DELETING):
+                await self._set_state(vm, VMState.UNKNOWN, f"node {conn.node_id!r} disconnected")
+
+    async def _reconcile(self, conn: AgentConnection, reported: Sequence[VMStatus]) -> None:
+        actions = plan(conn.node_id, list(self.vms.values()), reported)
+        for action in actions:
+            try:
+                await self._apply(conn, action)
+            except NovaCronError as exc:
+                log.warning(
+                    "reconcile action failed",
+                    node_id=conn.node_id,
+                    vm_id=action.vm_id,
+                    action=action.kind,
+                    error=str(exc),
+                )
+
+    async def _apply(self, conn: AgentConnection, action: Action) -> None:
+        vm = self.vms.get(action.vm_id)
+        if action.kind is ActionKind.OBSERVE and vm is not None and action.observed is not None:
+            await self._set_state(vm, action.observed, f"reported by {conn.node_id}")
+            return
+        if action.kind is ActionKind.DELETE:
+            log.info("removing VM not wanted on node", node_id=conn.node_id, vm_id=action.vm_id)
+            target = apb.VMTarget(vm_id=action.vm_id, name=action.name)
+            result = await conn.call(apb.Command(delete=target), self.command_timeout)
+            if result.ok and vm is not None and vm.desired is DesiredState.DELETED:
+                await self._forget(vm)
+            return
+        if vm is None:
+            return
+        if action.kind is ActionKind.FORGET:
+            await self._forget(vm)
+        elif action.kind is ActionKind.CREATE:
+            log.info("re-creating missing VM", node_id=conn.node_id, vm_id=vm.id)
+            await self._set_state(vm, VMState.PENDING, f"missing on {conn.node_id}; re-creating")
+            await self._create_on_node(vm, self.deploy_timeout)
+        else:
+            target = apb.VMTarget(vm_id=vm.id, name=vm.spec.name, generation=vm.generation)
+            command = {
+                ActionKind.SUSPEND: apb.Command(suspend=target),
+                ActionKind.RESUME: apb.Command(resume=target),
+                ActionKind.START: apb.Command(start=target),
+            }[action.kind]
+            result = await self._command_vm(vm, command, self.command_timeout, action.kind.value)
+            await self._observe(vm, convert.vm_status_from_pb(result.vm))
+
+    # ---------------------------------------------------------------- state bookkeeping
+
+    async def _observe_reported(self, node_id: str, status: VMStatus) -> None:
+        vm = self.vms.get(status.vm_id)
+        if vm is None or vm.node_id != node_id or status.generation < vm.generation:
+            return
+        if vm.desired is DesiredState.DELETED or vm.id in self._inflight:
+            return
+        await self._observe(vm, status)
+
+    async def _observe(self, vm: VMRecord, status: VMStatus) -> None:
+        await self._set_state(vm, status.state, status.reason or "reported by node")
+
+    async def _set_state(self, vm: VMRecord, state: VMState, reason: str) -> None:
+        if vm.state is state and vm.state_reason == reason:
+            return
+        changed = vm.state is not state
+        vm.state = state
+        vm.state_reason = reason
+        vm.updated_at = self.clock()
+        if vm.id in self.vms:
+            await self.store.put_vm(vm)
+        if changed:
+            log.info("vm state", vm_id=vm.id, name=vm.spec.name, state=state.value, reason=reason)
+
+    async def _forget(self, vm: VMRecord) -> None:
+        self.vms.pop(vm.id, None)
+        await self.store.delete_vm(vm.id)
+        await self._audit("vm.deleted", vm.id, f"name={vm.spec.name}")
+
+    async def _audit(self, action: str, target: str, detail: str) -> None:
+        await self.store.audit(
+            AuditEntry(at=self.clock(), action=action, target=target, detail=detail)
+        )
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def watch_liveness(self) -> None:
+        """End sessions whose heartbeats stopped, so their VMs turn UNKNOWN rather than stay
+        RUNNING on a node nobody can reach (a half-open TCP stream can last minutes)."""
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            self.check_liveness()
+
+    def check_liveness(self) -> None:
+        for node_id, conn in list(self._connections.items()):
+            node = self.nodes.get(node_id)
+            if node is None:
+                continue
+            condition, reason = self.condition(node)
+            if condition is NodeCondition.NOT_READY:
+                log.warning("closing silent session", node_id=node_id, reason=reason)
+                conn.close(reason)
+
+    async def close(self) -> None:
+        for conn in list(self._connections.values()):
+            conn.close("controller shutting down")
+        for task in list(self._background) + list(self._inflight.values()):
+            task.cancel()
+        for task in list(self._background):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.store.close()

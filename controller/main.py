@@ -1,0 +1,81 @@
+"""novacron-controller: the daemon's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from controller import __version__
+from controller.config import load_config
+from controller.server import ControllerServer
+from shared.errors import NovaCronError
+from shared.logging import configure_logging
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="novacron-controller",
+        description="NovaCron Edge controller: placement, desired state and agent sessions. "
+        "Settings come from --config (the `controller:` block), then NOVACRON_CONTROLLER_<KEY> "
+        "environment variables, then these flags.",
+    )
+    p.add_argument("--config", type=Path, help="YAML file with a `controller:` block")
+    p.add_argument("--listen", help="HOST:PORT for agents and clients (default 127.0.0.1:7700)")
+    p.add_argument("--state-dir", help="where the SQLite state lives")
+    p.add_argument("--heartbeat-interval", help="agents' heartbeat interval, e.g. 5s")
+    p.add_argument("--deploy-timeout", help="default wait for a VM to run, e.g. 120s")
+    p.add_argument("--controller-id", help="stable id of this controller")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="serve without TLS or authentication (local development only)",
+    )
+    p.add_argument("--log-level", help="debug, info, warning, error")
+    p.add_argument("--log-format", choices=["json", "console"], help="default: console on a TTY")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p.parse_args(argv)
+
+
+async def serve(server: ControllerServer) -> None:
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.create_task(server.wait())
+    await asyncio.wait([waiter, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
+    await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(
+            args.config,
+            {
+                "listen": args.listen,
+                "state_dir": args.state_dir,
+                "heartbeat_interval": args.heartbeat_interval,
+                "deploy_timeout": args.deploy_timeout,
+                "controller_id": args.controller_id,
+                "insecure": args.insecure,
+                "log_level": args.log_level,
+            },
+        )
+        fmt = {"json": True, "console": False}.get(args.log_format or "")
+        configure_logging(config.log_level, json=fmt)
+        asyncio.run(serve(ControllerServer(config)))
+    except NovaCronError as exc:
+        print(f"novacron-controller: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

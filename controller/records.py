@@ -1,0 +1,63 @@
+"""What the controller keeps about nodes and VMs (its desired state plus what it last observed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shared.domain import (
+    Capacity,
+    DesiredState,
+    ImageInfo,
+    NodeInfo,
+    Utilization,
+    VMSpec,
+    VMState,
+)
+
+# VMs in these states hold no capacity on their node.
+NON_RESERVING_STATES = frozenset({VMState.FAILED})
+
+
+@dataclass(slots=True)
+class VMRecord:
+    id: str
+    spec: VMSpec
+    node_id: str
+    desired: DesiredState
+    state: VMState
+    generation: int
+    created_at: float
+    updated_at: float
+    state_reason: str = ""
+    request_id: str = ""
+
+    @property
+    def reserves_capacity(self) -> bool:
+        return self.state not in NON_RESERVING_STATES
+
+
+@dataclass(slots=True)
+class NodeRecord:
+    info: NodeInfo
+    registered_at: float
+    last_heartbeat: float = 0.0
+    connected: bool = False
+    utilization: Utilization = field(default_factory=Utilization)
+    images: tuple[ImageInfo, ...] = ()
+
+    @property
+    def node_id(self) -> str:
+        return self.info.node_id
+
+    @property
+    def capacity(self) -> Capacity:
+        return self.info.capacity
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    at: float
+    action: str
+    target: str
+    detail: str = ""
+    actor: str = "api"

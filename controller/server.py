@@ -1,0 +1,120 @@
+"""Assembles the controller's gRPC server: AgentSession, EdgeAPI, health and reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from controller.api import EdgeAPIServicer
+from controller.config import ControllerConfig
+from controller.core import Controller
+from controller.placement import FirstFit
+from controller.sessions import AgentSessionServicer
+from controller.store import SQLiteStore
+from shared.errors import InvalidArgument
+from shared.pb.v1 import agent_pb2 as apb
+from shared.pb.v1 import agent_pb2_grpc, edge_api_pb2, edge_api_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+def node_identity_insecure(hello: apb.Hello) -> str:
+    """Without mTLS the node id is whatever the agent says; with mTLS it will come from the
+    peer certificate's SAN instead, so an agent can only speak for itself."""
+    node_id = hello.node.node_id
+    if not node_id:
+        raise InvalidArgument("hello.node.node_id is required")
+    return node_id
+
+
+class ControllerServer:
+    def __init__(self, config: ControllerConfig) -> None:
+        self.config = config
+        self.controller: Controller | None = None
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._liveness: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        if not self.config.insecure:
+            raise InvalidArgument(
+                "mutual TLS is not implemented yet; start with --insecure (local development "
+                "only: agents and clients are not authenticated)"
+            )
+        log.warning(
+            "INSECURE MODE: agents and clients are not authenticated; local development only"
+        )
+        store = SQLiteStore(self.config.state_dir / "controller.db")
+        controller = Controller(
+            store,
+            FirstFit(),
+            controller_id=self.config.controller_id,
+            heartbeat_interval=self.config.heartbeat_interval,
+            command_timeout=self.config.command_timeout,
+            deploy_timeout=self.config.deploy_timeout,
+        )
+        await controller.load()
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        agent_pb2_grpc.add_AgentSessionServicer_to_server(
+            AgentSessionServicer(controller, node_identity_insecure), server
+        )
+        edge_api_pb2_grpc.add_EdgeAPIServicer_to_server(EdgeAPIServicer(controller), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        services = (
+            apb.DESCRIPTOR.services_by_name["AgentSession"].full_name,
+            edge_api_pb2.DESCRIPTOR.services_by_name["EdgeAPI"].full_name,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(services, server)
+        self.port = server.add_insecure_port(self.config.listen)
+        if self.port == 0:
+            raise InvalidArgument(f"cannot listen on {self.config.listen}")
+        await server.start()
+        for name in ("", *services[:2]):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._server = server
+        self.controller = controller
+        self._liveness = asyncio.create_task(controller.watch_liveness())
+        log.info(
+            "controller listening",
+            listen=self.config.listen,
+            port=self.port,
+            state_dir=str(self.config.state_dir),
+            controller_id=controller.controller_id,
+        )
+        return self.port
+
+    @property
+    def address(self) -> str:
+        host = self.config.listen.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def stop(self, grace: float = 3.0) -> None:
+        if self._liveness is not None:
+            self._liveness.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._liveness
+        if self.controller is not None:
+            await self.controller.close()
+        if self._server is not None:
+            await self._server.stop(grace)
+        log.info("controller stopped")

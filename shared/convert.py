@@ -1,0 +1,205 @@
+"""The one place where protobuf messages become domain objects and back."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from shared import domain as d
+from shared.pb.v1 import types_pb2 as pb
+
+_EDGE_TO_PB = {
+    d.EdgeType.MEC: pb.EDGE_TYPE_MEC,
+    d.EdgeType.CDN: pb.EDGE_TYPE_CDN,
+    d.EdgeType.IOT: pb.EDGE_TYPE_IOT,
+    d.EdgeType.ONPREM: pb.EDGE_TYPE_ONPREM,
+    d.EdgeType.TELCO: pb.EDGE_TYPE_TELCO,
+    d.EdgeType.CLOUD: pb.EDGE_TYPE_CLOUD,
+}
+_EDGE_FROM_PB = {v: k for k, v in _EDGE_TO_PB.items()}
+
+_STATE_TO_PB = {
+    d.VMState.PENDING: pb.VM_STATE_PENDING,
+    d.VMState.RUNNING: pb.VM_STATE_RUNNING,
+    d.VMState.PAUSED: pb.VM_STATE_PAUSED,
+    d.VMState.STOPPED: pb.VM_STATE_STOPPED,
+    d.VMState.CRASHED: pb.VM_STATE_CRASHED,
+    d.VMState.UNKNOWN: pb.VM_STATE_UNKNOWN,
+    d.VMState.FAILED: pb.VM_STATE_FAILED,
+    d.VMState.DELETING: pb.VM_STATE_DELETING,
+    d.VMState.MISSING: pb.VM_STATE_MISSING,
+}
+_STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
+
+_DESIRED_TO_PB = {
+    d.DesiredState.RUNNING: pb.DESIRED_STATE_RUNNING,
+    d.DesiredState.PAUSED: pb.DESIRED_STATE_PAUSED,
+    d.DesiredState.DELETED: pb.DESIRED_STATE_DELETED,
+}
+
+_CONDITION_TO_PB = {
+    d.NodeCondition.READY: pb.NODE_CONDITION_READY,
+    d.NodeCondition.NOT_READY: pb.NODE_CONDITION_NOT_READY,
+}
+
+
+def edge_type_to_pb(value: d.EdgeType) -> pb.EdgeType.ValueType:
+    return _EDGE_TO_PB[value]
+
+
+def edge_type_from_pb(value: pb.EdgeType.ValueType) -> d.EdgeType:
+    return _EDGE_FROM_PB.get(value, d.EdgeType.ONPREM)
+
+
+def vm_state_to_pb(value: d.VMState) -> pb.VMState.ValueType:
+    return _STATE_TO_PB[value]
+
+
+def vm_state_from_pb(value: pb.VMState.ValueType) -> d.VMState:
+    return _STATE_FROM_PB.get(value, d.VMState.UNKNOWN)
+
+
+def desired_state_to_pb(value: d.DesiredState) -> pb.DesiredState.ValueType:
+    return _DESIRED_TO_PB[value]
+
+
+def condition_to_pb(value: d.NodeCondition) -> pb.NodeCondition.ValueType:
+    return _CONDITION_TO_PB[value]
+
+
+def timestamp(at: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(datetime.fromtimestamp(at, tz=UTC))
+    return ts
+
+
+def timestamp_seconds(ts: Timestamp) -> float:
+    return ts.seconds + ts.nanos / 1e9
+
+
+def capacity_to_pb(c: d.Capacity) -> pb.Capacity:
+    return pb.Capacity(vcpus=c.vcpus, memory_mib=c.memory_mib, storage_gib=c.storage_gib)
+
+
+def capacity_from_pb(c: pb.Capacity) -> d.Capacity:
+    return d.Capacity(vcpus=c.vcpus, memory_mib=c.memory_mib, storage_gib=c.storage_gib)
+
+
+def utilization_to_pb(u: d.Utilization) -> pb.Utilization:
+    return pb.Utilization(
+        cpu_percent=u.cpu_percent,
+        memory_used_mib=u.memory_used_mib,
+        memory_total_mib=u.memory_total_mib,
+        disk_used_gib=u.disk_used_gib,
+        disk_total_gib=u.disk_total_gib,
+        net_rx_bytes=u.net_rx_bytes,
+        net_tx_bytes=u.net_tx_bytes,
+        load_1m=u.load_1m,
+    )
+
+
+def utilization_from_pb(u: pb.Utilization) -> d.Utilization:
+    return d.Utilization(
+        cpu_percent=u.cpu_percent,
+        memory_used_mib=u.memory_used_mib,
+        memory_total_mib=u.memory_total_mib,
+        disk_used_gib=u.disk_used_gib,
+        disk_total_gib=u.disk_total_gib,
+        net_rx_bytes=u.net_rx_bytes,
+        net_tx_bytes=u.net_tx_bytes,
+        load_1m=u.load_1m,
+    )
+
+
+def spec_to_pb(s: d.VMSpec) -> pb.VMSpec:
+    return pb.VMSpec(
+        name=s.name, image=s.image, vcpus=s.vcpus, memory_mib=s.memory_mib, labels=s.labels
+    )
+
+
+def spec_from_pb(s: pb.VMSpec) -> d.VMSpec:
+    return d.VMSpec(
+        name=s.name,
+        image=s.image,
+        vcpus=s.vcpus,
+        memory_mib=s.memory_mib,
+        labels=dict(s.labels),
+    )
+
+
+def image_to_pb(i: d.ImageInfo) -> pb.ImageInfo:
+    return pb.ImageInfo(name=i.name, kind=i.kind, arch=i.arch, size_bytes=i.size_bytes)
+
+
+def image_from_pb(i: pb.ImageInfo) -> d.ImageInfo:
+    return d.ImageInfo(name=i.name, kind=i.kind, arch=i.arch, size_bytes=i.size_bytes)
+
+
+def vm_status_to_pb(v: d.VMStatus) -> pb.VMStatus:
+    return pb.VMStatus(
+        vm_id=v.vm_id,
+        name=v.name,
+        state=vm_state_to_pb(v.state),
+        generation=v.generation,
+        image=v.image,
+        vcpus=v.vcpus,
+        memory_mib=v.memory_mib,
+        reason=v.reason,
+    )
+
+
+def vm_status_from_pb(v: pb.VMStatus) -> d.VMStatus:
+    return d.VMStatus(
+        vm_id=v.vm_id,
+        name=v.name,
+        state=vm_state_from_pb(v.state),
+        generation=v.generation,
+        image=v.image,
+        vcpus=v.vcpus,
+        memory_mib=v.memory_mib,
+        reason=v.reason,
+    )
+
+
+def node_info_to_pb(n: d.NodeInfo) -> pb.NodeInfo:
+    msg = pb.NodeInfo(
+        node_id=n.node_id,
+        hostname=n.hostname,
+        arch=n.arch,
+        edge_type=edge_type_to_pb(n.edge_type),
+        labels=n.labels,
+        capacity=capacity_to_pb(n.capacity),
+        hypervisor=n.hypervisor,
+        agent_version=n.agent_version,
+    )
+    if n.location is not None:
+        msg.location.CopyFrom(
+            pb.Location(
+                latitude=n.location.latitude,
+                longitude=n.location.longitude,
+                country_code=n.location.country_code,
+            )
+        )
+    return msg
+
+
+def node_info_from_pb(n: pb.NodeInfo) -> d.NodeInfo:
+    location = None
+    if n.HasField("location"):
+        location = d.Location(
+            latitude=n.location.latitude,
+            longitude=n.location.longitude,
+            country_code=n.location.country_code,
+        )
+    return d.NodeInfo(
+        node_id=n.node_id,
+        hostname=n.hostname,
+        arch=n.arch,
+        edge_type=edge_type_from_pb(n.edge_type),
+        capacity=capacity_from_pb(n.capacity),
+        location=location,
+        labels=dict(n.labels),
+        hypervisor=n.hypervisor,
+        agent_version=n.agent_version,
+    )
