@@ -339,7 +339,7 @@ class Controller:
 
     async def on_vm_event(self, conn: AgentConnection, event: apb.VMEvent) -> None:
         status = convert.vm_status_from_pb(event.vm)
-        log.info("vm event", node_id=conn.node_id, vm_id=status.vm_id, event=event.event)
+        log.info("vm event", node_id=conn.node_id, vm_id=status.vm_id, lifecycle=event.event)
         await self._observe_reported(conn.node_id, status)
 
     async def on_disconnect(self, conn: AgentConnection) -> None:

@@ -114,13 +114,14 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
         conn = AgentConnection(node_id, context.peer())
         bound = log.bind(node_id=node_id, session=conn.session_id)
         bound.info("agent connected", peer=conn.peer)
+        # Registered before the welcome, so an agent that saw its welcome is placeable.
+        await self._handler.on_hello(conn, first.hello)
         yield apb.ControllerMessage(
             welcome=apb.Welcome(
                 controller_id=self._handler.controller_id,
                 heartbeat_interval_ms=int(self._handler.heartbeat_interval * 1000),
             )
         )
-        await self._handler.on_hello(conn, first.hello)
         reader = asyncio.create_task(self._read(conn, request_iterator))
         try:
             async for message in conn.outgoing():
@@ -138,18 +139,24 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
     ) -> None:
         try:
             async for message in request_iterator:
-                kind = message.WhichOneof("body")
-                if kind == "heartbeat":
-                    await self._handler.on_heartbeat(conn, message.heartbeat)
-                elif kind == "result":
-                    conn.resolve(message.result)
-                elif kind == "vm_event":
-                    await self._handler.on_vm_event(conn, message.vm_event)
-                else:
-                    log.warning("unexpected message on session", node_id=conn.node_id, kind=kind)
+                try:
+                    await self._dispatch(conn, message)
+                except Exception:  # a bug handling one message must not drop the node
+                    log.exception("failed to handle agent message", node_id=conn.node_id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a broken stream ends the session, never the controller
             log.info("session stream ended", node_id=conn.node_id, error=str(exc))
         finally:
             conn.close("disconnected")
+
+    async def _dispatch(self, conn: AgentConnection, message: apb.AgentMessage) -> None:
+        kind = message.WhichOneof("body")
+        if kind == "heartbeat":
+            await self._handler.on_heartbeat(conn, message.heartbeat)
+        elif kind == "result":
+            conn.resolve(message.result)
+        elif kind == "vm_event":
+            await self._handler.on_vm_event(conn, message.vm_event)
+        else:
+            log.warning("unexpected message on session", node_id=conn.node_id, kind=kind)

@@ -1,0 +1,98 @@
+"""Agent configuration: the `agent:` block of a YAML file, env, then flags."""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared.config import Seconds, build, env_overrides, read_yaml
+from shared.domain import EdgeType, Location
+from shared.errors import ConfigError
+
+ENV_PREFIX = "NOVACRON_AGENT"
+_NODE_ID = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True, slots=True)
+class LocationConfig:
+    latitude: float
+    longitude: float
+    country: str = ""
+
+    def __post_init__(self) -> None:
+        if not -90.0 <= self.latitude <= 90.0:
+            raise ConfigError(f"agent.location.latitude: {self.latitude} is not in [-90, 90]")
+        if not -180.0 <= self.longitude <= 180.0:
+            raise ConfigError(f"agent.location.longitude: {self.longitude} is not in [-180, 180]")
+        if self.country and not re.fullmatch(r"[A-Z]{2}", self.country):
+            raise ConfigError(
+                f"agent.location.country: {self.country!r} is not an ISO 3166-1 alpha-2 code"
+            )
+
+    def to_domain(self) -> Location:
+        return Location(self.latitude, self.longitude, self.country)
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityConfig:
+    """Advertised capacity; 0 means "what the hypervisor and disk report"."""
+
+    vcpus: int = 0
+    memory_mib: int = 0
+    storage_gib: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("vcpus", "memory_mib", "storage_gib"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"agent.capacity.{name}: must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    node_id: str = ""
+    controller: str = "127.0.0.1:7700"
+    libvirt_uri: str = "qemu:///system"
+    virt_type: str = "auto"
+    edge_type: EdgeType = EdgeType.ONPREM
+    labels: dict[str, str] = field(default_factory=dict)
+    location: LocationConfig | None = None
+    capacity: CapacityConfig = field(default_factory=CapacityConfig)
+    state_dir: Path = Path("/var/lib/novacron/agent")
+    images_dir: Path = Path("/var/lib/novacron/images")
+    heartbeat_interval: Seconds = Seconds(5.0)
+    reconnect_max: Seconds = Seconds(30.0)
+    insecure: bool = False
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not self.node_id:
+            object.__setattr__(self, "node_id", socket.gethostname().lower())
+        if not _NODE_ID.match(self.node_id):
+            raise ConfigError(
+                f"agent.node_id: {self.node_id!r} is invalid: use lowercase letters, digits, "
+                "'.' and '-' (at most 63)"
+            )
+        if self.virt_type not in ("auto", "qemu", "kvm", "test"):
+            raise ConfigError(f"agent.virt_type: {self.virt_type!r} is not auto, qemu or kvm")
+        for name in ("heartbeat_interval", "reconnect_max"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"agent.{name}: must be > 0")
+        if ":" not in self.controller:
+            raise ConfigError(f"agent.controller: expected HOST:PORT, got {self.controller!r}")
+
+
+def load_config(path: Path | None, flags: dict[str, Any]) -> AgentConfig:
+    """File < environment (NOVACRON_AGENT_<KEY>) < flags that were given."""
+    raw: dict[str, Any] = read_yaml(path, "agent") if path else {}
+    raw.update(env_overrides(ENV_PREFIX, AgentConfig))
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key == "labels":
+            raw["labels"] = {**raw.get("labels", {}), **value}
+        else:
+            raw[key] = value
+    return build(AgentConfig, raw, "agent")

@@ -1,0 +1,156 @@
+"""Executes the controller's commands against the hypervisor, idempotently by command id.
+
+A command seen again (the controller retried after a reconnect) gets the first execution's
+result; one still running is awaited, never run twice. Commands for one VM run one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from agent.hypervisor.base import Hypervisor
+from agent.images.catalog import ImageCatalog
+from shared import convert
+from shared.domain import VMStatus
+from shared.errors import DeadlineExceeded, InvalidArgument, NotFound, NovaCronError
+from shared.pb.v1 import agent_pb2 as apb
+
+log = structlog.get_logger(__name__)
+
+REMEMBERED_RESULTS = 1024
+CONSOLE_FILE = "console.log"
+
+
+class CommandExecutor:
+    def __init__(
+        self,
+        hypervisor: Hypervisor,
+        catalog: ImageCatalog,
+        state_dir: Path,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.hypervisor = hypervisor
+        self.catalog = catalog
+        self.vms_dir = state_dir / "vms"
+        self.clock = clock
+        self._results: OrderedDict[str, apb.CommandResult] = OrderedDict()
+        self._running: dict[str, asyncio.Task[apb.CommandResult]] = {}
+        self._vm_locks: dict[str, asyncio.Lock] = {}
+
+    def vm_dir(self, vm_id: str) -> Path:
+        if not vm_id or "/" in vm_id or vm_id.startswith("."):
+            raise InvalidArgument(f"invalid vm_id {vm_id!r}")
+        return self.vms_dir / vm_id
+
+    async def execute(self, command: apb.Command) -> apb.CommandResult:
+        done = self._results.get(command.id)
+        if done is not None:
+            return done
+        task = self._running.get(command.id)
+        if task is None:
+            task = asyncio.create_task(self._execute(command))
+            self._running[command.id] = task
+        try:
+            result = await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._running.pop(command.id, None)
+        self._results[command.id] = result
+        while len(self._results) > REMEMBERED_RESULTS:
+            self._results.popitem(last=False)
+        return result
+
+    async def _execute(self, command: apb.Command) -> apb.CommandResult:
+        action = command.WhichOneof("action")
+        bound = log.bind(command_id=command.id, action=action)
+        result = apb.CommandResult(command_id=command.id, ok=True)
+        try:
+            if command.HasField("deadline") and self.clock() > convert.timestamp_seconds(
+                command.deadline
+            ):
+                raise DeadlineExceeded("command arrived after its deadline; not executed")
+            vm_id = self._vm_id(command)
+            async with self._vm_locks.setdefault(vm_id, asyncio.Lock()):
+                await self._dispatch(command, result)
+            bound.info("command done", vm_id=vm_id)
+        except NovaCronError as exc:
+            bound.warning("command failed", error=str(exc), code=exc.code)
+            result.ok = False
+            result.error.CopyFrom(apb.Error(code=exc.code, message=str(exc)))
+        except Exception as exc:  # a bug or an unexpected library error: report, stay up
+            bound.exception("command crashed")
+            result.ok = False
+            result.error.CopyFrom(apb.Error(code="INTERNAL", message=f"agent error: {exc}"))
+        return result
+
+    @staticmethod
+    def _vm_id(command: apb.Command) -> str:
+        action = command.WhichOneof("action")
+        if action is None:
+            raise InvalidArgument("command has no action (newer controller?)")
+        vm_id: str = getattr(command, action).vm_id
+        if not vm_id:
+            raise InvalidArgument(f"{action}: vm_id is required")
+        return vm_id
+
+    async def _dispatch(self, command: apb.Command, result: apb.CommandResult) -> None:
+        hv = self.hypervisor
+        action = command.WhichOneof("action")
+        status: VMStatus | None = None
+        if action == "create":
+            status = await self._create(command.create)
+        elif action == "delete":
+            await asyncio.to_thread(hv.delete, command.delete.vm_id)
+            await asyncio.to_thread(self.catalog.release, self.vm_dir(command.delete.vm_id))
+        elif action == "suspend":
+            status = await asyncio.to_thread(hv.suspend, command.suspend.vm_id)
+        elif action == "resume":
+            status = await asyncio.to_thread(hv.resume, command.resume.vm_id)
+        elif action == "start":
+            status = await asyncio.to_thread(hv.start, command.start.vm_id)
+        elif action == "stop":
+            status = await asyncio.to_thread(hv.stop, command.stop.vm_id)
+        elif action == "read_console":
+            result.console = await asyncio.to_thread(self._read_console, command.read_console)
+        if status is not None:
+            result.vm.CopyFrom(convert.vm_status_to_pb(status))
+
+    async def _create(self, create: apb.CreateVM) -> VMStatus:
+        spec = convert.spec_from_pb(create.spec)
+        vm_dir = self.vm_dir(create.vm_id)
+        existing = await asyncio.to_thread(self.hypervisor.get_vm, create.vm_id)
+        if existing is not None and existing.generation >= create.generation:
+            return existing
+        media = await asyncio.to_thread(self.catalog.prepare, spec.image, vm_dir)
+        try:
+            return await asyncio.to_thread(
+                self.hypervisor.create,
+                create.vm_id,
+                spec,
+                create.generation,
+                media,
+                str(vm_dir / CONSOLE_FILE),
+                create.start_paused,
+            )
+        except BaseException:
+            await asyncio.to_thread(self.catalog.release, vm_dir)
+            raise
+
+    def _read_console(self, request: apb.ReadConsole) -> str:
+        if self.hypervisor.get_vm(request.vm_id) is None:
+            raise NotFound(f"VM {request.name or request.vm_id!r} is not on this node")
+        path = self.vm_dir(request.vm_id) / CONSOLE_FILE
+        max_bytes = request.max_bytes or 65536
+        try:
+            with path.open("rb") as f:
+                size = f.seek(0, 2)
+                f.seek(max(0, size - max_bytes))
+                return f.read().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""

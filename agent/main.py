@@ -1,0 +1,156 @@
+"""novacron-agent: the node daemon's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+from agent import __version__
+from agent.backoff import Backoff
+from agent.config import AgentConfig, load_config
+from agent.hypervisor.libvirt_driver import LibvirtHypervisor
+from agent.images.catalog import ImageCatalog
+from agent.session import AgentSession
+from shared.errors import ConfigError, NovaCronError, Unavailable
+from shared.logging import configure_logging
+
+log = structlog.get_logger(__name__)
+
+
+def _labels(values: list[str] | None) -> dict[str, str] | None:
+    if not values:
+        return None
+    labels = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--label {item!r}: expected KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
+def _location(value: str | None, country: str | None) -> dict[str, object] | None:
+    if value is None:
+        if country:
+            raise ConfigError("--country needs --location LAT,LON as well")
+        return None
+    lat, sep, lon = value.partition(",")
+    try:
+        loc: dict[str, object] = {"latitude": float(lat), "longitude": float(lon)}
+    except ValueError:
+        raise ConfigError(f"--location {value!r}: expected LAT,LON e.g. 52.52,13.40") from None
+    if not sep:
+        raise ConfigError(f"--location {value!r}: expected LAT,LON e.g. 52.52,13.40")
+    if country:
+        loc["country"] = country
+    return loc
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="novacron-agent",
+        description="NovaCron Edge agent: reports this node to the controller and runs its VMs "
+        "through libvirt. Settings come from --config (the `agent:` block), then "
+        "NOVACRON_AGENT_<KEY> environment variables, then these flags.",
+    )
+    p.add_argument("--config", type=Path, help="YAML file with an `agent:` block")
+    p.add_argument("--node-id", help="this node's id (default: hostname)")
+    p.add_argument("--controller", help="controller HOST:PORT (default 127.0.0.1:7700)")
+    p.add_argument("--libvirt-uri", help="libvirt URI (default qemu:///system)")
+    p.add_argument("--virt-type", choices=["auto", "qemu", "kvm"], help="default auto")
+    p.add_argument("--edge-type", help="mec, cdn, iot, onprem, telco or cloud")
+    p.add_argument("--label", action="append", metavar="KEY=VALUE", help="repeatable")
+    p.add_argument("--location", metavar="LAT,LON", help="geo location, e.g. 52.52,13.40")
+    p.add_argument("--country", help="ISO 3166-1 alpha-2 country code, e.g. DE")
+    p.add_argument("--state-dir", help="default /var/lib/novacron/agent")
+    p.add_argument("--images-dir", help="default /var/lib/novacron/images")
+    p.add_argument("--heartbeat-interval", help="e.g. 5s (the controller may override)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="talk to the controller without TLS (local development only)",
+    )
+    p.add_argument("--log-level", help="debug, info, warning, error")
+    p.add_argument("--log-format", choices=["json", "console"], help="default: console on a TTY")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p.parse_args(argv)
+
+
+async def open_hypervisor(config: AgentConfig) -> LibvirtHypervisor:
+    """libvirtd may start after us (boot order): wait for it rather than die."""
+    backoff = Backoff(cap=config.reconnect_max)
+    while True:
+        try:
+            return await asyncio.to_thread(
+                LibvirtHypervisor,
+                config.libvirt_uri,
+                config.virt_type,
+                str(config.images_dir),
+            )
+        except Unavailable as exc:
+            delay = backoff.next_delay()
+            log.warning("libvirt unavailable", error=str(exc), retry_in_s=round(delay, 2))
+            await asyncio.sleep(delay)
+
+
+async def run(config: AgentConfig) -> None:
+    if not config.insecure:
+        raise ConfigError(
+            "mutual TLS is not implemented yet; start with --insecure (local development only)"
+        )
+    log.warning("INSECURE MODE: the controller connection is neither encrypted nor authenticated")
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    hypervisor = await open_hypervisor(config)
+    session = AgentSession(config, hypervisor, ImageCatalog(config.images_dir))
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.create_task(session.run_forever())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, main_task.cancel)
+    try:
+        await main_task
+    except asyncio.CancelledError:
+        log.info("agent stopping")
+    finally:
+        await session.close()
+        await asyncio.to_thread(hypervisor.close)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(
+            args.config,
+            {
+                "node_id": args.node_id,
+                "controller": args.controller,
+                "libvirt_uri": args.libvirt_uri,
+                "virt_type": args.virt_type,
+                "edge_type": args.edge_type,
+                "labels": _labels(args.label),
+                "location": _location(args.location, args.country),
+                "state_dir": args.state_dir,
+                "images_dir": args.images_dir,
+                "heartbeat_interval": args.heartbeat_interval,
+                "insecure": args.insecure,
+                "log_level": args.log_level,
+            },
+        )
+        fmt = {"json": True, "console": False}.get(args.log_format or "")
+        configure_logging(config.log_level, json=fmt)
+        asyncio.run(run(config))
+    except NovaCronError as exc:
+        print(f"novacron-agent: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

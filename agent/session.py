@@ -1,0 +1,214 @@
+"""The agent's side of the session: dial out, say hello with the full inventory, heartbeat,
+run commands, forward VM events, and reconnect with jittered backoff forever."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import platform
+import socket
+import time
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+import grpc
+import structlog
+
+from agent import __version__
+from agent.backoff import Backoff
+from agent.config import AgentConfig
+from agent.executor import CommandExecutor
+from agent.hypervisor.base import Hypervisor
+from agent.images.catalog import ImageCatalog
+from agent.resources import ResourceSampler
+from shared import convert
+from shared.domain import Capacity, NodeInfo, VMStatus
+from shared.pb.v1 import agent_pb2 as apb
+from shared.pb.v1 import agent_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+PROTOCOL_VERSION = 1
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+class AgentSession:
+    def __init__(
+        self,
+        config: AgentConfig,
+        hypervisor: Hypervisor,
+        catalog: ImageCatalog,
+        sampler: ResourceSampler | None = None,
+    ) -> None:
+        self.config = config
+        self.hypervisor = hypervisor
+        self.catalog = catalog
+        self.sampler = sampler or ResourceSampler(config.state_dir)
+        self.executor = CommandExecutor(hypervisor, catalog, config.state_dir)
+        self.heartbeat_interval: float = config.heartbeat_interval
+        self.connected = asyncio.Event()
+        self.sessions = 0
+        self._outbox: asyncio.Queue[apb.AgentMessage | None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._seq = 0
+        self.log = log.bind(node_id=config.node_id)
+
+    # ------------------------------------------------------------------ inventory
+
+    def node_info(self) -> NodeInfo:
+        host = self.hypervisor.host_info()
+        cap = self.config.capacity
+        capacity = Capacity(
+            vcpus=cap.vcpus or host.capacity.vcpus,
+            memory_mib=cap.memory_mib or host.capacity.memory_mib,
+            storage_gib=cap.storage_gib or self.sampler.storage_gib(),
+        )
+        return NodeInfo(
+            node_id=self.config.node_id,
+            hostname=socket.gethostname(),
+            arch=host.arch or platform.machine(),
+            edge_type=self.config.edge_type,
+            capacity=capacity,
+            location=self.config.location.to_domain() if self.config.location else None,
+            labels=dict(self.config.labels),
+            hypervisor=host.hypervisor,
+            agent_version=__version__,
+        )
+
+    def hello(self) -> apb.AgentMessage:
+        """Blocking (libvirt, disk): built off the event loop."""
+        return apb.AgentMessage(
+            hello=apb.Hello(
+                node=convert.node_info_to_pb(self.node_info()),
+                vms=[convert.vm_status_to_pb(v) for v in self.hypervisor.list_vms()],
+                images=[convert.image_to_pb(i) for i in self.catalog.list()],
+                protocol_version=PROTOCOL_VERSION,
+            )
+        )
+
+    def heartbeat(self) -> apb.AgentMessage:
+        self._seq += 1
+        return apb.AgentMessage(
+            heartbeat=apb.Heartbeat(
+                seq=self._seq,
+                sent_at=convert.timestamp(time.time()),
+                utilization=convert.utilization_to_pb(self.sampler.sample()),
+                vms=[convert.vm_status_to_pb(v) for v in self.hypervisor.list_vms()],
+            )
+        )
+
+    # ------------------------------------------------------------------ run
+
+    async def run_forever(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.hypervisor.subscribe(self._on_vm_event)
+        backoff = Backoff(cap=self.config.reconnect_max)
+        while True:
+            started = time.monotonic()
+            try:
+                await self.run_once()
+                self.log.warning("controller closed the session")
+            except grpc.aio.AioRpcError as exc:
+                self.log.warning(
+                    "session failed", code=exc.code().name, details=exc.details() or ""
+                )
+            except (OSError, ConnectionError) as exc:
+                self.log.warning("session failed", error=str(exc))
+            if time.monotonic() - started > 2 * self.heartbeat_interval:
+                backoff.reset()  # a session that lived is not a failure streak
+            delay = backoff.next_delay()
+            self.log.info("reconnecting", delay_s=round(delay, 2), controller=self.config.controller)
+            await asyncio.sleep(delay)
+
+    async def run_once(self) -> None:
+        """One session, until the stream ends."""
+        outbox: asyncio.Queue[apb.AgentMessage | None] = asyncio.Queue()
+        outbox.put_nowait(await asyncio.to_thread(self.hello))
+        async with grpc.aio.insecure_channel(
+            self.config.controller, options=CHANNEL_OPTIONS
+        ) as channel:
+            stub = agent_pb2_grpc.AgentSessionStub(channel)
+            call = stub.Connect(self._drain(outbox))
+            heartbeats: asyncio.Task[None] | None = None
+            try:
+                async for message in call:
+                    kind = message.WhichOneof("body")
+                    if kind == "welcome":
+                        if message.welcome.heartbeat_interval_ms:
+                            self.heartbeat_interval = message.welcome.heartbeat_interval_ms / 1000
+                        self._outbox = outbox
+                        self.sessions += 1
+                        self.connected.set()
+                        self.log.info(
+                            "connected",
+                            controller_id=message.welcome.controller_id,
+                            heartbeat_interval_s=self.heartbeat_interval,
+                        )
+                        heartbeats = asyncio.create_task(self._heartbeats(outbox))
+                    elif kind == "command":
+                        self._spawn(self._run_command(message.command, outbox))
+            finally:
+                self.connected.clear()
+                self._outbox = None
+                outbox.put_nowait(None)
+                if heartbeats is not None:
+                    heartbeats.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await heartbeats
+                call.cancel()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # ------------------------------------------------------------------ internals
+
+    @staticmethod
+    async def _drain(
+        outbox: asyncio.Queue[apb.AgentMessage | None],
+    ) -> AsyncIterator[apb.AgentMessage]:
+        while (message := await outbox.get()) is not None:
+            yield message
+
+    async def _heartbeats(self, outbox: asyncio.Queue[apb.AgentMessage | None]) -> None:
+        while True:
+            outbox.put_nowait(await asyncio.to_thread(self.heartbeat))
+            await asyncio.sleep(self.heartbeat_interval)
+
+    async def _run_command(
+        self, command: apb.Command, outbox: asyncio.Queue[apb.AgentMessage | None]
+    ) -> None:
+        result = await self.executor.execute(command)
+        # Sent on the session it came from; if that one ended, the controller re-compares on
+        # the next hello instead of waiting for this result.
+        outbox.put_nowait(apb.AgentMessage(result=result))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_vm_event(self, status: VMStatus, event: str) -> None:
+        """Called from libvirt's event thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        message = apb.AgentMessage(
+            vm_event=apb.VMEvent(
+                vm=convert.vm_status_to_pb(status), event=event, at=convert.timestamp(time.time())
+            )
+        )
+        loop.call_soon_threadsafe(self._send_event, message)
+
+    def _send_event(self, message: apb.AgentMessage) -> None:
+        if self._outbox is not None:
+            self._outbox.put_nowait(message)

@@ -1,0 +1,159 @@
+"""Controller and agent on loopback with libvirt's test driver: the whole control path, fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from agent.config import CapacityConfig
+from shared.pb.v1 import edge_api_pb2 as epb
+from shared.pb.v1 import types_pb2 as pb
+from tests.integration.harness import Cluster, eventually, make_fake_kernel_images
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    return make_fake_kernel_images(tmp_path / "images")
+
+
+def spec(name: str = "web-1", memory_mib: int = 128, vcpus: int = 1, image: str = "tiny") -> pb.VMSpec:
+    return pb.VMSpec(name=name, image=image, vcpus=vcpus, memory_mib=memory_mib)
+
+
+async def expect_error(call: object, code: grpc.StatusCode) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call  # type: ignore[misc]
+    assert info.value.code() == code, info.value.details()
+    return info.value.details() or ""
+
+
+async def test_agent_registers_with_inventory(cluster: Cluster, images: Path) -> None:
+    await cluster.start_agent("edge-a", cluster.test_uri("edge-a", vcpus=4, memory_mib=4096), images)
+    nodes = (await cluster.api.ListNodes(epb.ListNodesRequest())).nodes
+    assert [n.info.node_id for n in nodes] == ["edge-a"]
+    node = nodes[0]
+    assert node.condition == pb.NODE_CONDITION_READY
+    assert node.info.capacity.vcpus == 4
+    assert node.info.capacity.memory_mib == 4096
+    assert node.info.edge_type == pb.EDGE_TYPE_MEC
+    assert [i.name for i in node.images] == ["tiny"]
+
+    async def heartbeat_seen() -> bool:
+        n = await cluster.api.GetNode(epb.GetNodeRequest(node_id="edge-a"))
+        return n.utilization.memory_total_mib > 0
+
+    await eventually(heartbeat_seen, 10, "a heartbeat with psutil utilisation")
+
+
+async def test_deploy_suspend_resume_delete(cluster: Cluster, images: Path) -> None:
+    agent = await cluster.start_agent("edge-a", cluster.test_uri("edge-a"), images)
+    vm = await cluster.api.DeployVM(epb.DeployVMRequest(spec=spec(), request_id="r1"))
+    assert vm.state == pb.VM_STATE_RUNNING
+    assert vm.node_id == "edge-a"
+    on_node = agent.hypervisor.get_vm(vm.id)
+    assert on_node is not None and on_node.state.value == "running"
+
+    vm = await cluster.api.SuspendVM(epb.VMRef(name_or_id="web-1"))
+    assert vm.state == pb.VM_STATE_PAUSED
+    assert vm.desired_state == pb.DESIRED_STATE_PAUSED
+    vm = await cluster.api.ResumeVM(epb.VMRef(name_or_id=vm.id))
+    assert vm.state == pb.VM_STATE_RUNNING
+
+    deleted = (await cluster.api.DeleteVM(epb.DeleteVMRequest(name_or_id="web-1"))).vm
+    assert deleted.desired_state == pb.DESIRED_STATE_DELETED
+    assert agent.hypervisor.get_vm(vm.id) is None
+    assert not (await cluster.api.ListVMs(epb.ListVMsRequest())).vms
+    await expect_error(cluster.api.GetVM(epb.GetVMRequest(name_or_id="web-1")), grpc.StatusCode.NOT_FOUND)
+
+
+async def test_bad_requests_get_clear_statuses(cluster: Cluster, images: Path) -> None:
+    await cluster.start_agent(
+        "edge-a", cluster.test_uri("edge-a"), images, capacity=CapacityConfig(vcpus=2, memory_mib=512)
+    )
+    msg = await expect_error(
+        cluster.api.DeployVM(epb.DeployVMRequest(spec=spec(memory_mib=0))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert msg == "memory_mib must be > 0"
+    msg = await expect_error(
+        cluster.api.DeployVM(epb.DeployVMRequest(spec=spec(name="Bad_Name"))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "name 'Bad_Name' is invalid" in msg
+    msg = await expect_error(
+        cluster.api.DeployVM(epb.DeployVMRequest(spec=spec(image="nope"))),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    assert "image 'nope' not found on any node (known images: tiny)" in msg
+    msg = await expect_error(
+        cluster.api.DeployVM(epb.DeployVMRequest(spec=spec(memory_mib=4096))),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+    assert msg == "0/1 nodes fit: edge-a: insufficient memory (need 4096 MiB, free 512)"
+
+    await cluster.api.DeployVM(epb.DeployVMRequest(spec=spec(memory_mib=384)))
+    msg = await expect_error(
+        cluster.api.DeployVM(epb.DeployVMRequest(spec=spec(memory_mib=64))),
+        grpc.StatusCode.ALREADY_EXISTS,
+    )
+    assert "web-1" in msg
+    # the first VM's reservation counts: 384 of 512 MiB are taken
+    msg = await expect_error(
+        cluster.api.DeployVM(epb.DeployVMRequest(spec=spec(name="web-2", memory_mib=256))),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+    assert "need 256 MiB, free 128" in msg
+    assert len((await cluster.api.ListVMs(epb.ListVMsRequest())).vms) == 1
+
+
+async def test_retry_with_same_request_id_creates_one_vm(cluster: Cluster, images: Path) -> None:
+    agent = await cluster.start_agent("edge-a", cluster.test_uri("edge-a"), images)
+    request = epb.DeployVMRequest(spec=spec(), request_id="req-42")
+    first, second = await __import__("asyncio").gather(
+        cluster.api.DeployVM(request), cluster.api.DeployVM(request)
+    )
+    third = await cluster.api.DeployVM(request)
+    assert first.id == second.id == third.id
+    assert len(agent.hypervisor.list_vms()) == 1
+    other = epb.DeployVMRequest(spec=spec(memory_mib=256), request_id="req-42")
+    await expect_error(cluster.api.DeployVM(other), grpc.StatusCode.ALREADY_EXISTS)
+
+
+async def test_concurrent_deploys_never_oversubscribe(cluster: Cluster, images: Path) -> None:
+    import asyncio
+
+    await cluster.start_agent(
+        "edge-a", cluster.test_uri("edge-a"), images, capacity=CapacityConfig(vcpus=8, memory_mib=1024)
+    )
+    results = await asyncio.gather(
+        *(cluster.api.DeployVM(epb.DeployVMRequest(spec=spec(name=f"vm-{i}", memory_mib=256))) for i in range(6)),
+        return_exceptions=True,
+    )
+    ok = [r for r in results if isinstance(r, pb.VM)]
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(ok) == 4
+    assert {r.code() for r in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    node = await cluster.api.GetNode(epb.GetNodeRequest(node_id="edge-a"))
+    assert node.allocated.memory_mib == 1024
+
+
+async def test_nodes_go_not_ready_and_vms_unknown_when_agent_dies(cluster: Cluster, images: Path) -> None:
+    await cluster.start_agent("edge-a", cluster.test_uri("edge-a"), images)
+    vm = await cluster.api.DeployVM(epb.DeployVMRequest(spec=spec()))
+    await cluster.stop_agent("edge-a")
+
+    async def unknown() -> bool:
+        got = await cluster.api.GetVM(epb.GetVMRequest(name_or_id=vm.id))
+        return got.state == pb.VM_STATE_UNKNOWN
+
+    await eventually(unknown, 10, "the VM to turn unknown")
+    node = await cluster.api.GetNode(epb.GetNodeRequest(node_id="edge-a"))
+    assert node.condition == pb.NODE_CONDITION_NOT_READY
+    await expect_error(cluster.api.SuspendVM(epb.VMRef(name_or_id=vm.id)), grpc.StatusCode.FAILED_PRECONDITION)
+    msg = await expect_error(
+        cluster.api.DeployVM(epb.DeployVMRequest(spec=spec(name="web-2"))),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+    assert "edge-a: not ready" in msg
