@@ -123,7 +123,9 @@ class AgentSession:
             if time.monotonic() - started > 2 * self.heartbeat_interval:
                 backoff.reset()  # a session that lived is not a failure streak
             delay = backoff.next_delay()
-            self.log.info("reconnecting", delay_s=round(delay, 2), controller=self.config.controller)
+            self.log.info(
+                "reconnecting", delay_s=round(delay, 2), controller=self.config.controller
+            )
             await asyncio.sleep(delay)
 
     async def run_once(self) -> None:

@@ -85,62 +85,54 @@ class EdgeAPIServicer(edge_api_pb2_grpc.EdgeAPIServicer):
         return msg
 
     @rpc
-    async def DeployVM(self, request: epb.DeployVMRequest, context: Ctx) -> pb.VM:  # noqa: N802
+    async def DeployVM(self, request: epb.DeployVMRequest, context: Ctx) -> pb.VM:
         vm = await self.c.deploy(
             convert.spec_from_pb(request.spec), request.request_id, request.timeout_seconds
         )
         return vm_to_pb(vm)
 
     @rpc
-    async def GetVM(self, request: epb.GetVMRequest, context: Ctx) -> pb.VM:  # noqa: N802
+    async def GetVM(self, request: epb.GetVMRequest, context: Ctx) -> pb.VM:
         return vm_to_pb(self.c.find_vm(request.name_or_id))
 
     @rpc
-    async def ListVMs(  # noqa: N802
-        self, request: epb.ListVMsRequest, context: Ctx
-    ) -> epb.ListVMsResponse:
+    async def ListVMs(self, request: epb.ListVMsRequest, context: Ctx) -> epb.ListVMsResponse:
         vms = sorted(self.c.vms.values(), key=lambda v: v.spec.name)
         if request.node_id:
             vms = [vm for vm in vms if vm.node_id == request.node_id]
         return epb.ListVMsResponse(vms=[vm_to_pb(vm) for vm in vms])
 
     @rpc
-    async def DeleteVM(  # noqa: N802
-        self, request: epb.DeleteVMRequest, context: Ctx
-    ) -> epb.DeleteVMResponse:
+    async def DeleteVM(self, request: epb.DeleteVMRequest, context: Ctx) -> epb.DeleteVMResponse:
         return epb.DeleteVMResponse(vm=vm_to_pb(await self.c.delete(request.name_or_id)))
 
     @rpc
-    async def SuspendVM(self, request: epb.VMRef, context: Ctx) -> pb.VM:  # noqa: N802
+    async def SuspendVM(self, request: epb.VMRef, context: Ctx) -> pb.VM:
         return vm_to_pb(await self.c.suspend(request.name_or_id))
 
     @rpc
-    async def ResumeVM(self, request: epb.VMRef, context: Ctx) -> pb.VM:  # noqa: N802
+    async def ResumeVM(self, request: epb.VMRef, context: Ctx) -> pb.VM:
         return vm_to_pb(await self.c.resume(request.name_or_id))
 
     @rpc
-    async def GetVMConsole(  # noqa: N802
+    async def GetVMConsole(
         self, request: epb.GetVMConsoleRequest, context: Ctx
     ) -> epb.GetVMConsoleResponse:
         vm, text = await self.c.console(request.name_or_id, request.max_bytes)
         return epb.GetVMConsoleResponse(vm_id=vm.id, node_id=vm.node_id, text=text)
 
     @rpc
-    async def ListNodes(  # noqa: N802
-        self, request: epb.ListNodesRequest, context: Ctx
-    ) -> epb.ListNodesResponse:
+    async def ListNodes(self, request: epb.ListNodesRequest, context: Ctx) -> epb.ListNodesResponse:
         nodes = sorted(self.c.nodes.values(), key=lambda n: n.node_id)
         return epb.ListNodesResponse(nodes=[self._node_to_pb(n) for n in nodes])
 
     @rpc
-    async def GetNode(self, request: epb.GetNodeRequest, context: Ctx) -> pb.Node:  # noqa: N802
+    async def GetNode(self, request: epb.GetNodeRequest, context: Ctx) -> pb.Node:
         return self._node_to_pb(self.c.get_node(request.node_id))
 
     @rpc
-    async def GetStatus(self, request: epb.GetStatusRequest, context: Ctx) -> epb.Status:  # noqa: N802
-        ready = sum(
-            1 for n in self.c.nodes.values() if self.c.condition(n)[0].value == "ready"
-        )
+    async def GetStatus(self, request: epb.GetStatusRequest, context: Ctx) -> epb.Status:
+        ready = sum(1 for n in self.c.nodes.values() if self.c.condition(n)[0].value == "ready")
         by_state = Counter(vm.state.value for vm in self.c.vms.values())
         return epb.Status(
             controller_id=self.c.controller_id,

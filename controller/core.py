@@ -284,9 +284,7 @@ class Controller:
         await self.store.put_vm(vm)
         await self._audit(f"vm.{verb}", vm.id, f"name={vm.spec.name}")
         target = apb.VMTarget(vm_id=vm.id, name=vm.spec.name, generation=vm.generation)
-        command = (
-            apb.Command(suspend=target) if verb == "suspend" else apb.Command(resume=target)
-        )
+        command = apb.Command(suspend=target) if verb == "suspend" else apb.Command(resume=target)
         result = await self._command_vm(vm, command, self.command_timeout, f"{verb[:-1]}ing")
         await self._observe(vm, convert.vm_status_from_pb(result.vm))
         return vm
@@ -455,9 +453,12 @@ class Controller:
                 log.warning("closing silent session", node_id=node_id, reason=reason)
                 conn.close(reason)
 
-    async def close(self) -> None:
+    def disconnect_all(self) -> None:
         for conn in list(self._connections.values()):
             conn.close("controller shutting down")
+
+    async def close(self) -> None:
+        """After the server stopped: end background work, then the store."""
         for task in list(self._background) + list(self._inflight.values()):
             task.cancel()
         for task in list(self._background):

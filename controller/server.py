@@ -114,7 +114,9 @@ class ControllerServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._liveness
         if self.controller is not None:
-            await self.controller.close()
+            self.controller.disconnect_all()
         if self._server is not None:
             await self._server.stop(grace)
+        if self.controller is not None:
+            await self.controller.close()
         log.info("controller stopped")

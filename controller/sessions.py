@@ -94,7 +94,7 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
         self._handler = handler
         self._identity = identity
 
-    async def Connect(  # noqa: N802 - gRPC method name
+    async def Connect(
         self,
         request_iterator: AsyncIterator[apb.AgentMessage],
         context: grpc.aio.ServicerContext[apb.AgentMessage, apb.ControllerMessage],

@@ -18,7 +18,9 @@ def images(tmp_path: Path) -> Path:
     return make_fake_kernel_images(tmp_path / "images")
 
 
-def spec(name: str = "web-1", memory_mib: int = 128, vcpus: int = 1, image: str = "tiny") -> pb.VMSpec:
+def spec(
+    name: str = "web-1", memory_mib: int = 128, vcpus: int = 1, image: str = "tiny"
+) -> pb.VMSpec:
     return pb.VMSpec(name=name, image=image, vcpus=vcpus, memory_mib=memory_mib)
 
 
@@ -30,7 +32,9 @@ async def expect_error(call: object, code: grpc.StatusCode) -> str:
 
 
 async def test_agent_registers_with_inventory(cluster: Cluster, images: Path) -> None:
-    await cluster.start_agent("edge-a", cluster.test_uri("edge-a", vcpus=4, memory_mib=4096), images)
+    await cluster.start_agent(
+        "edge-a", cluster.test_uri("edge-a", vcpus=4, memory_mib=4096), images
+    )
     nodes = (await cluster.api.ListNodes(epb.ListNodesRequest())).nodes
     assert [n.info.node_id for n in nodes] == ["edge-a"]
     node = nodes[0]
@@ -65,12 +69,17 @@ async def test_deploy_suspend_resume_delete(cluster: Cluster, images: Path) -> N
     assert deleted.desired_state == pb.DESIRED_STATE_DELETED
     assert agent.hypervisor.get_vm(vm.id) is None
     assert not (await cluster.api.ListVMs(epb.ListVMsRequest())).vms
-    await expect_error(cluster.api.GetVM(epb.GetVMRequest(name_or_id="web-1")), grpc.StatusCode.NOT_FOUND)
+    await expect_error(
+        cluster.api.GetVM(epb.GetVMRequest(name_or_id="web-1")), grpc.StatusCode.NOT_FOUND
+    )
 
 
 async def test_bad_requests_get_clear_statuses(cluster: Cluster, images: Path) -> None:
     await cluster.start_agent(
-        "edge-a", cluster.test_uri("edge-a"), images, capacity=CapacityConfig(vcpus=2, memory_mib=512)
+        "edge-a",
+        cluster.test_uri("edge-a"),
+        images,
+        capacity=CapacityConfig(vcpus=2, memory_mib=512),
     )
     msg = await expect_error(
         cluster.api.DeployVM(epb.DeployVMRequest(spec=spec(memory_mib=0))),
@@ -125,10 +134,16 @@ async def test_concurrent_deploys_never_oversubscribe(cluster: Cluster, images: 
     import asyncio
 
     await cluster.start_agent(
-        "edge-a", cluster.test_uri("edge-a"), images, capacity=CapacityConfig(vcpus=8, memory_mib=1024)
+        "edge-a",
+        cluster.test_uri("edge-a"),
+        images,
+        capacity=CapacityConfig(vcpus=8, memory_mib=1024),
     )
     results = await asyncio.gather(
-        *(cluster.api.DeployVM(epb.DeployVMRequest(spec=spec(name=f"vm-{i}", memory_mib=256))) for i in range(6)),
+        *(
+            cluster.api.DeployVM(epb.DeployVMRequest(spec=spec(name=f"vm-{i}", memory_mib=256)))
+            for i in range(6)
+        ),
         return_exceptions=True,
     )
     ok = [r for r in results if isinstance(r, pb.VM)]
@@ -139,7 +154,9 @@ async def test_concurrent_deploys_never_oversubscribe(cluster: Cluster, images: 
     assert node.allocated.memory_mib == 1024
 
 
-async def test_nodes_go_not_ready_and_vms_unknown_when_agent_dies(cluster: Cluster, images: Path) -> None:
+async def test_nodes_go_not_ready_and_vms_unknown_when_agent_dies(
+    cluster: Cluster, images: Path
+) -> None:
     await cluster.start_agent("edge-a", cluster.test_uri("edge-a"), images)
     vm = await cluster.api.DeployVM(epb.DeployVMRequest(spec=spec()))
     await cluster.stop_agent("edge-a")
@@ -151,7 +168,9 @@ async def test_nodes_go_not_ready_and_vms_unknown_when_agent_dies(cluster: Clust
     await eventually(unknown, 10, "the VM to turn unknown")
     node = await cluster.api.GetNode(epb.GetNodeRequest(node_id="edge-a"))
     assert node.condition == pb.NODE_CONDITION_NOT_READY
-    await expect_error(cluster.api.SuspendVM(epb.VMRef(name_or_id=vm.id)), grpc.StatusCode.FAILED_PRECONDITION)
+    await expect_error(
+        cluster.api.SuspendVM(epb.VMRef(name_or_id=vm.id)), grpc.StatusCode.FAILED_PRECONDITION
+    )
     msg = await expect_error(
         cluster.api.DeployVM(epb.DeployVMRequest(spec=spec(name="web-2"))),
         grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import load_config as load_agent_config
+from controller.config import load_config as load_controller_config
+from shared.config import parse_duration
+from shared.domain import EdgeType
+from shared.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_agent_config_from_file_env_and_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(
+        tmp_path,
+        "agent:\n  node_id: mec-berlin-1\n  edge_type: mec\n  heartbeat_interval: 500ms\n"
+        "  location: {latitude: 52.52, longitude: 13.40, country: DE}\n  labels: {zone: a}\n",
+    )
+    monkeypatch.setenv("NOVACRON_AGENT_CONTROLLER", "10.0.0.1:7700")
+    config = load_agent_config(path, {"labels": {"tier": "gold"}, "node_id": None})
+    assert config.node_id == "mec-berlin-1"
+    assert config.edge_type is EdgeType.MEC
+    assert config.heartbeat_interval == 0.5
+    assert config.controller == "10.0.0.1:7700"
+    assert config.labels == {"zone": "a", "tier": "gold"}
+    assert config.location is not None and config.location.country == "DE"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("agent:\n  nodeid: x\n", "agent.nodeid: unknown key"),
+        ("agent:\n  edge_type: satellite\n", "agent.edge_type: 'satellite' is not one of"),
+        ("agent:\n  heartbeat_interval: soon\n", "agent.heartbeat_interval: expected a duration"),
+        ("agent:\n  location: {latitude: 95, longitude: 0}\n", "agent.location.latitude"),
+        (
+            "agent:\n  location: {latitude: 1, longitude: 2, country: germany}\n",
+            "agent.location.country",
+        ),
+        ("agent:\n  capacity: {vcpus: -1}\n", "agent.capacity.vcpus"),
+        ("agent:\n  node_id: Not_Valid\n", "agent.node_id"),
+        ("agent: [1, 2]\n", "agent: expected a mapping"),
+        ("agent:\n  node_id: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_agent_config_names_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load_agent_config(write(tmp_path, text), {})
+
+
+def test_controller_config_validation(tmp_path: Path) -> None:
+    config = load_controller_config(write(tmp_path, "controller:\n  listen: 0.0.0.0:9000\n"), {})
+    assert config.listen == "0.0.0.0:9000"
+    with pytest.raises(ConfigError, match="controller.listen"):
+        load_controller_config(None, {"listen": "nowhere"})
+    with pytest.raises(ConfigError, match="controller.deploy_timeout: must be > 0"):
+        load_controller_config(None, {"deploy_timeout": "0s"})
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_controller_config(tmp_path / "missing.yaml", {})
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [(5, 5.0), ("100ms", 0.1), ("2.5s", 2.5), ("1m", 60.0)]
+)
+def test_durations(value: object, seconds: float) -> None:
+    assert parse_duration(value, "x") == seconds
