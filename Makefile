@@ -1,6 +1,6 @@
 # The two set-up commands of the README. Both install what is missing first.
 PY := .venv/bin/python
-PACKAGES := shared controller agent cli lab
+PACKAGES := shared controller agent cli lab bench
 
 .PHONY: demo test lint typecheck unit bootstrap proto clean
 

@@ -60,9 +60,9 @@ def test_bad_agent_config_names_the_key(tmp_path: Path, text: str, message: str)
 def test_controller_config_validation(tmp_path: Path) -> None:
     config = load_controller_config(write(tmp_path, "controller:\n  listen: 0.0.0.0:9000\n"), {})
     assert config.listen == "0.0.0.0:9000"
-    with pytest.raises(ConfigError, match="controller.listen"):
+    with pytest.raises(ConfigError, match=r"controller\.listen"):
         load_controller_config(None, {"listen": "nowhere"})
-    with pytest.raises(ConfigError, match="controller.deploy_timeout: must be > 0"):
+    with pytest.raises(ConfigError, match=r"controller\.deploy_timeout: must be > 0"):
         load_controller_config(None, {"deploy_timeout": "0s"})
     with pytest.raises(ConfigError, match="cannot read config"):
         load_controller_config(tmp_path / "missing.yaml", {})
@@ -73,3 +73,12 @@ def test_controller_config_validation(tmp_path: Path) -> None:
 )
 def test_durations(value: object, seconds: float) -> None:
     assert parse_duration(value, "x") == seconds
+
+
+def test_shipped_example_configs_load() -> None:
+    root = Path(__file__).resolve().parents[2] / "packaging"
+    agent = load_agent_config(root / "agent.example.yaml", {})
+    assert agent.node_id == "mec-berlin-1"
+    assert agent.edge_type is EdgeType.MEC
+    controller = load_controller_config(root / "controller.example.yaml", {})
+    assert controller.insecure
