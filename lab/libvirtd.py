@@ -16,6 +16,7 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -44,18 +45,31 @@ class LibvirtdError(RuntimeError):
 
 
 class PrivateLibvirtd:
-    """One private libvirtd. `netns`, if given, is a path like /run/netns/NODE to run it in."""
+    """One private libvirtd.
+
+    netns: a path like /run/netns/NODE to run the daemon in (entered with nsenter --net, which
+    unlike `ip netns exec` keeps /sys and the cgroup mounts); listen: also serve TCP (set
+    listen_addr etc. through extra_libvirtd_conf); extra_*_conf: raw `key = value` settings
+    (values already in libvirt syntax, e.g. '"10.0.0.2"'), e.g. for migration addresses.
+    No virtlogd is started: qemu.conf uses stdio_handler = "file", so none is needed.
+    """
 
     def __init__(
         self,
         base_dir: Path,
         *,
         netns: str | None = None,
+        listen: bool = False,
+        extra_libvirtd_conf: Mapping[str, str] | None = None,
+        extra_qemu_conf: Mapping[str, str] | None = None,
         start_timeout_s: float = 30.0,
         warm_host_cache: bool = True,
     ) -> None:
         self.base_dir = Path(base_dir).absolute()
         self.netns = netns
+        self.listen = listen
+        self.extra_libvirtd_conf = dict(extra_libvirtd_conf or {})
+        self.extra_qemu_conf = dict(extra_qemu_conf or {})
         self.start_timeout_s = start_timeout_s
         self.warm_host_cache = warm_host_cache
         self.host_uuid = str(uuid.uuid4())
@@ -103,7 +117,10 @@ class PrivateLibvirtd:
             f"mount --bind {shlex.quote(str(self.dir(k)))} {_TARGETS[k]}" for k in _MOUNTS
         )
         targets = " ".join(_TARGETS[k] for k in _MOUNTS)
-        script = f"set -e; mkdir -p {targets}; {binds}; exec libvirtd --daemon --pid-file {self.pid_file}"
+        daemon = f"exec libvirtd --daemon --pid-file {shlex.quote(str(self.pid_file))}"
+        if self.listen:
+            daemon += " --listen"
+        script = f"set -e; mkdir -p {targets}; {binds}; {daemon}"
         cmd = ["unshare", "-m", "--propagation", "private", "--"]
         if self.netns:
             cmd += ["nsenter", f"--net={self.netns}", "--"]
@@ -177,32 +194,25 @@ class PrivateLibvirtd:
         for stale in (self.pid_file, self.socket_path):
             stale.unlink(missing_ok=True)
         etc = self.dir("etc")
-        (etc / "libvirtd.conf").write_text(
-            "\n".join(
-                [
-                    'auth_unix_rw = "none"',
-                    'auth_unix_ro = "none"',
-                    'unix_sock_rw_perms = "0770"',
-                    "listen_tls = 0",
-                    "listen_tcp = 0",
-                    f'host_uuid = "{self.host_uuid}"',
-                    'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"',
-                    "",
-                ]
-            )
-        )
-        (etc / "qemu.conf").write_text(
-            "\n".join(
-                [
-                    'user = "root"',
-                    'group = "root"',
-                    'security_driver = "none"',
-                    "cgroup_controllers = [ ]",
-                    'stdio_handler = "file"',
-                    "",
-                ]
-            )
-        )
+        libvirtd_conf = {
+            "auth_unix_rw": '"none"',
+            "auth_unix_ro": '"none"',
+            "unix_sock_rw_perms": '"0770"',
+            "listen_tls": "0",
+            "listen_tcp": "1" if self.listen else "0",
+            "auth_tcp": '"none"',
+            "host_uuid": f'"{self.host_uuid}"',  # distinct per daemon, or migration refuses
+            "log_outputs": '"3:file:/var/log/libvirt/libvirtd.log"',
+        }
+        qemu_conf = {
+            "user": '"root"',
+            "group": '"root"',
+            "security_driver": '"none"',
+            "cgroup_controllers": "[ ]",
+            "stdio_handler": '"file"',  # no virtlogd needed
+        }
+        (etc / "libvirtd.conf").write_text(_conf(libvirtd_conf | self.extra_libvirtd_conf))
+        (etc / "qemu.conf").write_text(_conf(qemu_conf | self.extra_qemu_conf))
         cache = self.dir("cache") / "qemu"
         if HOST_QEMU_CACHE.is_dir() and not cache.exists():
             shutil.copytree(HOST_QEMU_CACHE, cache, symlinks=True)
@@ -264,6 +274,10 @@ class PrivateLibvirtd:
         return "\nlibvirtd log tail:\n" + "\n".join(text) if text else ""
 
 
+def _conf(settings: Mapping[str, str]) -> str:
+    return "".join(f"{key} = {value}\n" for key, value in settings.items())
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -278,6 +292,8 @@ def _is_our_libvirtd(pid: int, pid_file: Path) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return bool(cmdline) and cmdline[0].endswith(b"libvirtd") and (
-        str(pid_file).encode() in cmdline or b"--pid-file" in cmdline
+    return (
+        bool(cmdline)
+        and cmdline[0].endswith(b"libvirtd")
+        and (str(pid_file).encode() in cmdline or b"--pid-file" in cmdline)
     )

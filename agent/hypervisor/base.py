@@ -43,7 +43,12 @@ class Hypervisor(Protocol):
     def get_vm(self, vm_id: str) -> VMStatus | None: ...
 
     def create(
-        self, vm_id: str, spec: VMSpec, generation: int, media: BootMedia, console_log: str,
+        self,
+        vm_id: str,
+        spec: VMSpec,
+        generation: int,
+        media: BootMedia,
+        console_log: str,
         start_paused: bool = False,
     ) -> VMStatus:
         """Define the VM persistently and start it; returns once libvirt reports it running."""

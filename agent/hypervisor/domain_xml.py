@@ -95,6 +95,8 @@ def build_domain_xml(
     else:
         ET.SubElement(os_el, "boot", dev="hd")
 
+    if virt_type != "test" and arch in ("x86_64", "i686"):
+        ET.SubElement(ET.SubElement(dom, "features"), "acpi")
     if virt_type == "kvm":
         ET.SubElement(dom, "cpu", mode="host-passthrough")
     ET.SubElement(dom, "clock", offset="utc")
@@ -146,8 +148,10 @@ def _metadata_element(meta: VMMetadata) -> ET.Element:
 
 
 def metadata_xml(meta: VMMetadata) -> str:
-    """Our <nc:vm> element alone, as virDomainSetMetadata wants it."""
+    """Our <vm> element alone and without namespace: virDomainSetMetadata adds the namespace."""
     vm = _metadata_element(meta)[0]
+    for el in vm.iter():
+        el.tag = el.tag.rpartition("}")[2]
     return ET.tostring(vm, encoding="unicode")
 
 

@@ -6,6 +6,7 @@ default event loop, run by one daemon thread per process and shared by every ins
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -116,9 +117,7 @@ def _mapped(op: str, vm_id: str = "") -> Iterator[None]:
             raise NotFound(msg) from err
         if code == libvirt.VIR_ERR_OPERATION_INVALID:
             raise FailedPrecondition(msg) from err
-        if code in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_SYSTEM_ERROR) and (
-            err.get_error_domain() in (libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE)
-        ):
+        if code == libvirt.VIR_ERR_NO_CONNECT or err.get_error_domain() == libvirt.VIR_FROM_RPC:
             raise Unavailable(msg) from err
         raise Internal(msg) from err
 
@@ -147,6 +146,9 @@ class LibvirtHypervisor:
         except libvirt.libvirtError as err:
             raise Unavailable(f"cannot connect to libvirt at {uri}: {err}") from err
         self._is_test = str(self._conn.getType()).upper() == "TEST"
+        if not self._is_test:
+            with contextlib.suppress(libvirt.libvirtError):  # notice a dead daemon in ~15 s
+                self._conn.setKeepAlive(5, 3)
         self._arch = str(self._conn.getInfo()[0])
         if self._is_test:
             self.virt_type = "test"
@@ -215,7 +217,11 @@ class LibvirtHypervisor:
         start_paused: bool = False,
     ) -> VMStatus:
         vm_id = domain_xml.validate_vm(vm_id, spec, generation)
-        for what, path in (("kernel", media.kernel), ("initrd", media.initrd), ("disk", media.disk)):
+        for what, path in (
+            ("kernel", media.kernel),
+            ("initrd", media.initrd),
+            ("disk", media.disk),
+        ):
             if path and not os.path.isfile(path):
                 raise InvalidArgument(f"{what} {path} does not exist (vm {spec.name})")
         if not console_log or not os.path.isdir(os.path.dirname(os.path.abspath(console_log))):
@@ -232,17 +238,29 @@ class LibvirtHypervisor:
                 return self._require_status(existing, vm_id)
             if meta.generation > generation:
                 raise FailedPrecondition(
-                    f"vm {vm_id} is at generation {meta.generation}; refusing generation {generation}"
+                    f"vm {vm_id} is at generation {meta.generation}; "
+                    f"refusing generation {generation}"
                 )
         self._check_name_free(vm_id, spec.name)
         with _mapped("define", vm_id):
             dom = self._conn.defineXML(xml)
-        self._remember(VMMetadata(vm_id, spec.name, generation, spec.image, dict(spec.labels)))
+        meta = VMMetadata(vm_id, spec.name, generation, spec.image, dict(spec.labels))
+        self._remember(meta)
+        if existing is not None and dom.isActive():
+            # a running VM keeps its live config until restart; its identity moves on now
+            with _mapped("set metadata", vm_id):
+                dom.setMetadata(
+                    libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                    domain_xml.metadata_xml(meta),
+                    domain_xml.PREFIX,
+                    domain_xml.NAMESPACE,
+                    libvirt.VIR_DOMAIN_AFFECT_LIVE,
+                )
         if existing is None or not dom.isActive():
             flags = libvirt.VIR_DOMAIN_START_PAUSED if start_paused else 0
             try:
                 with _mapped("start", vm_id):
-                    dom.createWithFlags(flags)
+                    self._start(dom, flags)
             except NovaCronError:
                 if existing is None:  # leave nothing behind that we defined ourselves
                     self._undefine_quietly(dom)
@@ -311,6 +329,12 @@ class LibvirtHypervisor:
                     )
         self.list_vms()  # learn existing VMs so that their "undefined" events can be named
 
+    def unsubscribe(self, callback: VMEventCallback) -> None:
+        """Stop delivering to `callback` (e.g. before its asyncio loop closes). Not in the
+        Protocol: close() ends every subscription anyway."""
+        with self._lock, contextlib.suppress(ValueError):
+            self._callbacks.remove(callback)
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
@@ -350,7 +374,7 @@ class LibvirtHypervisor:
             try:
                 callback(status, name)
             except Exception:
-                log.exception("vm_event_callback_failed", vm_id=status.vm_id, event=name)
+                log.exception("vm_event_callback_failed", vm_id=status.vm_id, lifecycle_event=name)
 
     def _event_status(self, dom: Any, event: int, detail: int) -> VMStatus | None:
         vm_id = str(dom.UUIDString())
@@ -461,6 +485,20 @@ class LibvirtHypervisor:
             )
 
     @staticmethod
+    def _start(dom: Any, flags: int) -> None:
+        try:
+            dom.createWithFlags(flags)
+        except libvirt.libvirtError as err:
+            # drivers without START_PAUSED (libvirt's test driver): start, then pause
+            if not flags or _error_code(err) not in (
+                libvirt.VIR_ERR_INVALID_ARG,
+                libvirt.VIR_ERR_NO_SUPPORT,
+            ):
+                raise
+            dom.create()
+            dom.suspend()
+
+    @staticmethod
     def _destroy(dom: Any) -> None:
         try:
             dom.destroy()
@@ -487,4 +525,3 @@ class LibvirtHypervisor:
             self._undefine(dom)
         except libvirt.libvirtError as err:
             log.warning("undefine_after_failed_start_failed", error=str(err))
-

@@ -42,7 +42,7 @@ def make_vm(name: str = "web-1", request_id: str = "", vm_id: str = VM_ID) -> pb
         desired_state=pb.DESIRED_STATE_RUNNING,
         state=pb.VM_STATE_RUNNING,
         generation=3,
-        created_at=_ts(300),
+        created_at=_ts(630.5),  # ages have slack: the CLI reads its clock first
         updated_at=_ts(10),
         request_id=request_id,
     )
@@ -63,7 +63,7 @@ def make_node(node_id: str = "gw-1") -> pb.Node:
         ),
         condition=pb.NODE_CONDITION_NOT_READY,
         condition_reason="heartbeat missed",
-        last_heartbeat=_ts(42),
+        last_heartbeat=_ts(42.5),
         utilization=pb.Utilization(
             cpu_percent=12.5, memory_used_mib=1024, memory_total_mib=8192, load_1m=0.25
         ),
@@ -240,7 +240,7 @@ def test_vm_list_table_and_node_filter(
         "2",
         "512Mi",
         "alpine-3.20",
-        "5m",
+        "10m",
     ]
     assert controller.servicer.requests[-1] == api.ListVMsRequest(node_id="gw-1")
 
@@ -357,6 +357,7 @@ def test_deploy_reuses_given_request_id(
     sent = controller.servicer.requests[-2:]
     assert [r.request_id for r in sent] == ["rid-1", "rid-1"]
     assert sent[0].timeout_seconds == 60
+    capsys.readouterr()
     assert run(controller, *DEPLOY, "--request-id", "rid-1", "-o", "json") == 0
     assert json.loads(capsys.readouterr().out.strip())["request_id"] == "rid-1"
 

@@ -64,12 +64,20 @@ def test_table_aligns_columns() -> None:
 
 def test_describe_block() -> None:
     text = describe([("Name", "x"), ("Labels", {"b": "2", "a": "1"}), ("Images", [])])
-    assert text == "Name:  x\nLabels:\n  a=1\n  b=2\nImages:  <none>\n"
+    assert text == "Name: x\nLabels:\n  a=1\n  b=2\nImages:  <none>\n"
 
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(-3, "0s"), (42, "42s"), (150, "2m30s"), (600, "10m"), (7200, "2h"), (3 * 86400, "3d")],
+    [
+        (-3, "0s"),
+        (42, "42s"),
+        (150, "2m30s"),
+        (600, "10m"),
+        (7200, "120m"),
+        (4 * 3600, "4h"),
+        (3 * 86400, "3d"),
+    ],
 )
 def test_age(seconds: float, text: str) -> None:
     assert age(seconds) == text
