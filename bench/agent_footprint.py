@@ -1,7 +1,7 @@
 """Agent footprint: RSS and CPU of an idle, connected agent at a 1 s heartbeat, and what each
 import adds. Baseline: a bare Python interpreter measured in the same run.
 
-    .venv/bin/python -m bench.agent_footprint [--seconds 30] [--libvirt-uri URI]
+    .venv/bin/python -m bench.agent_footprint [--seconds 30] [--qemu]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 
 from bench.common import free_port, start_agent, start_controller, wait_node_ready
+from lab.libvirtd import PrivateLibvirtd
 
 MIB = 1024 * 1024
 RSS_GOAL_MB = 60.0
@@ -59,15 +60,22 @@ def measure_imports() -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seconds", type=float, default=30.0, help="idle window measured")
-    p.add_argument("--libvirt-uri", help="default: libvirt's test driver (no QEMU needed)")
+    p.add_argument(
+        "--qemu",
+        action="store_true",
+        help="connect the agent to a private QEMU libvirtd (root) instead of the test driver",
+    )
     args = p.parse_args()
 
     bare = measure_imports()
-    work = Path(tempfile.mkdtemp(prefix="nc-bench-"))
+    work = Path(tempfile.mkdtemp(prefix="nc-bf-", dir="/tmp"))
     images = work / "images"
     images.mkdir()
-    uri = args.libvirt_uri
-    if uri is None:
+    libvirtd = PrivateLibvirtd(work / "lvd") if args.qemu else None
+    if libvirtd is not None:
+        libvirtd.start()
+        uri = libvirtd.uri
+    else:
         (work / "node.xml").write_text(TEST_NODE)
         uri = f"test://{work / 'node.xml'}"
     address = f"127.0.0.1:{free_port()}"
@@ -101,6 +109,8 @@ def main() -> int:
     finally:
         agent.stop()
         controller.stop()
+        if libvirtd is not None:
+            libvirtd.stop()
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
