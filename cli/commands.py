@@ -118,7 +118,14 @@ def vm_resume(ctx: Context, args: argparse.Namespace) -> int:
 
 def vm_delete(ctx: Context, args: argparse.Namespace) -> int:
     vm = ctx.client.delete_vm(args.vm)
-    return _emit_one(ctx, vm, lambda: vm_table([vm], ctx.now))
+    return _emit_one(ctx, vm, lambda: _deletion_line(vm))
+
+
+def _deletion_line(vm: pb.VM) -> str:
+    """A deleted VM is gone from lists, so say what happened rather than print a table row."""
+    if vm.state == pb.VM_STATE_DELETING:
+        return f"VM {vm.spec.name} ({vm.id[:8]}): deletion pending: {vm.state_reason}\n"
+    return f"VM {vm.spec.name} ({vm.id[:8]}) deleted from node {vm.node_id}\n"
 
 
 def vm_console(ctx: Context, args: argparse.Namespace) -> int:

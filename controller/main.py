@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -72,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except NovaCronError as exc:
         print(f"novacron-controller: {exc}", file=sys.stderr)
         return 2
+    except (OSError, sqlite3.Error) as exc:  # state dir unwritable, database locked or corrupt
+        print(f"novacron-controller: cannot open state: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0

@@ -313,6 +313,8 @@ def test_vm_show_suspend_resume_delete(
     data = json.loads(capsys.readouterr().out)
     assert (data["state"], data["desired_state"]) == ("deleting", "deleted")
     assert controller.servicer.requests[-1] == api.DeleteVMRequest(name_or_id="web-1")
+    assert run(controller, "vm", "delete", "web-1") == 0
+    assert "deletion pending" in capsys.readouterr().out
 
 
 def test_vm_console(controller: Controller, capsys: pytest.CaptureFixture[str]) -> None:
