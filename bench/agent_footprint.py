@@ -16,8 +16,8 @@ from pathlib import Path
 
 import psutil
 
-from bench.common import free_port, start_agent, start_controller, wait_node_ready
 from lab.libvirtd import PrivateLibvirtd
+from lab.processes import free_port, node_ready, start_agent, start_controller, wait_until
 
 MIB = 1024 * 1024
 RSS_GOAL_MB = 60.0
@@ -79,10 +79,10 @@ def main() -> int:
         (work / "node.xml").write_text(TEST_NODE)
         uri = f"test://{work / 'node.xml'}"
     address = f"127.0.0.1:{free_port()}"
-    controller = start_controller(work, address, heartbeat="1s")
-    agent = start_agent(work, address, uri, images, "bench-node")
+    controller = start_controller(work, address, heartbeat="1s", log_level="warning")
+    agent = start_agent(work, address, "bench-node", uri, images, log_level="warning")
     try:
-        wait_node_ready(address, [controller, agent])
+        wait_until(lambda: node_ready(address), 60, "the agent to register", [controller, agent])
         proc = psutil.Process(agent.process.pid)
         time.sleep(5)  # settle after connect (first heartbeats, lazy imports)
         t0, cpu0 = time.monotonic(), proc.cpu_times()

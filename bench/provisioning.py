@@ -22,15 +22,9 @@ import grpc
 from agent.hypervisor.libvirt_driver import LibvirtHypervisor
 from agent.images.builder import build_tiny_image
 from agent.images.catalog import ImageCatalog
-from bench.common import (
-    free_port,
-    percentile,
-    start_agent,
-    start_controller,
-    summary,
-    wait_node_ready,
-)
+from bench.common import percentile, summary
 from lab.libvirtd import PrivateLibvirtd
+from lab.processes import free_port, node_ready, start_agent, start_controller, wait_until
 from shared.domain import VMSpec
 from shared.pb.v1 import edge_api_pb2 as epb
 from shared.pb.v1 import edge_api_pb2_grpc
@@ -59,11 +53,11 @@ def direct_libvirt(uri: str, images: Path, work: Path, count: int) -> list[float
     return times
 
 
-def through_controller(address: str, count: int) -> list[float]:
+def through_controller(address: str, first: int, count: int) -> list[float]:
     times = []
     with grpc.insecure_channel(address) as channel:
         api = edge_api_pb2_grpc.EdgeAPIStub(channel)
-        for i in range(count):
+        for i in range(first, first + count):
             spec = pb.VMSpec(name=f"bench-{i}", image="tiny", vcpus=1, memory_mib=128)
             started = time.perf_counter()
             vm = api.DeployVM(epb.DeployVMRequest(spec=spec, request_id=f"bench-{i}"))
@@ -85,14 +79,20 @@ def main() -> int:
     daemons = []
     try:
         libvirtd.start()
-        direct_libvirt(libvirtd.uri, images, work, 2)  # warm-up: page cache, QEMU binary
-        baseline = direct_libvirt(libvirtd.uri, images, work, args.count)
         address = f"127.0.0.1:{free_port()}"
-        daemons.append(start_controller(work, address))
-        daemons.append(start_agent(work, address, libvirtd.uri, images, "bench-node"))
-        wait_node_ready(address, daemons)
-        through_controller(address, 2)  # warm-up
-        ours = through_controller(address, args.count)
+        daemons.append(start_controller(work, address, log_level="warning"))
+        daemons.append(
+            start_agent(work, address, "bench-node", libvirtd.uri, images, log_level="warning")
+        )
+        wait_until(lambda: node_ready(address), 60, "the agent to register", daemons)
+        direct_libvirt(libvirtd.uri, images, work, 2)  # warm-up: page cache, QEMU binary
+        through_controller(address, 0, 2)
+        # Interleaved, so that drift in the machine's load hits both sides alike.
+        baseline: list[float] = []
+        ours: list[float] = []
+        for i in range(args.count):
+            baseline += direct_libvirt(libvirtd.uri, images, work, 1)
+            ours += through_controller(address, i + 2, 1)
     finally:
         for d in reversed(daemons):
             d.stop()

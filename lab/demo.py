@@ -6,31 +6,29 @@ everything through the `novacron` CLI exactly as an operator would, and stops al
 
 from __future__ import annotations
 
-import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from lab.libvirtd import PrivateLibvirtd
-from lab.processes import Daemon, start_daemon
+from lab.processes import (
+    BIN,
+    Daemon,
+    free_port,
+    node_ready,
+    start_agent,
+    start_controller,
+    wait_until,
+)
 
-BIN = Path(sys.executable).parent
 VM_NAME = "demo-vm"
 
 
 def say(text: str) -> None:
     print(f"\n\033[1m== {text}\033[0m" if sys.stdout.isatty() else f"\n== {text}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cli(address: str, *args: str, show: bool = True, check: bool = True) -> str:
@@ -45,26 +43,6 @@ def cli(address: str, *args: str, show: bool = True, check: bool = True) -> str:
     if check and done.returncode != 0:
         raise RuntimeError(f"novacron {' '.join(args)} failed: {done.stderr.strip()}")
     return done.stdout
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str, daemons: list[Daemon]) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        for d in daemons:
-            if not d.alive():
-                raise RuntimeError(f"{d.name} exited while waiting for {what}:\n{d.log_tail()}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.25)
-
-
-def node_ready(address: str) -> bool:
-    out = cli(address, "node", "list", "-o", "json", show=False, check=False)
-    try:
-        items = json.loads(out)["items"]
-    except (ValueError, KeyError):
-        return False
-    return any(n.get("condition") == "ready" for n in items)
 
 
 def first_console_line(address: str) -> str:
@@ -90,55 +68,11 @@ def run(work: Path) -> None:
         port = free_port()
         address = f"127.0.0.1:{port}"
         say(f"Starting novacron-controller on {address}")
-        daemons.append(
-            start_daemon(
-                "controller",
-                [
-                    str(BIN / "novacron-controller"),
-                    "--insecure",
-                    "--listen",
-                    address,
-                    "--state-dir",
-                    str(work / "controller"),
-                    "--heartbeat-interval",
-                    "1s",
-                    "--log-format",
-                    "json",
-                ],
-                work / "logs" / "controller.log",
-            )
-        )
+        daemons.append(start_controller(work, address))
         say("Starting novacron-agent for node edge-berlin-1 (MEC site, Berlin)")
-        daemons.append(
-            start_daemon(
-                "agent",
-                [
-                    str(BIN / "novacron-agent"),
-                    "--insecure",
-                    "--node-id",
-                    "edge-berlin-1",
-                    "--controller",
-                    address,
-                    "--libvirt-uri",
-                    libvirtd.uri,
-                    "--edge-type",
-                    "mec",
-                    "--location",
-                    "52.5200,13.4050",
-                    "--country",
-                    "DE",
-                    "--label",
-                    "site=berlin-a",
-                    "--state-dir",
-                    str(work / "agent"),
-                    "--images-dir",
-                    str(images),
-                    "--log-format",
-                    "json",
-                ],
-                work / "logs" / "agent.log",
-            )
-        )
+        site = ["--edge-type", "mec", "--location", "52.5200,13.4050", "--country", "DE"]
+        site += ["--label", "site=berlin-a"]
+        daemons.append(start_agent(work, address, "edge-berlin-1", libvirtd.uri, images, *site))
         wait_until(lambda: node_ready(address), 60, "the agent to register", daemons)
         cli(address, "node", "list")
 

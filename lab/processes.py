@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,3 +52,73 @@ def start_daemon(name: str, argv: list[str], log_path: Path) -> Daemon:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     return Daemon(name, process, log_path)
+
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_controller(
+    work: Path, address: str, *extra: str, heartbeat: str = "1s", log_level: str = "info"
+) -> Daemon:
+    """novacron-controller (insecure, local) with its state and log under `work`."""
+    argv = [
+        str(BIN / "novacron-controller"), "--insecure", "--listen", address,
+        "--state-dir", str(work / "controller"), "--heartbeat-interval", heartbeat,
+        "--log-format", "json", "--log-level", log_level, *extra,
+    ]  # fmt: skip
+    return start_daemon("controller", argv, work / "logs" / "controller.log")
+
+
+def start_agent(
+    work: Path,
+    address: str,
+    node_id: str,
+    libvirt_uri: str,
+    images: Path,
+    *extra: str,
+    log_level: str = "info",
+) -> Daemon:
+    """novacron-agent for `node_id` with its state and log under `work`."""
+    argv = [
+        str(BIN / "novacron-agent"), "--insecure", "--node-id", node_id,
+        "--controller", address, "--libvirt-uri", libvirt_uri,
+        "--state-dir", str(work / "agents" / node_id), "--images-dir", str(images),
+        "--log-format", "json", "--log-level", log_level, *extra,
+    ]  # fmt: skip
+    return start_daemon(f"agent {node_id}", argv, work / "logs" / f"agent-{node_id}.log")
+
+
+def node_ready(address: str, node_id: str | None = None) -> bool:
+    """Whether the controller reports `node_id` (or any node) ready, asked via the CLI."""
+    out = subprocess.run(
+        [str(BIN / "novacron"), "--controller", address, "node", "list", "-o", "json"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    try:
+        items = json.loads(out)["items"]
+    except (ValueError, KeyError):
+        return False
+    return any(
+        n.get("condition") == "ready" and node_id in (None, n["info"]["node_id"]) for n in items
+    )
+
+
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, daemons: Sequence[Daemon] = ()
+) -> None:
+    """Poll `check` until true; fail early, with its log, if a daemon we wait on died."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        for d in daemons:
+            if not d.alive():
+                raise RuntimeError(f"{d.name} exited while waiting for {what}:\n{d.log_tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.2)
