@@ -83,6 +83,36 @@ class Utilization:
     load_1m: float = 0.0
 
 
+class PlacementMode(enum.StrEnum):
+    """How the resource score ranks nodes: spread load (the spec's formula) or pack it."""
+
+    SPREAD = "spread"
+    BINPACK = "binpack"
+
+
+class SpreadScope(enum.StrEnum):
+    NODE = "node"
+    SITE = "site"
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementConstraints:
+    """What a VM asks of its node. Hashable, so the engine can cache per constraint set."""
+
+    near: Location | None = None  # the users' location: latency is estimated from it
+    max_latency_ms: float = 0.0  # 0 = the profile's max_edge_latency
+    latency_percentile: int = 95  # of measured RTT: 50, 95 or 99
+    countries: tuple[str, ...] = ()  # data residency: allowed ISO country codes
+    edge_types: tuple[EdgeType, ...] = ()  # required: one of these
+    exclude_edge_types: tuple[EdgeType, ...] = ()
+    arch: str = ""
+    required_labels: tuple[tuple[str, str], ...] = ()
+    spread_group: str = ""  # no two VMs of a group on one node (or site)
+    spread_scope: SpreadScope = SpreadScope.NODE
+    max_cost_per_hour: float = 0.0  # 0 = no cap
+    mode: PlacementMode | None = None  # None = the profile's
+
+
 @dataclass(frozen=True, slots=True)
 class VMSpec:
     name: str
@@ -90,9 +120,11 @@ class VMSpec:
     vcpus: int
     memory_mib: int
     labels: dict[str, str] = field(default_factory=dict)
+    disk_gib: int = 0
+    placement: PlacementConstraints = field(default_factory=PlacementConstraints)
 
     def capacity(self) -> Capacity:
-        return Capacity(vcpus=self.vcpus, memory_mib=self.memory_mib)
+        return Capacity(vcpus=self.vcpus, memory_mib=self.memory_mib, storage_gib=self.disk_gib)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,3 +160,4 @@ class NodeInfo:
     labels: dict[str, str] = field(default_factory=dict)
     hypervisor: str = ""
     agent_version: str = ""
+    cost_per_hour: float = 0.0

@@ -20,6 +20,291 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class PlaceVMRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEC_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def spec(self) -> _types_pb2.VMSpec: ...
+    def __init__(
+        self,
+        *,
+        spec: _types_pb2.VMSpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaceVMRequest: _TypeAlias = PlaceVMRequest  # noqa: Y015
+
+@_typing.final
+class RecommendPlacementRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEC_FIELD_NUMBER: _builtins.int
+    K_FIELD_NUMBER: _builtins.int
+    k: _builtins.int
+    """0 = 3"""
+    @_builtins.property
+    def spec(self) -> _types_pb2.VMSpec: ...
+    def __init__(
+        self,
+        *,
+        spec: _types_pb2.VMSpec | None = ...,
+        k: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["k", b"k", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecommendPlacementRequest: _TypeAlias = RecommendPlacementRequest  # noqa: Y015
+
+@_typing.final
+class ScoreTerm(_message.Message):
+    """One scorer's part of a node's total: raw in [0, 1], weighted = raw * weight."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    RAW_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    WEIGHTED_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    raw: _builtins.float
+    weight: _builtins.float
+    weighted: _builtins.float
+    note: _builtins.str
+    """e.g. "est. 4.2 ms RTT from 310 km" or "measured p95 3.1 ms" """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        raw: _builtins.float = ...,
+        weight: _builtins.float = ...,
+        weighted: _builtins.float = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "note", b"note", "raw", b"raw", "weight", b"weight", "weighted", b"weighted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScoreTerm: _TypeAlias = ScoreTerm  # noqa: Y015
+
+@_typing.final
+class CandidateScore(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    TERMS_FIELD_NUMBER: _builtins.int
+    LATENCY_MS_FIELD_NUMBER: _builtins.int
+    LATENCY_ESTIMATED_FIELD_NUMBER: _builtins.int
+    DISTANCE_KM_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    total: _builtins.float
+    latency_ms: _builtins.float
+    latency_estimated: _builtins.bool
+    distance_km: _builtins.float
+    """from PlacementConstraints.near, when given"""
+    @_builtins.property
+    def terms(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScoreTerm]: ...
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        total: _builtins.float = ...,
+        terms: _abc.Iterable[Global___ScoreTerm] | None = ...,
+        latency_ms: _builtins.float = ...,
+        latency_estimated: _builtins.bool = ...,
+        distance_km: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["distance_km", b"distance_km", "latency_estimated", b"latency_estimated", "latency_ms", b"latency_ms", "node_id", b"node_id", "terms", b"terms", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CandidateScore: _TypeAlias = CandidateScore  # noqa: Y015
+
+@_typing.final
+class Rejection(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    filter: _builtins.str
+    """the first filter that removed the node"""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        filter: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "node_id", b"node_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Rejection: _TypeAlias = Rejection  # noqa: Y015
+
+@_typing.final
+class PlacementDecision(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    REJECTIONS_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    NODES_TOTAL_FIELD_NUMBER: _builtins.int
+    NODES_FEASIBLE_FIELD_NUMBER: _builtins.int
+    DECISION_MS_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """empty when nothing fits"""
+    summary: _builtins.str
+    """one line a person can act on"""
+    nodes_total: _builtins.int
+    nodes_feasible: _builtins.int
+    decision_ms: _builtins.float
+    @_builtins.property
+    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___CandidateScore]:
+        """best first"""
+
+    @_builtins.property
+    def rejections(self) -> _containers.RepeatedCompositeFieldContainer[Global___Rejection]: ...
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        candidates: _abc.Iterable[Global___CandidateScore] | None = ...,
+        rejections: _abc.Iterable[Global___Rejection] | None = ...,
+        summary: _builtins.str = ...,
+        nodes_total: _builtins.int = ...,
+        nodes_feasible: _builtins.int = ...,
+        decision_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "decision_ms", b"decision_ms", "node_id", b"node_id", "nodes_feasible", b"nodes_feasible", "nodes_total", b"nodes_total", "rejections", b"rejections", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlacementDecision: _TypeAlias = PlacementDecision  # noqa: Y015
+
+@_typing.final
+class FindNearestNodesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCATION_FIELD_NUMBER: _builtins.int
+    N_FIELD_NUMBER: _builtins.int
+    n: _builtins.int
+    """0 = 5"""
+    @_builtins.property
+    def location(self) -> _types_pb2.Location: ...
+    def __init__(
+        self,
+        *,
+        location: _types_pb2.Location | None = ...,
+        n: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["location", b"location"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["location", b"location", "n", b"n"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindNearestNodesRequest: _TypeAlias = FindNearestNodesRequest  # noqa: Y015
+
+@_typing.final
+class NodeDistance(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    DISTANCE_KM_FIELD_NUMBER: _builtins.int
+    ESTIMATED_RTT_MS_FIELD_NUMBER: _builtins.int
+    EDGE_TYPE_FIELD_NUMBER: _builtins.int
+    COUNTRY_CODE_FIELD_NUMBER: _builtins.int
+    CONDITION_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    distance_km: _builtins.float
+    estimated_rtt_ms: _builtins.float
+    """physical bound (fiber) plus the edge type's access latency"""
+    edge_type: _types_pb2.EdgeType.ValueType
+    country_code: _builtins.str
+    condition: _types_pb2.NodeCondition.ValueType
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        distance_km: _builtins.float = ...,
+        estimated_rtt_ms: _builtins.float = ...,
+        edge_type: _types_pb2.EdgeType.ValueType = ...,
+        country_code: _builtins.str = ...,
+        condition: _types_pb2.NodeCondition.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "country_code", b"country_code", "distance_km", b"distance_km", "edge_type", b"edge_type", "estimated_rtt_ms", b"estimated_rtt_ms", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeDistance: _TypeAlias = NodeDistance  # noqa: Y015
+
+@_typing.final
+class FindNearestNodesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeDistance]: ...
+    def __init__(
+        self,
+        *,
+        nodes: _abc.Iterable[Global___NodeDistance] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindNearestNodesResponse: _TypeAlias = FindNearestNodesResponse  # noqa: Y015
+
+@_typing.final
+class CordonNodeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    CORDONED_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    cordoned: _builtins.bool
+    """false = uncordon"""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        cordoned: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cordoned", b"cordoned", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CordonNodeRequest: _TypeAlias = CordonNodeRequest  # noqa: Y015
+
+@_typing.final
 class DeployVMRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -85,6 +85,26 @@ class EdgeAPIStub:
                 request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.Status.FromString,
                 _registered_method=True)
+        self.PlaceVM = channel.unary_unary(
+                '/novacron.edge.v1.EdgeAPI/PlaceVM',
+                request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.PlaceVMRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.PlacementDecision.FromString,
+                _registered_method=True)
+        self.RecommendPlacement = channel.unary_unary(
+                '/novacron.edge.v1.EdgeAPI/RecommendPlacement',
+                request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.RecommendPlacementRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.PlacementDecision.FromString,
+                _registered_method=True)
+        self.FindNearestNodes = channel.unary_unary(
+                '/novacron.edge.v1.EdgeAPI/FindNearestNodes',
+                request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.FindNearestNodesRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.FindNearestNodesResponse.FromString,
+                _registered_method=True)
+        self.CordonNode = channel.unary_unary(
+                '/novacron.edge.v1.EdgeAPI/CordonNode',
+                request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.CordonNodeRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_v1_dot_types__pb2.Node.FromString,
+                _registered_method=True)
 
 
 class EdgeAPIServicer:
@@ -150,6 +170,32 @@ class EdgeAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PlaceVM(self, request, context):
+        """Placement without deploying: the decision and its explanation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecommendPlacement(self, request, context):
+        """The best k nodes with their scores.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FindNearestNodes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CordonNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EdgeAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -202,6 +248,26 @@ def add_EdgeAPIServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.GetStatusRequest.FromString,
                     response_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.Status.SerializeToString,
+            ),
+            'PlaceVM': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlaceVM,
+                    request_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.PlaceVMRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.PlacementDecision.SerializeToString,
+            ),
+            'RecommendPlacement': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecommendPlacement,
+                    request_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.RecommendPlacementRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.PlacementDecision.SerializeToString,
+            ),
+            'FindNearestNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindNearestNodes,
+                    request_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.FindNearestNodesRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.FindNearestNodesResponse.SerializeToString,
+            ),
+            'CordonNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.CordonNode,
+                    request_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.CordonNodeRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_v1_dot_types__pb2.Node.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -474,6 +540,114 @@ class EdgeAPI:
             '/novacron.edge.v1.EdgeAPI/GetStatus',
             shared_dot_pb_dot_v1_dot_edge__api__pb2.GetStatusRequest.SerializeToString,
             shared_dot_pb_dot_v1_dot_edge__api__pb2.Status.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlaceVM(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/novacron.edge.v1.EdgeAPI/PlaceVM',
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.PlaceVMRequest.SerializeToString,
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.PlacementDecision.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecommendPlacement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/novacron.edge.v1.EdgeAPI/RecommendPlacement',
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.RecommendPlacementRequest.SerializeToString,
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.PlacementDecision.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindNearestNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/novacron.edge.v1.EdgeAPI/FindNearestNodes',
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.FindNearestNodesRequest.SerializeToString,
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.FindNearestNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CordonNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/novacron.edge.v1.EdgeAPI/CordonNode',
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.CordonNodeRequest.SerializeToString,
+            shared_dot_pb_dot_v1_dot_types__pb2.Node.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,12 @@ class EdgeAPIStub:
     ListNodes: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.ListNodesRequest, _edge_api_pb2.ListNodesResponse]
     GetNode: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.GetNodeRequest, _types_pb2.Node]
     GetStatus: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.GetStatusRequest, _edge_api_pb2.Status]
+    PlaceVM: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.PlaceVMRequest, _edge_api_pb2.PlacementDecision]
+    """Placement without deploying: the decision and its explanation."""
+    RecommendPlacement: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.RecommendPlacementRequest, _edge_api_pb2.PlacementDecision]
+    """The best k nodes with their scores."""
+    FindNearestNodes: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.FindNearestNodesRequest, _edge_api_pb2.FindNearestNodesResponse]
+    CordonNode: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.CordonNodeRequest, _types_pb2.Node]
 
 @_typing.type_check_only
 class EdgeAPIAsyncStub(EdgeAPIStub):
@@ -56,6 +62,12 @@ class EdgeAPIAsyncStub(EdgeAPIStub):
     ListNodes: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.ListNodesRequest, _edge_api_pb2.ListNodesResponse]  # type: ignore[assignment]
     GetNode: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.GetNodeRequest, _types_pb2.Node]  # type: ignore[assignment]
     GetStatus: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.GetStatusRequest, _edge_api_pb2.Status]  # type: ignore[assignment]
+    PlaceVM: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.PlaceVMRequest, _edge_api_pb2.PlacementDecision]  # type: ignore[assignment]
+    """Placement without deploying: the decision and its explanation."""
+    RecommendPlacement: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.RecommendPlacementRequest, _edge_api_pb2.PlacementDecision]  # type: ignore[assignment]
+    """The best k nodes with their scores."""
+    FindNearestNodes: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.FindNearestNodesRequest, _edge_api_pb2.FindNearestNodesResponse]  # type: ignore[assignment]
+    CordonNode: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.CordonNodeRequest, _types_pb2.Node]  # type: ignore[assignment]
 
 class EdgeAPIServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -127,5 +139,35 @@ class EdgeAPIServicer(metaclass=_abc_1.ABCMeta):
         request: _edge_api_pb2.GetStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_edge_api_pb2.Status, _abc.Awaitable[_edge_api_pb2.Status]]: ...
+
+    @_abc_1.abstractmethod
+    def PlaceVM(
+        self,
+        request: _edge_api_pb2.PlaceVMRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_edge_api_pb2.PlacementDecision, _abc.Awaitable[_edge_api_pb2.PlacementDecision]]:
+        """Placement without deploying: the decision and its explanation."""
+
+    @_abc_1.abstractmethod
+    def RecommendPlacement(
+        self,
+        request: _edge_api_pb2.RecommendPlacementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_edge_api_pb2.PlacementDecision, _abc.Awaitable[_edge_api_pb2.PlacementDecision]]:
+        """The best k nodes with their scores."""
+
+    @_abc_1.abstractmethod
+    def FindNearestNodes(
+        self,
+        request: _edge_api_pb2.FindNearestNodesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_edge_api_pb2.FindNearestNodesResponse, _abc.Awaitable[_edge_api_pb2.FindNearestNodesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CordonNode(
+        self,
+        request: _edge_api_pb2.CordonNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Node, _abc.Awaitable[_types_pb2.Node]]: ...
 
 def add_EdgeAPIServicer_to_server(servicer: EdgeAPIServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,45 +25,55 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18shared/pb/v1/types.proto\x12\x10novacron.edge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"E\n\x08Location\x12\x10\n\x08latitude\x18\x01 \x01(\x01\x12\x11\n\tlongitude\x18\x02 \x01(\x01\x12\x14\n\x0c\x63ountry_code\x18\x03 \x01(\t\"B\n\x08\x43\x61pacity\x12\r\n\x05vcpus\x18\x01 \x01(\r\x12\x12\n\nmemory_mib\x18\x02 \x01(\x04\x12\x13\n\x0bstorage_gib\x18\x03 \x01(\x04\"\xc1\x01\n\x0bUtilization\x12\x13\n\x0b\x63pu_percent\x18\x01 \x01(\x01\x12\x17\n\x0fmemory_used_mib\x18\x02 \x01(\x04\x12\x18\n\x10memory_total_mib\x18\x03 \x01(\x04\x12\x15\n\rdisk_used_gib\x18\x04 \x01(\x04\x12\x16\n\x0e\x64isk_total_gib\x18\x05 \x01(\x04\x12\x14\n\x0cnet_rx_bytes\x18\x06 \x01(\x04\x12\x14\n\x0cnet_tx_bytes\x18\x07 \x01(\x04\x12\x0f\n\x07load_1m\x18\x08 \x01(\x01\"\xad\x01\n\x06VMSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\t\x12\r\n\x05vcpus\x18\x03 \x01(\r\x12\x12\n\nmemory_mib\x18\x04 \x01(\x04\x12\x34\n\x06labels\x18\x05 \x03(\x0b\x32$.novacron.edge.v1.VMSpec.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\tImageInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04\x61rch\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\"\xa7\x01\n\x08VMStatus\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.novacron.edge.v1.VMState\x12\x12\n\ngeneration\x18\x04 \x01(\x04\x12\r\n\x05image\x18\x05 \x01(\t\x12\r\n\x05vcpus\x18\x06 \x01(\r\x12\x12\n\nmemory_mib\x18\x07 \x01(\x04\x12\x0e\n\x06reason\x18\x08 \x01(\t\"\xd8\x02\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x0c\n\x04\x61rch\x18\x03 \x01(\t\x12-\n\tedge_type\x18\x04 \x01(\x0e\x32\x1a.novacron.edge.v1.EdgeType\x12\x36\n\x06labels\x18\x05 \x03(\x0b\x32&.novacron.edge.v1.NodeInfo.LabelsEntry\x12,\n\x08location\x18\x06 \x01(\x0b\x32\x1a.novacron.edge.v1.Location\x12,\n\x08\x63\x61pacity\x18\x07 \x01(\x0b\x32\x1a.novacron.edge.v1.Capacity\x12\x12\n\nhypervisor\x18\x08 \x01(\t\x12\x15\n\ragent_version\x18\t \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x87\x03\n\x04Node\x12(\n\x04info\x18\x01 \x01(\x0b\x32\x1a.novacron.edge.v1.NodeInfo\x12\x32\n\tcondition\x18\x02 \x01(\x0e\x32\x1f.novacron.edge.v1.NodeCondition\x12\x18\n\x10\x63ondition_reason\x18\x03 \x01(\t\x12\x32\n\x0elast_heartbeat\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0butilization\x18\x05 \x01(\x0b\x32\x1d.novacron.edge.v1.Utilization\x12-\n\tallocated\x18\x06 \x01(\x0b\x32\x1a.novacron.edge.v1.Capacity\x12\x10\n\x08vm_count\x18\x07 \x01(\r\x12+\n\x06images\x18\x08 \x03(\x0b\x32\x1b.novacron.edge.v1.ImageInfo\x12\x31\n\rregistered_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc8\x02\n\x02VM\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x04spec\x18\x02 \x01(\x0b\x32\x18.novacron.edge.v1.VMSpec\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x35\n\rdesired_state\x18\x04 \x01(\x0e\x32\x1e.novacron.edge.v1.DesiredState\x12(\n\x05state\x18\x05 \x01(\x0e\x32\x19.novacron.edge.v1.VMState\x12\x14\n\x0cstate_reason\x18\x06 \x01(\t\x12\x12\n\ngeneration\x18\x07 \x01(\x04\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\n \x01(\t*\x9e\x01\n\x08\x45\x64geType\x12\x19\n\x15\x45\x44GE_TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rEDGE_TYPE_MEC\x10\x01\x12\x11\n\rEDGE_TYPE_CDN\x10\x02\x12\x11\n\rEDGE_TYPE_IOT\x10\x03\x12\x14\n\x10\x45\x44GE_TYPE_ONPREM\x10\x04\x12\x13\n\x0f\x45\x44GE_TYPE_TELCO\x10\x05\x12\x13\n\x0f\x45\x44GE_TYPE_CLOUD\x10\x06*\xe8\x01\n\x07VMState\x12\x18\n\x14VM_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10VM_STATE_PENDING\x10\x01\x12\x14\n\x10VM_STATE_RUNNING\x10\x02\x12\x13\n\x0fVM_STATE_PAUSED\x10\x03\x12\x14\n\x10VM_STATE_STOPPED\x10\x04\x12\x14\n\x10VM_STATE_CRASHED\x10\x05\x12\x14\n\x10VM_STATE_UNKNOWN\x10\x06\x12\x13\n\x0fVM_STATE_FAILED\x10\x07\x12\x15\n\x11VM_STATE_DELETING\x10\x08\x12\x14\n\x10VM_STATE_MISSING\x10\t*}\n\x0c\x44\x65siredState\x12\x1d\n\x19\x44\x45SIRED_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45SIRED_STATE_RUNNING\x10\x01\x12\x18\n\x14\x44\x45SIRED_STATE_PAUSED\x10\x02\x12\x19\n\x15\x44\x45SIRED_STATE_DELETED\x10\x03*g\n\rNodeCondition\x12\x1e\n\x1aNODE_CONDITION_UNSPECIFIED\x10\x00\x12\x18\n\x14NODE_CONDITION_READY\x10\x01\x12\x1c\n\x18NODE_CONDITION_NOT_READY\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18shared/pb/v1/types.proto\x12\x10novacron.edge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"E\n\x08Location\x12\x10\n\x08latitude\x18\x01 \x01(\x01\x12\x11\n\tlongitude\x18\x02 \x01(\x01\x12\x14\n\x0c\x63ountry_code\x18\x03 \x01(\t\"B\n\x08\x43\x61pacity\x12\r\n\x05vcpus\x18\x01 \x01(\r\x12\x12\n\nmemory_mib\x18\x02 \x01(\x04\x12\x13\n\x0bstorage_gib\x18\x03 \x01(\x04\"\xc1\x01\n\x0bUtilization\x12\x13\n\x0b\x63pu_percent\x18\x01 \x01(\x01\x12\x17\n\x0fmemory_used_mib\x18\x02 \x01(\x04\x12\x18\n\x10memory_total_mib\x18\x03 \x01(\x04\x12\x15\n\rdisk_used_gib\x18\x04 \x01(\x04\x12\x16\n\x0e\x64isk_total_gib\x18\x05 \x01(\x04\x12\x14\n\x0cnet_rx_bytes\x18\x06 \x01(\x04\x12\x14\n\x0cnet_tx_bytes\x18\x07 \x01(\x04\x12\x0f\n\x07load_1m\x18\x08 \x01(\x01\"\x9e\x04\n\x14PlacementConstraints\x12(\n\x04near\x18\x01 \x01(\x0b\x32\x1a.novacron.edge.v1.Location\x12\x16\n\x0emax_latency_ms\x18\x02 \x01(\x01\x12\x1a\n\x12latency_percentile\x18\x03 \x01(\r\x12\x11\n\tcountries\x18\x04 \x03(\t\x12.\n\nedge_types\x18\x05 \x03(\x0e\x32\x1a.novacron.edge.v1.EdgeType\x12\x36\n\x12\x65xclude_edge_types\x18\x06 \x03(\x0e\x32\x1a.novacron.edge.v1.EdgeType\x12\x0c\n\x04\x61rch\x18\x07 \x01(\t\x12S\n\x0frequired_labels\x18\x08 \x03(\x0b\x32:.novacron.edge.v1.PlacementConstraints.RequiredLabelsEntry\x12\x14\n\x0cspread_group\x18\t \x01(\t\x12\x33\n\x0cspread_scope\x18\n \x01(\x0e\x32\x1d.novacron.edge.v1.SpreadScope\x12\x19\n\x11max_cost_per_hour\x18\x0b \x01(\x01\x12-\n\x04mode\x18\x0c \x01(\x0e\x32\x1f.novacron.edge.v1.PlacementMode\x1a\x35\n\x13RequiredLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfa\x01\n\x06VMSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\t\x12\r\n\x05vcpus\x18\x03 \x01(\r\x12\x12\n\nmemory_mib\x18\x04 \x01(\x04\x12\x34\n\x06labels\x18\x05 \x03(\x0b\x32$.novacron.edge.v1.VMSpec.LabelsEntry\x12\x10\n\x08\x64isk_gib\x18\x06 \x01(\x04\x12\x39\n\tplacement\x18\x07 \x01(\x0b\x32&.novacron.edge.v1.PlacementConstraints\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\tImageInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04\x61rch\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\"\xa7\x01\n\x08VMStatus\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.novacron.edge.v1.VMState\x12\x12\n\ngeneration\x18\x04 \x01(\x04\x12\r\n\x05image\x18\x05 \x01(\t\x12\r\n\x05vcpus\x18\x06 \x01(\r\x12\x12\n\nmemory_mib\x18\x07 \x01(\x04\x12\x0e\n\x06reason\x18\x08 \x01(\t\"\xef\x02\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x0c\n\x04\x61rch\x18\x03 \x01(\t\x12-\n\tedge_type\x18\x04 \x01(\x0e\x32\x1a.novacron.edge.v1.EdgeType\x12\x36\n\x06labels\x18\x05 \x03(\x0b\x32&.novacron.edge.v1.NodeInfo.LabelsEntry\x12,\n\x08location\x18\x06 \x01(\x0b\x32\x1a.novacron.edge.v1.Location\x12,\n\x08\x63\x61pacity\x18\x07 \x01(\x0b\x32\x1a.novacron.edge.v1.Capacity\x12\x12\n\nhypervisor\x18\x08 \x01(\t\x12\x15\n\ragent_version\x18\t \x01(\t\x12\x15\n\rcost_per_hour\x18\n \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x99\x03\n\x04Node\x12(\n\x04info\x18\x01 \x01(\x0b\x32\x1a.novacron.edge.v1.NodeInfo\x12\x32\n\tcondition\x18\x02 \x01(\x0e\x32\x1f.novacron.edge.v1.NodeCondition\x12\x18\n\x10\x63ondition_reason\x18\x03 \x01(\t\x12\x32\n\x0elast_heartbeat\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0butilization\x18\x05 \x01(\x0b\x32\x1d.novacron.edge.v1.Utilization\x12-\n\tallocated\x18\x06 \x01(\x0b\x32\x1a.novacron.edge.v1.Capacity\x12\x10\n\x08vm_count\x18\x07 \x01(\r\x12+\n\x06images\x18\x08 \x03(\x0b\x32\x1b.novacron.edge.v1.ImageInfo\x12\x31\n\rregistered_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x63ordoned\x18\n \x01(\x08\"\xe2\x02\n\x02VM\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x04spec\x18\x02 \x01(\x0b\x32\x18.novacron.edge.v1.VMSpec\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x35\n\rdesired_state\x18\x04 \x01(\x0e\x32\x1e.novacron.edge.v1.DesiredState\x12(\n\x05state\x18\x05 \x01(\x0e\x32\x19.novacron.edge.v1.VMState\x12\x14\n\x0cstate_reason\x18\x06 \x01(\t\x12\x12\n\ngeneration\x18\x07 \x01(\x04\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\n \x01(\t\x12\x18\n\x10placement_reason\x18\x0b \x01(\t*\x9e\x01\n\x08\x45\x64geType\x12\x19\n\x15\x45\x44GE_TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rEDGE_TYPE_MEC\x10\x01\x12\x11\n\rEDGE_TYPE_CDN\x10\x02\x12\x11\n\rEDGE_TYPE_IOT\x10\x03\x12\x14\n\x10\x45\x44GE_TYPE_ONPREM\x10\x04\x12\x13\n\x0f\x45\x44GE_TYPE_TELCO\x10\x05\x12\x13\n\x0f\x45\x44GE_TYPE_CLOUD\x10\x06*\xe8\x01\n\x07VMState\x12\x18\n\x14VM_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10VM_STATE_PENDING\x10\x01\x12\x14\n\x10VM_STATE_RUNNING\x10\x02\x12\x13\n\x0fVM_STATE_PAUSED\x10\x03\x12\x14\n\x10VM_STATE_STOPPED\x10\x04\x12\x14\n\x10VM_STATE_CRASHED\x10\x05\x12\x14\n\x10VM_STATE_UNKNOWN\x10\x06\x12\x13\n\x0fVM_STATE_FAILED\x10\x07\x12\x15\n\x11VM_STATE_DELETING\x10\x08\x12\x14\n\x10VM_STATE_MISSING\x10\t*}\n\x0c\x44\x65siredState\x12\x1d\n\x19\x44\x45SIRED_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45SIRED_STATE_RUNNING\x10\x01\x12\x18\n\x14\x44\x45SIRED_STATE_PAUSED\x10\x02\x12\x19\n\x15\x44\x45SIRED_STATE_DELETED\x10\x03*g\n\rNodeCondition\x12\x1e\n\x1aNODE_CONDITION_UNSPECIFIED\x10\x00\x12\x18\n\x14NODE_CONDITION_READY\x10\x01\x12\x1c\n\x18NODE_CONDITION_NOT_READY\x10\x02*f\n\rPlacementMode\x12\x1e\n\x1aPLACEMENT_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15PLACEMENT_MODE_SPREAD\x10\x01\x12\x1a\n\x16PLACEMENT_MODE_BINPACK\x10\x02*Y\n\x0bSpreadScope\x12\x1c\n\x18SPREAD_SCOPE_UNSPECIFIED\x10\x00\x12\x15\n\x11SPREAD_SCOPE_NODE\x10\x01\x12\x15\n\x11SPREAD_SCOPE_SITE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shared.pb.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PLACEMENTCONSTRAINTS_REQUIREDLABELSENTRY']._loaded_options = None
+  _globals['_PLACEMENTCONSTRAINTS_REQUIREDLABELSENTRY']._serialized_options = b'8\001'
   _globals['_VMSPEC_LABELSENTRY']._loaded_options = None
   _globals['_VMSPEC_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_NODEINFO_LABELSENTRY']._loaded_options = None
   _globals['_NODEINFO_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_EDGETYPE']._serialized_start=1908
-  _globals['_EDGETYPE']._serialized_end=2066
-  _globals['_VMSTATE']._serialized_start=2069
-  _globals['_VMSTATE']._serialized_end=2301
-  _globals['_DESIREDSTATE']._serialized_start=2303
-  _globals['_DESIREDSTATE']._serialized_end=2428
-  _globals['_NODECONDITION']._serialized_start=2430
-  _globals['_NODECONDITION']._serialized_end=2533
+  _globals['_EDGETYPE']._serialized_start=2597
+  _globals['_EDGETYPE']._serialized_end=2755
+  _globals['_VMSTATE']._serialized_start=2758
+  _globals['_VMSTATE']._serialized_end=2990
+  _globals['_DESIREDSTATE']._serialized_start=2992
+  _globals['_DESIREDSTATE']._serialized_end=3117
+  _globals['_NODECONDITION']._serialized_start=3119
+  _globals['_NODECONDITION']._serialized_end=3222
+  _globals['_PLACEMENTMODE']._serialized_start=3224
+  _globals['_PLACEMENTMODE']._serialized_end=3326
+  _globals['_SPREADSCOPE']._serialized_start=3328
+  _globals['_SPREADSCOPE']._serialized_end=3417
   _globals['_LOCATION']._serialized_start=79
   _globals['_LOCATION']._serialized_end=148
   _globals['_CAPACITY']._serialized_start=150
   _globals['_CAPACITY']._serialized_end=216
   _globals['_UTILIZATION']._serialized_start=219
   _globals['_UTILIZATION']._serialized_end=412
-  _globals['_VMSPEC']._serialized_start=415
-  _globals['_VMSPEC']._serialized_end=588
-  _globals['_VMSPEC_LABELSENTRY']._serialized_start=543
-  _globals['_VMSPEC_LABELSENTRY']._serialized_end=588
-  _globals['_IMAGEINFO']._serialized_start=590
-  _globals['_IMAGEINFO']._serialized_end=663
-  _globals['_VMSTATUS']._serialized_start=666
-  _globals['_VMSTATUS']._serialized_end=833
-  _globals['_NODEINFO']._serialized_start=836
-  _globals['_NODEINFO']._serialized_end=1180
-  _globals['_NODEINFO_LABELSENTRY']._serialized_start=543
-  _globals['_NODEINFO_LABELSENTRY']._serialized_end=588
-  _globals['_NODE']._serialized_start=1183
-  _globals['_NODE']._serialized_end=1574
-  _globals['_VM']._serialized_start=1577
-  _globals['_VM']._serialized_end=1905
+  _globals['_PLACEMENTCONSTRAINTS']._serialized_start=415
+  _globals['_PLACEMENTCONSTRAINTS']._serialized_end=957
+  _globals['_PLACEMENTCONSTRAINTS_REQUIREDLABELSENTRY']._serialized_start=904
+  _globals['_PLACEMENTCONSTRAINTS_REQUIREDLABELSENTRY']._serialized_end=957
+  _globals['_VMSPEC']._serialized_start=960
+  _globals['_VMSPEC']._serialized_end=1210
+  _globals['_VMSPEC_LABELSENTRY']._serialized_start=1165
+  _globals['_VMSPEC_LABELSENTRY']._serialized_end=1210
+  _globals['_IMAGEINFO']._serialized_start=1212
+  _globals['_IMAGEINFO']._serialized_end=1285
+  _globals['_VMSTATUS']._serialized_start=1288
+  _globals['_VMSTATUS']._serialized_end=1455
+  _globals['_NODEINFO']._serialized_start=1458
+  _globals['_NODEINFO']._serialized_end=1825
+  _globals['_NODEINFO_LABELSENTRY']._serialized_start=1165
+  _globals['_NODEINFO_LABELSENTRY']._serialized_end=1210
+  _globals['_NODE']._serialized_start=1828
+  _globals['_NODE']._serialized_end=2237
+  _globals['_VM']._serialized_start=2240
+  _globals['_VM']._serialized_end=2594
 # @@protoc_insertion_point(module_scope)

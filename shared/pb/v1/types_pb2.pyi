@@ -124,6 +124,50 @@ NODE_CONDITION_READY: NodeCondition.ValueType  # 1
 NODE_CONDITION_NOT_READY: NodeCondition.ValueType  # 2
 Global___NodeCondition: _TypeAlias = NodeCondition  # noqa: Y015
 
+class _PlacementMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PlacementModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PlacementMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PLACEMENT_MODE_UNSPECIFIED: _PlacementMode.ValueType  # 0
+    """the controller profile's mode"""
+    PLACEMENT_MODE_SPREAD: _PlacementMode.ValueType  # 1
+    """prefer the least utilised node (the spec's resource score)"""
+    PLACEMENT_MODE_BINPACK: _PlacementMode.ValueType  # 2
+    """prefer the fullest node that fits"""
+
+class PlacementMode(_PlacementMode, metaclass=_PlacementModeEnumTypeWrapper): ...
+
+PLACEMENT_MODE_UNSPECIFIED: PlacementMode.ValueType  # 0
+"""the controller profile's mode"""
+PLACEMENT_MODE_SPREAD: PlacementMode.ValueType  # 1
+"""prefer the least utilised node (the spec's resource score)"""
+PLACEMENT_MODE_BINPACK: PlacementMode.ValueType  # 2
+"""prefer the fullest node that fits"""
+Global___PlacementMode: _TypeAlias = PlacementMode  # noqa: Y015
+
+class _SpreadScope:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SpreadScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SpreadScope.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SPREAD_SCOPE_UNSPECIFIED: _SpreadScope.ValueType  # 0
+    """node"""
+    SPREAD_SCOPE_NODE: _SpreadScope.ValueType  # 1
+    SPREAD_SCOPE_SITE: _SpreadScope.ValueType  # 2
+    """the node label "site" (or the node id when absent)"""
+
+class SpreadScope(_SpreadScope, metaclass=_SpreadScopeEnumTypeWrapper): ...
+
+SPREAD_SCOPE_UNSPECIFIED: SpreadScope.ValueType  # 0
+"""node"""
+SPREAD_SCOPE_NODE: SpreadScope.ValueType  # 1
+SPREAD_SCOPE_SITE: SpreadScope.ValueType  # 2
+"""the node label "site" (or the node id when absent)"""
+Global___SpreadScope: _TypeAlias = SpreadScope  # noqa: Y015
+
 @_typing.final
 class Location(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -216,6 +260,96 @@ class Utilization(_message.Message):
 Global___Utilization: _TypeAlias = Utilization  # noqa: Y015
 
 @_typing.final
+class PlacementConstraints(_message.Message):
+    """What a VM asks of the node it runs on. Every field is optional."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RequiredLabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NEAR_FIELD_NUMBER: _builtins.int
+    MAX_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    LATENCY_PERCENTILE_FIELD_NUMBER: _builtins.int
+    COUNTRIES_FIELD_NUMBER: _builtins.int
+    EDGE_TYPES_FIELD_NUMBER: _builtins.int
+    EXCLUDE_EDGE_TYPES_FIELD_NUMBER: _builtins.int
+    ARCH_FIELD_NUMBER: _builtins.int
+    REQUIRED_LABELS_FIELD_NUMBER: _builtins.int
+    SPREAD_GROUP_FIELD_NUMBER: _builtins.int
+    SPREAD_SCOPE_FIELD_NUMBER: _builtins.int
+    MAX_COST_PER_HOUR_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    max_latency_ms: _builtins.float
+    """0 = the controller's max_edge_latency"""
+    latency_percentile: _builtins.int
+    """of measured RTT: 50, 95 (default) or 99"""
+    arch: _builtins.str
+    """x86_64, aarch64"""
+    spread_group: _builtins.str
+    """anti-affinity: no two VMs of the group per scope"""
+    spread_scope: Global___SpreadScope.ValueType
+    max_cost_per_hour: _builtins.float
+    """0 = no cap"""
+    mode: Global___PlacementMode.ValueType
+    @_builtins.property
+    def near(self) -> Global___Location:
+        """where its users are; latency is estimated from it"""
+
+    @_builtins.property
+    def countries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """data residency: allowed ISO 3166-1 alpha-2 codes"""
+
+    @_builtins.property
+    def edge_types(self) -> _containers.RepeatedScalarFieldContainer[Global___EdgeType.ValueType]:
+        """required: one of these"""
+
+    @_builtins.property
+    def exclude_edge_types(self) -> _containers.RepeatedScalarFieldContainer[Global___EdgeType.ValueType]: ...
+    @_builtins.property
+    def required_labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        near: Global___Location | None = ...,
+        max_latency_ms: _builtins.float = ...,
+        latency_percentile: _builtins.int = ...,
+        countries: _abc.Iterable[_builtins.str] | None = ...,
+        edge_types: _abc.Iterable[Global___EdgeType.ValueType] | None = ...,
+        exclude_edge_types: _abc.Iterable[Global___EdgeType.ValueType] | None = ...,
+        arch: _builtins.str = ...,
+        required_labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        spread_group: _builtins.str = ...,
+        spread_scope: Global___SpreadScope.ValueType = ...,
+        max_cost_per_hour: _builtins.float = ...,
+        mode: Global___PlacementMode.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["near", b"near"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "countries", b"countries", "edge_types", b"edge_types", "exclude_edge_types", b"exclude_edge_types", "latency_percentile", b"latency_percentile", "max_cost_per_hour", b"max_cost_per_hour", "max_latency_ms", b"max_latency_ms", "mode", b"mode", "near", b"near", "required_labels", b"required_labels", "spread_group", b"spread_group", "spread_scope", b"spread_scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlacementConstraints: _TypeAlias = PlacementConstraints  # noqa: Y015
+
+@_typing.final
 class VMSpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -244,12 +378,17 @@ class VMSpec(_message.Message):
     VCPUS_FIELD_NUMBER: _builtins.int
     MEMORY_MIB_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    DISK_GIB_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     image: _builtins.str
     vcpus: _builtins.int
     memory_mib: _builtins.int
+    disk_gib: _builtins.int
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def placement(self) -> Global___PlacementConstraints: ...
     def __init__(
         self,
         *,
@@ -258,10 +397,12 @@ class VMSpec(_message.Message):
         vcpus: _builtins.int = ...,
         memory_mib: _builtins.int = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        disk_gib: _builtins.int = ...,
+        placement: Global___PlacementConstraints | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["placement", b"placement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "labels", b"labels", "memory_mib", b"memory_mib", "name", b"name", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk_gib", b"disk_gib", "image", b"image", "labels", b"labels", "memory_mib", b"memory_mib", "name", b"name", "placement", b"placement", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -373,6 +514,7 @@ class NodeInfo(_message.Message):
     CAPACITY_FIELD_NUMBER: _builtins.int
     HYPERVISOR_FIELD_NUMBER: _builtins.int
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
+    COST_PER_HOUR_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     hostname: _builtins.str
     arch: _builtins.str
@@ -381,6 +523,8 @@ class NodeInfo(_message.Message):
     hypervisor: _builtins.str
     """e.g. "QEMU 7.2.0 (tcg)" """
     agent_version: _builtins.str
+    cost_per_hour: _builtins.float
+    """price of this node's capacity, for the cost score"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -399,10 +543,11 @@ class NodeInfo(_message.Message):
         capacity: Global___Capacity | None = ...,
         hypervisor: _builtins.str = ...,
         agent_version: _builtins.str = ...,
+        cost_per_hour: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "location", b"location"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "arch", b"arch", "capacity", b"capacity", "edge_type", b"edge_type", "hostname", b"hostname", "hypervisor", b"hypervisor", "labels", b"labels", "location", b"location", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "arch", b"arch", "capacity", b"capacity", "cost_per_hour", b"cost_per_hour", "edge_type", b"edge_type", "hostname", b"hostname", "hypervisor", b"hypervisor", "labels", b"labels", "location", b"location", "node_id", b"node_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -421,9 +566,12 @@ class Node(_message.Message):
     VM_COUNT_FIELD_NUMBER: _builtins.int
     IMAGES_FIELD_NUMBER: _builtins.int
     REGISTERED_AT_FIELD_NUMBER: _builtins.int
+    CORDONED_FIELD_NUMBER: _builtins.int
     condition: Global___NodeCondition.ValueType
     condition_reason: _builtins.str
     vm_count: _builtins.int
+    cordoned: _builtins.bool
+    """no new VMs are placed here"""
     @_builtins.property
     def info(self) -> Global___NodeInfo: ...
     @_builtins.property
@@ -450,10 +598,11 @@ class Node(_message.Message):
         vm_count: _builtins.int = ...,
         images: _abc.Iterable[Global___ImageInfo] | None = ...,
         registered_at: _timestamp_pb2.Timestamp | None = ...,
+        cordoned: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "info", b"info", "last_heartbeat", b"last_heartbeat", "registered_at", b"registered_at", "utilization", b"utilization"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "condition", b"condition", "condition_reason", b"condition_reason", "images", b"images", "info", b"info", "last_heartbeat", b"last_heartbeat", "registered_at", b"registered_at", "utilization", b"utilization", "vm_count", b"vm_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "condition", b"condition", "condition_reason", b"condition_reason", "cordoned", b"cordoned", "images", b"images", "info", b"info", "last_heartbeat", b"last_heartbeat", "registered_at", b"registered_at", "utilization", b"utilization", "vm_count", b"vm_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -473,6 +622,7 @@ class VM(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PLACEMENT_REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     node_id: _builtins.str
     desired_state: Global___DesiredState.ValueType
@@ -480,6 +630,8 @@ class VM(_message.Message):
     state_reason: _builtins.str
     generation: _builtins.int
     request_id: _builtins.str
+    placement_reason: _builtins.str
+    """why the controller chose node_id"""
     @_builtins.property
     def spec(self) -> Global___VMSpec: ...
     @_builtins.property
@@ -499,10 +651,11 @@ class VM(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         request_id: _builtins.str = ...,
+        placement_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "spec", b"spec", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "desired_state", b"desired_state", "generation", b"generation", "id", b"id", "node_id", b"node_id", "request_id", b"request_id", "spec", b"spec", "state", b"state", "state_reason", b"state_reason", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "desired_state", b"desired_state", "generation", b"generation", "id", b"id", "node_id", b"node_id", "placement_reason", b"placement_reason", "request_id", b"request_id", "spec", b"spec", "state", b"state", "state_reason", b"state_reason", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
