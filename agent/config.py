@@ -60,6 +60,7 @@ class AgentConfig:
     labels: dict[str, str] = field(default_factory=dict)
     location: LocationConfig | None = None
     capacity: CapacityConfig = field(default_factory=CapacityConfig)
+    cost_per_hour: float = 0.0  # price of this node's capacity, for the cost score
     state_dir: Path = Path("/var/lib/novacron/agent")
     images_dir: Path = Path("/var/lib/novacron/images")
     heartbeat_interval: Seconds = Seconds(5.0)
@@ -77,6 +78,8 @@ class AgentConfig:
             )
         if self.virt_type not in ("auto", "qemu", "kvm", "test"):
             raise ConfigError(f"agent.virt_type: {self.virt_type!r} is not auto, qemu or kvm")
+        if not self.cost_per_hour >= 0:
+            raise ConfigError(f"agent.cost_per_hour: must be >= 0, got {self.cost_per_hour}")
         for name in ("heartbeat_interval", "reconnect_max"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"agent.{name}: must be > 0")

@@ -67,6 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--label", action="append", metavar="KEY=VALUE", help="repeatable")
     p.add_argument("--location", metavar="LAT,LON", help="geo location, e.g. 52.52,13.40")
     p.add_argument("--country", help="ISO 3166-1 alpha-2 country code, e.g. DE")
+    p.add_argument("--cost-per-hour", type=float, help="price of this node, for placement")
     p.add_argument("--state-dir", help="default /var/lib/novacron/agent")
     p.add_argument("--images-dir", help="default /var/lib/novacron/images")
     p.add_argument("--heartbeat-interval", help="e.g. 5s (the controller may override)")
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 "edge_type": args.edge_type,
                 "labels": _labels(args.label),
                 "location": _location(args.location, args.country),
+                "cost_per_hour": args.cost_per_hour,
                 "state_dir": args.state_dir,
                 "images_dir": args.images_dir,
                 "heartbeat_interval": args.heartbeat_interval,

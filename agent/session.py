@@ -79,6 +79,7 @@ class AgentSession:
             labels=dict(self.config.labels),
             hypervisor=host.hypervisor,
             agent_version=__version__,
+            cost_per_hour=self.config.cost_per_hour,
         )
 
     def hello(self) -> apb.AgentMessage:

@@ -6,6 +6,7 @@ import functools
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
@@ -13,9 +14,12 @@ import structlog
 
 from controller import __version__
 from controller.core import Controller
+from controller.placement import Explanation
 from controller.records import NodeRecord, VMRecord
+from controller.validation import validate_spec
 from shared import convert
-from shared.errors import NovaCronError
+from shared.domain import VMSpec
+from shared.errors import InvalidArgument, NovaCronError
 from shared.grpc_status import status_code
 from shared.pb.v1 import edge_api_pb2 as epb
 from shared.pb.v1 import edge_api_pb2_grpc
@@ -61,7 +65,46 @@ def vm_to_pb(vm: VMRecord) -> pb.VM:
         created_at=convert.timestamp(vm.created_at),
         updated_at=convert.timestamp(vm.updated_at),
         request_id=vm.request_id,
+        placement_reason=vm.placement_reason,
     )
+
+
+def decision_to_pb(d: Explanation) -> epb.PlacementDecision:
+    return epb.PlacementDecision(
+        node_id=d.node_id or "",
+        candidates=[
+            epb.CandidateScore(
+                node_id=c.node_id,
+                total=c.total,
+                terms=[
+                    epb.ScoreTerm(
+                        name=t.name, raw=t.raw, weight=t.weight, weighted=t.weighted, note=t.note
+                    )
+                    for t in c.terms
+                ],
+                latency_ms=c.latency_ms,
+                latency_estimated=c.latency_estimated,
+                distance_km=c.distance_km or 0.0,
+            )
+            for c in d.candidates
+        ],
+        rejections=[
+            epb.Rejection(node_id=r.node_id, filter=r.filter, reason=r.reason) for r in d.rejections
+        ],
+        summary=d.summary,
+        nodes_total=d.nodes_total,
+        nodes_feasible=d.nodes_feasible,
+        decision_ms=d.decision_ms,
+    )
+
+
+def dry_run_spec(spec: pb.VMSpec) -> VMSpec:
+    """A spec for a what-if question: the name does not matter, the rest is checked."""
+    domain = convert.spec_from_pb(spec)
+    if not domain.name:
+        domain = replace(domain, name="what-if")
+    validate_spec(domain)
+    return domain
 
 
 class EdgeAPIServicer(edge_api_pb2_grpc.EdgeAPIServicer):
@@ -79,6 +122,7 @@ class EdgeAPIServicer(edge_api_pb2_grpc.EdgeAPIServicer):
             vm_count=len(self.c.vms_on(node.node_id)),
             images=[convert.image_to_pb(i) for i in node.images],
             registered_at=convert.timestamp(node.registered_at),
+            cordoned=node.cordoned,
         )
         if node.last_heartbeat:
             msg.last_heartbeat.CopyFrom(convert.timestamp(node.last_heartbeat))
@@ -144,3 +188,43 @@ class EdgeAPIServicer(edge_api_pb2_grpc.EdgeAPIServicer):
             store=self.c.store.name,
             uptime_seconds=self.c.clock() - self.c.started_at,
         )
+
+    @rpc
+    async def PlaceVM(self, request: epb.PlaceVMRequest, context: Ctx) -> epb.PlacementDecision:
+        return decision_to_pb(self.c.explain_placement(dry_run_spec(request.spec), k=3))
+
+    @rpc
+    async def RecommendPlacement(
+        self, request: epb.RecommendPlacementRequest, context: Ctx
+    ) -> epb.PlacementDecision:
+        k = request.k or 3
+        return decision_to_pb(self.c.explain_placement(dry_run_spec(request.spec), k=k))
+
+    @rpc
+    async def FindNearestNodes(
+        self, request: epb.FindNearestNodesRequest, context: Ctx
+    ) -> epb.FindNearestNodesResponse:
+        if not request.HasField("location"):
+            raise InvalidArgument("location is required")
+        loc = convert.location_from_pb(request.location)
+        if not (-90 <= loc.latitude <= 90 and -180 <= loc.longitude <= 180):
+            raise InvalidArgument(
+                "location must have latitude in [-90, 90], longitude in [-180, 180]"
+            )
+        return epb.FindNearestNodesResponse(
+            nodes=[
+                epb.NodeDistance(
+                    node_id=node.node_id,
+                    distance_km=km,
+                    estimated_rtt_ms=rtt,
+                    edge_type=convert.edge_type_to_pb(node.info.edge_type),
+                    country_code=node.info.location.country_code if node.info.location else "",
+                    condition=convert.condition_to_pb(self.c.condition(node)[0]),
+                )
+                for node, km, rtt in self.c.nearest(loc, request.n or 5)
+            ]
+        )
+
+    @rpc
+    async def CordonNode(self, request: epb.CordonNodeRequest, context: Ctx) -> pb.Node:
+        return self._node_to_pb(await self.c.cordon(request.node_id, request.cordoned))

@@ -2,14 +2,75 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from controller.placement import PlacementProfile
+from controller.placement.filters import FILTERS
 from shared.config import Seconds, build, env_overrides, read_yaml
+from shared.domain import PlacementMode
 from shared.errors import ConfigError
 
 ENV_PREFIX = "NOVACRON_CONTROLLER"
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementWeights:
+    latency: float = 0.5
+    resources: float = 0.3
+    cost: float = 0.2
+    proximity: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeComputingConfig:
+    """The spec's `edge_computing:` block. Every key of the spec's example is accepted (and
+    type-checked); the placement keys drive the engine, the others are not used yet."""
+
+    placement_weights: PlacementWeights = field(default_factory=PlacementWeights)
+    placement_filters: tuple[str, ...] = tuple(FILTERS)
+    placement_mode: PlacementMode = PlacementMode.SPREAD
+    max_edge_latency: Seconds = Seconds(0.1)
+    max_edge_vms_per_node: int = 10
+    edge_resource_buffer: float = 0.15
+    # accepted from the spec, not used yet
+    discovery_interval: Seconds = Seconds(30.0)
+    discovery_timeout: Seconds = Seconds(5.0)
+    min_edge_resources: dict[str, str] = field(default_factory=dict)
+    migration_timeout: Seconds = Seconds(5.0)
+    migration_bandwidth: int = 0
+    enable_mec: bool = False
+    enable_iot_gateway: bool = False
+    enable_cdn_edge: bool = False
+    enable_telco_edge: bool = False
+    target_provision_time: Seconds = Seconds(30.0)
+    target_migration_time: Seconds = Seconds(5.0)
+    target_placement_time: Seconds = Seconds(0.1)
+    edge_mesh_enabled: bool = False
+    vpn_enabled: bool = False
+    offline_mode: bool = False
+    metrics_interval: Seconds = Seconds(10.0)
+    health_check_interval: Seconds = Seconds(15.0)
+    require_tls: bool = False
+    allowed_regions: tuple[str, ...] = ("*",)
+    data_residency_rules: tuple[str, ...] = ()
+
+    def placement_profile(self) -> PlacementProfile:
+        w = self.placement_weights
+        return PlacementProfile(
+            weights={
+                "latency": w.latency,
+                "resources": w.resources,
+                "cost": w.cost,
+                "proximity": w.proximity,
+            },
+            filters=self.placement_filters,
+            mode=self.placement_mode,
+            max_edge_latency_ms=self.max_edge_latency * 1000,
+            edge_resource_buffer=self.edge_resource_buffer,
+            max_edge_vms_per_node=self.max_edge_vms_per_node,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +83,7 @@ class ControllerConfig:
     insecure: bool = False
     controller_id: str = ""
     log_level: str = "info"
+    edge_computing: EdgeComputingConfig = field(default_factory=EdgeComputingConfig)
 
     def __post_init__(self) -> None:
         for name in ("heartbeat_interval", "command_timeout", "deploy_timeout"):
@@ -35,9 +97,14 @@ class ControllerConfig:
 def load_config(path: Path | None, flags: dict[str, Any]) -> ControllerConfig:
     """File < environment (NOVACRON_CONTROLLER_<KEY>) < flags that were given."""
     raw: dict[str, Any] = read_yaml(path, "controller") if path else {}
+    raw.pop("edge_computing", None)
     raw.update(env_overrides(ENV_PREFIX, ControllerConfig))
     raw.update({k: v for k, v in flags.items() if v is not None})
-    return build(ControllerConfig, raw, "controller")
+    edge = build(
+        EdgeComputingConfig, read_yaml(path, "edge_computing") if path else {}, "edge_computing"
+    )
+    edge.placement_profile()  # refuse a bad profile at start-up, naming the bad key
+    return replace(build(ControllerConfig, raw, "controller"), edge_computing=edge)
 
 
 def with_listen(config: ControllerConfig, listen: str) -> ControllerConfig:

@@ -17,7 +17,8 @@ from typing import Any
 import structlog
 
 from controller.liveness import node_condition
-from controller.placement import Candidate, PlacementEngine
+from controller.placement import Explanation, NodeRow, NodeTable, ScoredEngine
+from controller.placement.geo import ACCESS_RTT_MS, haversine_km
 from controller.reconcile import Action, ActionKind, plan
 from controller.records import AuditEntry, NodeRecord, VMRecord
 from controller.sessions import AgentConnection
@@ -27,6 +28,7 @@ from shared import convert
 from shared.domain import (
     Capacity,
     DesiredState,
+    Location,
     NodeCondition,
     VMSpec,
     VMState,
@@ -38,6 +40,7 @@ from shared.errors import (
     FailedPrecondition,
     NotFound,
     NovaCronError,
+    ResourceExhausted,
     Unavailable,
     error_from_code,
 )
@@ -52,7 +55,7 @@ class Controller:
     def __init__(
         self,
         store: Store,
-        engine: PlacementEngine,
+        engine: ScoredEngine,
         *,
         controller_id: str = "",
         heartbeat_interval: float = 5.0,
@@ -102,17 +105,67 @@ class Controller:
     def vms_on(self, node_id: str) -> list[VMRecord]:
         return [vm for vm in self.vms.values() if vm.node_id == node_id]
 
-    def candidates(self) -> list[Candidate]:
-        return [
-            Candidate(
-                node_id=node.node_id,
-                condition=self.condition(node)[0],
-                capacity=node.capacity,
-                allocated=self.allocated(node.node_id),
-                images=frozenset(i.name for i in node.images),
+    def node_table(self) -> NodeTable:
+        """The placement engine's view of the fleet, built from the records (capacity held by
+        every VM recorded on a node counts: that record is the reservation)."""
+        allocated: dict[str, Capacity] = {}
+        counts: dict[str, int] = {}
+        groups: dict[str, dict[str, int]] = {}
+        for vm in self.vms.values():
+            if not vm.reserves_capacity:
+                continue
+            allocated[vm.node_id] = allocated.get(vm.node_id, Capacity()) + vm.spec.capacity()
+            counts[vm.node_id] = counts.get(vm.node_id, 0) + 1
+            group = vm.spec.placement.spread_group
+            if group:
+                per_node = groups.setdefault(vm.node_id, {})
+                per_node[group] = per_node.get(group, 0) + 1
+        rows = []
+        for node in self.nodes.values():
+            condition, reason = self.condition(node)
+            info = node.info
+            rows.append(
+                NodeRow(
+                    node_id=node.node_id,
+                    ready=condition is NodeCondition.READY and not node.cordoned,
+                    not_ready_reason="cordoned" if node.cordoned else reason,
+                    capacity=info.capacity,
+                    allocated=allocated.get(node.node_id, Capacity()),
+                    vm_count=counts.get(node.node_id, 0),
+                    location=info.location,
+                    edge_type=info.edge_type,
+                    arch=info.arch,
+                    labels=info.labels,
+                    images=frozenset(i.name for i in node.images),
+                    cost_per_hour=info.cost_per_hour,
+                    groups=groups.get(node.node_id, {}),
+                )
             )
-            for node in self.nodes.values()
-        ]
+        return NodeTable(rows)
+
+    def explain_placement(self, spec: VMSpec, k: int = 3) -> Explanation:
+        """The decision DeployVM would take now, with its explanation (no reservation)."""
+        return self.engine.decide(self.node_table(), self.engine.request(spec), k)
+
+    def nearest(self, location: Location, n: int) -> list[tuple[NodeRecord, float, float]]:
+        """Nodes by distance: (node, km, physical-bound RTT estimate in ms)."""
+        found = []
+        for node in self.nodes.values():
+            loc = node.info.location
+            if loc is None:
+                continue
+            km = haversine_km(location.latitude, location.longitude, loc.latitude, loc.longitude)
+            found.append((node, km, km / 100.0 + ACCESS_RTT_MS[node.info.edge_type]))
+        found.sort(key=lambda f: (f[1], f[0].node_id))
+        return found[:n]
+
+    async def cordon(self, node_id: str, cordoned: bool) -> NodeRecord:
+        node = self.get_node(node_id)
+        if node.cordoned != cordoned:
+            node.cordoned = cordoned
+            await self.store.put_node(node)
+            await self._audit("node.cordon" if cordoned else "node.uncordon", node_id, "")
+        return node
 
     def find_vm(self, name_or_id: str) -> VMRecord:
         if not name_or_id:
@@ -146,7 +199,9 @@ class Controller:
         if any(vm.spec.name == spec.name for vm in self.vms.values()):
             raise AlreadyExists(f"a VM named {spec.name!r} already exists")
         self._require_image(spec.image)
-        decision = self.engine.place(spec, self.candidates())
+        decision = self.explain_placement(spec, k=2)
+        if decision.node_id is None:
+            raise ResourceExhausted(decision.summary)
         now = self.clock()
         record = VMRecord(
             id=str(uuid.uuid4()),
@@ -159,6 +214,7 @@ class Controller:
             updated_at=now,
             state_reason=f"placed on {decision.node_id}",
             request_id=request_id,
+            placement_reason=decision.placement_reason(),
         )
         # Recorded before any await: this is the capacity reservation.
         self.vms[record.id] = record

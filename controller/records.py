@@ -30,6 +30,7 @@ class VMRecord:
     updated_at: float
     state_reason: str = ""
     request_id: str = ""
+    placement_reason: str = ""
 
     @property
     def reserves_capacity(self) -> bool:
@@ -44,6 +45,7 @@ class NodeRecord:
     connected: bool = False
     utilization: Utilization = field(default_factory=Utilization)
     images: tuple[ImageInfo, ...] = ()
+    cordoned: bool = False
 
     @property
     def node_id(self) -> str:

@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from controller.api import EdgeAPIServicer
 from controller.config import ControllerConfig
 from controller.core import Controller
-from controller.placement import FirstFit
+from controller.placement import ScoredEngine
 from controller.sessions import AgentSessionServicer
 from controller.store import SQLiteStore
 from shared.errors import InvalidArgument
@@ -60,7 +60,7 @@ class ControllerServer:
         store = SQLiteStore(self.config.state_dir / "controller.db")
         controller = Controller(
             store,
-            FirstFit(),
+            ScoredEngine(self.config.edge_computing.placement_profile()),
             controller_id=self.config.controller_id,
             heartbeat_interval=self.config.heartbeat_interval,
             command_timeout=self.config.command_timeout,

@@ -14,7 +14,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
+from google.protobuf import json_format
+
 from controller.records import AuditEntry, NodeRecord, VMRecord
+from shared import convert
 from shared.domain import (
     Capacity,
     DesiredState,
@@ -25,6 +28,7 @@ from shared.domain import (
     VMSpec,
     VMState,
 )
+from shared.pb.v1 import types_pb2 as pb
 
 SCHEMA_VERSION = 1
 
@@ -35,7 +39,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     info TEXT NOT NULL,
     images TEXT NOT NULL,
     registered_at REAL NOT NULL,
-    last_heartbeat REAL NOT NULL
+    last_heartbeat REAL NOT NULL,
+    cordoned INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS vms (
     id TEXT PRIMARY KEY,
@@ -48,7 +53,8 @@ CREATE TABLE IF NOT EXISTS vms (
     generation INTEGER NOT NULL,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    request_id TEXT
+    request_id TEXT,
+    placement_reason TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS vms_request_id ON vms(request_id) WHERE request_id != '';
 CREATE TABLE IF NOT EXISTS audit (
@@ -92,7 +98,17 @@ def _node_info_from_json(text: str) -> NodeInfo:
         labels=dict(raw.get("labels", {})),
         hypervisor=raw.get("hypervisor", ""),
         agent_version=raw.get("agent_version", ""),
+        cost_per_hour=raw.get("cost_per_hour", 0.0),
     )
+
+
+def _spec_to_json(spec: VMSpec) -> str:
+    """Through the wire format: one conversion for specs, nested constraints included."""
+    return json_format.MessageToJson(convert.spec_to_pb(spec), indent=None)
+
+
+def _spec_from_json(text: str) -> VMSpec:
+    return convert.spec_from_pb(json_format.Parse(text, pb.VMSpec()))
 
 
 class SQLiteStore:
@@ -132,7 +148,8 @@ class SQLiteStore:
 
     async def load_nodes(self) -> list[NodeRecord]:
         rows = await self._run(
-            "SELECT info, images, registered_at, last_heartbeat FROM nodes ORDER BY node_id"
+            "SELECT info, images, registered_at, last_heartbeat, cordoned FROM nodes"
+            " ORDER BY node_id"
         )
         return [
             NodeRecord(
@@ -140,19 +157,20 @@ class SQLiteStore:
                 images=tuple(ImageInfo(**i) for i in json.loads(images)),
                 registered_at=registered_at,
                 last_heartbeat=last_heartbeat,
+                cordoned=bool(cordoned),
             )
-            for info, images, registered_at, last_heartbeat in rows
+            for info, images, registered_at, last_heartbeat, cordoned in rows
         ]
 
     async def load_vms(self) -> list[VMRecord]:
         rows = await self._run(
             "SELECT id, spec, node_id, desired, state, state_reason, generation, created_at,"
-            " updated_at, request_id FROM vms ORDER BY created_at"
+            " updated_at, request_id, placement_reason FROM vms ORDER BY created_at"
         )
         return [
             VMRecord(
                 id=r[0],
-                spec=VMSpec(**json.loads(r[1])),
+                spec=_spec_from_json(r[1]),
                 node_id=r[2],
                 desired=DesiredState(r[3]),
                 state=VMState(r[4]),
@@ -161,35 +179,40 @@ class SQLiteStore:
                 created_at=r[7],
                 updated_at=r[8],
                 request_id=r[9] or "",
+                placement_reason=r[10],
             )
             for r in rows
         ]
 
     async def put_node(self, node: NodeRecord) -> None:
         await self._run(
-            "INSERT INTO nodes(node_id, info, images, registered_at, last_heartbeat)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT(node_id) DO UPDATE SET info=excluded.info,"
-            " images=excluded.images, last_heartbeat=excluded.last_heartbeat",
+            "INSERT INTO nodes(node_id, info, images, registered_at, last_heartbeat, cordoned)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(node_id) DO UPDATE SET info=excluded.info,"
+            " images=excluded.images, last_heartbeat=excluded.last_heartbeat,"
+            " cordoned=excluded.cordoned",
             (
                 node.node_id,
                 _node_info_to_json(node.info),
                 json.dumps([asdict(i) for i in node.images]),
                 node.registered_at,
                 node.last_heartbeat,
+                int(node.cordoned),
             ),
         )
 
     async def put_vm(self, vm: VMRecord) -> None:
         await self._run(
             "INSERT INTO vms(id, name, spec, node_id, desired, state, state_reason, generation,"
-            " created_at, updated_at, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " created_at, updated_at, request_id, placement_reason)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(id) DO UPDATE SET spec=excluded.spec, node_id=excluded.node_id,"
             " desired=excluded.desired, state=excluded.state, state_reason=excluded.state_reason,"
-            " generation=excluded.generation, updated_at=excluded.updated_at",
+            " generation=excluded.generation, updated_at=excluded.updated_at,"
+            " placement_reason=excluded.placement_reason",
             (
                 vm.id,
                 vm.spec.name,
-                json.dumps(asdict(vm.spec)),
+                _spec_to_json(vm.spec),
                 vm.node_id,
                 vm.desired.value,
                 vm.state.value,
@@ -198,6 +221,7 @@ class SQLiteStore:
                 vm.created_at,
                 vm.updated_at,
                 vm.request_id,
+                vm.placement_reason,
             ),
         )
 

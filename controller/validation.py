@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import re
 
-from shared.domain import VMSpec
+from shared.domain import PlacementConstraints, VMSpec
 from shared.errors import InvalidArgument
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.\-/]{0,61}[A-Za-z0-9])?$")
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+ARCHES = ("x86_64", "aarch64")
 MAX_VCPUS = 256
 MAX_MEMORY_MIB = 4 * 1024 * 1024
 MIN_MEMORY_MIB = 16
@@ -37,3 +40,27 @@ def validate_spec(spec: VMSpec) -> None:
     for key in spec.labels:
         if not _LABEL_KEY.match(key):
             raise InvalidArgument(f"label key {key!r} is invalid")
+    validate_constraints(spec.placement)
+
+
+def validate_constraints(c: PlacementConstraints) -> None:
+    where = "placement"
+    if c.near is not None and not (
+        -90.0 <= c.near.latitude <= 90.0 and -180.0 <= c.near.longitude <= 180.0
+    ):
+        raise InvalidArgument(
+            f"{where}.near: latitude must be in [-90, 90] and longitude in [-180, 180]"
+        )
+    if not c.max_latency_ms >= 0 or math.isinf(c.max_latency_ms):
+        raise InvalidArgument(f"{where}.max_latency_ms must be >= 0 (0 = the default)")
+    if c.latency_percentile not in (50, 95, 99):
+        raise InvalidArgument(f"{where}.latency_percentile must be 50, 95 or 99")
+    for code in c.countries:
+        if not _COUNTRY.match(code):
+            raise InvalidArgument(f"{where}.countries: {code!r} is not an ISO 3166-1 alpha-2 code")
+    if c.arch and c.arch not in ARCHES:
+        raise InvalidArgument(f"{where}.arch must be one of {', '.join(ARCHES)}")
+    if not c.max_cost_per_hour >= 0:
+        raise InvalidArgument(f"{where}.max_cost_per_hour must be >= 0 (0 = no cap)")
+    if c.spread_group and not _LABEL_KEY.match(c.spread_group):
+        raise InvalidArgument(f"{where}.spread_group {c.spread_group!r} is invalid")

@@ -112,9 +112,72 @@ def utilization_from_pb(u: pb.Utilization) -> d.Utilization:
     )
 
 
+_MODE_TO_PB = {
+    d.PlacementMode.SPREAD: pb.PLACEMENT_MODE_SPREAD,
+    d.PlacementMode.BINPACK: pb.PLACEMENT_MODE_BINPACK,
+}
+_MODE_FROM_PB = {v: k for k, v in _MODE_TO_PB.items()}
+
+
+def location_to_pb(loc: d.Location) -> pb.Location:
+    return pb.Location(
+        latitude=loc.latitude, longitude=loc.longitude, country_code=loc.country_code
+    )
+
+
+def location_from_pb(loc: pb.Location) -> d.Location:
+    return d.Location(loc.latitude, loc.longitude, loc.country_code)
+
+
+def constraints_to_pb(c: d.PlacementConstraints) -> pb.PlacementConstraints:
+    msg = pb.PlacementConstraints(
+        max_latency_ms=c.max_latency_ms,
+        latency_percentile=c.latency_percentile,
+        countries=c.countries,
+        edge_types=[edge_type_to_pb(e) for e in c.edge_types],
+        exclude_edge_types=[edge_type_to_pb(e) for e in c.exclude_edge_types],
+        arch=c.arch,
+        required_labels=dict(c.required_labels),
+        spread_group=c.spread_group,
+        spread_scope=(
+            pb.SPREAD_SCOPE_SITE if c.spread_scope is d.SpreadScope.SITE else pb.SPREAD_SCOPE_NODE
+        ),
+        max_cost_per_hour=c.max_cost_per_hour,
+        mode=_MODE_TO_PB[c.mode] if c.mode else pb.PLACEMENT_MODE_UNSPECIFIED,
+    )
+    if c.near is not None:
+        msg.near.CopyFrom(location_to_pb(c.near))
+    return msg
+
+
+def constraints_from_pb(c: pb.PlacementConstraints) -> d.PlacementConstraints:
+    return d.PlacementConstraints(
+        near=location_from_pb(c.near) if c.HasField("near") else None,
+        max_latency_ms=c.max_latency_ms,
+        latency_percentile=c.latency_percentile or 95,
+        countries=tuple(code.upper() for code in c.countries),
+        edge_types=tuple(edge_type_from_pb(e) for e in c.edge_types),
+        exclude_edge_types=tuple(edge_type_from_pb(e) for e in c.exclude_edge_types),
+        arch=c.arch,
+        required_labels=tuple(sorted(c.required_labels.items())),
+        spread_group=c.spread_group,
+        spread_scope=(
+            d.SpreadScope.SITE if c.spread_scope == pb.SPREAD_SCOPE_SITE else d.SpreadScope.NODE
+        ),
+        max_cost_per_hour=c.max_cost_per_hour,
+        mode=_MODE_FROM_PB.get(c.mode),
+    )
+
+
 def spec_to_pb(s: d.VMSpec) -> pb.VMSpec:
     return pb.VMSpec(
-        name=s.name, image=s.image, vcpus=s.vcpus, memory_mib=s.memory_mib, labels=s.labels
+        name=s.name,
+        image=s.image,
+        vcpus=s.vcpus,
+        memory_mib=s.memory_mib,
+        labels=s.labels,
+        disk_gib=s.disk_gib,
+        placement=constraints_to_pb(s.placement),
     )
 
 
@@ -125,6 +188,8 @@ def spec_from_pb(s: pb.VMSpec) -> d.VMSpec:
         vcpus=s.vcpus,
         memory_mib=s.memory_mib,
         labels=dict(s.labels),
+        disk_gib=s.disk_gib,
+        placement=constraints_from_pb(s.placement),
     )
 
 
@@ -172,26 +237,15 @@ def node_info_to_pb(n: d.NodeInfo) -> pb.NodeInfo:
         capacity=capacity_to_pb(n.capacity),
         hypervisor=n.hypervisor,
         agent_version=n.agent_version,
+        cost_per_hour=n.cost_per_hour,
     )
     if n.location is not None:
-        msg.location.CopyFrom(
-            pb.Location(
-                latitude=n.location.latitude,
-                longitude=n.location.longitude,
-                country_code=n.location.country_code,
-            )
-        )
+        msg.location.CopyFrom(location_to_pb(n.location))
     return msg
 
 
 def node_info_from_pb(n: pb.NodeInfo) -> d.NodeInfo:
-    location = None
-    if n.HasField("location"):
-        location = d.Location(
-            latitude=n.location.latitude,
-            longitude=n.location.longitude,
-            country_code=n.location.country_code,
-        )
+    location = location_from_pb(n.location) if n.HasField("location") else None
     return d.NodeInfo(
         node_id=n.node_id,
         hostname=n.hostname,
@@ -202,4 +256,5 @@ def node_info_from_pb(n: pb.NodeInfo) -> d.NodeInfo:
         labels=dict(n.labels),
         hypervisor=n.hypervisor,
         agent_version=n.agent_version,
+        cost_per_hour=n.cost_per_hour,
     )

@@ -37,7 +37,7 @@ class LatencyScore:
     static = True
 
     def score(self, ctx: Context) -> F64:
-        score = 1.0 - np.minimum(ctx.latency_ms / ctx.request.max_latency_ms, 1.0)
+        score: F64 = 1.0 - np.minimum(ctx.latency_ms / ctx.request.max_latency_ms, 1.0)
         return np.nan_to_num(score, nan=0.0, neginf=0.0)
 
     def note(self, ctx: Context, rel: int) -> str:
@@ -100,7 +100,8 @@ class ProximityScore:
     def score(self, ctx: Context) -> F64:
         if ctx.distance_km is None:
             return np.zeros(ctx.rows.stop - ctx.rows.start)
-        return 1.0 - np.minimum(ctx.distance_km / PROXIMITY_SCALE_KM, 1.0)
+        score: F64 = 1.0 - np.minimum(ctx.distance_km / PROXIMITY_SCALE_KM, 1.0)
+        return score
 
     def note(self, ctx: Context, rel: int) -> str:
         if ctx.distance_km is None:

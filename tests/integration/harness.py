@@ -16,7 +16,7 @@ from agent.config import AgentConfig, CapacityConfig
 from agent.hypervisor.libvirt_driver import LibvirtHypervisor
 from agent.images.catalog import ImageCatalog
 from agent.session import AgentSession
-from controller.config import ControllerConfig
+from controller.config import ControllerConfig, EdgeComputingConfig
 from controller.server import ControllerServer
 from shared.config import Seconds
 from shared.domain import EdgeType
@@ -94,6 +94,8 @@ class Cluster:
             deploy_timeout=Seconds(60.0),
             insecure=True,
             controller_id="ctl-test",
+            # no head-room buffer: the tests reason in whole MiB
+            edge_computing=EdgeComputingConfig(edge_resource_buffer=0.0),
         )
         self.server = ControllerServer(config)
         await self.server.start()
