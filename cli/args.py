@@ -65,3 +65,50 @@ def controller(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must be HOST:PORT")
     return text.strip()
+
+
+EDGE_TYPES = ("mec", "cdn", "iot", "onprem", "telco", "cloud")
+
+
+def lat_lon(text: str) -> tuple[float, float]:
+    """`LAT,LON` in degrees, e.g. 48.85,2.35."""
+    lat_text, sep, lon_text = text.partition(",")
+    try:
+        lat, lon = float(lat_text), float(lon_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be LAT,LON like 48.85,2.35, got {text!r}") from None
+    if not sep or not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise argparse.ArgumentTypeError(
+            f"must be LAT,LON with latitude in [-90, 90] and longitude in [-180, 180], got {text!r}"
+        )
+    return lat, lon
+
+
+def countries(text: str) -> list[str]:
+    """Comma-separated ISO 3166-1 alpha-2 codes: `DE,FR`."""
+    codes = [c.strip().upper() for c in text.split(",") if c.strip()]
+    bad = [c for c in codes if len(c) != 2 or not c.isalpha()]
+    if not codes or bad:
+        raise argparse.ArgumentTypeError(f"must be ISO country codes like DE,FR, got {text!r}")
+    return codes
+
+
+def edge_types(text: str) -> list[str]:
+    """Comma-separated edge types: `mec,cdn`."""
+    kinds = [k.strip().lower() for k in text.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in EDGE_TYPES]
+    if not kinds or bad:
+        raise argparse.ArgumentTypeError(
+            f"must be edge types from {', '.join(EDGE_TYPES)}, got {text!r}"
+        )
+    return kinds
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value

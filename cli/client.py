@@ -150,3 +150,16 @@ class EdgeClient:
 
     def status(self) -> api.Status:
         return self._call(self._stub.GetStatus, api.GetStatusRequest())
+
+    def recommend(self, spec: types_pb2.VMSpec, k: int) -> api.PlacementDecision:
+        req = api.RecommendPlacementRequest(spec=spec, k=k)
+        return self._call(self._stub.RecommendPlacement, req)
+
+    def nearest(self, latitude: float, longitude: float, n: int) -> list[api.NodeDistance]:
+        loc = types_pb2.Location(latitude=latitude, longitude=longitude)
+        req = api.FindNearestNodesRequest(location=loc, n=n)
+        return list(self._call(self._stub.FindNearestNodes, req).nodes)
+
+    def cordon(self, node_id: str, cordoned: bool) -> types_pb2.Node:
+        req = api.CordonNodeRequest(node_id=node_id, cordoned=cordoned)
+        return self._call(self._stub.CordonNode, req)

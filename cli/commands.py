@@ -10,7 +10,7 @@ from typing import TextIO
 
 from google.protobuf.message import Message
 
-from cli import progress
+from cli import placement, progress
 from cli.client import EdgeClient
 from cli.render import dump, list_data, to_data
 from cli.views import node_describe, node_table, status_describe, vm_describe, vm_table
@@ -77,6 +77,9 @@ def vm_deploy(ctx: Context, args: argparse.Namespace) -> int:
         memory_mib=args.memory_mib,
         labels=dict(args.labels),
     )
+    constraints = placement.constraints(args)
+    if constraints.ByteSize():
+        spec.placement.CopyFrom(constraints)
     request = api.DeployVMRequest(
         spec=spec, request_id=request_id, timeout_seconds=args.wait_timeout
     )
@@ -93,7 +96,9 @@ def vm_deploy(ctx: Context, args: argparse.Namespace) -> int:
             f"re-run with --request-id {request_id} to wait for the same deployment\n"
         )
         return 130
-    return _emit_one(ctx, vm, lambda: vm_table([vm], ctx.now))
+    return _emit_one(
+        ctx, vm, lambda: vm_table([vm], ctx.now) + f"placement: {vm.placement_reason}\n"
+    )
 
 
 def vm_list(ctx: Context, args: argparse.Namespace) -> int:
@@ -135,3 +140,33 @@ def vm_console(ctx: Context, args: argparse.Namespace) -> int:
     text = resp.text
     ctx.out.write(text if not text or text.endswith("\n") else text + "\n")
     return 0
+
+
+# -- placement ---------------------------------------------------------------------------------
+
+
+def placement_explain(ctx: Context, args: argparse.Namespace) -> int:
+    spec = pb.VMSpec(
+        name=args.name or "",
+        image=args.image,
+        vcpus=args.vcpus,
+        memory_mib=args.memory_mib,
+        placement=placement.constraints(args),
+    )
+    decision = ctx.client.recommend(spec, args.k)
+    return _emit_one(ctx, decision, lambda: placement.decision_view(decision))
+
+
+def node_nearest(ctx: Context, args: argparse.Namespace) -> int:
+    nodes = ctx.client.nearest(args.location[0], args.location[1], args.n)
+    return _emit_list(ctx, nodes, lambda: placement.nearest_view(nodes), "nodes")
+
+
+def node_cordon(ctx: Context, args: argparse.Namespace) -> int:
+    node = ctx.client.cordon(args.node, cordoned=True)
+    return _emit_one(ctx, node, lambda: f"node {node.info.node_id} cordoned\n")
+
+
+def node_uncordon(ctx: Context, args: argparse.Namespace) -> int:
+    node = ctx.client.cordon(args.node, cordoned=False)
+    return _emit_one(ctx, node, lambda: f"node {node.info.node_id} uncordoned\n")

@@ -12,6 +12,7 @@ import os
 from cli import args as types
 from cli import commands
 from cli.client import DEFAULT_CONTROLLER, DEFAULT_DEPLOY_WAIT, DEFAULT_TIMEOUT
+from cli.placement import add_placement_options
 from cli.render import FORMATS
 from cli.version import VERSION
 
@@ -155,6 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
         aliases=("describe",),
     )
     show.add_argument("node", metavar="NODE", type=types.non_empty, help="node id")
+    nearest = _sub(
+        node,
+        "nearest",
+        "nodes nearest to a location, with the physical-bound RTT estimate (fiber + access)",
+        "  novacron node nearest 48.85,2.35\n  novacron node nearest 40.71,-74.0 -n 3 -o json\n",
+        commands.node_nearest,
+    )
+    nearest.add_argument("location", metavar="LAT,LON", type=types.lat_lon)
+    nearest.add_argument("-n", type=types.positive_u32, default=5, help="how many (default 5)")
+    for verb, handler, what in (
+        ("cordon", commands.node_cordon, "place no new VMs on a node (running VMs stay)"),
+        ("uncordon", commands.node_uncordon, "allow placement on a node again"),
+    ):
+        sub = _sub(node, verb, what, f"  novacron node {verb} mec-berlin-1\n", handler)
+        sub.add_argument("node", metavar="NODE", type=types.non_empty, help="node id")
 
     # -- vm --
     vm = _group(
@@ -170,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
         "deploy",
         "deploy a VM and wait until it runs (a spinner shows progress on a terminal)",
         "  novacron vm deploy web-1 --image alpine-3.20 --vcpus 1 --memory-mib 256\n"
+        "  novacron vm deploy ar-1 --image tiny --vcpus 1 --memory-mib 128 \\\n"
+        "      --near 48.85,2.35 --max-latency-ms 10 --country DE,FR --edge-type mec\n"
         "  novacron vm deploy cam-7 --image yolo-arm64 --vcpus 2 --memory-mib 1024 \\\n"
         "      --label app=vision --label tier=edge --wait-timeout 120\n"
         "  # retry safely after a timeout or a lost connection: reuse the printed request_id\n"
@@ -204,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="idempotency key; a new UUID is generated (and printed on stderr) if omitted",
     )
+    add_placement_options(deploy)
     deploy.add_argument(
         "--wait-timeout",
         type=types.non_negative_u32,
@@ -254,6 +273,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="how much of the tail to print (0 = controller default, 64 KiB)",
     )
+    # -- placement --
+    placement_group = _group(
+        top,
+        "placement",
+        "ask where a VM would go, and why",
+        "  novacron placement explain --image tiny --vcpus 1 --memory-mib 128 --near 48.85,2.35\n",
+    )
+    explain = _sub(
+        placement_group,
+        "explain",
+        "the decision DeployVM would take now: the best k nodes with every scorer's raw and "
+        "weighted value, and why each other node was rejected (nothing is deployed)",
+        "  novacron placement explain --image tiny --vcpus 1 --memory-mib 128 --near 48.85,2.35\n"
+        "  novacron placement explain --image tiny --vcpus 2 --memory-mib 4096 \\\n"
+        "      --country DE,FR --max-latency-ms 50 -k 5 -o json\n",
+        commands.placement_explain,
+    )
+    explain.add_argument("--name", help="VM name (optional)")
+    explain.add_argument("--image", required=True, type=types.non_empty, help="image name")
+    explain.add_argument("--vcpus", required=True, type=types.positive_u32, metavar="N")
+    explain.add_argument("--memory-mib", required=True, type=types.positive_u64, metavar="M")
+    explain.add_argument("-k", type=types.positive_u32, default=3, help="candidates to show")
+    add_placement_options(explain)
     return parser
 
 

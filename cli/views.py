@@ -179,6 +179,7 @@ def vm_describe(vm: pb.VM, now: float) -> str:
             ("Memory", f"{vm.spec.memory_mib} MiB"),
             ("Generation", str(vm.generation)),
             ("Request ID", vm.request_id or NONE),
+            ("Placement", vm.placement_reason or NONE),
             ("Created", _timestamp(vm, "created_at", now)),
             ("Updated", _timestamp(vm, "updated_at", now)),
             ("Labels", dict(vm.spec.labels)),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 
-from agent.config import AgentConfig, CapacityConfig
+from agent.config import AgentConfig, CapacityConfig, LocationConfig
 from agent.hypervisor.libvirt_driver import LibvirtHypervisor
 from agent.images.catalog import ImageCatalog
 from agent.session import AgentSession
@@ -119,12 +119,17 @@ class Cluster:
         *,
         capacity: CapacityConfig | None = None,
         wait: bool = True,
+        location: LocationConfig | None = None,
+        edge_type: EdgeType = EdgeType.MEC,
+        cost_per_hour: float = 0.0,
     ) -> RunningAgent:
         config = AgentConfig(
             node_id=node_id,
             controller=self.address,
             libvirt_uri=uri,
-            edge_type=EdgeType.MEC,
+            edge_type=edge_type,
+            location=location,
+            cost_per_hour=cost_per_hour,
             labels={"site": node_id},
             capacity=capacity or CapacityConfig(storage_gib=100),
             state_dir=self.tmp / "agents" / node_id,
