@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,74 @@ def test_shipped_example_configs_load() -> None:
     assert agent.edge_type is EdgeType.MEC
     controller = load_controller_config(root / "controller.example.yaml", {})
     assert controller.insecure
+
+
+SPEC_EDGE_COMPUTING = """
+controller:
+  insecure: true
+edge_computing:
+  discovery_interval: 30s
+  discovery_timeout: 5s
+  placement_weights:
+    latency: 0.5
+    resources: 0.3
+    cost: 0.2
+    proximity: 0.0
+  max_edge_latency: 100ms
+  min_edge_resources:
+    min_cpu_cores: 2
+    min_memory_mb: 2048
+    min_storage_gb: 20
+    min_bandwidth_mbps: 100
+  migration_timeout: 5s
+  migration_bandwidth: 1000000000
+  enable_mec: true
+  enable_iot_gateway: true
+  enable_cdn_edge: true
+  enable_telco_edge: false
+  target_provision_time: 30s
+  target_migration_time: 5s
+  target_placement_time: 100ms
+  max_edge_vms_per_node: 10
+  edge_resource_buffer: 0.15
+  edge_mesh_enabled: true
+  vpn_enabled: true
+  offline_mode: false
+  metrics_interval: 10s
+  health_check_interval: 15s
+  require_tls: true
+  allowed_regions: ["*"]
+  data_residency_rules:
+    - "EU:GDPR"
+    - "US:CCPA"
+"""
+
+
+def test_the_specs_edge_computing_block_configures_placement(tmp_path: Path) -> None:
+    config = load_controller_config(write(tmp_path, SPEC_EDGE_COMPUTING), {})
+    profile = config.edge_computing.placement_profile()
+    assert profile.weights == {"latency": 0.5, "resources": 0.3, "cost": 0.2, "proximity": 0.0}
+    assert profile.max_edge_latency_ms == pytest.approx(100.0)
+    assert profile.edge_resource_buffer == 0.15
+    assert profile.max_edge_vms_per_node == 10
+    assert config.edge_computing.data_residency_rules == ("EU:GDPR", "US:CCPA")
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ("  placement_weights: {latency: -0.5}\n", "edge_computing.placement_weights.latency"),
+        ("  placement_weights: {latency: .nan}\n", "edge_computing.placement_weights.latency"),
+        (
+            "  placement_weights: {speed: 1}\n",
+            "edge_computing.placement_weights.speed: unknown key",
+        ),
+        ("  placement_filters: [ready, telepathy]\n", "unknown filter 'telepathy'"),
+        ("  max_edge_latency: fast\n", "edge_computing.max_edge_latency: expected a duration"),
+        ("  edge_resource_buffer: 1.5\n", "edge_computing.edge_resource_buffer: must be in"),
+        ("  placement_mode: random\n", "edge_computing.placement_mode: 'random' is not one of"),
+    ],
+)
+def test_bad_placement_config_is_refused_at_start(tmp_path: Path, block: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_controller_config(write(tmp_path, "edge_computing:\n" + block), {})

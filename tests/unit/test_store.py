@@ -11,6 +11,9 @@ from shared.domain import (
     ImageInfo,
     Location,
     NodeInfo,
+    PlacementConstraints,
+    PlacementMode,
+    SpreadScope,
     VMSpec,
     VMState,
 )
@@ -35,7 +38,23 @@ async def test_round_trip_survives_reopen(tmp_path: Path) -> None:
     )
     vm = VMRecord(
         id="id-1",
-        spec=VMSpec("web", "tiny", 1, 64, {"k": "v"}),
+        spec=VMSpec(
+            "web",
+            "tiny",
+            1,
+            64,
+            {"k": "v"},
+            placement=PlacementConstraints(
+                near=Location(48.85, 2.35, ""),
+                max_latency_ms=20,
+                countries=("DE", "FR"),
+                edge_types=(EdgeType.MEC,),
+                required_labels=(("zone", "a"),),
+                spread_group="web",
+                spread_scope=SpreadScope.SITE,
+                mode=PlacementMode.BINPACK,
+            ),
+        ),
         node_id="n1",
         desired=DesiredState.RUNNING,
         state=VMState.RUNNING,
@@ -44,7 +63,9 @@ async def test_round_trip_survives_reopen(tmp_path: Path) -> None:
         updated_at=2.0,
         state_reason="ok",
         request_id="r1",
+        placement_reason="n1 score 0.9",
     )
+    node.cordoned = True
     await store.put_node(node)
     await store.put_vm(vm)
     vm.state = VMState.PAUSED
