@@ -41,7 +41,8 @@ class Daemon:
         return self.process.returncode
 
 
-def start_daemon(name: str, argv: list[str], log_path: Path) -> Daemon:
+def start_daemon(name: str, argv: list[str], log_path: Path, *, detach: bool = False) -> Daemon:
+    """detach: run in a session of its own, so it outlives us and a terminal's Ctrl-C."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -50,6 +51,7 @@ def start_daemon(name: str, argv: list[str], log_path: Path) -> Daemon:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=detach,
         )
     return Daemon(name, process, log_path)
 

@@ -1,0 +1,45 @@
+"""A real novacron-lab (small topology) for the system tests, up once per module, always down."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lab.lab import Lab
+from tests.conftest import require_backend
+
+TOOLS = ("ip", "nsenter", "unshare", "libvirtd", "qemu-system-x86_64", "ping")
+
+
+def lab_backend_problem() -> str:
+    """Why a lab cannot run here, or '' if it can."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, TUN devices, private libvirtds)"
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        return f"missing tools: {', '.join(missing)}"
+    if not os.path.exists("/dev/net/tun"):
+        return "/dev/net/tun is missing"
+    return ""
+
+
+def lab_state_dir() -> Path:
+    # short: the sites' libvirtd sockets live under it and must fit in 107 bytes
+    return Path(tempfile.mkdtemp(prefix="nclab-", dir="/tmp"))
+
+
+@pytest.fixture(scope="module")
+def lab(tiny_image_dir: Path) -> Iterator[Lab]:
+    problem = lab_backend_problem()
+    require_backend(not problem, problem)
+    the_lab = Lab("small", lab_state_dir(), images_dir=tiny_image_dir)
+    try:
+        the_lab.up(timeout_s=90)
+        yield the_lab
+    finally:
+        the_lab.down()
