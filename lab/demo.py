@@ -1,30 +1,51 @@
-"""`make demo`: a controller and one edge agent on this host place a real QEMU guest.
+"""`make demo`: the default novacron-lab (7 edge sites in 5 countries, real WAN latency) and VMs
+placed near their users, driven through the `novacron` CLI as an operator would.
 
-Builds the tiny guest image, starts a private libvirtd, the controller and an agent, then drives
-everything through the `novacron` CLI exactly as an operator would, and stops all it started.
+Brings the lab up, shows the sites, deploys tiny QEMU guests near given user locations and
+prints where each landed and why, explains one decision in full, waits for every guest's first
+console line, shows the lab, deletes the VMs and tears everything down, even on failure.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
+from dataclasses import dataclass
 
-from lab.libvirtd import PrivateLibvirtd
-from lab.processes import (
-    BIN,
-    Daemon,
-    free_port,
-    node_ready,
-    start_agent,
-    start_controller,
-    wait_until,
+from lab.cli import render_status
+from lab.lab import Lab, LabError
+from lab.processes import BIN, wait_until
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    story: str
+    flags: tuple[str, ...]
+    expected_site: str
+
+
+WORKLOADS = (
+    Workload(
+        "ar-paris",
+        "AR game for players in Paris: MEC only, 10 ms RTT budget",
+        ("--near", "48.8566,2.3522", "--max-latency-ms", "10", "--edge-type", "mec"),
+        "mec-paris",
+    ),
+    Workload(
+        "shop-nyc",
+        "storefront for shoppers in New York",
+        ("--near", "40.7306,-73.9866"),
+        "telco-newyork",
+    ),
+    Workload(
+        "gdpr-analytics",
+        "analytics for users in Madrid whose data must stay in Germany",
+        ("--near", "40.4168,-3.7038", "--country", "DE"),
+        "",  # whichever German site scores best
+    ),
 )
-
-VM_NAME = "demo-vm"
 
 
 def say(text: str) -> None:
@@ -32,111 +53,86 @@ def say(text: str) -> None:
 
 
 def cli(address: str, *args: str, show: bool = True, check: bool = True) -> str:
-    argv = [str(BIN / "novacron"), "--controller", address, *args]
     if show:
         print(f"$ novacron {' '.join(args)}", flush=True)
-    done = subprocess.run(argv, capture_output=True, text=True)
+    done = subprocess.run(
+        [str(BIN / "novacron"), "--controller", address, *args], capture_output=True, text=True
+    )
     if show:
         print(done.stdout, end="", flush=True)
-        if done.stderr.strip():
-            print(done.stderr, end="", file=sys.stderr, flush=True)
     if check and done.returncode != 0:
         raise RuntimeError(f"novacron {' '.join(args)} failed: {done.stderr.strip()}")
     return done.stdout
 
 
-def first_console_line(address: str) -> str:
-    out = cli(address, "vm", "console", VM_NAME, show=False, check=False)
-    for line in out.splitlines():
-        if "NovaCron guest" in line:
-            return line.strip()
-    return ""
+def first_console_line(address: str, vm: str) -> str:
+    out = cli(address, "vm", "console", vm, show=False, check=False)
+    return next((line.strip() for line in out.splitlines() if "NovaCron guest" in line), "")
 
 
-def run(work: Path) -> None:
-    images = work / "images"
-    say("Building the tiny guest image (Debian kernel + busybox initramfs, nothing downloaded)")
-    subprocess.run(
-        [str(BIN / "novacron-image"), "build", "tiny", "--output", str(images)], check=True
-    )
+def run(lab: Lab) -> None:
+    address = lab.controller_address
+    say("Bringing up the lab: one network + mount namespace, libvirtd and agent per site")
+    started = time.monotonic()
+    lab.up()
+    print(f"(lab up in {time.monotonic() - started:.1f}s; controller at {address})")
+    cli(address, "node", "list")
 
-    say("Starting a private libvirtd for the edge node")
-    libvirtd = PrivateLibvirtd(work / "libvirtd")
-    daemons: list[Daemon] = []
-    try:
-        libvirtd.start()
-        port = free_port()
-        address = f"127.0.0.1:{port}"
-        say(f"Starting novacron-controller on {address}")
-        daemons.append(start_controller(work, address))
-        say("Starting novacron-agent for node edge-berlin-1 (MEC site, Berlin)")
-        site = ["--edge-type", "mec", "--location", "52.5200,13.4050", "--country", "DE"]
-        site += ["--label", "site=berlin-a"]
-        daemons.append(start_agent(work, address, "edge-berlin-1", libvirtd.uri, images, *site))
-        wait_until(lambda: node_ready(address), 60, "the agent to register", daemons)
-        cli(address, "node", "list")
+    say("Deploying VMs near their users: the placement engine picks the site")
+    placed: dict[str, str] = {}
+    for w in WORKLOADS:
+        print(f"\n# {w.story}")
+        out = cli(address, "vm", "deploy", w.name, "--image", "tiny", "--vcpus", "1",
+                  "--memory-mib", "128", *w.flags)  # fmt: skip
+        site = next(line.split()[2] for line in out.splitlines() if line.startswith(w.name))
+        placed[w.name] = site
+        if w.expected_site and site != w.expected_site:
+            raise RuntimeError(f"{w.name} landed on {site}, expected {w.expected_site}")
 
-        say("Deploying a tiny VM: the controller places it and the agent starts it in QEMU")
-        started = time.monotonic()
-        cli(
-            address,
-            "vm",
-            "deploy",
-            VM_NAME,
-            "--image",
-            "tiny",
-            "--vcpus",
-            "1",
-            "--memory-mib",
-            "128",
-        )
-        print(f"(DeployVM returned after {time.monotonic() - started:.2f}s)")
-        cli(address, "vm", "list")
+    say("Why not elsewhere? The full explanation for the AR game")
+    cli(address, "placement", "explain", "--image", "tiny", "--vcpus", "1", "--memory-mib",
+        "128", *WORKLOADS[0].flags)  # fmt: skip
 
-        say("Waiting for the guest's first console line")
-        line = ""
+    say("Waiting for every guest's first console line (QEMU under TCG)")
+    lines: dict[str, str] = {}
 
-        def booted() -> bool:
-            nonlocal line
-            line = first_console_line(address)
-            return bool(line)
+    def all_booted() -> bool:
+        for name in placed:
+            if name not in lines and (line := first_console_line(address, name)):
+                lines[name] = line
+                print(f"{name:16} on {placed[name]:14} {line}", flush=True)
+        return len(lines) == len(placed)
 
-        wait_until(booted, 120, "the guest to boot", daemons)
-        print(f"$ novacron vm console {VM_NAME}\n{line}")
-        print(f"(guest booted {time.monotonic() - started:.1f}s after the deploy call, under TCG)")
+    wait_until(all_booted, 180, "the guests to boot")
+    print(f"(all booted {time.monotonic() - started:.1f}s after the lab started coming up)")
 
-        say("Deleting the VM")
-        cli(address, "vm", "delete", VM_NAME)
-        cli(address, "vm", "list")
-        cli(address, "status")
-    except BaseException:
-        for d in daemons:
-            print(
-                f"\n--- last lines of {d.name} log ({d.log_path}) ---\n{d.log_tail()}",
-                file=sys.stderr,
-            )
-        raise
-    finally:
-        say("Stopping everything the demo started")
-        for d in reversed(daemons):
-            code = d.stop()
-            print(f"{d.name} stopped (exit {code})")
-        libvirtd.stop()
-        print("libvirtd stopped")
+    say("The lab as it stands")
+    print(render_status(lab.status()), end="")
+
+    say("Deleting the VMs")
+    for name in placed:
+        cli(address, "vm", "delete", name)
+    cli(address, "vm", "list")
 
 
 def main() -> int:
-    # a short path: libvirtd's unix socket must fit in 107 bytes
-    work = Path(tempfile.mkdtemp(prefix="nc-demo-", dir="/tmp"))
+    lab = Lab("default", progress=lambda text: print(f"  {text}", flush=True))
     try:
-        run(work)
-    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        lab.preflight()
+    except LabError as exc:  # e.g. a lab is already up: not ours to tear down
+        print(f"demo cannot start: {exc}", file=sys.stderr)
+        return 1
+    try:
+        run(lab)
+    except (RuntimeError, LabError, subprocess.CalledProcessError) as exc:
         print(f"\ndemo failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        say("Tearing the lab down")
+        removed = lab.down()
+        print(f"removed {len(removed)} lab resources")
     say("Demo finished: nothing left running")
     return 0
 

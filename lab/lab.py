@@ -147,6 +147,7 @@ class Lab:
     def up(self, timeout_s: float = 120.0, cleanup_on_failure: bool = True) -> None:
         """Bring the whole lab up and wait until every agent is READY at the controller."""
         self._t0 = time.monotonic()
+        self.preflight()  # refuses before creating anything, so a failure here tears nothing down
         try:
             self._up(timeout_s)
         except BaseException as exc:
@@ -161,7 +162,6 @@ class Lab:
 
     def _up(self, timeout_s: float) -> None:
         topo = self.topology
-        self._preflight()
         self.state = LabState(
             topology=topo.name,
             topology_file=topo.source,
@@ -215,7 +215,8 @@ class Lab:
         self._save()
         self.say(f"lab up: {len(want)} sites READY at {self.controller_address}")
 
-    def _preflight(self) -> None:
+    def preflight(self) -> None:
+        """LabError unless this host can take a lab now (root, tools, no lab already up)."""
         if os.geteuid() != 0:
             raise LabError("novacron-lab needs root (network namespaces, TUN devices, libvirtd)")
         missing = [t for t in _TOOLS if shutil.which(t) is None]

@@ -5,8 +5,10 @@ city), so a site's one-way delay to the core is
 
     delay_ms = ACCESS_MS[edge_type] + haversine_km(site, hub) / FIBER_KM_PER_MS
 
-(light in fiber covers ~200 km per ms), and a packet from site A to site B takes
-delay(A) + delay(B). Every WAN key of a site may be set in the YAML to override the derived value.
+(light in fiber covers ~200 km per ms; ACCESS_MS is half the edge type's round-trip access
+latency of `shared.geo`, the model placement estimates with), and a packet from site A to
+site B takes delay(A) + delay(B). Every WAN key of a site may be set in the YAML to override
+the derived value.
 A bad file is refused with the dotted path of the bad key, e.g. `topology.sites[2].country`.
 """
 
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import math
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -24,23 +25,15 @@ from typing import Any
 from shared.config import build, read_yaml
 from shared.domain import EdgeType
 from shared.errors import ConfigError
+from shared.geo import ACCESS_RTT_MS, FIBER_KM_PER_MS, haversine_km
 
-FIBER_KM_PER_MS = 200.0
-EARTH_RADIUS_KM = 6371.0
 CONTROLLER_ID = "controller"
 RESERVED_IDS = frozenset({CONTROLLER_ID, "wan", "mgmt"})  # lab namespaces of their own
 DEFAULT_SUBNET = "10.213.0.0/16"
 CONTROLLER_PORT = 7700
 
 # Per edge type: access latency (ms), jitter (ms), loss (%), bandwidth (Mbit/s) of its uplink.
-ACCESS_MS = {
-    EdgeType.CLOUD: 0.5,
-    EdgeType.MEC: 1.0,
-    EdgeType.CDN: 2.0,
-    EdgeType.TELCO: 2.0,
-    EdgeType.ONPREM: 3.0,
-    EdgeType.IOT: 5.0,
-}
+ACCESS_MS = {edge_type: rtt / 2 for edge_type, rtt in ACCESS_RTT_MS.items()}  # one way
 JITTER_MS = {
     EdgeType.CLOUD: 0.1,
     EdgeType.MEC: 0.2,
@@ -188,14 +181,6 @@ class _RawTopology:
     hub: _RawHub | None = None
     controller: Any = None  # checked as a site below
     sites: Any = None  # a list, checked item by item below
-
-
-def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in km."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * math.asin(math.sqrt(a))
 
 
 def derived_delay_ms(

@@ -132,7 +132,7 @@ class ScoredEngine:
         node_id = evaluation.node_id
         if node_id is None:
             self._hot = None
-            raise ResourceExhausted(self.explain(evaluation, k=0).summary)
+            raise ResourceExhausted(self.explain(evaluation, k=0, max_rejections=0).summary)
         if reserve:
             table.reserve(table.index[node_id], request.need, request.constraints.spread_group)
             self._hot = _Hot(request, table, table.dynamic_version, evaluation)

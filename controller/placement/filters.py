@@ -87,13 +87,14 @@ class EdgeTypeFilter:
     static = True
 
     def mask(self, ctx: Context) -> BOOL:
-        c = ctx.request.constraints
-        types = ctx.table.edge_type[ctx.rows]
-        ok = np.ones(len(types), dtype=bool)
+        c, t, rows = ctx.request.constraints, ctx.table, ctx.rows
+        ok = np.ones(rows.stop - rows.start, dtype=bool)
         if c.edge_types:
-            ok &= np.isin(types, [EDGE_TYPES.index(e) for e in c.edge_types])
+            codes = tuple(sorted(EDGE_TYPES.index(e) for e in c.edge_types))
+            ok &= t.codes_mask("edge_type", codes)[rows]
         if c.exclude_edge_types:
-            ok &= ~np.isin(types, [EDGE_TYPES.index(e) for e in c.exclude_edge_types])
+            codes = tuple(sorted(EDGE_TYPES.index(e) for e in c.exclude_edge_types))
+            ok &= ~t.codes_mask("edge_type", codes)[rows]
         return ok
 
     def reason(self, ctx: Context, row: int) -> str:
@@ -118,8 +119,8 @@ class CountryFilter:
         allowed = ctx.request.constraints.countries
         if not allowed:
             return np.ones(ctx.rows.stop - ctx.rows.start, dtype=bool)
-        codes = [ctx.table.countries.lookup(c) for c in allowed]
-        return np.isin(ctx.table.country[ctx.rows], codes)
+        codes = tuple(sorted(ctx.table.countries.lookup(c) for c in allowed))
+        return ctx.table.codes_mask("country", codes)[ctx.rows]
 
     def reason(self, ctx: Context, row: int) -> str:
         have = ctx.table.countries.words[ctx.table.country[row]] or "unknown"

@@ -1,8 +1,4 @@
-"""Distances on the Earth and the physical bound on network latency.
-
-Light in fiber covers about 200 km per millisecond, so a round trip over distance d can never
-be faster than d / 100 km in ms; an edge type adds its access latency (radio, last mile) on top.
-"""
+"""Vectorised distances for placement (the physics itself is in `shared.geo`)."""
 
 from __future__ import annotations
 
@@ -11,30 +7,13 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from shared.domain import EdgeType
+from shared.geo import ACCESS_RTT_MS, EARTH_RADIUS_KM, FIBER_KM_PER_MS_RTT, haversine_km
 
-EARTH_RADIUS_KM = 6371.0088
-FIBER_KM_PER_MS_RTT = 100.0  # 200 km/ms one way -> 100 km per ms of round trip
+__all__ = ["ACCESS_RTT_MS", "EARTH_RADIUS_KM", "FIBER_KM_PER_MS_RTT", "haversine_km"]
+
 PROXIMITY_SCALE_KM = 5000.0  # the spec's proximity score reaches 0 at this distance
 
-# Round-trip access latency each edge type adds on top of the fiber path (ms).
-ACCESS_RTT_MS: dict[EdgeType, float] = {
-    EdgeType.MEC: 1.0,
-    EdgeType.TELCO: 2.0,
-    EdgeType.CDN: 2.0,
-    EdgeType.ONPREM: 3.0,
-    EdgeType.IOT: 5.0,
-    EdgeType.CLOUD: 0.5,
-}
-
 F64 = npt.NDArray[np.float64]
-
-
-def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
 
 
 def unit_vectors(lat_deg: F64, lon_deg: F64) -> F64:

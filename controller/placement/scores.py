@@ -77,14 +77,14 @@ class ResourceScore:
 
 
 class CostScore:
-    """1 - cost / the dearest node's cost among those considered (all free: 1)."""
+    """1 - cost / the fleet's dearest node (all free: 1); fleet-wide, so a node's score does
+    not depend on which others a request happened to consider."""
 
     name = "cost"
     static = True
 
     def score(self, ctx: Context) -> F64:
-        cost = ctx.table.cost[ctx.rows]
-        top = float(cost.max()) if len(cost) else 0.0
+        cost, top = ctx.table.cost[ctx.rows], ctx.table.max_cost
         return 1.0 - cost / top if top > 0 else np.ones(len(cost))
 
     def note(self, ctx: Context, rel: int) -> str:
