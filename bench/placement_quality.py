@@ -172,15 +172,21 @@ def latencies(inst: Instance) -> list[list[float]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--instances", type=int, default=30)
+    parser.add_argument(
+        "--demand",
+        type=float,
+        default=BINPACK_DEMAND,
+        help="bin-pack demand as a share of free vCPUs (default %(default)s: oversubscribed)",
+    )
     args = parser.parse_args(argv)
     seeds = [1000 + 17 * k for k in range(args.instances)]
     started = time.perf_counter()
 
-    print(f"== bin-pack: demand {BINPACK_DEMAND:.0%} of free vCPUs, VMs in arrival order")
+    print(f"== bin-pack: demand {args.demand:.0%} of free vCPUs, VMs in arrival order")
     binpack = PlacementProfile(mode=PlacementMode.BINPACK, weights={"resources": 1.0})
     shares, default_shares, sorted_shares, all_optimal = [], [], [], True
     for seed in seeds:
-        inst = instance(seed, BINPACK_DEMAND, PlacementMode.BINPACK)
+        inst = instance(seed, args.demand, PlacementMode.BINPACK)
         ours = sum(n is not None for n in greedy(inst, binpack))
         spread = sum(n is not None for n in greedy(inst, PlacementProfile()))
         small = sum(n is not None for n in greedy(inst, binpack, smallest_first=True))

@@ -109,7 +109,9 @@ class ScoredEngine:
             alive &= f.mask(ctx)
         totals = static_total.copy()
         for scorer, weight in self._dynamic_scores:
-            totals += weight * scorer.score(ctx)
+            part = scorer.score(ctx)
+            part *= weight
+            totals += part
         totals[~alive] = -np.inf
         return alive, totals
 
@@ -192,7 +194,9 @@ class ScoredEngine:
             passed &= mask
         total = np.zeros(len(passed))
         for scorer, weight in self._static_scores:
-            total += weight * scorer.score(ctx)
+            part = scorer.score(ctx)
+            part *= weight
+            total += part
         static = _Static(ctx, masks, passed, total)
         self._cache[key] = static
         while len(self._cache) > 1 and len(self._cache) * len(passed) > CACHE_ROWS:

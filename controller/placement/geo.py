@@ -55,10 +55,11 @@ def fast_arccos(x: F32) -> F32:
 
 def distances_km(columns: F32, lat: float, lon: float) -> F32:
     """Great-circle distance from (lat, lon) to each point of `columns` (3, n) unit vectors."""
-    u = unit_vectors(np.array([lat]), np.array([lon]))[0].astype(np.float32)
-    dot = columns[0] * u[0]
-    dot += columns[1] * u[1]
-    dot += columns[2] * u[2]
+    phi, lam = math.radians(lat), math.radians(lon)
+    ux, uy, uz = math.cos(phi) * math.cos(lam), math.cos(phi) * math.sin(lam), math.sin(phi)
+    dot = columns[0] * np.float32(ux)
+    dot += columns[1] * np.float32(uy)
+    dot += columns[2] * np.float32(uz)
     distance = fast_arccos(dot)
     distance *= np.float32(EARTH_RADIUS_KM)
     return distance
