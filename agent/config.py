@@ -64,6 +64,7 @@ class AgentConfig:
     state_dir: Path = Path("/var/lib/novacron/agent")
     images_dir: Path = Path("/var/lib/novacron/images")
     heartbeat_interval: Seconds = Seconds(5.0)
+    probe_interval: Seconds = Seconds(1.0)  # latency probes to the controller
     reconnect_max: Seconds = Seconds(30.0)
     insecure: bool = False
     log_level: str = "info"
@@ -80,7 +81,7 @@ class AgentConfig:
             raise ConfigError(f"agent.virt_type: {self.virt_type!r} is not auto, qemu or kvm")
         if not self.cost_per_hour >= 0:
             raise ConfigError(f"agent.cost_per_hour: must be >= 0, got {self.cost_per_hour}")
-        for name in ("heartbeat_interval", "reconnect_max"):
+        for name in ("heartbeat_interval", "probe_interval", "reconnect_max"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"agent.{name}: must be > 0")
         if ":" not in self.controller:

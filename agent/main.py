@@ -71,6 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--state-dir", help="default /var/lib/novacron/agent")
     p.add_argument("--images-dir", help="default /var/lib/novacron/images")
     p.add_argument("--heartbeat-interval", help="e.g. 5s (the controller may override)")
+    p.add_argument("--probe-interval", help="latency probes, e.g. 1s (the controller may override)")
     p.add_argument(
         "--insecure",
         action="store_true",
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 "state_dir": args.state_dir,
                 "images_dir": args.images_dir,
                 "heartbeat_interval": args.heartbeat_interval,
+                "probe_interval": args.probe_interval,
                 "insecure": args.insecure,
                 "log_level": args.log_level,
             },

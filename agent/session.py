@@ -20,15 +20,18 @@ from agent.config import AgentConfig
 from agent.executor import CommandExecutor
 from agent.hypervisor.base import Hypervisor
 from agent.images.catalog import ImageCatalog
+from agent.latency import LatencyWindow, Prober
 from agent.resources import ResourceSampler
 from shared import convert
-from shared.domain import Capacity, NodeInfo, VMStatus
+from shared.domain import Capacity, LatencyStats, NodeInfo, VMStatus
 from shared.pb.v1 import agent_pb2 as apb
 from shared.pb.v1 import agent_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
 PROTOCOL_VERSION = 1
+CONTROLLER_TARGET = "controller"
+PROBE_TIMEOUT_S = 5.0  # a probe unanswered this long counts as lost
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
@@ -51,6 +54,10 @@ class AgentSession:
         self.sampler = sampler or ResourceSampler(config.state_dir)
         self.executor = CommandExecutor(hypervisor, catalog, config.state_dir)
         self.heartbeat_interval: float = config.heartbeat_interval
+        self.probe_interval: float = config.probe_interval
+        self.controller_probe = Prober(
+            LatencyWindow(CONTROLLER_TARGET), PROBE_TIMEOUT_S, time.monotonic
+        )
         self.connected = asyncio.Event()
         self.sessions = 0
         self._outbox: asyncio.Queue[apb.AgentMessage | None] | None = None
@@ -93,7 +100,9 @@ class AgentSession:
             )
         )
 
-    def heartbeat(self) -> apb.AgentMessage:
+    def heartbeat(self, latencies: list[LatencyStats]) -> apb.AgentMessage:
+        """Blocking (psutil, libvirt): built off the event loop, with the latencies read on it
+        (the probe windows belong to the loop)."""
         self._seq += 1
         return apb.AgentMessage(
             heartbeat=apb.Heartbeat(
@@ -101,8 +110,13 @@ class AgentSession:
                 sent_at=convert.timestamp(time.time()),
                 utilization=convert.utilization_to_pb(self.sampler.sample()),
                 vms=[convert.vm_status_to_pb(v) for v in self.hypervisor.list_vms()],
+                latencies=[convert.latency_to_pb(s) for s in latencies],
             )
         )
+
+    def latencies(self) -> list[LatencyStats]:
+        stats = self.controller_probe.window.stats()
+        return [stats] if stats else []
 
     # ------------------------------------------------------------------ run
 
@@ -138,13 +152,16 @@ class AgentSession:
         ) as channel:
             stub = agent_pb2_grpc.AgentSessionStub(channel)
             call = stub.Connect(self._drain(outbox))
-            heartbeats: asyncio.Task[None] | None = None
+            background: list[asyncio.Task[None]] = []
             try:
                 async for message in call:
                     kind = message.WhichOneof("body")
                     if kind == "welcome":
-                        if message.welcome.heartbeat_interval_ms:
-                            self.heartbeat_interval = message.welcome.heartbeat_interval_ms / 1000
+                        welcome = message.welcome
+                        if welcome.heartbeat_interval_ms:
+                            self.heartbeat_interval = welcome.heartbeat_interval_ms / 1000
+                        if welcome.probe_interval_ms:
+                            self.probe_interval = welcome.probe_interval_ms / 1000
                         self._outbox = outbox
                         self.sessions += 1
                         self.connected.set()
@@ -153,17 +170,21 @@ class AgentSession:
                             controller_id=message.welcome.controller_id,
                             heartbeat_interval_s=self.heartbeat_interval,
                         )
-                        heartbeats = asyncio.create_task(self._heartbeats(outbox))
+                        background.append(asyncio.create_task(self._heartbeats(outbox)))
+                        background.append(asyncio.create_task(self._probes(outbox)))
                     elif kind == "command":
                         self._spawn(self._run_command(message.command, outbox))
+                    elif kind == "pong":
+                        self.controller_probe.answered(message.pong.seq)
             finally:
                 self.connected.clear()
                 self._outbox = None
                 outbox.put_nowait(None)
-                if heartbeats is not None:
-                    heartbeats.cancel()
+                self.controller_probe.reset()
+                for task in background:
+                    task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
-                        await heartbeats
+                        await task
                 call.cancel()
 
     async def close(self) -> None:
@@ -184,8 +205,16 @@ class AgentSession:
 
     async def _heartbeats(self, outbox: asyncio.Queue[apb.AgentMessage | None]) -> None:
         while True:
-            outbox.put_nowait(await asyncio.to_thread(self.heartbeat))
+            outbox.put_nowait(await asyncio.to_thread(self.heartbeat, self.latencies()))
             await asyncio.sleep(self.heartbeat_interval)
+
+    async def _probes(self, outbox: asyncio.Queue[apb.AgentMessage | None]) -> None:
+        """RTT to the controller over the session itself, so it includes what the control
+        path really costs (WAN, TLS, gRPC), not just ICMP."""
+        while True:
+            seq = self.controller_probe.next_probe()
+            outbox.put_nowait(apb.AgentMessage(ping=apb.Ping(seq=seq)))
+            await asyncio.sleep(self.probe_interval)
 
     async def _run_command(
         self, command: apb.Command, outbox: asyncio.Queue[apb.AgentMessage | None]

@@ -136,7 +136,16 @@ def node_describe(node: pb.Node, now: float) -> str:
                 else [],
             ),
             ("Images", images),
+            ("Latency (RTT)", [latency_line(s) for s in node.latencies]),
+            ("Cordoned", "yes" if node.cordoned else "no"),
         ]
+    )
+
+
+def latency_line(s: pb.LatencyStats) -> str:
+    return (
+        f"{s.target}: p50 {s.p50_ms:.2f} ms  p95 {s.p95_ms:.2f}  p99 {s.p99_ms:.2f}  "
+        f"jitter {s.jitter_ms:.2f}  loss {s.loss_pct:.1f}%  ({s.samples} probes)"
     )
 
 

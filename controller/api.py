@@ -123,6 +123,7 @@ class EdgeAPIServicer(edge_api_pb2_grpc.EdgeAPIServicer):
             images=[convert.image_to_pb(i) for i in node.images],
             registered_at=convert.timestamp(node.registered_at),
             cordoned=node.cordoned,
+            latencies=[convert.latency_to_pb(s) for s in node.latencies],
         )
         if node.last_heartbeat:
             msg.last_heartbeat.CopyFrom(convert.timestamp(node.last_heartbeat))

@@ -78,6 +78,7 @@ class ControllerConfig:
     listen: str = "127.0.0.1:7700"
     state_dir: Path = Path("/var/lib/novacron/controller")
     heartbeat_interval: Seconds = Seconds(5.0)
+    probe_interval: Seconds = Seconds(1.0)  # agents' latency probes to the controller
     command_timeout: Seconds = Seconds(30.0)
     deploy_timeout: Seconds = Seconds(120.0)
     insecure: bool = False
@@ -86,7 +87,7 @@ class ControllerConfig:
     edge_computing: EdgeComputingConfig = field(default_factory=EdgeComputingConfig)
 
     def __post_init__(self) -> None:
-        for name in ("heartbeat_interval", "command_timeout", "deploy_timeout"):
+        for name in ("heartbeat_interval", "probe_interval", "command_timeout", "deploy_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"controller.{name}: must be > 0")
         host, sep, port = self.listen.rpartition(":")

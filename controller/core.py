@@ -59,6 +59,7 @@ class Controller:
         *,
         controller_id: str = "",
         heartbeat_interval: float = 5.0,
+        probe_interval: float = 1.0,
         command_timeout: float = 30.0,
         deploy_timeout: float = 120.0,
         clock: Clock = time.time,
@@ -67,6 +68,7 @@ class Controller:
         self.engine = engine
         self.controller_id = controller_id or f"controller-{uuid.uuid4().hex[:8]}"
         self.heartbeat_interval = heartbeat_interval
+        self.probe_interval = probe_interval
         self.command_timeout = command_timeout
         self.deploy_timeout = deploy_timeout
         self.clock = clock
@@ -138,6 +140,7 @@ class Controller:
                     labels=info.labels,
                     images=frozenset(i.name for i in node.images),
                     cost_per_hour=info.cost_per_hour,
+                    rtt_ms=node.controller_rtt_ms(),
                     groups=groups.get(node.node_id, {}),
                 )
             )
@@ -388,6 +391,7 @@ class Controller:
             return
         node.last_heartbeat = self.clock()
         node.utilization = convert.utilization_from_pb(heartbeat.utilization)
+        node.latencies = tuple(convert.latency_from_pb(s) for s in heartbeat.latencies)
         for status in heartbeat.vms:
             await self._observe_reported(conn.node_id, convert.vm_status_from_pb(status))
 

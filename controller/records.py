@@ -8,6 +8,7 @@ from shared.domain import (
     Capacity,
     DesiredState,
     ImageInfo,
+    LatencyStats,
     NodeInfo,
     Utilization,
     VMSpec,
@@ -46,6 +47,14 @@ class NodeRecord:
     utilization: Utilization = field(default_factory=Utilization)
     images: tuple[ImageInfo, ...] = ()
     cordoned: bool = False
+    latencies: tuple[LatencyStats, ...] = ()  # as measured by the agent, latest heartbeat
+
+    def controller_rtt_ms(self) -> tuple[float, float, float] | None:
+        """The agent's measured RTT to the controller (p50, p95, p99), if it reported one."""
+        for stats in self.latencies:
+            if stats.target == "controller":
+                return stats.p50_ms, stats.p95_ms, stats.p99_ms
+        return None
 
     @property
     def node_id(self) -> str:

@@ -63,6 +63,7 @@ class ControllerServer:
             ScoredEngine(self.config.edge_computing.placement_profile()),
             controller_id=self.config.controller_id,
             heartbeat_interval=self.config.heartbeat_interval,
+            probe_interval=self.config.probe_interval,
             command_timeout=self.config.command_timeout,
             deploy_timeout=self.config.deploy_timeout,
         )

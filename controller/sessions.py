@@ -81,6 +81,7 @@ class SessionHandler(Protocol):
     """What the controller core does with a session's traffic."""
 
     heartbeat_interval: float
+    probe_interval: float
     controller_id: str
 
     async def on_hello(self, conn: AgentConnection, hello: apb.Hello) -> None: ...
@@ -120,6 +121,7 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
             welcome=apb.Welcome(
                 controller_id=self._handler.controller_id,
                 heartbeat_interval_ms=int(self._handler.heartbeat_interval * 1000),
+                probe_interval_ms=int(self._handler.probe_interval * 1000),
             )
         )
         reader = asyncio.create_task(self._read(conn, request_iterator))
@@ -152,7 +154,9 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
 
     async def _dispatch(self, conn: AgentConnection, message: apb.AgentMessage) -> None:
         kind = message.WhichOneof("body")
-        if kind == "heartbeat":
+        if kind == "ping":  # first and at once: the agent is timing this
+            conn.send(apb.ControllerMessage(pong=apb.Pong(seq=message.ping.seq)))
+        elif kind == "heartbeat":
             await self._handler.on_heartbeat(conn, message.heartbeat)
         elif kind == "result":
             conn.resolve(message.result)

@@ -258,3 +258,27 @@ def node_info_from_pb(n: pb.NodeInfo) -> d.NodeInfo:
         agent_version=n.agent_version,
         cost_per_hour=n.cost_per_hour,
     )
+
+
+def latency_to_pb(s: d.LatencyStats) -> pb.LatencyStats:
+    return pb.LatencyStats(
+        target=s.target,
+        p50_ms=s.p50_ms,
+        p95_ms=s.p95_ms,
+        p99_ms=s.p99_ms,
+        jitter_ms=s.jitter_ms,
+        loss_pct=s.loss_pct,
+        samples=s.samples,
+    )
+
+
+def latency_from_pb(s: pb.LatencyStats) -> d.LatencyStats:
+    return d.LatencyStats(
+        target=s.target,
+        p50_ms=s.p50_ms,
+        p95_ms=s.p95_ms,
+        p99_ms=s.p99_ms,
+        jitter_ms=s.jitter_ms,
+        loss_pct=s.loss_pct,
+        samples=s.samples,
+    )

@@ -161,3 +161,16 @@ class NodeInfo:
     hypervisor: str = ""
     agent_version: str = ""
     cost_per_hour: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyStats:
+    """Round-trip latency an agent measured to `target` ("controller" or a peer node id)."""
+
+    target: str
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    jitter_ms: float
+    loss_pct: float
+    samples: int

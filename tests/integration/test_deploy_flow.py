@@ -176,3 +176,24 @@ async def test_nodes_go_not_ready_and_vms_unknown_when_agent_dies(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     )
     assert "1 agent not connected" in msg
+
+
+async def test_agent_measures_rtt_to_the_controller_and_placement_uses_it(
+    cluster: Cluster, images: Path
+) -> None:
+    await cluster.start_agent("edge-a", cluster.test_uri("edge-a"), images)
+
+    async def measured() -> bool:
+        node = await cluster.api.GetNode(epb.GetNodeRequest(node_id="edge-a"))
+        return any(s.target == "controller" and s.samples >= 2 for s in node.latencies)
+
+    await eventually(measured, 20, "latency stats in a heartbeat")
+    node = await cluster.api.GetNode(epb.GetNodeRequest(node_id="edge-a"))
+    stats = next(s for s in node.latencies if s.target == "controller")
+    assert 0 < stats.p50_ms <= stats.p95_ms <= stats.p99_ms < 1000  # loopback
+    decision = await cluster.api.PlaceVM(epb.PlaceVMRequest(spec=spec()))
+    best = decision.candidates[0]
+    assert not best.latency_estimated  # measured, not guessed
+    assert 0 < best.latency_ms < 1000
+    note = next(t.note for t in best.terms if t.name == "latency")
+    assert note.startswith("measured p95 ")

@@ -127,3 +127,24 @@ def test_cli_status_exec_and_the_operator_cli_from_the_host(lab: Lab) -> None:
         timeout=30,
     )
     assert nodes.returncode == 0 and "mec-berlin" in nodes.stdout, nodes.stderr
+
+
+def test_agents_measured_rtt_to_the_controller_matches_the_wan(lab: Lab) -> None:
+    """Issue #5: latency figures come from real probes (over the session, across the WAN)."""
+    channel = grpc.insecure_channel(lab.controller_address)
+    api_stub = edge_api_pb2_grpc.EdgeAPIStub(channel)
+    site = lab.topology.site("mec-berlin")
+    expected = probe.expected_rtt_ms(lab.topology.site("controller"), site)
+
+    def stats() -> pb.LatencyStats | None:
+        node = api_stub.GetNode(api.GetNodeRequest(node_id=site.id), timeout=5)
+        return next((s for s in node.latencies if s.target == "controller"), None)
+
+    try:
+        wait_for(lambda: (s := stats()) is not None and s.samples >= 10, 30, "10 probes")
+        measured = stats()
+    finally:
+        channel.close()
+    assert measured is not None
+    assert measured.p50_ms == pytest.approx(expected, abs=max(1.0, 0.1 * expected))
+    assert measured.loss_pct == 0.0

@@ -554,6 +554,48 @@ class NodeInfo(_message.Message):
 Global___NodeInfo: _TypeAlias = NodeInfo  # noqa: Y015
 
 @_typing.final
+class LatencyStats(_message.Message):
+    """Round-trip latency measured by a node's agent over a sliding window of probes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    P50_MS_FIELD_NUMBER: _builtins.int
+    P95_MS_FIELD_NUMBER: _builtins.int
+    P99_MS_FIELD_NUMBER: _builtins.int
+    JITTER_MS_FIELD_NUMBER: _builtins.int
+    LOSS_PCT_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    target: _builtins.str
+    """"controller", or a peer node id"""
+    p50_ms: _builtins.float
+    p95_ms: _builtins.float
+    p99_ms: _builtins.float
+    jitter_ms: _builtins.float
+    """mean difference between consecutive RTTs (RFC 3550 style)"""
+    loss_pct: _builtins.float
+    samples: _builtins.int
+    """probes in the window (answered or lost)"""
+    def __init__(
+        self,
+        *,
+        target: _builtins.str = ...,
+        p50_ms: _builtins.float = ...,
+        p95_ms: _builtins.float = ...,
+        p99_ms: _builtins.float = ...,
+        jitter_ms: _builtins.float = ...,
+        loss_pct: _builtins.float = ...,
+        samples: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jitter_ms", b"jitter_ms", "loss_pct", b"loss_pct", "p50_ms", b"p50_ms", "p95_ms", b"p95_ms", "p99_ms", b"p99_ms", "samples", b"samples", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LatencyStats: _TypeAlias = LatencyStats  # noqa: Y015
+
+@_typing.final
 class Node(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -567,6 +609,7 @@ class Node(_message.Message):
     IMAGES_FIELD_NUMBER: _builtins.int
     REGISTERED_AT_FIELD_NUMBER: _builtins.int
     CORDONED_FIELD_NUMBER: _builtins.int
+    LATENCIES_FIELD_NUMBER: _builtins.int
     condition: Global___NodeCondition.ValueType
     condition_reason: _builtins.str
     vm_count: _builtins.int
@@ -586,6 +629,8 @@ class Node(_message.Message):
     def images(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImageInfo]: ...
     @_builtins.property
     def registered_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def latencies(self) -> _containers.RepeatedCompositeFieldContainer[Global___LatencyStats]: ...
     def __init__(
         self,
         *,
@@ -599,10 +644,11 @@ class Node(_message.Message):
         images: _abc.Iterable[Global___ImageInfo] | None = ...,
         registered_at: _timestamp_pb2.Timestamp | None = ...,
         cordoned: _builtins.bool = ...,
+        latencies: _abc.Iterable[Global___LatencyStats] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "info", b"info", "last_heartbeat", b"last_heartbeat", "registered_at", b"registered_at", "utilization", b"utilization"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "condition", b"condition", "condition_reason", b"condition_reason", "cordoned", b"cordoned", "images", b"images", "info", b"info", "last_heartbeat", b"last_heartbeat", "registered_at", b"registered_at", "utilization", b"utilization", "vm_count", b"vm_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "condition", b"condition", "condition_reason", b"condition_reason", "cordoned", b"cordoned", "images", b"images", "info", b"info", "last_heartbeat", b"last_heartbeat", "latencies", b"latencies", "registered_at", b"registered_at", "utilization", b"utilization", "vm_count", b"vm_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
