@@ -130,7 +130,9 @@ def test_cli_status_exec_and_the_operator_cli_from_the_host(lab: Lab) -> None:
 
 
 def test_agents_measured_rtt_to_the_controller_matches_the_wan(lab: Lab) -> None:
-    """Issue #5: latency figures come from real probes (over the session, across the WAN)."""
+    """Issue #5: latency figures come from real probes. These cross the session itself (gRPC
+    over TCP through the WAN router), so they are the WAN's RTT plus what two Python gRPC stacks
+    add per round trip (~1 ms here): never less than the WAN, and not much more."""
     channel = grpc.insecure_channel(lab.controller_address)
     api_stub = edge_api_pb2_grpc.EdgeAPIStub(channel)
     site = lab.topology.site("mec-berlin")
@@ -146,5 +148,8 @@ def test_agents_measured_rtt_to_the_controller_matches_the_wan(lab: Lab) -> None
     finally:
         channel.close()
     assert measured is not None
-    assert measured.p50_ms == pytest.approx(expected, abs=max(1.0, 0.1 * expected))
+    assert expected * 0.95 <= measured.p50_ms <= expected * 1.1 + STACK_OVERHEAD_MS
     assert measured.loss_pct == 0.0
+
+
+STACK_OVERHEAD_MS = 2.5  # per round trip, for the agent's and the controller's gRPC stacks
