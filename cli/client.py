@@ -163,3 +163,6 @@ class EdgeClient:
     def cordon(self, node_id: str, cordoned: bool) -> types_pb2.Node:
         req = api.CordonNodeRequest(node_id=node_id, cordoned=cordoned)
         return self._call(self._stub.CordonNode, req)
+
+    def rotate_mesh_key(self, node_id: str) -> types_pb2.Node:
+        return self._call(self._stub.RotateMeshKey, api.GetNodeRequest(node_id=node_id))

@@ -170,3 +170,9 @@ def node_cordon(ctx: Context, args: argparse.Namespace) -> int:
 def node_uncordon(ctx: Context, args: argparse.Namespace) -> int:
     node = ctx.client.cordon(args.node, cordoned=False)
     return _emit_one(ctx, node, lambda: f"node {node.info.node_id} uncordoned\n")
+
+
+def node_rotate_key(ctx: Context, args: argparse.Namespace) -> int:
+    node = ctx.client.rotate_mesh_key(args.node)
+    key = node.mesh.public_key
+    return _emit_one(ctx, node, lambda: f"node {node.info.node_id} rotated: public key {key}\n")

@@ -168,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     for verb, handler, what in (
         ("cordon", commands.node_cordon, "place no new VMs on a node (running VMs stay)"),
         ("uncordon", commands.node_uncordon, "allow placement on a node again"),
+        (
+            "rotate-key",
+            commands.node_rotate_key,
+            "new WireGuard key pair on the node; its peers learn the new public key",
+        ),
     ):
         sub = _sub(node, verb, what, f"  novacron node {verb} mec-berlin-1\n", handler)
         sub.add_argument("node", metavar="NODE", type=types.non_empty, help="node id")

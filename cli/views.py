@@ -137,6 +137,7 @@ def node_describe(node: pb.Node, now: float) -> str:
             ),
             ("Images", images),
             ("Latency (RTT)", [latency_line(s) for s in node.latencies]),
+            ("Mesh", mesh_lines(node)),
             ("Cordoned", "yes" if node.cordoned else "no"),
         ]
     )
@@ -216,3 +217,21 @@ def status_describe(status: api.Status) -> str:
             ("VMs by state", by_state),
         ]
     )
+
+
+def mesh_lines(node: pb.Node) -> list[str]:
+    if not node.mesh_address:
+        return []
+    m = node.mesh
+    lines = [
+        f"address {node.mesh_address}  key {m.public_key or '-'}  "
+        f"applied version {m.applied_version}/{node.mesh_version}"
+        + (f"  error: {m.error}" if m.error else "")
+    ]
+    for p in m.peers:
+        age = "never" if p.last_handshake_age_s < 0 else f"{p.last_handshake_age_s:.0f}s ago"
+        lines.append(
+            f"{p.node_id}: {'up' if p.up else 'DOWN'}  handshake {age}  "
+            f"rx {p.rx_bytes} B  tx {p.tx_bytes} B  endpoint {p.endpoint or '-'}"
+        )
+    return lines

@@ -124,7 +124,11 @@ class EdgeAPIServicer(edge_api_pb2_grpc.EdgeAPIServicer):
             registered_at=convert.timestamp(node.registered_at),
             cordoned=node.cordoned,
             latencies=[convert.latency_to_pb(s) for s in node.latencies],
+            mesh_address=node.mesh_address,
+            mesh_version=self.c.mesh_version if node.mesh else 0,
         )
+        if node.mesh_status is not None:
+            msg.mesh.CopyFrom(convert.mesh_status_to_pb(node.mesh_status))
         if node.last_heartbeat:
             msg.last_heartbeat.CopyFrom(convert.timestamp(node.last_heartbeat))
         return msg
@@ -229,3 +233,7 @@ class EdgeAPIServicer(edge_api_pb2_grpc.EdgeAPIServicer):
     @rpc
     async def CordonNode(self, request: epb.CordonNodeRequest, context: Ctx) -> pb.Node:
         return self._node_to_pb(await self.c.cordon(request.node_id, request.cordoned))
+
+    @rpc
+    async def RotateMeshKey(self, request: epb.GetNodeRequest, context: Ctx) -> pb.Node:
+        return self._node_to_pb(await self.c.rotate_mesh_key(request.node_id))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -84,12 +85,17 @@ class ControllerConfig:
     insecure: bool = False
     controller_id: str = ""
     log_level: str = "info"
+    mesh_pool: str = "10.250.0.0/16"  # overlay addresses for the WireGuard mesh
     edge_computing: EdgeComputingConfig = field(default_factory=EdgeComputingConfig)
 
     def __post_init__(self) -> None:
         for name in ("heartbeat_interval", "probe_interval", "command_timeout", "deploy_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"controller.{name}: must be > 0")
+        try:
+            ipaddress.ip_network(self.mesh_pool)
+        except ValueError as exc:
+            raise ConfigError(f"controller.mesh_pool: {exc}") from None
         host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
             raise ConfigError(f"controller.listen: expected HOST:PORT, got {self.listen!r}")

@@ -12,11 +12,13 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
 from typing import Any
 
 import structlog
 
 from controller.liveness import node_condition
+from controller.mesh import Ipam, peer_set
 from controller.placement import Explanation, NodeRow, NodeTable, ScoredEngine
 from controller.placement.geo import ACCESS_RTT_MS, haversine_km
 from controller.reconcile import Action, ActionKind, plan
@@ -44,6 +46,7 @@ from shared.errors import (
     Unavailable,
     error_from_code,
 )
+from shared.mesh import MeshConfig, MeshIdentity
 from shared.pb.v1 import agent_pb2 as apb
 
 log = structlog.get_logger(__name__)
@@ -62,6 +65,7 @@ class Controller:
         probe_interval: float = 1.0,
         command_timeout: float = 30.0,
         deploy_timeout: float = 120.0,
+        mesh_pool: str = "10.250.0.0/16",
         clock: Clock = time.time,
     ) -> None:
         self.store = store
@@ -78,6 +82,9 @@ class Controller:
         self._connections: dict[str, AgentConnection] = {}
         self._inflight: dict[str, asyncio.Task[VMRecord]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self.ipam = Ipam(mesh_pool)
+        # Peer-set versions only grow, across restarts too: start from the clock in ms.
+        self.mesh_version = int(clock() * 1000)
 
     # ---------------------------------------------------------------- start-up and views
 
@@ -85,6 +92,8 @@ class Controller:
         """Load persisted state. Until its node reports, a VM's observed state is unknown."""
         for node in await self.store.load_nodes():
             self.nodes[node.node_id] = node
+            if node.mesh_address:
+                self.ipam.held[node.node_id] = node.mesh_address
         for vm in await self.store.load_vms():
             if vm.state not in (VMState.FAILED, VMState.DELETING):
                 vm.state = VMState.UNKNOWN
@@ -381,9 +390,23 @@ class Controller:
         node.connected = True
         node.last_heartbeat = now
         self._connections[info.node_id] = conn
+        mesh_changed = False
+        if hello.HasField("mesh"):
+            identity = convert.mesh_identity_from_pb(hello.mesh)
+            mesh_changed = identity != node.mesh
+            node.mesh = identity
+            node.mesh_address = self.ipam.address(node.node_id)
         await self.store.put_node(node)
         reported = [convert.vm_status_from_pb(v) for v in hello.vms]
         self._spawn(self._reconcile(conn, reported))
+        if node.mesh is not None:
+            # A changed key or endpoint changes every member's peer set; otherwise only the
+            # reconnecting node needs its own (it may have restarted and lost its tunnel).
+            if mesh_changed:
+                self.mesh_version += 1
+                self._spawn(self.push_mesh())
+            else:
+                self._spawn(self.push_mesh(only=node.node_id))
 
     async def on_heartbeat(self, conn: AgentConnection, heartbeat: apb.Heartbeat) -> None:
         node = self.nodes.get(conn.node_id)
@@ -392,6 +415,8 @@ class Controller:
         node.last_heartbeat = self.clock()
         node.utilization = convert.utilization_from_pb(heartbeat.utilization)
         node.latencies = tuple(convert.latency_from_pb(s) for s in heartbeat.latencies)
+        if heartbeat.HasField("mesh"):
+            node.mesh_status = convert.mesh_status_from_pb(heartbeat.mesh)
         for status in heartbeat.vms:
             await self._observe_reported(conn.node_id, convert.vm_status_from_pb(status))
 
@@ -455,6 +480,55 @@ class Controller:
             }[action.kind]
             result = await self._command_vm(vm, command, self.command_timeout, action.kind.value)
             await self._observe(vm, convert.vm_status_from_pb(result.vm))
+
+    # ---------------------------------------------------------------- the mesh
+
+    def mesh_members(self) -> dict[str, MeshIdentity]:
+        return {n.node_id: n.mesh for n in self.nodes.values() if n.mesh is not None}
+
+    def mesh_config(self, node_id: str) -> MeshConfig:
+        return peer_set(node_id, self.mesh_members(), self.ipam, self.mesh_version)
+
+    async def push_mesh(self, only: str | None = None) -> None:
+        """Send each connected member the peer set of the current version (idempotent: the
+        agent applies only the difference to what it has)."""
+        version = self.mesh_version
+        targets = [only] if only else sorted(self.mesh_members())
+        for node_id in targets:
+            conn = self._connections.get(node_id)
+            if conn is None or version != self.mesh_version:
+                continue
+            config = convert.mesh_config_to_pb(self.mesh_config(node_id))
+            try:
+                result = await conn.call(apb.Command(mesh_config=config), self.command_timeout)
+            except NovaCronError as exc:
+                log.warning("mesh push failed", node_id=node_id, error=str(exc))
+                continue
+            node = self.nodes[node_id]
+            if result.HasField("mesh"):
+                node.mesh_status = convert.mesh_status_from_pb(result.mesh)
+            if not result.ok:
+                log.warning("mesh config refused", node_id=node_id, error=result.error.message)
+
+    async def rotate_mesh_key(self, node_id: str) -> NodeRecord:
+        """The node makes a new key pair; every peer then learns its new public key."""
+        node = self.get_node(node_id)
+        conn = self._connections.get(node_id)
+        if node.mesh is None:
+            raise FailedPrecondition(f"node {node_id!r} is not in the mesh")
+        if conn is None:
+            raise FailedPrecondition(f"node {node_id!r} is not connected")
+        result = await conn.call(apb.Command(rotate_key=apb.RotateKey()), self.command_timeout)
+        if not result.ok:
+            raise error_from_code(result.error.code, result.error.message)
+        status = convert.mesh_status_from_pb(result.mesh)
+        node.mesh_status = status
+        node.mesh = replace(node.mesh, public_key=status.public_key)
+        await self.store.put_node(node)
+        await self._audit("node.rotate_key", node_id, "")
+        self.mesh_version += 1
+        await self.push_mesh()
+        return node
 
     # ---------------------------------------------------------------- state bookkeeping
 

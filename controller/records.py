@@ -14,6 +14,7 @@ from shared.domain import (
     VMSpec,
     VMState,
 )
+from shared.mesh import MeshIdentity, MeshStatus
 
 # VMs in these states hold no capacity on their node.
 NON_RESERVING_STATES = frozenset({VMState.FAILED})
@@ -48,6 +49,9 @@ class NodeRecord:
     images: tuple[ImageInfo, ...] = ()
     cordoned: bool = False
     latencies: tuple[LatencyStats, ...] = ()  # as measured by the agent, latest heartbeat
+    mesh: MeshIdentity | None = None  # the node's end of the mesh, from its hello
+    mesh_address: str = ""  # its overlay address (IPAM), held while the node exists
+    mesh_status: MeshStatus | None = None  # what its agent last reported applied
 
     def controller_rtt_ms(self) -> tuple[float, float, float] | None:
         """The agent's measured RTT to the controller (p50, p95, p99), if it reported one."""

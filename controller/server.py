@@ -66,6 +66,7 @@ class ControllerServer:
             probe_interval=self.config.probe_interval,
             command_timeout=self.config.command_timeout,
             deploy_timeout=self.config.deploy_timeout,
+            mesh_pool=self.config.mesh_pool,
         )
         await controller.load()
         server = grpc.aio.server(options=SERVER_OPTIONS)

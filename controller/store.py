@@ -28,6 +28,7 @@ from shared.domain import (
     VMSpec,
     VMState,
 )
+from shared.mesh import MeshIdentity
 from shared.pb.v1 import types_pb2 as pb
 
 SCHEMA_VERSION = 1
@@ -40,7 +41,9 @@ CREATE TABLE IF NOT EXISTS nodes (
     images TEXT NOT NULL,
     registered_at REAL NOT NULL,
     last_heartbeat REAL NOT NULL,
-    cordoned INTEGER NOT NULL DEFAULT 0
+    cordoned INTEGER NOT NULL DEFAULT 0,
+    mesh TEXT NOT NULL DEFAULT '',
+    mesh_address TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS vms (
     id TEXT PRIMARY KEY,
@@ -148,8 +151,8 @@ class SQLiteStore:
 
     async def load_nodes(self) -> list[NodeRecord]:
         rows = await self._run(
-            "SELECT info, images, registered_at, last_heartbeat, cordoned FROM nodes"
-            " ORDER BY node_id"
+            "SELECT info, images, registered_at, last_heartbeat, cordoned, mesh, mesh_address"
+            " FROM nodes ORDER BY node_id"
         )
         return [
             NodeRecord(
@@ -158,8 +161,10 @@ class SQLiteStore:
                 registered_at=registered_at,
                 last_heartbeat=last_heartbeat,
                 cordoned=bool(cordoned),
+                mesh=MeshIdentity(**json.loads(mesh)) if mesh else None,
+                mesh_address=mesh_address,
             )
-            for info, images, registered_at, last_heartbeat, cordoned in rows
+            for info, images, registered_at, last_heartbeat, cordoned, mesh, mesh_address in rows
         ]
 
     async def load_vms(self) -> list[VMRecord]:
@@ -186,10 +191,11 @@ class SQLiteStore:
 
     async def put_node(self, node: NodeRecord) -> None:
         await self._run(
-            "INSERT INTO nodes(node_id, info, images, registered_at, last_heartbeat, cordoned)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(node_id) DO UPDATE SET info=excluded.info,"
-            " images=excluded.images, last_heartbeat=excluded.last_heartbeat,"
-            " cordoned=excluded.cordoned",
+            "INSERT INTO nodes(node_id, info, images, registered_at, last_heartbeat, cordoned,"
+            " mesh, mesh_address) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(node_id) DO UPDATE"
+            " SET info=excluded.info, images=excluded.images,"
+            " last_heartbeat=excluded.last_heartbeat, cordoned=excluded.cordoned,"
+            " mesh=excluded.mesh, mesh_address=excluded.mesh_address",
             (
                 node.node_id,
                 _node_info_to_json(node.info),
@@ -197,6 +203,8 @@ class SQLiteStore:
                 node.registered_at,
                 node.last_heartbeat,
                 int(node.cordoned),
+                json.dumps(asdict(node.mesh)) if node.mesh else "",
+                node.mesh_address,
             ),
         )
 

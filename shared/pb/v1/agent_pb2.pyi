@@ -111,6 +111,7 @@ class Hello(_message.Message):
     VMS_FIELD_NUMBER: _builtins.int
     IMAGES_FIELD_NUMBER: _builtins.int
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    MESH_FIELD_NUMBER: _builtins.int
     protocol_version: _builtins.int
     @_builtins.property
     def node(self) -> _types_pb2.NodeInfo: ...
@@ -118,6 +119,10 @@ class Hello(_message.Message):
     def vms(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.VMStatus]: ...
     @_builtins.property
     def images(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ImageInfo]: ...
+    @_builtins.property
+    def mesh(self) -> _types_pb2.MeshIdentity:
+        """absent when the node does not take part in the mesh"""
+
     def __init__(
         self,
         *,
@@ -125,10 +130,11 @@ class Hello(_message.Message):
         vms: _abc.Iterable[_types_pb2.VMStatus] | None = ...,
         images: _abc.Iterable[_types_pb2.ImageInfo] | None = ...,
         protocol_version: _builtins.int = ...,
+        mesh: _types_pb2.MeshIdentity | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["mesh", b"mesh", "node", b"node"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "node", b"node", "protocol_version", b"protocol_version", "vms", b"vms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "mesh", b"mesh", "node", b"node", "protocol_version", b"protocol_version", "vms", b"vms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -143,6 +149,7 @@ class Heartbeat(_message.Message):
     UTILIZATION_FIELD_NUMBER: _builtins.int
     VMS_FIELD_NUMBER: _builtins.int
     LATENCIES_FIELD_NUMBER: _builtins.int
+    MESH_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     @_builtins.property
     def sent_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -154,6 +161,8 @@ class Heartbeat(_message.Message):
     def latencies(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.LatencyStats]:
         """to the controller and to mesh peers"""
 
+    @_builtins.property
+    def mesh(self) -> _types_pb2.MeshStatus: ...
     def __init__(
         self,
         *,
@@ -162,10 +171,11 @@ class Heartbeat(_message.Message):
         utilization: _types_pb2.Utilization | None = ...,
         vms: _abc.Iterable[_types_pb2.VMStatus] | None = ...,
         latencies: _abc.Iterable[_types_pb2.LatencyStats] | None = ...,
+        mesh: _types_pb2.MeshStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at", "utilization", b"utilization"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["mesh", b"mesh", "sent_at", b"sent_at", "utilization", b"utilization"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["latencies", b"latencies", "sent_at", b"sent_at", "seq", b"seq", "utilization", b"utilization", "vms", b"vms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["latencies", b"latencies", "mesh", b"mesh", "sent_at", b"sent_at", "seq", b"seq", "utilization", b"utilization", "vms", b"vms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -231,6 +241,7 @@ class CommandResult(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     VM_FIELD_NUMBER: _builtins.int
     CONSOLE_FIELD_NUMBER: _builtins.int
+    MESH_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     ok: _builtins.bool
     console: _builtins.str
@@ -238,6 +249,8 @@ class CommandResult(_message.Message):
     def error(self) -> Global___Error: ...
     @_builtins.property
     def vm(self) -> _types_pb2.VMStatus: ...
+    @_builtins.property
+    def mesh(self) -> _types_pb2.MeshStatus: ...
     def __init__(
         self,
         *,
@@ -246,14 +259,30 @@ class CommandResult(_message.Message):
         error: Global___Error | None = ...,
         vm: _types_pb2.VMStatus | None = ...,
         console: _builtins.str = ...,
+        mesh: _types_pb2.MeshStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "vm", b"vm"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "mesh", b"mesh", "vm", b"vm"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "console", b"console", "error", b"error", "ok", b"ok", "vm", b"vm"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "console", b"console", "error", b"error", "mesh", b"mesh", "ok", b"ok", "vm", b"vm"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CommandResult: _TypeAlias = CommandResult  # noqa: Y015
+
+@_typing.final
+class RotateKey(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateKey: _TypeAlias = RotateKey  # noqa: Y015
 
 @_typing.final
 class ControllerMessage(_message.Message):
@@ -403,6 +432,8 @@ class Command(_message.Message):
     START_FIELD_NUMBER: _builtins.int
     STOP_FIELD_NUMBER: _builtins.int
     READ_CONSOLE_FIELD_NUMBER: _builtins.int
+    MESH_CONFIG_FIELD_NUMBER: _builtins.int
+    ROTATE_KEY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     @_builtins.property
     def deadline(self) -> _timestamp_pb2.Timestamp: ...
@@ -420,6 +451,10 @@ class Command(_message.Message):
     def stop(self) -> Global___VMTarget: ...
     @_builtins.property
     def read_console(self) -> Global___ReadConsole: ...
+    @_builtins.property
+    def mesh_config(self) -> _types_pb2.MeshConfig: ...
+    @_builtins.property
+    def rotate_key(self) -> Global___RotateKey: ...
     def __init__(
         self,
         *,
@@ -432,12 +467,14 @@ class Command(_message.Message):
         start: Global___VMTarget | None = ...,
         stop: Global___VMTarget | None = ...,
         read_console: Global___ReadConsole | None = ...,
+        mesh_config: _types_pb2.MeshConfig | None = ...,
+        rotate_key: Global___RotateKey | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "create", b"create", "deadline", b"deadline", "delete", b"delete", "read_console", b"read_console", "resume", b"resume", "start", b"start", "stop", b"stop", "suspend", b"suspend"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "create", b"create", "deadline", b"deadline", "delete", b"delete", "mesh_config", b"mesh_config", "read_console", b"read_console", "resume", b"resume", "rotate_key", b"rotate_key", "start", b"start", "stop", b"stop", "suspend", b"suspend"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "create", b"create", "deadline", b"deadline", "delete", b"delete", "id", b"id", "read_console", b"read_console", "resume", b"resume", "start", b"start", "stop", b"stop", "suspend", b"suspend"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "create", b"create", "deadline", b"deadline", "delete", b"delete", "id", b"id", "mesh_config", b"mesh_config", "read_console", b"read_console", "resume", b"resume", "rotate_key", b"rotate_key", "start", b"start", "stop", b"stop", "suspend", b"suspend"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["create", "delete", "suspend", "resume", "start", "stop", "read_console"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["create", "delete", "suspend", "resume", "start", "stop", "read_console", "mesh_config", "rotate_key"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 

@@ -105,6 +105,11 @@ class EdgeAPIStub:
                 request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.CordonNodeRequest.SerializeToString,
                 response_deserializer=shared_dot_pb_dot_v1_dot_types__pb2.Node.FromString,
                 _registered_method=True)
+        self.RotateMeshKey = channel.unary_unary(
+                '/novacron.edge.v1.EdgeAPI/RotateMeshKey',
+                request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.GetNodeRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_v1_dot_types__pb2.Node.FromString,
+                _registered_method=True)
 
 
 class EdgeAPIServicer:
@@ -196,6 +201,13 @@ class EdgeAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateMeshKey(self, request, context):
+        """The node makes a new WireGuard key pair; every peer is updated with its new public key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EdgeAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -267,6 +279,11 @@ def add_EdgeAPIServicer_to_server(servicer, server):
             'CordonNode': grpc.unary_unary_rpc_method_handler(
                     servicer.CordonNode,
                     request_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.CordonNodeRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_v1_dot_types__pb2.Node.SerializeToString,
+            ),
+            'RotateMeshKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateMeshKey,
+                    request_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.GetNodeRequest.FromString,
                     response_serializer=shared_dot_pb_dot_v1_dot_types__pb2.Node.SerializeToString,
             ),
     }
@@ -647,6 +664,33 @@ class EdgeAPI:
             target,
             '/novacron.edge.v1.EdgeAPI/CordonNode',
             shared_dot_pb_dot_v1_dot_edge__api__pb2.CordonNodeRequest.SerializeToString,
+            shared_dot_pb_dot_v1_dot_types__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateMeshKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/novacron.edge.v1.EdgeAPI/RotateMeshKey',
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.GetNodeRequest.SerializeToString,
             shared_dot_pb_dot_v1_dot_types__pb2.Node.FromString,
             options,
             channel_credentials,

@@ -48,6 +48,8 @@ class EdgeAPIStub:
     """The best k nodes with their scores."""
     FindNearestNodes: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.FindNearestNodesRequest, _edge_api_pb2.FindNearestNodesResponse]
     CordonNode: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.CordonNodeRequest, _types_pb2.Node]
+    RotateMeshKey: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.GetNodeRequest, _types_pb2.Node]
+    """The node makes a new WireGuard key pair; every peer is updated with its new public key."""
 
 @_typing.type_check_only
 class EdgeAPIAsyncStub(EdgeAPIStub):
@@ -68,6 +70,8 @@ class EdgeAPIAsyncStub(EdgeAPIStub):
     """The best k nodes with their scores."""
     FindNearestNodes: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.FindNearestNodesRequest, _edge_api_pb2.FindNearestNodesResponse]  # type: ignore[assignment]
     CordonNode: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.CordonNodeRequest, _types_pb2.Node]  # type: ignore[assignment]
+    RotateMeshKey: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.GetNodeRequest, _types_pb2.Node]  # type: ignore[assignment]
+    """The node makes a new WireGuard key pair; every peer is updated with its new public key."""
 
 class EdgeAPIServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -169,5 +173,13 @@ class EdgeAPIServicer(metaclass=_abc_1.ABCMeta):
         request: _edge_api_pb2.CordonNodeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_types_pb2.Node, _abc.Awaitable[_types_pb2.Node]]: ...
+
+    @_abc_1.abstractmethod
+    def RotateMeshKey(
+        self,
+        request: _edge_api_pb2.GetNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Node, _abc.Awaitable[_types_pb2.Node]]:
+        """The node makes a new WireGuard key pair; every peer is updated with its new public key."""
 
 def add_EdgeAPIServicer_to_server(servicer: EdgeAPIServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

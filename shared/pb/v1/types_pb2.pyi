@@ -610,11 +610,18 @@ class Node(_message.Message):
     REGISTERED_AT_FIELD_NUMBER: _builtins.int
     CORDONED_FIELD_NUMBER: _builtins.int
     LATENCIES_FIELD_NUMBER: _builtins.int
+    MESH_FIELD_NUMBER: _builtins.int
+    MESH_ADDRESS_FIELD_NUMBER: _builtins.int
+    MESH_VERSION_FIELD_NUMBER: _builtins.int
     condition: Global___NodeCondition.ValueType
     condition_reason: _builtins.str
     vm_count: _builtins.int
     cordoned: _builtins.bool
     """no new VMs are placed here"""
+    mesh_address: _builtins.str
+    """allocated by the controller"""
+    mesh_version: _builtins.int
+    """the peer-set version the controller wants applied"""
     @_builtins.property
     def info(self) -> Global___NodeInfo: ...
     @_builtins.property
@@ -631,6 +638,10 @@ class Node(_message.Message):
     def registered_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def latencies(self) -> _containers.RepeatedCompositeFieldContainer[Global___LatencyStats]: ...
+    @_builtins.property
+    def mesh(self) -> Global___MeshStatus:
+        """as the node's agent last reported it"""
+
     def __init__(
         self,
         *,
@@ -645,10 +656,13 @@ class Node(_message.Message):
         registered_at: _timestamp_pb2.Timestamp | None = ...,
         cordoned: _builtins.bool = ...,
         latencies: _abc.Iterable[Global___LatencyStats] | None = ...,
+        mesh: Global___MeshStatus | None = ...,
+        mesh_address: _builtins.str = ...,
+        mesh_version: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "info", b"info", "last_heartbeat", b"last_heartbeat", "registered_at", b"registered_at", "utilization", b"utilization"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "info", b"info", "last_heartbeat", b"last_heartbeat", "mesh", b"mesh", "registered_at", b"registered_at", "utilization", b"utilization"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "condition", b"condition", "condition_reason", b"condition_reason", "cordoned", b"cordoned", "images", b"images", "info", b"info", "last_heartbeat", b"last_heartbeat", "latencies", b"latencies", "registered_at", b"registered_at", "utilization", b"utilization", "vm_count", b"vm_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "condition", b"condition", "condition_reason", b"condition_reason", "cordoned", b"cordoned", "images", b"images", "info", b"info", "last_heartbeat", b"last_heartbeat", "latencies", b"latencies", "mesh", b"mesh", "mesh_address", b"mesh_address", "mesh_version", b"mesh_version", "registered_at", b"registered_at", "utilization", b"utilization", "vm_count", b"vm_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -706,3 +720,176 @@ class VM(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VM: _TypeAlias = VM  # noqa: Y015
+
+@_typing.final
+class MeshIdentity(_message.Message):
+    """---- the edge mesh (WireGuard between nodes, coordinated by the controller) ----
+
+    What a node tells the controller about its end of the mesh. Only public keys travel.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    BEHIND_NAT_FIELD_NUMBER: _builtins.int
+    public_key: _builtins.str
+    """base64, as `wg` prints it"""
+    endpoint: _builtins.str
+    """host:port other nodes send to ("" = behind NAT, unreachable)"""
+    behind_nat: _builtins.bool
+    """needs persistent keepalive from both ends"""
+    def __init__(
+        self,
+        *,
+        public_key: _builtins.str = ...,
+        endpoint: _builtins.str = ...,
+        behind_nat: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["behind_nat", b"behind_nat", "endpoint", b"endpoint", "public_key", b"public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeshIdentity: _TypeAlias = MeshIdentity  # noqa: Y015
+
+@_typing.final
+class MeshPeer(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    ALLOWED_IPS_FIELD_NUMBER: _builtins.int
+    PERSISTENT_KEEPALIVE_S_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    public_key: _builtins.str
+    endpoint: _builtins.str
+    persistent_keepalive_s: _builtins.int
+    """0 = off"""
+    address: _builtins.str
+    """the peer's overlay address (for probes)"""
+    @_builtins.property
+    def allowed_ips(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """CIDRs routed to this peer"""
+
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        public_key: _builtins.str = ...,
+        endpoint: _builtins.str = ...,
+        allowed_ips: _abc.Iterable[_builtins.str] | None = ...,
+        persistent_keepalive_s: _builtins.int = ...,
+        address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allowed_ips", b"allowed_ips", "endpoint", b"endpoint", "node_id", b"node_id", "persistent_keepalive_s", b"persistent_keepalive_s", "public_key", b"public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeshPeer: _TypeAlias = MeshPeer  # noqa: Y015
+
+@_typing.final
+class MeshConfig(_message.Message):
+    """The whole peer set a node should have, versioned: the agent applies the difference."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    PEERS_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    address: _builtins.str
+    """this node's overlay address, CIDR (e.g. 10.250.0.3/16)"""
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___MeshPeer]: ...
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        address: _builtins.str = ...,
+        peers: _abc.Iterable[Global___MeshPeer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "peers", b"peers", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeshConfig: _TypeAlias = MeshConfig  # noqa: Y015
+
+@_typing.final
+class MeshPeerStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    LAST_HANDSHAKE_AGE_S_FIELD_NUMBER: _builtins.int
+    RX_BYTES_FIELD_NUMBER: _builtins.int
+    TX_BYTES_FIELD_NUMBER: _builtins.int
+    UP_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    public_key: _builtins.str
+    endpoint: _builtins.str
+    last_handshake_age_s: _builtins.float
+    """-1 = never"""
+    rx_bytes: _builtins.int
+    tx_bytes: _builtins.int
+    up: _builtins.bool
+    """a handshake within the last 180 s"""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        public_key: _builtins.str = ...,
+        endpoint: _builtins.str = ...,
+        last_handshake_age_s: _builtins.float = ...,
+        rx_bytes: _builtins.int = ...,
+        tx_bytes: _builtins.int = ...,
+        up: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "last_handshake_age_s", b"last_handshake_age_s", "node_id", b"node_id", "public_key", b"public_key", "rx_bytes", b"rx_bytes", "tx_bytes", b"tx_bytes", "up", b"up"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeshPeerStatus: _TypeAlias = MeshPeerStatus  # noqa: Y015
+
+@_typing.final
+class MeshStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLIED_VERSION_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    PEERS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    applied_version: _builtins.int
+    public_key: _builtins.str
+    address: _builtins.str
+    error: _builtins.str
+    """why the last config could not be applied"""
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___MeshPeerStatus]: ...
+    def __init__(
+        self,
+        *,
+        applied_version: _builtins.int = ...,
+        public_key: _builtins.str = ...,
+        address: _builtins.str = ...,
+        peers: _abc.Iterable[Global___MeshPeerStatus] | None = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "applied_version", b"applied_version", "error", b"error", "peers", b"peers", "public_key", b"public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeshStatus: _TypeAlias = MeshStatus  # noqa: Y015
