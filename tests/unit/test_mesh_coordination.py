@@ -20,7 +20,7 @@ def test_ipam_exhaustion_is_a_clear_error() -> None:
     ipam = Ipam("10.250.0.0/30")
     ipam.address("a")
     ipam.address("b")
-    with pytest.raises(ResourceExhausted, match="pool 10.250.0.0/30 is exhausted"):
+    with pytest.raises(ResourceExhausted, match=r"pool 10\.250\.0\.0/30 is exhausted"):
         ipam.address("c")
 
 
