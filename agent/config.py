@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 from dataclasses import dataclass, field
@@ -51,6 +52,27 @@ class CapacityConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MeshConfig:
+    """This node's end of the WireGuard edge mesh (wireguard-go, configured over UAPI)."""
+
+    enabled: bool = False
+    endpoint_host: str = ""  # the address other nodes reach this one at ("" = behind NAT)
+    listen_port: int = 51820
+    behind_nat: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.listen_port < 65536:
+            raise ConfigError(f"agent.mesh.listen_port: {self.listen_port} is not a port")
+        if self.endpoint_host:
+            try:
+                ipaddress.ip_address(self.endpoint_host)
+            except ValueError:
+                raise ConfigError(
+                    f"agent.mesh.endpoint_host: {self.endpoint_host!r} is not an IP address"
+                ) from None
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     node_id: str = ""
     controller: str = "127.0.0.1:7700"
@@ -61,6 +83,7 @@ class AgentConfig:
     location: LocationConfig | None = None
     capacity: CapacityConfig = field(default_factory=CapacityConfig)
     cost_per_hour: float = 0.0  # price of this node's capacity, for the cost score
+    mesh: MeshConfig = field(default_factory=MeshConfig)
     state_dir: Path = Path("/var/lib/novacron/agent")
     images_dir: Path = Path("/var/lib/novacron/images")
     heartbeat_interval: Seconds = Seconds(5.0)

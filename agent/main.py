@@ -15,7 +15,9 @@ from agent.backoff import Backoff
 from agent.config import AgentConfig, load_config
 from agent.hypervisor.libvirt_driver import LibvirtHypervisor
 from agent.images.catalog import ImageCatalog
+from agent.mesh import MeshManager
 from agent.session import AgentSession
+from agent.wireguard import InterfaceConfig, UserspaceWireGuard, interface_name
 from shared.errors import ConfigError, NovaCronError, Unavailable
 from shared.logging import configure_logging
 
@@ -101,6 +103,20 @@ async def open_hypervisor(config: AgentConfig) -> LibvirtHypervisor:
             await asyncio.sleep(delay)
 
 
+async def start_mesh(config: AgentConfig) -> MeshManager:
+    """wireguard-go up (keys made on this node), before the first hello announces it."""
+    driver = UserspaceWireGuard(
+        InterfaceConfig(
+            name=interface_name(config.node_id),
+            addresses=(),
+            listen_port=config.mesh.listen_port,
+        ),
+        config.state_dir,
+    )
+    await asyncio.to_thread(driver.up)
+    return MeshManager(driver, config.mesh.endpoint_host, config.mesh.behind_nat)
+
+
 async def run(config: AgentConfig) -> None:
     if not config.insecure:
         raise ConfigError(
@@ -109,7 +125,8 @@ async def run(config: AgentConfig) -> None:
     log.warning("INSECURE MODE: the controller connection is neither encrypted nor authenticated")
     config.state_dir.mkdir(parents=True, exist_ok=True)
     hypervisor = await open_hypervisor(config)
-    session = AgentSession(config, hypervisor, ImageCatalog(config.images_dir))
+    mesh = await start_mesh(config) if config.mesh.enabled else None
+    session = AgentSession(config, hypervisor, ImageCatalog(config.images_dir), mesh=mesh)
     loop = asyncio.get_running_loop()
     main_task = asyncio.create_task(session.run_forever())
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -121,6 +138,8 @@ async def run(config: AgentConfig) -> None:
     finally:
         await session.close()
         await asyncio.to_thread(hypervisor.close)
+        if mesh is not None:
+            await asyncio.to_thread(mesh.driver.close)
 
 
 def main(argv: list[str] | None = None) -> int:

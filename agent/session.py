@@ -21,15 +21,19 @@ from agent.executor import CommandExecutor
 from agent.hypervisor.base import Hypervisor
 from agent.images.catalog import ImageCatalog
 from agent.latency import LatencyWindow, Prober
+from agent.mesh import MeshManager
+from agent.peer_probe import PeerProber
 from agent.resources import ResourceSampler
 from shared import convert
 from shared.domain import Capacity, LatencyStats, NodeInfo, VMStatus
+from shared.errors import FailedPrecondition, NovaCronError
 from shared.pb.v1 import agent_pb2 as apb
 from shared.pb.v1 import agent_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
 PROTOCOL_VERSION = 1
+MESH_ACTIONS = ("mesh_config", "rotate_key")
 CONTROLLER_TARGET = "controller"
 PROBE_TIMEOUT_S = 5.0  # a probe unanswered this long counts as lost
 CHANNEL_OPTIONS = [
@@ -47,12 +51,15 @@ class AgentSession:
         hypervisor: Hypervisor,
         catalog: ImageCatalog,
         sampler: ResourceSampler | None = None,
+        mesh: MeshManager | None = None,
     ) -> None:
         self.config = config
         self.hypervisor = hypervisor
         self.catalog = catalog
         self.sampler = sampler or ResourceSampler(config.state_dir)
         self.executor = CommandExecutor(hypervisor, catalog, config.state_dir)
+        self.mesh = mesh
+        self.peer_prober = PeerProber()
         self.heartbeat_interval: float = config.heartbeat_interval
         self.probe_interval: float = config.probe_interval
         self.controller_probe = Prober(
@@ -97,6 +104,7 @@ class AgentSession:
                 vms=[convert.vm_status_to_pb(v) for v in self.hypervisor.list_vms()],
                 images=[convert.image_to_pb(i) for i in self.catalog.list()],
                 protocol_version=PROTOCOL_VERSION,
+                mesh=convert.mesh_identity_to_pb(self.mesh.identity()) if self.mesh else None,
             )
         )
 
@@ -111,18 +119,21 @@ class AgentSession:
                 utilization=convert.utilization_to_pb(self.sampler.sample()),
                 vms=[convert.vm_status_to_pb(v) for v in self.hypervisor.list_vms()],
                 latencies=[convert.latency_to_pb(s) for s in latencies],
+                mesh=convert.mesh_status_to_pb(self.mesh.status()) if self.mesh else None,
             )
         )
 
     def latencies(self) -> list[LatencyStats]:
-        stats = self.controller_probe.window.stats()
-        return [stats] if stats else []
+        windows = [self.controller_probe.window, *self.peer_prober.windows()]
+        return [stats for w in windows if (stats := w.stats()) is not None]
 
     # ------------------------------------------------------------------ run
 
     async def run_forever(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.hypervisor.subscribe(self._on_vm_event)
+        if self.mesh is not None:
+            await self.peer_prober.start()
         backoff = Backoff(cap=self.config.reconnect_max)
         while True:
             started = time.monotonic()
@@ -172,6 +183,8 @@ class AgentSession:
                         )
                         background.append(asyncio.create_task(self._heartbeats(outbox)))
                         background.append(asyncio.create_task(self._probes(outbox)))
+                    elif kind == "command" and message.command.WhichOneof("action") in MESH_ACTIONS:
+                        self._spawn(self._run_mesh_command(message.command, outbox))
                     elif kind == "command":
                         self._spawn(self._run_command(message.command, outbox))
                     elif kind == "pong":
@@ -188,6 +201,7 @@ class AgentSession:
                 call.cancel()
 
     async def close(self) -> None:
+        self.peer_prober.close()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -210,11 +224,37 @@ class AgentSession:
 
     async def _probes(self, outbox: asyncio.Queue[apb.AgentMessage | None]) -> None:
         """RTT to the controller over the session itself, so it includes what the control
-        path really costs (WAN, TLS, gRPC), not just ICMP."""
+        path really costs (WAN, TLS, gRPC), not just ICMP; and to every mesh peer over the
+        tunnel."""
         while True:
             seq = self.controller_probe.next_probe()
             outbox.put_nowait(apb.AgentMessage(ping=apb.Ping(seq=seq)))
+            self.peer_prober.probe_all()
             await asyncio.sleep(self.probe_interval)
+
+    async def _run_mesh_command(
+        self, command: apb.Command, outbox: asyncio.Queue[apb.AgentMessage | None]
+    ) -> None:
+        result = apb.CommandResult(command_id=command.id, ok=True)
+        try:
+            if self.mesh is None:
+                raise FailedPrecondition("this node does not take part in the mesh")
+            if command.WhichOneof("action") == "mesh_config":
+                config = convert.mesh_config_from_pb(command.mesh_config)
+                status = await asyncio.to_thread(self.mesh.apply, config)
+                self.peer_prober.set_peers(
+                    {p.node_id: p.address for p in self.mesh.peers if p.address}
+                )
+            else:
+                status = await asyncio.to_thread(self.mesh.rotate)
+            result.mesh.CopyFrom(convert.mesh_status_to_pb(status))
+        except NovaCronError as exc:
+            result.ok = False
+            result.error.CopyFrom(apb.Error(code=exc.code, message=str(exc)))
+            if self.mesh is not None:
+                status = await asyncio.to_thread(self.mesh.status)
+                result.mesh.CopyFrom(convert.mesh_status_to_pb(status))
+        outbox.put_nowait(apb.AgentMessage(result=result))
 
     async def _run_command(
         self, command: apb.Command, outbox: asyncio.Queue[apb.AgentMessage | None]

@@ -295,6 +295,8 @@ class Lab:
                 "images_dir": str(self.images_dir),
                 "heartbeat_interval": "1s",
                 "insecure": True,
+                # the edge mesh: WireGuard between sites, across the emulated WAN
+                "mesh": {"enabled": True, "endpoint_host": site.address, "listen_port": 51820},
             }
         }
         path = sdir / "agent.yaml"

@@ -153,3 +153,63 @@ def test_agents_measured_rtt_to_the_controller_matches_the_wan(lab: Lab) -> None
 
 
 STACK_OVERHEAD_MS = 2.5  # per round trip, for the agent's and the controller's gRPC stacks
+
+
+def _node(lab: Lab, node_id: str) -> pb.Node:
+    with grpc.insecure_channel(lab.controller_address) as channel:
+        stub = edge_api_pb2_grpc.EdgeAPIStub(channel)
+        return stub.GetNode(api.GetNodeRequest(node_id=node_id), timeout=5)
+
+
+def _mesh_converged(lab: Lab) -> bool:
+    sites = [s.id for s in lab.topology.sites]
+    for site in sites:
+        node = _node(lab, site)
+        peers = {p.node_id: p for p in node.mesh.peers}
+        if node.mesh.applied_version != node.mesh_version or node.mesh.error:
+            return False
+        if set(peers) != set(sites) - {site} or not all(p.up for p in peers.values()):
+            return False
+    return True
+
+
+def test_the_mesh_converges_and_sites_reach_each_other_over_it(lab: Lab) -> None:
+    """Issue #5: WireGuard managed by the agents, coordinated by the controller."""
+    wait_for(lambda: _mesh_converged(lab), 60, "every site to apply its peer set and handshake")
+    berlin, munich = _node(lab, "mec-berlin"), _node(lab, "iot-munich")
+    assert berlin.mesh_address != munich.mesh_address
+    assert berlin.mesh.public_key and berlin.mesh.public_key != munich.mesh.public_key
+    target = munich.mesh_address
+    done = subprocess.run(
+        lab.exec_argv("mec-berlin", ["ping", "-c", "3", "-i", "0.2", "-W", "2", target]),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_peer_latency_is_measured_over_the_tunnel_and_matches_the_wan(lab: Lab) -> None:
+    wait_for(lambda: _mesh_converged(lab), 60, "the mesh")
+    a, b = lab.topology.site("mec-berlin"), lab.topology.site("iot-munich")
+    expected = probe.expected_rtt_ms(a, b)
+
+    def stats() -> pb.LatencyStats | None:
+        node = _node(lab, a.id)
+        return next((s for s in node.latencies if s.target == b.id), None)
+
+    wait_for(lambda: (s := stats()) is not None and s.samples >= 10, 40, "10 peer probes")
+    measured = stats()
+    assert measured is not None
+    assert measured.p50_ms == pytest.approx(expected, abs=max(1.0, 0.1 * expected))
+
+
+def test_key_rotation_keeps_the_mesh(lab: Lab) -> None:
+    wait_for(lambda: _mesh_converged(lab), 60, "the mesh")
+    before = _node(lab, "iot-munich").mesh.public_key
+    with grpc.insecure_channel(lab.controller_address) as channel:
+        stub = edge_api_pb2_grpc.EdgeAPIStub(channel)
+        rotated = stub.RotateMeshKey(api.GetNodeRequest(node_id="iot-munich"), timeout=30)
+    assert rotated.mesh.public_key != before
+    wait_for(lambda: _mesh_converged(lab), 30, "the peers to learn the new key")
+    berlin = _node(lab, "mec-berlin")
+    assert {p.public_key for p in berlin.mesh.peers} == {rotated.mesh.public_key}
