@@ -10,15 +10,23 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import structlog
 
-from agent.hypervisor.base import Hypervisor
+from agent.hypervisor.base import Hypervisor, NetworkAttachment, mac_for
 from agent.images.catalog import ImageCatalog
+from agent.vmnet import VMNetwork
 from shared import convert
 from shared.domain import VMStatus
-from shared.errors import DeadlineExceeded, InvalidArgument, NotFound, NovaCronError
+from shared.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    NovaCronError,
+)
 from shared.pb.v1 import agent_pb2 as apb
 
 log = structlog.get_logger(__name__)
@@ -34,8 +42,10 @@ class CommandExecutor:
         catalog: ImageCatalog,
         state_dir: Path,
         clock: Callable[[], float] = time.time,
+        vmnet: VMNetwork | None = None,
     ) -> None:
         self.hypervisor = hypervisor
+        self.vmnet = vmnet
         self.catalog = catalog
         self.vms_dir = state_dir / "vms"
         self.clock = clock
@@ -108,6 +118,8 @@ class CommandExecutor:
         elif action == "delete":
             await asyncio.to_thread(hv.delete, command.delete.vm_id)
             await asyncio.to_thread(self.catalog.release, self.vm_dir(command.delete.vm_id))
+            if command.delete.address and self.vmnet is not None:
+                await asyncio.to_thread(self.vmnet.detach, command.delete.address)
         elif action == "suspend":
             status = await asyncio.to_thread(hv.suspend, command.suspend.vm_id)
         elif action == "resume":
@@ -127,9 +139,12 @@ class CommandExecutor:
         existing = await asyncio.to_thread(self.hypervisor.get_vm, create.vm_id)
         if existing is not None and existing.generation >= create.generation:
             return existing
+        network = self._attachment(create) if create.address else None  # before touching disk
         media = await asyncio.to_thread(self.catalog.prepare, spec.image, vm_dir)
+        if network is not None:
+            media = replace(media, network=network)
         try:
-            return await asyncio.to_thread(
+            status = await asyncio.to_thread(
                 self.hypervisor.create,
                 create.vm_id,
                 spec,
@@ -141,6 +156,22 @@ class CommandExecutor:
         except BaseException:
             await asyncio.to_thread(self.catalog.release, vm_dir)
             raise
+        if create.address and self.vmnet is not None:
+            await asyncio.to_thread(self.vmnet.attach, create.address)
+        return status
+
+    def _attachment(self, create: apb.CreateVM) -> NetworkAttachment:
+        if self.vmnet is None or not self.vmnet.ready:
+            raise FailedPrecondition(
+                f"VM {create.spec.name!r} has address {create.address} but this node's VM "
+                "network is not up (it comes with the mesh config)"
+            )
+        return NetworkAttachment(
+            bridge=self.vmnet.bridge,
+            mac=mac_for(create.vm_id),
+            address=create.address,
+            gateway=create.gateway,
+        )
 
     def _read_console(self, request: apb.ReadConsole) -> str:
         if self.hypervisor.get_vm(request.vm_id) is None:

@@ -79,14 +79,23 @@ class Prober:
         self._in_flight[self._seq] = now
         return self._seq
 
-    def answered(self, seq: int) -> float | None:
-        """Record the answer to probe `seq`; its RTT in ms, or None if unknown or expired."""
+    def answered(self, seq: int, at: float | None = None) -> float | None:
+        """Record the answer to probe `seq` (received `at`, on the prober's clock; default
+        now); its RTT in ms, or None if unknown or expired."""
         sent = self._in_flight.pop(seq, None)
         if sent is None:
             return None
-        rtt_ms = (self.clock() - sent) * 1000.0
+        rtt_ms = ((self.clock() if at is None else at) - sent) * 1000.0
         self.window.record(rtt_ms)
         return rtt_ms
+
+    def cancel(self, seq: int) -> None:
+        """The probe never left (no route yet): neither an answer nor a loss."""
+        self._in_flight.pop(seq, None)
+
+    def in_flight(self, low16: int) -> int | None:
+        """The probe in flight whose sequence number ends in these 16 bits (ICMP's width)."""
+        return next((s for s in self._in_flight if s & 0xFFFF == low16), None)
 
     def reset(self) -> None:
         """A new session: probes of the old one will never be answered, and are not losses."""

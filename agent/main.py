@@ -17,6 +17,7 @@ from agent.hypervisor.libvirt_driver import LibvirtHypervisor
 from agent.images.catalog import ImageCatalog
 from agent.mesh import MeshManager
 from agent.session import AgentSession
+from agent.vmnet import VMNetwork
 from agent.wireguard import InterfaceConfig, UserspaceWireGuard, interface_name
 from shared.errors import ConfigError, NovaCronError, Unavailable
 from shared.logging import configure_logging
@@ -114,7 +115,7 @@ async def start_mesh(config: AgentConfig) -> MeshManager:
         config.state_dir,
     )
     await asyncio.to_thread(driver.up)
-    return MeshManager(driver, config.mesh.endpoint_host, config.mesh.behind_nat)
+    return MeshManager(driver, config.mesh.endpoint_host, config.mesh.behind_nat, vmnet=VMNetwork())
 
 
 async def run(config: AgentConfig) -> None:

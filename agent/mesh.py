@@ -10,6 +10,7 @@ import time
 
 import structlog
 
+from agent.vmnet import VMNetwork
 from agent.wireguard.base import PeerConfig, WireGuardDriver
 from shared.errors import InvalidArgument, NovaCronError
 from shared.mesh import MeshConfig, MeshIdentity, MeshPeer, MeshPeerStatus, MeshStatus
@@ -20,8 +21,15 @@ log = structlog.get_logger(__name__)
 class MeshManager:
     """Blocking (driver, `ip`): the session calls it off the event loop."""
 
-    def __init__(self, driver: WireGuardDriver, endpoint_host: str, behind_nat: bool) -> None:
+    def __init__(
+        self,
+        driver: WireGuardDriver,
+        endpoint_host: str,
+        behind_nat: bool,
+        vmnet: VMNetwork | None = None,
+    ) -> None:
         self.driver = driver
+        self.vmnet = vmnet
         self.endpoint_host = endpoint_host
         self.behind_nat = behind_nat
         self._lock = threading.Lock()
@@ -57,6 +65,8 @@ class MeshManager:
                 ]
                 self._set_address(config.address)
                 changes = self.driver.set_peers(wanted)
+                if self.vmnet is not None and config.vm_pool:
+                    self.vmnet.configure(config.vm_pool, config.vm_gateway, self.driver.name)
             except NovaCronError as exc:
                 self._error = f"version {config.version}: {exc}"
                 log.warning("mesh config not applied", version=config.version, error=str(exc))

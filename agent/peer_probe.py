@@ -1,42 +1,54 @@
-"""Latency to mesh peers, measured over the tunnel: a UDP echo on every node's overlay address
-and a prober that sends each peer a numbered datagram per interval."""
+"""Latency to mesh peers, measured over the tunnel with ICMP echo.
+
+The peer's kernel answers (no process of ours on the far end to add scheduling delay), and
+replies are timed with the kernel's receive timestamp (SO_TIMESTAMPNS), so the figure is the
+path's RTT, not our event loop's. Needs CAP_NET_RAW (the agent runs as root for libvirt).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import struct
 import time
-from collections.abc import Callable
-from typing import cast
+
+import structlog
 
 from agent.latency import LatencyWindow, Prober
 
-PROBE_PORT = 7702
-_MAGIC = b"NCP1"
-_FORMAT = "!4sQ"  # magic, sequence number
+log = structlog.get_logger(__name__)
+
 PROBE_TIMEOUT_S = 3.0
+_ECHO_REQUEST, _ECHO_REPLY = 8, 0
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_PAYLOAD = b"novacron-probe"
 
 
-class _Echo(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-        if data.startswith(_MAGIC) and self.transport is not None:
-            self.transport.sendto(data, addr)
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return int(~total & 0xFFFF)
 
 
-class _Replies(asyncio.DatagramProtocol):
-    def __init__(self, on_reply: Callable[[str, int], None]) -> None:
-        self.on_reply = on_reply
+def echo_request(ident: int, seq: int) -> bytes:
+    header = struct.pack("!BBHHH", _ECHO_REQUEST, 0, 0, ident, seq & 0xFFFF)
+    csum = _checksum(header + _PAYLOAD)
+    return struct.pack("!BBHHH", _ECHO_REQUEST, 0, csum, ident, seq & 0xFFFF) + _PAYLOAD
 
-    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-        if len(data) == struct.calcsize(_FORMAT) and data.startswith(_MAGIC):
-            _, seq = struct.unpack(_FORMAT, data)
-            self.on_reply(str(addr[0]), seq)
+
+def parse_reply(packet: bytes) -> tuple[int, int] | None:
+    """(ident, seq) of an ICMP echo reply in an IPv4 packet, else None."""
+    if len(packet) < 20:
+        return None
+    offset = (packet[0] & 0x0F) * 4
+    if len(packet) < offset + 8:
+        return None
+    kind, _code, _csum, ident, seq = struct.unpack("!BBHHH", packet[offset : offset + 8])
+    return (ident, seq) if kind == _ECHO_REPLY else None
 
 
 class PeerProber:
@@ -45,46 +57,77 @@ class PeerProber:
     def __init__(self) -> None:
         self._probers: dict[str, Prober] = {}
         self._by_address: dict[str, str] = {}
-        self._echo: asyncio.DatagramTransport | None = None
-        self._sender: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
+        self._ident = os.getpid() & 0xFFFF
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._echo, _ = await loop.create_datagram_endpoint(
-            _Echo, local_addr=("0.0.0.0", PROBE_PORT)
-        )
-        self._sender, _ = await loop.create_datagram_endpoint(
-            lambda: _Replies(self._reply), local_addr=("0.0.0.0", 0)
-        )
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        except PermissionError:
+            log.warning("peer latency probes disabled: raw ICMP needs CAP_NET_RAW")
+            return
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._receive)
 
     def close(self) -> None:
-        for transport in (self._echo, self._sender):
-            if transport is not None:
-                transport.close()
+        if self._sock is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
 
     def set_peers(self, peers: dict[str, str]) -> None:
-        """node id -> overlay address. Windows of peers that stay are kept."""
+        """node id -> overlay address of the peers to probe: those with an established
+        tunnel (before the first handshake, probes would time the handshake, not the path).
+        Windows of peers that stay are kept."""
         self._by_address = {address: node_id for node_id, address in peers.items()}
         for node_id in list(self._probers):
             if node_id not in peers:
                 del self._probers[node_id]
         for node_id in peers:
             if node_id not in self._probers:
-                self._probers[node_id] = Prober(
-                    LatencyWindow(node_id), PROBE_TIMEOUT_S, time.monotonic
-                )
+                # wall clock: replies are timed by the kernel's (realtime) receive stamp
+                self._probers[node_id] = Prober(LatencyWindow(node_id), PROBE_TIMEOUT_S, time.time)
 
     def probe_all(self) -> None:
-        if self._sender is None:
+        if self._sock is None:
             return
         for address, node_id in self._by_address.items():
-            seq = self._probers[node_id].next_probe()
-            self._sender.sendto(struct.pack(_FORMAT, _MAGIC, seq), (address, PROBE_PORT))
+            prober = self._probers[node_id]
+            seq = prober.next_probe()
+            try:
+                self._sock.sendto(echo_request(self._ident, seq), (address, 0))
+            except OSError as exc:  # no route yet: not a loss of the path
+                prober.cancel(seq)
+                log.debug("probe not sent", peer=node_id, error=str(exc))
 
-    def _reply(self, address: str, seq: int) -> None:
-        node_id = self._by_address.get(address)
-        if node_id is not None:
-            self._probers[node_id].answered(seq)
+    def _receive(self) -> None:
+        assert self._sock is not None
+        while True:
+            try:
+                packet, ancillary, _flags, addr = self._sock.recvmsg(1500, 64)
+            except (BlockingIOError, InterruptedError):
+                return
+            parsed = parse_reply(packet)
+            node_id = self._by_address.get(addr[0])
+            if parsed is None or node_id is None or parsed[0] != self._ident:
+                continue
+            prober = self._probers[node_id]
+            seq = prober.in_flight(parsed[1])
+            if seq is not None:
+                prober.answered(seq, at=_kernel_time(ancillary))
 
     def windows(self) -> list[LatencyWindow]:
         return [p.window for p in self._probers.values()]
+
+
+def _kernel_time(ancillary: list[tuple[int, int, bytes]]) -> float | None:
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= 16:
+            seconds, nanos = struct.unpack("qq", data[:16])
+            return float(seconds) + float(nanos) / 1e9
+    return None

@@ -29,6 +29,7 @@ from shared.domain import Capacity, LatencyStats, NodeInfo, VMStatus
 from shared.errors import FailedPrecondition, NovaCronError
 from shared.pb.v1 import agent_pb2 as apb
 from shared.pb.v1 import agent_pb2_grpc
+from shared.pb.v1 import types_pb2 as pb
 
 log = structlog.get_logger(__name__)
 
@@ -57,8 +58,10 @@ class AgentSession:
         self.hypervisor = hypervisor
         self.catalog = catalog
         self.sampler = sampler or ResourceSampler(config.state_dir)
-        self.executor = CommandExecutor(hypervisor, catalog, config.state_dir)
         self.mesh = mesh
+        self.executor = CommandExecutor(
+            hypervisor, catalog, config.state_dir, vmnet=mesh.vmnet if mesh else None
+        )
         self.peer_prober = PeerProber()
         self.heartbeat_interval: float = config.heartbeat_interval
         self.probe_interval: float = config.probe_interval
@@ -219,8 +222,19 @@ class AgentSession:
 
     async def _heartbeats(self, outbox: asyncio.Queue[apb.AgentMessage | None]) -> None:
         while True:
-            outbox.put_nowait(await asyncio.to_thread(self.heartbeat, self.latencies()))
+            message = await asyncio.to_thread(self.heartbeat, self.latencies())
+            if self.mesh is not None:
+                self.peer_prober.set_peers(self._reachable_peers(message.heartbeat.mesh))
+            outbox.put_nowait(message)
             await asyncio.sleep(self.heartbeat_interval)
+
+    def _reachable_peers(self, status: pb.MeshStatus) -> dict[str, str]:
+        """Peers with a live tunnel, by node id -> overlay address (what probes go to)."""
+        assert self.mesh is not None
+        addresses = {p.node_id: p.address for p in self.mesh.peers if p.address}
+        return {
+            p.node_id: addresses[p.node_id] for p in status.peers if p.up and p.node_id in addresses
+        }
 
     async def _probes(self, outbox: asyncio.Queue[apb.AgentMessage | None]) -> None:
         """RTT to the controller over the session itself, so it includes what the control
@@ -242,9 +256,6 @@ class AgentSession:
             if command.WhichOneof("action") == "mesh_config":
                 config = convert.mesh_config_from_pb(command.mesh_config)
                 status = await asyncio.to_thread(self.mesh.apply, config)
-                self.peer_prober.set_peers(
-                    {p.node_id: p.address for p in self.mesh.peers if p.address}
-                )
             else:
                 status = await asyncio.to_thread(self.mesh.rotate)
             result.mesh.CopyFrom(convert.mesh_status_to_pb(status))

@@ -66,6 +66,7 @@ def vm_to_pb(vm: VMRecord) -> pb.VM:
         updated_at=convert.timestamp(vm.updated_at),
         request_id=vm.request_id,
         placement_reason=vm.placement_reason,
+        address=vm.address,
     )
 
 

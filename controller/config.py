@@ -86,16 +86,18 @@ class ControllerConfig:
     controller_id: str = ""
     log_level: str = "info"
     mesh_pool: str = "10.250.0.0/16"  # overlay addresses for the WireGuard mesh
+    vm_pool: str = "10.251.0.0/16"  # VM addresses, routed between sites over the mesh
     edge_computing: EdgeComputingConfig = field(default_factory=EdgeComputingConfig)
 
     def __post_init__(self) -> None:
         for name in ("heartbeat_interval", "probe_interval", "command_timeout", "deploy_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"controller.{name}: must be > 0")
-        try:
-            ipaddress.ip_network(self.mesh_pool)
-        except ValueError as exc:
-            raise ConfigError(f"controller.mesh_pool: {exc}") from None
+        for name in ("mesh_pool", "vm_pool"):
+            try:
+                ipaddress.ip_network(getattr(self, name))
+            except ValueError as exc:
+                raise ConfigError(f"controller.{name}: {exc}") from None
         host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
             raise ConfigError(f"controller.listen: expected HOST:PORT, got {self.listen!r}")

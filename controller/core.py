@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from controller.liveness import node_condition
-from controller.mesh import Ipam, peer_set
+from controller.mesh import Ipam, gateway_of, peer_set
 from controller.placement import Explanation, NodeRow, NodeTable, ScoredEngine
 from controller.placement.geo import ACCESS_RTT_MS, haversine_km
 from controller.reconcile import Action, ActionKind, plan
@@ -66,6 +66,7 @@ class Controller:
         command_timeout: float = 30.0,
         deploy_timeout: float = 120.0,
         mesh_pool: str = "10.250.0.0/16",
+        vm_pool: str = "10.251.0.0/16",
         clock: Clock = time.time,
     ) -> None:
         self.store = store
@@ -83,6 +84,8 @@ class Controller:
         self._inflight: dict[str, asyncio.Task[VMRecord]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.ipam = Ipam(mesh_pool)
+        self.vm_pool = vm_pool
+        self.vm_ipam = Ipam(vm_pool, reserved=(gateway_of(vm_pool),))
         # Peer-set versions only grow, across restarts too: start from the clock in ms.
         self.mesh_version = int(clock() * 1000)
 
@@ -99,6 +102,8 @@ class Controller:
                 vm.state = VMState.UNKNOWN
                 vm.state_reason = "controller restarted; waiting for the node to report"
             self.vms[vm.id] = vm
+            if vm.address:
+                self.vm_ipam.held[vm.id] = vm.address.split("/")[0]
         log.info("state loaded", nodes=len(self.nodes), vms=len(self.vms), store=self.store.name)
 
     def condition(self, node: NodeRecord) -> tuple[NodeCondition, str]:
@@ -228,6 +233,8 @@ class Controller:
             request_id=request_id,
             placement_reason=decision.placement_reason(),
         )
+        if self.nodes[decision.node_id].mesh is not None:  # VM networking rides on the mesh
+            record.address = f"{self.vm_ipam.address(record.id)}/32"
         # Recorded before any await: this is the capacity reservation.
         self.vms[record.id] = record
         try:
@@ -237,6 +244,9 @@ class Controller:
             raise
         await self._audit("vm.deploy", record.id, f"name={spec.name} node={decision.node_id}")
         log.info("vm placed", vm_id=record.id, name=spec.name, node_id=decision.node_id)
+        if record.address:  # the other sites learn the route to it
+            self.mesh_version += 1
+            self._spawn(self.push_mesh())
         task = asyncio.create_task(self._create_on_node(record, timeout))
         self._inflight[record.id] = task
         task.add_done_callback(lambda _: self._inflight.pop(record.id, None))
@@ -271,6 +281,8 @@ class Controller:
                 spec=convert.spec_to_pb(vm.spec),
                 generation=vm.generation,
                 start_paused=vm.desired is DesiredState.PAUSED,
+                address=vm.address,
+                gateway=gateway_of(self.vm_pool) if vm.address else "",
             )
         )
         result = await self._command_vm(vm, command, timeout, "creating")
@@ -318,7 +330,8 @@ class Controller:
                 f"node {vm.node_id!r} is not connected; the VM will be deleted when it reconnects",
             )
             return vm
-        command = apb.Command(delete=apb.VMTarget(vm_id=vm.id, name=vm.spec.name))
+        target = apb.VMTarget(vm_id=vm.id, name=vm.spec.name, address=vm.address)
+        command = apb.Command(delete=target)
         try:
             await self._command_vm(vm, command, self.command_timeout, "deleting")
         except (Unavailable, DeadlineExceeded):
@@ -458,7 +471,8 @@ class Controller:
             return
         if action.kind is ActionKind.DELETE:
             log.info("removing VM not wanted on node", node_id=conn.node_id, vm_id=action.vm_id)
-            target = apb.VMTarget(vm_id=action.vm_id, name=action.name)
+            address = vm.address if vm is not None else ""
+            target = apb.VMTarget(vm_id=action.vm_id, name=action.name, address=address)
             result = await conn.call(apb.Command(delete=target), self.command_timeout)
             if result.ok and vm is not None and vm.desired is DesiredState.DELETED:
                 await self._forget(vm)
@@ -486,8 +500,23 @@ class Controller:
     def mesh_members(self) -> dict[str, MeshIdentity]:
         return {n.node_id: n.mesh for n in self.nodes.values() if n.mesh is not None}
 
+    def vm_routes(self) -> dict[str, tuple[str, ...]]:
+        """node id -> the addresses of the VMs it hosts (what its peers route to it)."""
+        routes: dict[str, list[str]] = {}
+        for vm in self.vms.values():
+            if vm.address and vm.desired is not DesiredState.DELETED:
+                routes.setdefault(vm.node_id, []).append(vm.address)
+        return {node_id: tuple(sorted(addrs)) for node_id, addrs in routes.items()}
+
     def mesh_config(self, node_id: str) -> MeshConfig:
-        return peer_set(node_id, self.mesh_members(), self.ipam, self.mesh_version)
+        return peer_set(
+            node_id,
+            self.mesh_members(),
+            self.ipam,
+            self.mesh_version,
+            vm_routes=self.vm_routes(),
+            vm_pool=self.vm_pool,
+        )
 
     async def push_mesh(self, only: str | None = None) -> None:
         """Send each connected member the peer set of the current version (idempotent: the
@@ -559,6 +588,10 @@ class Controller:
         self.vms.pop(vm.id, None)
         await self.store.delete_vm(vm.id)
         await self._audit("vm.deleted", vm.id, f"name={vm.spec.name}")
+        if vm.address:
+            self.vm_ipam.release(vm.id)
+            self.mesh_version += 1
+            self._spawn(self.push_mesh())
 
     async def _audit(self, action: str, target: str, detail: str) -> None:
         await self.store.audit(

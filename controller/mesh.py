@@ -1,8 +1,9 @@
 """Mesh coordination: overlay addresses (IPAM) and each node's versioned peer set.
 
 Pure: the controller feeds it what agents reported and pushes what it returns. A full mesh
-among the nodes that joined; a pair with a node behind NAT gets persistent keepalive on both
-ends (the NATed side must keep its mapping open, the other must not wait to be spoken to).
+among the nodes that joined, every peer with persistent keepalive: a NATed side must keep its
+mapping open, and link health needs handshakes even on an idle link (a peer with no handshake
+for 180 s is down).
 """
 
 from __future__ import annotations
@@ -13,22 +14,26 @@ from collections.abc import Mapping
 from shared.errors import ResourceExhausted
 from shared.mesh import MeshConfig, MeshIdentity, MeshPeer
 
-NAT_KEEPALIVE_S = 25
+KEEPALIVE_S = 25
 
 
 class Ipam:
-    """One overlay address per node from a pool, kept for as long as the node holds it."""
+    """One address per holder (a node, or a VM) from a pool, kept for as long as it is held:
+    a VM keeps its address wherever it runs."""
 
-    def __init__(self, pool: str, held: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, pool: str, held: Mapping[str, str] | None = None, reserved: tuple[str, ...] = ()
+    ) -> None:
         self.network = ipaddress.ip_network(pool)
         self.held: dict[str, str] = dict(held or {})
+        self.reserved = frozenset(reserved)
 
     def address(self, node_id: str) -> str:
         """The node's address, allocating the lowest free one on first use."""
         found = self.held.get(node_id)
         if found is not None:
             return found
-        taken = set(self.held.values())
+        taken = set(self.held.values()) | self.reserved
         for host in self.network.hosts():
             if str(host) not in taken:
                 self.held[node_id] = str(host)
@@ -42,14 +47,23 @@ class Ipam:
         return f"{self.address(node_id)}/{self.network.prefixlen}"
 
 
+def gateway_of(pool: str) -> str:
+    """The VM network's anycast gateway: the pool's last host, answered by every site."""
+    return str(ipaddress.ip_network(pool).broadcast_address - 1)
+
+
 def peer_set(
     node_id: str,
     members: Mapping[str, MeshIdentity],
     ipam: Ipam,
     version: int,
+    vm_routes: Mapping[str, tuple[str, ...]] | None = None,
+    vm_pool: str = "",
 ) -> MeshConfig:
     """What `node_id` should have: every other member, reachable at its endpoint, routing its
-    overlay address (/32) through the tunnel."""
+    overlay address and the addresses of the VMs it hosts (/32 each) through the tunnel. When
+    a VM moves, its /32 moves to its new node's entry: the route follows the VM."""
+    routes = vm_routes or {}
     me = members[node_id]
     peers = []
     for other_id in sorted(members):
@@ -64,11 +78,15 @@ def peer_set(
                 node_id=other_id,
                 public_key=other.public_key,
                 endpoint=other.endpoint,
-                allowed_ips=(f"{host}/32",),
-                persistent_keepalive_s=NAT_KEEPALIVE_S
-                if (me.behind_nat or other.behind_nat)
-                else 0,
+                allowed_ips=(f"{host}/32", *routes.get(other_id, ())),
+                persistent_keepalive_s=KEEPALIVE_S,
                 address=host,
             )
         )
-    return MeshConfig(version=version, address=ipam.cidr(node_id), peers=tuple(peers))
+    return MeshConfig(
+        version=version,
+        address=ipam.cidr(node_id),
+        peers=tuple(peers),
+        vm_pool=vm_pool,
+        vm_gateway=gateway_of(vm_pool) if vm_pool else "",
+    )

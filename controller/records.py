@@ -33,6 +33,7 @@ class VMRecord:
     state_reason: str = ""
     request_id: str = ""
     placement_reason: str = ""
+    address: str = ""  # on the VM network (CIDR /32), when its node is in the mesh
 
     @property
     def reserves_capacity(self) -> bool:

@@ -67,6 +67,7 @@ class ControllerServer:
             command_timeout=self.config.command_timeout,
             deploy_timeout=self.config.deploy_timeout,
             mesh_pool=self.config.mesh_pool,
+            vm_pool=self.config.vm_pool,
         )
         await controller.load()
         server = grpc.aio.server(options=SERVER_OPTIONS)

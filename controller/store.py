@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS vms (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     request_id TEXT,
-    placement_reason TEXT NOT NULL DEFAULT ''
+    placement_reason TEXT NOT NULL DEFAULT '',
+    address TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS vms_request_id ON vms(request_id) WHERE request_id != '';
 CREATE TABLE IF NOT EXISTS audit (
@@ -170,7 +171,7 @@ class SQLiteStore:
     async def load_vms(self) -> list[VMRecord]:
         rows = await self._run(
             "SELECT id, spec, node_id, desired, state, state_reason, generation, created_at,"
-            " updated_at, request_id, placement_reason FROM vms ORDER BY created_at"
+            " updated_at, request_id, placement_reason, address FROM vms ORDER BY created_at"
         )
         return [
             VMRecord(
@@ -185,6 +186,7 @@ class SQLiteStore:
                 updated_at=r[8],
                 request_id=r[9] or "",
                 placement_reason=r[10],
+                address=r[11],
             )
             for r in rows
         ]
@@ -211,12 +213,12 @@ class SQLiteStore:
     async def put_vm(self, vm: VMRecord) -> None:
         await self._run(
             "INSERT INTO vms(id, name, spec, node_id, desired, state, state_reason, generation,"
-            " created_at, updated_at, request_id, placement_reason)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " created_at, updated_at, request_id, placement_reason, address)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(id) DO UPDATE SET spec=excluded.spec, node_id=excluded.node_id,"
             " desired=excluded.desired, state=excluded.state, state_reason=excluded.state_reason,"
             " generation=excluded.generation, updated_at=excluded.updated_at,"
-            " placement_reason=excluded.placement_reason",
+            " placement_reason=excluded.placement_reason, address=excluded.address",
             (
                 vm.id,
                 vm.spec.name,
@@ -230,6 +232,7 @@ class SQLiteStore:
                 vm.updated_at,
                 vm.request_id,
                 vm.placement_reason,
+                vm.address,
             ),
         )
 

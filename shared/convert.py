@@ -297,6 +297,8 @@ def mesh_config_to_pb(c: mesh.MeshConfig) -> pb.MeshConfig:
     return pb.MeshConfig(
         version=c.version,
         address=c.address,
+        vm_pool=c.vm_pool,
+        vm_gateway=c.vm_gateway,
         peers=[
             pb.MeshPeer(
                 node_id=p.node_id,
@@ -315,6 +317,8 @@ def mesh_config_from_pb(c: pb.MeshConfig) -> mesh.MeshConfig:
     return mesh.MeshConfig(
         version=c.version,
         address=c.address,
+        vm_pool=c.vm_pool,
+        vm_gateway=c.vm_gateway,
         peers=tuple(
             mesh.MeshPeer(
                 node_id=p.node_id,

@@ -29,6 +29,8 @@ class MeshConfig:
     version: int
     address: str  # this node's overlay address, CIDR
     peers: tuple[MeshPeer, ...]
+    vm_pool: str = ""  # VM addresses, routed over the mesh
+    vm_gateway: str = ""  # the anycast gateway of every site's VM bridge
 
 
 @dataclass(frozen=True, slots=True)

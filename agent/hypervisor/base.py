@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -13,6 +14,16 @@ VMEventCallback = Callable[[VMStatus, str], None]
 
 
 @dataclass(frozen=True, slots=True)
+class NetworkAttachment:
+    """One NIC on a host bridge; the guest configures `address` itself (no DHCP on the sites)."""
+
+    bridge: str  # an existing Linux bridge on the host (libvirt networks are not used)
+    mac: str  # e.g. mac_for(vm_id)
+    address: str  # CIDR, e.g. 10.251.0.5/32
+    gateway: str  # e.g. 10.251.255.254; reached on-link even when outside `address`'s prefix
+
+
+@dataclass(frozen=True, slots=True)
 class BootMedia:
     """What the driver needs to boot a VM, resolved from an image by the agent."""
 
@@ -20,6 +31,14 @@ class BootMedia:
     initrd: str = ""
     cmdline: str = ""
     disk: str = ""  # path of the VM's own qcow2 (an overlay on the image's base), or ""
+    network: NetworkAttachment | None = None  # no NIC when None
+
+
+def mac_for(vm_id: str) -> str:
+    """A stable MAC for a VM: QEMU's locally administered unicast 52:54:00 prefix plus 3 bytes
+    of a hash of the id, so that a recreated or migrated VM keeps its MAC (and ARP entries)."""
+    digest = hashlib.sha256(vm_id.strip().lower().encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,12 +6,13 @@ domains and recover (vm_id, generation, image) from libvirt alone after a restar
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-from agent.hypervisor.base import BootMedia
+from agent.hypervisor.base import BootMedia, NetworkAttachment
 from shared.domain import VMSpec
 from shared.errors import InvalidArgument
 
@@ -22,6 +23,9 @@ VIRT_TYPES = ("qemu", "kvm", "test")
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$")
 _LABEL_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._/-]{0,62}$")
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_BRIDGE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,14}$")  # a Linux ifname: <= 15 chars
+_NET_KEYS = ("nc.ip=", "nc.gw=")
 _SERIAL_CONSOLE = {"x86_64": "ttyS0", "i686": "ttyS0", "aarch64": "ttyAMA0"}
 
 
@@ -76,6 +80,8 @@ def build_domain_xml(
         raise InvalidArgument("boot media needs a kernel or a disk")
     if media.initrd and not media.kernel:
         raise InvalidArgument("boot media has an initrd but no kernel")
+    if media.network is not None:
+        validate_network(media.network)
 
     dom = ET.Element("domain", type=virt_type)
     ET.SubElement(dom, "name").text = domain_name(spec.name)
@@ -91,7 +97,9 @@ def build_domain_xml(
         ET.SubElement(os_el, "kernel").text = media.kernel
         if media.initrd:
             ET.SubElement(os_el, "initrd").text = media.initrd
-        ET.SubElement(os_el, "cmdline").text = kernel_cmdline(media.cmdline, spec.name, arch)
+        ET.SubElement(os_el, "cmdline").text = kernel_cmdline(
+            media.cmdline, spec.name, arch, media.network
+        )
     else:
         ET.SubElement(os_el, "boot", dev="hd")
 
@@ -110,6 +118,11 @@ def build_domain_xml(
         ET.SubElement(disk, "driver", name="qemu", type="qcow2")
         ET.SubElement(disk, "source", file=media.disk)
         ET.SubElement(disk, "target", dev="vda", bus="virtio")
+    if media.network is not None:  # a disk-booted guest gets the NIC but must configure it itself
+        nic = ET.SubElement(devices, "interface", type="bridge")
+        ET.SubElement(nic, "source", bridge=media.network.bridge)
+        ET.SubElement(nic, "mac", address=media.network.mac.lower())
+        ET.SubElement(nic, "model", type="virtio")
     serial = ET.SubElement(devices, "serial", type="file")
     ET.SubElement(serial, "source", path=console_log, append="on")
     ET.SubElement(serial, "target", port="0")
@@ -122,14 +135,42 @@ def build_domain_xml(
     return ET.tostring(dom, encoding="unicode")
 
 
-def kernel_cmdline(base: str, vm_name: str, arch: str = "x86_64") -> str:
-    """The image's cmdline plus nc.name (the guest prints it) and a serial console if none."""
+def kernel_cmdline(
+    base: str, vm_name: str, arch: str = "x86_64", network: NetworkAttachment | None = None
+) -> str:
+    """The image's cmdline plus nc.name (the guest prints it) and a serial console if none;
+    with a network, nc.ip=<cidr> nc.gw=<gateway>, which the tiny guest's init applies to eth0.
+    Our keys from the image's cmdline are dropped so that only the VM's own values count."""
     parts = base.split()
     if not any(p.startswith("console=") for p in parts):
         parts.insert(0, f"console={_SERIAL_CONSOLE.get(arch, 'ttyS0')}")
-    parts = [p for p in parts if not p.startswith("nc.name=")]
+    parts = [p for p in parts if not p.startswith(("nc.name=", *_NET_KEYS))]
     parts.append(f"nc.name={vm_name}")
+    if network is not None:
+        parts += [f"nc.ip={network.address}", f"nc.gw={network.gateway}"]
     return " ".join(parts)
+
+
+def validate_network(net: NetworkAttachment) -> None:
+    """Refuse what would give a guest without a working NIC, before libvirt or the guest does."""
+    if not _BRIDGE_RE.match(net.bridge):
+        raise InvalidArgument(
+            f"bridge {net.bridge!r} must be a Linux interface name (1-15 letters, digits, '.-_')"
+        )
+    mac = net.mac.lower()
+    if not _MAC_RE.match(mac) or int(mac[:2], 16) & 1:
+        raise InvalidArgument(f"mac {net.mac!r} must be a unicast MAC like 52:54:00:12:34:56")
+    if "/" not in net.address:
+        raise InvalidArgument(f"address {net.address!r} must be in CIDR form, e.g. 10.251.0.5/32")
+    try:
+        address = ipaddress.ip_interface(net.address)
+        gateway = ipaddress.ip_address(net.gateway)
+    except ValueError as err:
+        raise InvalidArgument(f"network of vm: {err}") from None
+    if address.version != gateway.version:
+        raise InvalidArgument(f"gateway {net.gateway} is not an IPv{address.version} address")
+    if address.ip == gateway:
+        raise InvalidArgument(f"gateway {net.gateway} equals the vm's own address")
 
 
 def _metadata_element(meta: VMMetadata) -> ET.Element:

@@ -5,12 +5,18 @@ initramfs is busybox-static plus an `init` script that prints one line naming th
 heartbeat, and the base disk is an empty qcow2 so that every deploy exercises an overlay.
 The initramfs is written in Python (cpio "newc") so /dev/console can be a real device node
 without root and the archive is byte-for-byte reproducible.
+
+Networking: Debian builds virtio (PCI transport and net driver) as modules, so the initramfs carries
+them, with their dependencies, from /lib/modules/<the image kernel's version>; init loads them and,
+when the cmdline has nc.ip=<cidr> nc.gw=<gateway>, configures eth0 itself (no DHCP on the sites).
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import json
+import lzma
 import os
 import re
 import shutil
@@ -18,6 +24,7 @@ import stat
 import struct
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,21 +38,58 @@ log = structlog.get_logger(__name__)
 
 BASE_DISK_MIB = 64
 FIRST_LINE = "NovaCron guest {name} booted: kernel {kernel}"  # what the guest prints first
+NET_LINE = "NovaCron guest {name} net eth0 {ip} via {gw}"  # printed once eth0 is configured
 HEARTBEAT_S = 10
+BUILD_FORMAT = 2  # bump whenever the image's content changes, so that cached images get rebuilt
+BUILD_STAMP = "build.json"  # beside image.yaml (whose keys the catalog validates strictly)
+GUEST_MODULES = ("virtio_pci", "virtio_net")  # the NIC; dependencies come from modules.dep
+MODULES_DIR = Path("/lib/modules")
+NET_WAIT_S = 5  # how long init waits for eth0 after loading the driver
 _BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
+_MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
 
 INIT_SCRIPT = f"""#!/bin/sh
-# NovaCron tiny guest: say who we are on the console, then idle with a heartbeat.
+# NovaCron tiny guest: say who we are on the console, configure eth0 if asked, then idle.
 /bin/busybox mkdir -p /proc /sys /dev /tmp
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sysfs /sys
 /bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null
 /bin/busybox --install -s /bin
 NAME=unknown
+IP=
+GW=
 for arg in $(cat /proc/cmdline); do
-  case "$arg" in nc.name=*) NAME="${{arg#nc.name=}}" ;; esac
+  case "$arg" in
+    nc.name=*) NAME="${{arg#nc.name=}}" ;;
+    nc.ip=*) IP="${{arg#nc.ip=}}" ;;
+    nc.gw=*) GW="${{arg#nc.gw=}}" ;;
+  esac
 done
 echo "NovaCron guest $NAME booted: kernel $(uname -r)" > /dev/console
+say() {{ echo "NovaCron guest $NAME net $*" > /dev/console; }}
+if [ -n "$IP" ]; then
+  if [ -f /lib/modules/load-order ]; then
+    while read -r mod; do
+      insmod "/lib/modules/$mod.ko" 2>/tmp/insmod.err ||
+        say "error: insmod $mod: $(cat /tmp/insmod.err)"
+    done < /lib/modules/load-order
+  fi
+  n=0
+  while [ ! -e /sys/class/net/eth0 ] && [ $n -lt {NET_WAIT_S * 10} ]; do
+    sleep 0.1
+    n=$((n + 1))
+  done
+  ip link set lo up
+  if [ ! -e /sys/class/net/eth0 ]; then
+    say "error: eth0 did not appear within {NET_WAIT_S}s (no virtio NIC or driver?)"
+  elif ! ip link set eth0 up || ! ip addr add "$IP" dev eth0; then
+    say "error: cannot set $IP on eth0"
+  elif [ -n "$GW" ] && ! {{ ip route add "$GW" dev eth0 && ip route add default via "$GW"; }}; then
+    say "error: cannot route via $GW on eth0"
+  else
+    say "eth0 $IP via ${{GW:-none}}"
+  fi
+fi
 up=0
 while true; do
   sleep {HEARTBEAT_S}
@@ -114,8 +158,83 @@ def kernel_version(kernel: Path) -> str:
     return kernel.name.removeprefix("vmlinuz-")
 
 
-def build_initramfs(busybox: Path) -> bytes:
-    """A gzip'd newc cpio archive with busybox, /init and /dev/console."""
+def _module_name(path: str) -> str:
+    """modprobe's name for a module file: basename without suffix, '-' as '_'."""
+    base = path.rsplit("/", 1)[-1]
+    for suffix in _MODULE_SUFFIXES:
+        if base.endswith(suffix):
+            base = base.removesuffix(suffix)
+            break
+    return base.replace("-", "_")
+
+
+def guest_modules(
+    kver: str, roots: Sequence[str] = GUEST_MODULES, modules_dir: Path = MODULES_DIR
+) -> list[tuple[str, bytes]]:
+    """(name, uncompressed .ko) for `roots` and their dependencies, in load order (dependencies
+    first), read from modules.dep of the image's kernel, not the host's running one. Modules
+    built into that kernel are left out; a missing one is a FailedPrecondition."""
+    root = modules_dir / kver
+    dep_file = root / "modules.dep"
+    if not dep_file.is_file():
+        raise FailedPrecondition(
+            f"{dep_file} not found: the modules of kernel {kver} are needed for the guest NIC "
+            f"(Debian package: linux-image-{kver})"
+        )
+    deps: dict[str, tuple[str, list[str]]] = {}
+    for line in dep_file.read_text().splitlines():
+        path, sep, rest = line.partition(":")
+        if sep:
+            deps[_module_name(path)] = (path, [_module_name(d) for d in rest.split()])
+    builtin_file = root / "modules.builtin"
+    builtin = (
+        {_module_name(p) for p in builtin_file.read_text().split()}
+        if builtin_file.is_file()
+        else set()
+    )
+    order: list[str] = []
+
+    def visit(name: str, chain: tuple[str, ...]) -> None:
+        if name in order or name in builtin:
+            return
+        if name in chain:
+            raise FailedPrecondition(f"{dep_file}: dependency cycle {' -> '.join(chain)}")
+        if name not in deps:
+            raise FailedPrecondition(
+                f"kernel module {name} not found in {dep_file} (needed by {chain[-1]})"
+                if chain
+                else f"kernel module {name} not found in {dep_file}"
+            )
+        for dep in deps[name][1]:
+            visit(dep, (*chain, name))
+        order.append(name)
+
+    for name in roots:
+        visit(name.replace("-", "_"), ())
+    return [(name, _read_module(root / deps[name][0])) for name in order]
+
+
+def _read_module(path: Path) -> bytes:
+    """The module's ELF bytes; busybox insmod takes only uncompressed modules."""
+    data = path.read_bytes()
+    if path.name.endswith(".ko.xz"):
+        return lzma.decompress(data)
+    if path.name.endswith(".ko.gz"):
+        return gzip.decompress(data)
+    if path.name.endswith(".ko.zst"):
+        zstd = shutil.which("zstd")
+        if zstd is None:
+            raise FailedPrecondition(f"{path} is zstd-compressed (Debian package: zstd)")
+        proc = subprocess.run([zstd, "-dcq", str(path)], capture_output=True, check=False)
+        if proc.returncode != 0:
+            raise Internal(f"zstd -d {path}: {proc.stderr.decode(errors='replace').strip()}")
+        return proc.stdout
+    return data
+
+
+def build_initramfs(busybox: Path, modules: Sequence[tuple[str, bytes]] = ()) -> bytes:
+    """A gzip'd newc cpio archive with busybox, /init, /dev/console and the kernel modules
+    (lib/modules/<name>.ko plus lib/modules/load-order, one name a line, dependencies first)."""
     d, x, f = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o755, stat.S_IFCHR | 0o600
     entries = [
         _Entry("bin", d),
@@ -129,6 +248,12 @@ def build_initramfs(busybox: Path) -> bytes:
         _Entry("bin/sh", stat.S_IFLNK | 0o777, b"busybox"),
         _Entry("init", x, INIT_SCRIPT.encode()),
     ]
+    if modules:
+        r = stat.S_IFREG | 0o644
+        entries += [_Entry("lib", d), _Entry("lib/modules", d)]
+        entries += [_Entry(f"lib/modules/{name}.ko", r, data) for name, data in modules]
+        order = "".join(f"{name}\n" for name, _ in modules).encode()
+        entries.append(_Entry("lib/modules/load-order", r, order))
     raw = io.BytesIO()
     for ino, entry in enumerate(entries, start=1):
         _write_cpio_entry(raw, ino, entry)
@@ -158,17 +283,19 @@ def build_tiny_image(output_dir: Path | str, name: str = "tiny", force: bool = F
     if target.exists() and not force:
         try:
             load_manifest(target)
+            _check_stamp(target)
             log.info("image_exists", image=name, path=str(target))
             return target
         except ConfigError as err:
             log.warning("image_rebuild", image=name, reason=str(err))
     kernel = newest_kernel()
     busybox = static_busybox()
+    modules = guest_modules(kernel_version(kernel))
     output_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=output_dir))
     try:
         shutil.copyfile(kernel, tmp / "vmlinuz")
-        (tmp / "initrd.img").write_bytes(build_initramfs(busybox))
+        (tmp / "initrd.img").write_bytes(build_initramfs(busybox, modules))
         proc = subprocess.run(
             [
                 qemu_img(),
@@ -197,6 +324,12 @@ def build_tiny_image(output_dir: Path | str, name: str = "tiny", force: bool = F
             f"busybox initramfs, {BASE_DISK_MIB} MiB empty base disk",
         }
         (tmp / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
+        stamp = {
+            "format": BUILD_FORMAT,
+            "kernel": kernel_version(kernel),
+            "modules": [m for m, _ in modules],
+        }
+        (tmp / BUILD_STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
         os.chmod(tmp, 0o755)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=output_dir))
@@ -210,3 +343,16 @@ def build_tiny_image(output_dir: Path | str, name: str = "tiny", force: bool = F
             shutil.rmtree(tmp, ignore_errors=True)
     log.info("image_built", image=name, path=str(target), kernel=kernel_version(kernel))
     return target
+
+
+def _check_stamp(image_dir: Path) -> None:
+    """ConfigError unless the image was built by this builder format (older ones lack the NIC
+    driver, and the lab and tests keep images cached across runs)."""
+    path = image_dir / BUILD_STAMP
+    try:
+        stamp = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: unreadable or missing ({err})") from None
+    found = stamp.get("format") if isinstance(stamp, dict) else None
+    if found != BUILD_FORMAT:
+        raise ConfigError(f"{path}: format {found!r}, this builder makes {BUILD_FORMAT}")

@@ -6,6 +6,7 @@ Every driver (and any future in-memory double) must pass this suite unchanged.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import tempfile
 import threading
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,13 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from agent.hypervisor.base import BootMedia, Hypervisor, VMEventCallback
+from agent.hypervisor.base import (
+    BootMedia,
+    Hypervisor,
+    NetworkAttachment,
+    VMEventCallback,
+    mac_for,
+)
 from agent.hypervisor.libvirt_driver import LibvirtHypervisor
 from agent.images.catalog import ImageCatalog
 from lab.libvirtd import PrivateLibvirtd
@@ -128,6 +136,12 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 def qemu_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Real QEMU guests only: what the test driver cannot show (console, disks, QEMU errors)."""
     yield from _backend("qemu", request, tmp_path)
+
+
+@pytest.fixture
+def libvirt_test_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """libvirt's test driver only: what needs no host resources (bridges) to check."""
+    yield from _backend("test", request, tmp_path)
 
 
 def _unique(prefix: str) -> str:
@@ -291,6 +305,28 @@ def test_missing_boot_media_is_refused_cleanly(backend: Backend) -> None:
     conn = libvirt.open(backend.uri)
     try:
         assert f"nc-{name}" not in {d.name() for d in conn.listAllDomains(0)}
+    finally:
+        conn.close()
+
+
+def test_network_attachment_is_defined_in_libvirt(libvirt_test_backend: Backend) -> None:
+    """libvirt accepts our NIC and cmdline as written (test driver: no bridge needed; real
+    guests on a real bridge are in test_guest_network.py)."""
+    backend = libvirt_test_backend
+    vm_id = str(uuid.uuid4())
+    backend.created.append(vm_id)
+    net = NetworkAttachment("ncbr0", mac_for(vm_id), "10.251.0.5/32", "10.251.255.254")
+    media = dataclasses.replace(backend.media(vm_id), network=net)
+    spec = VMSpec(name=_unique("nic"), image="tiny", vcpus=1, memory_mib=128)
+    conn = libvirt.open(backend.uri)
+    try:
+        backend.hv.create(vm_id, spec, 1, media, str(backend.console(vm_id)))
+        dom = ET.fromstring(conn.lookupByUUIDString(vm_id).XMLDesc(0))
+        nic = dom.find("devices/interface[@type='bridge']")
+        assert nic is not None
+        assert nic.find("source").get("bridge") == "ncbr0"  # type: ignore[union-attr]
+        assert nic.find("mac").get("address") == net.mac  # type: ignore[union-attr]
+        assert "nc.ip=10.251.0.5/32 nc.gw=10.251.255.254" in (dom.findtext("os/cmdline") or "")
     finally:
         conn.close()
 

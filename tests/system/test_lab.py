@@ -213,3 +213,48 @@ def test_key_rotation_keeps_the_mesh(lab: Lab) -> None:
     wait_for(lambda: _mesh_converged(lab), 30, "the peers to learn the new key")
     berlin = _node(lab, "mec-berlin")
     assert {p.public_key for p in berlin.mesh.peers} == {rotated.mesh.public_key}
+
+
+def _vm_console(lab: Lab, name: str) -> str:
+    with grpc.insecure_channel(lab.controller_address) as channel:
+        stub = edge_api_pb2_grpc.EdgeAPIStub(channel)
+        return stub.GetVMConsole(api.GetVMConsoleRequest(name_or_id=name), timeout=10).text
+
+
+def test_vms_on_different_sites_reach_each_other_over_the_mesh(lab: Lab) -> None:
+    """Issue #5 item 5: VM addresses are routed over the mesh (allowed IPs follow the VM)."""
+    wait_for(lambda: _mesh_converged(lab), 60, "the mesh")
+    with grpc.insecure_channel(lab.controller_address) as channel:
+        stub = edge_api_pb2_grpc.EdgeAPIStub(channel)
+        vms = {}
+        try:
+            for name, site in (("net-a", "mec-berlin"), ("net-b", "iot-munich")):
+                placement = pb.PlacementConstraints(required_labels={"site": site})
+                spec = pb.VMSpec(name=name, image="tiny", vcpus=1, memory_mib=128)
+                spec.placement.CopyFrom(placement)
+                vms[name] = stub.DeployVM(api.DeployVMRequest(spec=spec), timeout=120)
+                assert vms[name].node_id == site
+                assert vms[name].address
+            wait_for(lambda: _mesh_converged(lab), 30, "every site to learn the VMs' routes")
+            a_ip = vms["net-a"].address.split("/")[0]
+            b_ip = vms["net-b"].address.split("/")[0]
+            for name, ip in (("net-a", a_ip), ("net-b", b_ip)):
+                wait_for(
+                    lambda n=name, i=ip: f"net eth0 {i}" in _vm_console(lab, n),  # type: ignore[misc]
+                    120,
+                    f"{name} to configure its network",
+                    interval_s=1.0,
+                )
+            # from Berlin's site (the VM's gateway) to the VM in Munich, across the mesh
+            done = subprocess.run(
+                lab.exec_argv("mec-berlin", ["ping", "-c", "3", "-W", "3", b_ip]),
+                capture_output=True,
+                text=True,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+            berlin = _node(lab, "mec-berlin")
+            munich_peer = next(p for p in berlin.mesh.peers if p.node_id == "iot-munich")
+            assert munich_peer.up
+        finally:
+            for name in vms:
+                stub.DeleteVM(api.DeleteVMRequest(name_or_id=name), timeout=60)

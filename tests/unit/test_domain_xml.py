@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import uuid
 import xml.etree.ElementTree as ET
 
 import pytest
 
-from agent.hypervisor.base import BootMedia
+from agent.hypervisor.base import BootMedia, NetworkAttachment, mac_for
 from agent.hypervisor.domain_xml import (
     NAMESPACE,
     VMMetadata,
@@ -23,6 +25,9 @@ VM_ID = str(uuid.UUID(int=42))
 SPEC = VMSpec(name="web-1", image="tiny", vcpus=2, memory_mib=256, labels={"app": "cdn"})
 KERNEL = BootMedia(
     kernel="/img/vmlinuz", initrd="/img/initrd.img", cmdline="quiet", disk="/vm/disk.qcow2"
+)
+NET = NetworkAttachment(
+    bridge="ncbr0", mac="52:54:00:AB:cd:01", address="10.251.0.5/32", gateway="10.251.255.254"
 )
 
 
@@ -47,7 +52,7 @@ def test_kernel_boot_domain() -> None:
     assert cmdline.split() == ["console=ttyS0", "quiet", "nc.name=web-1"]
     assert dom.find("os/boot") is None
     assert dom.find("cpu") is None  # TCG: no host CPU passthrough
-    assert dom.find("devices/interface") is None  # no networking in this issue
+    assert dom.find("devices/interface") is None  # no NIC unless the media has a network
 
 
 def test_disk_is_a_virtio_qcow2() -> None:
@@ -137,3 +142,66 @@ def test_bad_input_is_refused(vm_id: str, spec: VMSpec, media: BootMedia, match:
 def test_unknown_virt_type_is_refused() -> None:
     with pytest.raises(InvalidArgument, match="virt_type"):
         build_domain_xml(VM_ID, SPEC, 1, KERNEL, "/c.log", "xen")
+
+
+# -- network --------------------------------------------------------------------------------
+
+
+def test_network_adds_a_virtio_bridge_nic_and_the_guest_ip_to_the_cmdline() -> None:
+    dom = build(dataclasses.replace(KERNEL, network=NET))
+    (nic,) = dom.findall("devices/interface")
+    assert nic.get("type") == "bridge"
+    assert nic.find("source").get("bridge") == "ncbr0"  # type: ignore[union-attr]
+    assert nic.find("mac").get("address") == "52:54:00:ab:cd:01"  # type: ignore[union-attr]
+    assert nic.find("model").get("type") == "virtio"  # type: ignore[union-attr]
+    assert dom.find("devices/interface/source[@network]") is None  # no libvirt networks
+    assert (dom.findtext("os/cmdline") or "").split() == [
+        "console=ttyS0",
+        "quiet",
+        "nc.name=web-1",
+        "nc.ip=10.251.0.5/32",
+        "nc.gw=10.251.255.254",
+    ]
+
+
+def test_cmdline_network_keys_come_only_from_the_vm() -> None:
+    image = "quiet nc.ip=1.2.3.4/8 nc.gw=1.1.1.1"
+    assert kernel_cmdline(image, "a") == "console=ttyS0 quiet nc.name=a"
+    assert kernel_cmdline(image, "a", network=NET).split()[-2:] == [
+        "nc.ip=10.251.0.5/32",
+        "nc.gw=10.251.255.254",
+    ]
+
+
+def test_disk_boot_gets_the_nic_but_no_cmdline() -> None:
+    dom = build(BootMedia(disk="/vm/disk.qcow2", network=NET))
+    assert dom.find("os/cmdline") is None
+    assert dom.find("devices/interface") is not None
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"bridge": "a-bridge-name-too-long"}, "bridge"),
+        ({"bridge": "br 0"}, "bridge"),
+        ({"mac": "52:54:00:12:34"}, "mac"),
+        ({"mac": "01:00:5e:00:00:01"}, "unicast"),
+        ({"address": "10.251.0.5"}, "CIDR"),
+        ({"address": "10.251.0.500/32"}, "network"),
+        ({"gateway": "gw"}, "network"),
+        ({"gateway": "fd00::1"}, "IPv4"),
+        ({"gateway": "10.251.0.5"}, "own address"),
+    ],
+)
+def test_bad_network_is_refused(change: dict[str, str], match: str) -> None:
+    media = dataclasses.replace(KERNEL, network=dataclasses.replace(NET, **change))
+    with pytest.raises(InvalidArgument, match=match):
+        build_domain_xml(VM_ID, SPEC, 1, media, "/c.log")
+
+
+def test_mac_for_is_stable_unicast_and_locally_administered() -> None:
+    mac = mac_for(VM_ID)
+    assert mac == mac_for(VM_ID) == mac_for(VM_ID.upper())
+    assert re.fullmatch(r"52:54:00(:[0-9a-f]{2}){3}", mac)
+    assert int(mac[:2], 16) & 0b11 == 0b10  # locally administered, unicast
+    assert len({mac_for(str(uuid.UUID(int=i))) for i in range(200)}) == 200

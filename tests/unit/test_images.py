@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import lzma
 import shutil
 import subprocess
 from pathlib import Path
@@ -185,6 +186,90 @@ def test_initramfs_holds_init_busybox_and_console(tmp_path: Path) -> None:
     assert builder.build_initramfs(fake) == builder.build_initramfs(fake)  # reproducible
 
 
+def _fake_modules(root: Path) -> Path:
+    """A /lib/modules/<kver> tree: virtio_net -> net_failover -> failover, plus a built-in."""
+    kdir = root / "9.9.9-test"
+    for rel, data in {
+        "kernel/net/core/failover.ko": b"failover",
+        "kernel/drivers/net/net_failover.ko.xz": lzma.compress(b"net_failover"),
+        "kernel/drivers/net/virtio_net.ko": b"virtio_net",
+        "kernel/drivers/virtio/virtio-ring.ko": b"virtio_ring",
+        "kernel/drivers/other/zstd_mod.ko.zst": b"(zstd)",
+    }.items():
+        (kdir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (kdir / rel).write_bytes(data)
+    (kdir / "modules.dep").write_text(
+        "kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko.xz "
+        "kernel/net/core/failover.ko kernel/drivers/virtio/virtio.ko "
+        "kernel/drivers/virtio/virtio-ring.ko\n"
+        "kernel/drivers/net/net_failover.ko.xz: kernel/net/core/failover.ko\n"
+        "kernel/net/core/failover.ko:\n"
+        "kernel/drivers/virtio/virtio-ring.ko:\n"
+        "kernel/drivers/other/zstd_mod.ko.zst:\n"
+        "kernel/drivers/net/needs_gone.ko: kernel/drivers/net/gone.ko\n"
+    )
+    (kdir / "modules.builtin").write_text("kernel/drivers/virtio/virtio.ko\n")
+    return root
+
+
+def test_guest_modules_in_dependency_order_and_decompressed(tmp_path: Path) -> None:
+    root = _fake_modules(tmp_path)
+    mods = builder.guest_modules("9.9.9-test", ("virtio_net",), root)
+    assert mods == [
+        ("failover", b"failover"),
+        ("net_failover", b"net_failover"),  # .ko.xz, decompressed
+        ("virtio_ring", b"virtio_ring"),  # file virtio-ring.ko, modprobe name virtio_ring
+        ("virtio_net", b"virtio_net"),
+    ]  # virtio itself is built in
+
+
+def test_guest_modules_fail_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _fake_modules(tmp_path)
+    with pytest.raises(FailedPrecondition, match=r"linux-image-0\.0"):
+        builder.guest_modules("0.0", ("virtio_net",), root)
+    with pytest.raises(FailedPrecondition, match="nope not found"):
+        builder.guest_modules("9.9.9-test", ("nope",), root)
+    with pytest.raises(FailedPrecondition, match=r"gone not found.*needed by needs_gone"):
+        builder.guest_modules("9.9.9-test", ("needs_gone",), root)
+    monkeypatch.setattr("agent.images.builder.shutil.which", lambda _name: None)
+    with pytest.raises(FailedPrecondition, match="zstd"):
+        builder.guest_modules("9.9.9-test", ("zstd_mod",), root)
+
+
+def test_host_kernel_modules_for_the_guest_nic() -> None:
+    try:
+        kver = builder.kernel_version(builder.newest_kernel())
+        names = [n for n, _ in builder.guest_modules(kver)]
+    except FailedPrecondition as err:
+        require_backend(False, str(err))
+    assert "virtio_net" in names
+    for dep, mod in (("failover", "net_failover"), ("net_failover", "virtio_net")):
+        assert names.index(dep) < names.index(mod)
+
+
+def test_initramfs_carries_modules_and_their_load_order(tmp_path: Path) -> None:
+    fake = tmp_path / "busybox"
+    fake.write_bytes(b"\x7fELF")
+    archive = builder.build_initramfs(fake, [("failover", b"a"), ("net_failover", b"b")])
+    names = _cpio_names(archive)
+    assert {"lib/modules/failover.ko", "lib/modules/net_failover.ko"} <= set(names)
+    assert b"failover\nnet_failover\n" in gzip.decompress(archive)
+    assert not any(n.startswith("lib/") for n in _cpio_names(builder.build_initramfs(fake)))
+
+
+def test_init_script_configures_the_network_after_the_first_line() -> None:
+    script = builder.INIT_SCRIPT
+    first = script.index('echo "NovaCron guest $NAME booted')
+    for needle in ("nc.ip=", "nc.gw=", "insmod", "ip addr add", "ip route add default"):
+        assert script.index(needle) > 0
+    assert first < script.index("insmod") < script.index("ip addr add")
+    assert 'say "eth0 $IP via ${GW:-none}"' in script  # == NET_LINE with the variables
+    assert builder.NET_LINE.format(name="$NAME", ip="$IP", gw="${GW:-none}") == (
+        "NovaCron guest $NAME net eth0 $IP via ${GW:-none}"
+    )
+    assert "did not appear" in script
+
+
 def test_init_script_prints_the_first_line_format() -> None:
     assert 'echo "NovaCron guest $NAME booted: kernel $(uname -r)" > /dev/console' in (
         builder.INIT_SCRIPT
@@ -209,6 +294,27 @@ def test_build_tiny_image_is_idempotent_and_listed(tmp_path: Path) -> None:
     manifest = ImageCatalog(tmp_path).manifest("tiny")
     assert manifest.disk is not None and manifest.kernel is not None
     assert "console=ttyS0" in manifest.cmdline
+    assert "lib/modules/virtio_net.ko" in _cpio_names((path / "initrd.img").read_bytes())
+
+
+@pytest.mark.parametrize("stamp", [None, '{"format": 1}', "not json"])
+def test_a_stale_cached_image_is_rebuilt(tmp_path: Path, stamp: str | None) -> None:
+    """Images cached before the NIC driver (no or an older build stamp) must not be reused."""
+    try:
+        builder.newest_kernel()
+        builder.static_busybox()
+    except FailedPrecondition as err:
+        require_backend(False, str(err))
+    needs_qemu_img()
+    path = builder.build_tiny_image(tmp_path, "tiny")
+    (path / "initrd.img").write_bytes(b"old")  # what an old build would have
+    if stamp is None:
+        (path / builder.BUILD_STAMP).unlink()
+    else:
+        (path / builder.BUILD_STAMP).write_text(stamp)
+    assert builder.build_tiny_image(tmp_path, "tiny") == path
+    assert json.loads((path / builder.BUILD_STAMP).read_text())["format"] == builder.BUILD_FORMAT
+    assert "lib/modules/virtio_net.ko" in _cpio_names((path / "initrd.img").read_bytes())
 
 
 def test_cli_list_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

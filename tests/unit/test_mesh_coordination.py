@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.mesh import NAT_KEEPALIVE_S, Ipam, peer_set
+from controller.mesh import KEEPALIVE_S, Ipam, peer_set
 from shared.errors import ResourceExhausted
 from shared.mesh import MeshIdentity, MeshPeerStatus
 
@@ -29,7 +29,7 @@ def test_ipam_keeps_addresses_it_was_given() -> None:
     assert ipam.address("new") == "10.250.0.2"
 
 
-def test_full_mesh_with_keepalive_for_nat_and_no_pair_of_two_nats() -> None:
+def test_full_mesh_with_keepalive_and_no_pair_of_two_nats() -> None:
     members = {
         "a": MeshIdentity("KA", "10.0.0.1:51820"),
         "b": MeshIdentity("KB", "10.0.0.2:51820"),
@@ -42,9 +42,9 @@ def test_full_mesh_with_keepalive_for_nat_and_no_pair_of_two_nats() -> None:
     assert config.address == f"{ipam.address('a')}/24"
     by_id = {p.node_id: p for p in config.peers}
     assert set(by_id) == {"b", "nat1", "nat2"}
-    assert by_id["b"].persistent_keepalive_s == 0
+    assert by_id["b"].persistent_keepalive_s == KEEPALIVE_S  # idle links still handshake
     assert by_id["b"].allowed_ips == (f"{ipam.address('b')}/32",)
-    assert by_id["nat1"].persistent_keepalive_s == NAT_KEEPALIVE_S
+    assert by_id["nat1"].persistent_keepalive_s == KEEPALIVE_S
     nat_view = {p.node_id for p in peer_set("nat1", members, ipam, 7).peers}
     assert nat_view == {"a", "b"}  # two NATed nodes cannot reach each other directly
 

@@ -348,9 +348,15 @@ class CreateVM(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
     START_PAUSED_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    GATEWAY_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
     generation: _builtins.int
     start_paused: _builtins.bool
+    address: _builtins.str
+    """the VM's own address (CIDR /32) on the VM network, "" = no NIC"""
+    gateway: _builtins.str
+    """the anycast gateway every site's VM bridge answers on"""
     @_builtins.property
     def spec(self) -> _types_pb2.VMSpec: ...
     def __init__(
@@ -360,10 +366,12 @@ class CreateVM(_message.Message):
         spec: _types_pb2.VMSpec | None = ...,
         generation: _builtins.int = ...,
         start_paused: _builtins.bool = ...,
+        address: _builtins.str = ...,
+        gateway: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "spec", b"spec", "start_paused", b"start_paused", "vm_id", b"vm_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "gateway", b"gateway", "generation", b"generation", "spec", b"spec", "start_paused", b"start_paused", "vm_id", b"vm_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -376,19 +384,23 @@ class VMTarget(_message.Message):
     VM_ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
     name: _builtins.str
     generation: _builtins.int
+    address: _builtins.str
+    """its VM-network address, so a delete can withdraw the local route"""
     def __init__(
         self,
         *,
         vm_id: _builtins.str = ...,
         name: _builtins.str = ...,
         generation: _builtins.int = ...,
+        address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "name", b"name", "vm_id", b"vm_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "generation", b"generation", "name", b"name", "vm_id", b"vm_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

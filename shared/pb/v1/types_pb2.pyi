@@ -683,6 +683,7 @@ class VM(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PLACEMENT_REASON_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     node_id: _builtins.str
     desired_state: Global___DesiredState.ValueType
@@ -692,6 +693,8 @@ class VM(_message.Message):
     request_id: _builtins.str
     placement_reason: _builtins.str
     """why the controller chose node_id"""
+    address: _builtins.str
+    """on the VM network; reachable from VMs on every site"""
     @_builtins.property
     def spec(self) -> Global___VMSpec: ...
     @_builtins.property
@@ -712,10 +715,11 @@ class VM(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         request_id: _builtins.str = ...,
         placement_reason: _builtins.str = ...,
+        address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "spec", b"spec", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "desired_state", b"desired_state", "generation", b"generation", "id", b"id", "node_id", b"node_id", "placement_reason", b"placement_reason", "request_id", b"request_id", "spec", b"spec", "state", b"state", "state_reason", b"state_reason", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "created_at", b"created_at", "desired_state", b"desired_state", "generation", b"generation", "id", b"id", "node_id", b"node_id", "placement_reason", b"placement_reason", "request_id", b"request_id", "spec", b"spec", "state", b"state", "state_reason", b"state_reason", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -802,9 +806,15 @@ class MeshConfig(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
     PEERS_FIELD_NUMBER: _builtins.int
+    VM_POOL_FIELD_NUMBER: _builtins.int
+    VM_GATEWAY_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     address: _builtins.str
     """this node's overlay address, CIDR (e.g. 10.250.0.3/16)"""
+    vm_pool: _builtins.str
+    """VM addresses, routed over the mesh (e.g. 10.251.0.0/16)"""
+    vm_gateway: _builtins.str
+    """the anycast gateway of every site's VM bridge"""
     @_builtins.property
     def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___MeshPeer]: ...
     def __init__(
@@ -813,10 +823,12 @@ class MeshConfig(_message.Message):
         version: _builtins.int = ...,
         address: _builtins.str = ...,
         peers: _abc.Iterable[Global___MeshPeer] | None = ...,
+        vm_pool: _builtins.str = ...,
+        vm_gateway: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "peers", b"peers", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "peers", b"peers", "version", b"version", "vm_gateway", b"vm_gateway", "vm_pool", b"vm_pool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
