@@ -60,6 +60,7 @@ class PeerProber:
         self._sock: socket.socket | None = None
         self._ident = os.getpid() & 0xFFFF
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._quiet_until = 0.0
 
     async def start(self) -> None:
         try:
@@ -93,8 +94,12 @@ class PeerProber:
                 # wall clock: replies are timed by the kernel's (realtime) receive stamp
                 self._probers[node_id] = Prober(LatencyWindow(node_id), PROBE_TIMEOUT_S, time.time)
 
+    def hold(self, seconds: float) -> None:
+        """Send no probes for a while (after a key rotation; see the session)."""
+        self._quiet_until = time.monotonic() + seconds
+
     def probe_all(self) -> None:
-        if self._sock is None:
+        if self._sock is None or time.monotonic() < self._quiet_until:
             return
         for address, node_id in self._by_address.items():
             prober = self._probers[node_id]

@@ -35,6 +35,7 @@ log = structlog.get_logger(__name__)
 
 PROTOCOL_VERSION = 1
 MESH_ACTIONS = ("mesh_config", "rotate_key")
+ROTATION_QUIET_S = 3.0
 CONTROLLER_TARGET = "controller"
 PROBE_TIMEOUT_S = 5.0  # a probe unanswered this long counts as lost
 CHANNEL_OPTIONS = [
@@ -258,6 +259,10 @@ class AgentSession:
                 status = await asyncio.to_thread(self.mesh.apply, config)
             else:
                 status = await asyncio.to_thread(self.mesh.rotate)
+                # Our peers still know the old key until the controller has told them; a
+                # handshake we start before then is dropped and WireGuard retries only after
+                # REKEY_TIMEOUT (5 s). Let the peers, once updated, start them instead.
+                self.peer_prober.hold(ROTATION_QUIET_S)
             result.mesh.CopyFrom(convert.mesh_status_to_pb(status))
         except NovaCronError as exc:
             result.ok = False

@@ -87,6 +87,7 @@ class ControllerConfig:
     log_level: str = "info"
     mesh_pool: str = "10.250.0.0/16"  # overlay addresses for the WireGuard mesh
     vm_pool: str = "10.251.0.0/16"  # VM addresses, routed between sites over the mesh
+    metrics_listen: str = "127.0.0.1:9470"  # Prometheus /metrics ("" = off)
     edge_computing: EdgeComputingConfig = field(default_factory=EdgeComputingConfig)
 
     def __post_init__(self) -> None:
@@ -98,9 +99,13 @@ class ControllerConfig:
                 ipaddress.ip_network(getattr(self, name))
             except ValueError as exc:
                 raise ConfigError(f"controller.{name}: {exc}") from None
-        host, sep, port = self.listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or int(port) > 65535:
-            raise ConfigError(f"controller.listen: expected HOST:PORT, got {self.listen!r}")
+        for name in ("listen", "metrics_listen"):
+            value = getattr(self, name)
+            if name == "metrics_listen" and not value:
+                continue
+            host, sep, port = value.rpartition(":")
+            if not sep or not host or not port.isdigit() or int(port) > 65535:
+                raise ConfigError(f"controller.{name}: expected HOST:PORT, got {value!r}")
 
 
 def load_config(path: Path | None, flags: dict[str, Any]) -> ControllerConfig:

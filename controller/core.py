@@ -519,25 +519,27 @@ class Controller:
         )
 
     async def push_mesh(self, only: str | None = None) -> None:
-        """Send each connected member the peer set of the current version (idempotent: the
-        agent applies only the difference to what it has)."""
-        version = self.mesh_version
+        """Send each connected member the peer set of the current version, all at once (a
+        far site must not wait behind a near one). Idempotent: the agent applies only the
+        difference to what it has."""
         targets = [only] if only else sorted(self.mesh_members())
-        for node_id in targets:
-            conn = self._connections.get(node_id)
-            if conn is None or version != self.mesh_version:
-                continue
-            config = convert.mesh_config_to_pb(self.mesh_config(node_id))
-            try:
-                result = await conn.call(apb.Command(mesh_config=config), self.command_timeout)
-            except NovaCronError as exc:
-                log.warning("mesh push failed", node_id=node_id, error=str(exc))
-                continue
-            node = self.nodes[node_id]
-            if result.HasField("mesh"):
-                node.mesh_status = convert.mesh_status_from_pb(result.mesh)
-            if not result.ok:
-                log.warning("mesh config refused", node_id=node_id, error=result.error.message)
+        await asyncio.gather(*(self._push_mesh_to(node_id) for node_id in targets))
+
+    async def _push_mesh_to(self, node_id: str) -> None:
+        conn = self._connections.get(node_id)
+        if conn is None:
+            return
+        config = convert.mesh_config_to_pb(self.mesh_config(node_id))
+        try:
+            result = await conn.call(apb.Command(mesh_config=config), self.command_timeout)
+        except NovaCronError as exc:
+            log.warning("mesh push failed", node_id=node_id, error=str(exc))
+            return
+        node = self.nodes[node_id]
+        if result.HasField("mesh"):
+            node.mesh_status = convert.mesh_status_from_pb(result.mesh)
+        if not result.ok:
+            log.warning("mesh config refused", node_id=node_id, error=result.error.message)
 
     async def rotate_mesh_key(self, node_id: str) -> NodeRecord:
         """The node makes a new key pair; every peer then learns its new public key."""

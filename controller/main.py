@@ -29,6 +29,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--heartbeat-interval", help="agents' heartbeat interval, e.g. 5s")
     p.add_argument("--deploy-timeout", help="default wait for a VM to run, e.g. 120s")
     p.add_argument("--controller-id", help="stable id of this controller")
+    p.add_argument("--metrics-listen", help='Prometheus HOST:PORT (default 127.0.0.1:9470, "" off)')
     p.add_argument(
         "--insecure",
         action="store_true",
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                 "heartbeat_interval": args.heartbeat_interval,
                 "deploy_timeout": args.deploy_timeout,
                 "controller_id": args.controller_id,
+                "metrics_listen": args.metrics_listen,
                 "insecure": args.insecure,
                 "log_level": args.log_level,
             },

@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from controller.api import EdgeAPIServicer
 from controller.config import ControllerConfig
 from controller.core import Controller
+from controller.metrics import MetricsServer
 from controller.placement import ScoredEngine
 from controller.sessions import AgentSessionServicer
 from controller.store import SQLiteStore
@@ -47,6 +48,7 @@ class ControllerServer:
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._liveness: asyncio.Task[None] | None = None
+        self.metrics: MetricsServer | None = None
 
     async def start(self) -> int:
         if not self.config.insecure:
@@ -93,6 +95,9 @@ class ControllerServer:
         self._server = server
         self.controller = controller
         self._liveness = asyncio.create_task(controller.watch_liveness())
+        if self.config.metrics_listen:
+            self.metrics = MetricsServer(controller, self.config.metrics_listen)
+            log.info("metrics on /metrics", port=self.metrics.port)
         log.info(
             "controller listening",
             listen=self.config.listen,
@@ -112,6 +117,9 @@ class ControllerServer:
             await self._server.wait_for_termination()
 
     async def stop(self, grace: float = 3.0) -> None:
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
+            self.metrics = None
         if self._liveness is not None:
             self._liveness.cancel()
             with contextlib.suppress(asyncio.CancelledError):

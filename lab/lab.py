@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 DEFAULT_IMAGES_DIR = Path("/var/cache/novacron-lab/images")
+METRICS_PORT = 9470  # the controller's Prometheus endpoint, on the management veth
 # What `up` creates under the state dir; `down` removes exactly these (never the dir's other files).
 _OWNED = (STATE_FILE, "wan.json", "wan.ready", "wan-stats.json", "logs", "sites", "controller")
 # The router lives in a namespace of its own: its TUNs are born there before moving to the sites,
@@ -104,6 +105,11 @@ class Lab:
         return lab
 
     # -- addresses ---------------------------------------------------------------------------
+
+    @property
+    def metrics_url(self) -> str:
+        """The controller's Prometheus endpoint, from the host (management veth)."""
+        return f"http://{self.topology.mgmt_controller_ip}:{METRICS_PORT}/metrics"
 
     @property
     def controller_address(self) -> str:
@@ -269,6 +275,7 @@ class Lab:
             "--listen", f"0.0.0.0:{CONTROLLER_PORT}",
             "--state-dir", str(self.state_dir / "controller"),
             "--heartbeat-interval", "1s", "--log-format", "json",
+            "--metrics-listen", f"{topo.mgmt_controller_ip}:{METRICS_PORT}",
         ]  # fmt: skip
         self._spawn("controller", netns.nsenter(topo.controller.netns, argv))
 

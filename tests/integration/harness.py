@@ -94,6 +94,7 @@ class Cluster:
             deploy_timeout=Seconds(60.0),
             insecure=True,
             controller_id="ctl-test",
+            metrics_listen="127.0.0.1:0",
             # no head-room buffer: the tests reason in whole MiB
             edge_computing=EdgeComputingConfig(edge_resource_buffer=0.0),
         )

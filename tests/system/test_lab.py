@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import urllib.request
 import uuid
 
 import grpc
@@ -179,6 +180,9 @@ def test_the_mesh_converges_and_sites_reach_each_other_over_it(lab: Lab) -> None
     berlin, munich = _node(lab, "mec-berlin"), _node(lab, "iot-munich")
     assert berlin.mesh_address != munich.mesh_address
     assert berlin.mesh.public_key and berlin.mesh.public_key != munich.mesh.public_key
+    metrics = urllib.request.urlopen(lab.metrics_url, timeout=5).read().decode()
+    assert 'novacron_mesh_peer_up{node="mec-berlin",peer="iot-munich"} 1.0' in metrics
+    assert 'novacron_mesh_converged{node="iot-munich"} 1.0' in metrics
     target = munich.mesh_address
     done = subprocess.run(
         lab.exec_argv("mec-berlin", ["ping", "-c", "3", "-i", "0.2", "-W", "2", target]),
