@@ -73,6 +73,23 @@ class MeshConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class QosConfig:
+    """htb traffic classes on the uplink: control first, migration capped (agent/qos.py)."""
+
+    enabled: bool = False
+    uplink: str = ""  # "" = the interface of the route to the controller
+    link_mbit: float = 0.0  # the uplink's real speed (htb must know it)
+    migration_mbit: float = 0.0  # cap on live-migration traffic (the spec's migration_bandwidth)
+
+    def __post_init__(self) -> None:
+        if self.enabled and not 0 < self.migration_mbit <= self.link_mbit:
+            raise ConfigError(
+                "agent.qos: need 0 < migration_mbit <= link_mbit when enabled "
+                f"(got {self.migration_mbit:g} and {self.link_mbit:g})"
+            )
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     node_id: str = ""
     controller: str = "127.0.0.1:7700"
@@ -84,6 +101,7 @@ class AgentConfig:
     capacity: CapacityConfig = field(default_factory=CapacityConfig)
     cost_per_hour: float = 0.0  # price of this node's capacity, for the cost score
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    qos: QosConfig = field(default_factory=QosConfig)
     state_dir: Path = Path("/var/lib/novacron/agent")
     images_dir: Path = Path("/var/lib/novacron/images")
     heartbeat_interval: Seconds = Seconds(5.0)

@@ -158,6 +158,10 @@ class CommandExecutor:
             raise
         if create.address and self.vmnet is not None:
             await asyncio.to_thread(self.vmnet.attach, create.address)
+            if spec.bandwidth_mbps:
+                taps = await asyncio.to_thread(self.hypervisor.interface_devices, create.vm_id)
+                for tap in taps:
+                    await asyncio.to_thread(self.vmnet.shape, tap, spec.bandwidth_mbps)
         return status
 
     def _attachment(self, create: apb.CreateVM) -> NetworkAttachment:

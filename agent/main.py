@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from agent.config import AgentConfig, load_config
 from agent.hypervisor.libvirt_driver import LibvirtHypervisor
 from agent.images.catalog import ImageCatalog
 from agent.mesh import MeshManager
+from agent.qos import UplinkClasses, route_device
 from agent.session import AgentSession
 from agent.vmnet import VMNetwork
 from agent.wireguard import InterfaceConfig, UserspaceWireGuard, interface_name
@@ -118,6 +120,18 @@ async def start_mesh(config: AgentConfig) -> MeshManager:
     return MeshManager(driver, config.mesh.endpoint_host, config.mesh.behind_nat, vmnet=VMNetwork())
 
 
+def apply_qos(config: AgentConfig) -> None:
+    """Blocking (`ip`, `tc`). A node configured for QoS that cannot apply it refuses to start:
+    running without the classes would let a migration starve the control plane."""
+    host = config.controller.rpartition(":")[0].strip("[]")
+    try:
+        address = socket.gethostbyname(host)
+    except OSError as exc:
+        raise ConfigError(f"agent.qos: cannot resolve the controller {host!r}: {exc}") from None
+    ifname = config.qos.uplink or route_device(address)
+    UplinkClasses(ifname, config.qos.link_mbit, config.qos.migration_mbit).apply()
+
+
 async def run(config: AgentConfig) -> None:
     if not config.insecure:
         raise ConfigError(
@@ -125,6 +139,8 @@ async def run(config: AgentConfig) -> None:
         )
     log.warning("INSECURE MODE: the controller connection is neither encrypted nor authenticated")
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    if config.qos.enabled:
+        await asyncio.to_thread(apply_qos, config)
     hypervisor = await open_hypervisor(config)
     mesh = await start_mesh(config) if config.mesh.enabled else None
     session = AgentSession(config, hypervisor, ImageCatalog(config.images_dir), mesh=mesh)

@@ -57,6 +57,18 @@ class VMNetwork:
             raise FailedPrecondition("VM networking is not configured yet (no mesh config)")
         _ip("route", "replace", _host(address), "dev", self.bridge, "proto", ROUTE_PROTO)
 
+    def shape(self, tap: str, mbps: int) -> None:
+        """Cap traffic to the VM with tbf on its tap (the tap's egress). libvirt's own
+        <bandwidth> needs the sfq qdisc and ingress policing needs act_police; neither exists
+        on these kernels, so traffic from the VM is not capped per VM."""
+        burst_bytes = max(32 * 1024, mbps * 1_000_000 // 8 // 100)  # >= 10 ms at the rate
+        _ip_tc = ["tc", "qdisc", "replace", "dev", tap, "root", "tbf", "rate", f"{mbps}mbit"]
+        done = subprocess.run(
+            [*_ip_tc, "burst", str(burst_bytes), "latency", "50ms"], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise InvalidArgument(f"tc tbf on {tap}: {done.stderr.strip()}")
+
     def detach(self, address: str) -> None:
         subprocess.run(
             ["ip", "route", "del", _host(address), "dev", self.bridge],

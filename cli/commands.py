@@ -76,6 +76,7 @@ def vm_deploy(ctx: Context, args: argparse.Namespace) -> int:
         vcpus=args.vcpus,
         memory_mib=args.memory_mib,
         labels=dict(args.labels),
+        bandwidth_mbps=args.bandwidth_mbps,
     )
     constraints = placement.constraints(args)
     if constraints.ByteSize():

@@ -227,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="idempotency key; a new UUID is generated (and printed on stderr) if omitted",
     )
+    deploy.add_argument(
+        "--bandwidth-mbps",
+        type=types.non_negative_u32,
+        default=0,
+        metavar="N",
+        help="cap on the VM's network, each direction (0 = none)",
+    )
     add_placement_options(deploy)
     deploy.add_argument(
         "--wait-timeout",

@@ -13,6 +13,7 @@ _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.\-/]{0,61}[A-Za-z0-9])?$")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 ARCHES = ("x86_64", "aarch64")
 MAX_VCPUS = 256
+MAX_BANDWIDTH_MBPS = 100_000
 MAX_MEMORY_MIB = 4 * 1024 * 1024
 MIN_MEMORY_MIB = 16
 
@@ -37,6 +38,8 @@ def validate_spec(spec: VMSpec) -> None:
         raise InvalidArgument(f"memory_mib must be >= {MIN_MEMORY_MIB}")
     if spec.memory_mib > MAX_MEMORY_MIB:
         raise InvalidArgument(f"memory_mib must be <= {MAX_MEMORY_MIB}")
+    if not 0 <= spec.bandwidth_mbps <= MAX_BANDWIDTH_MBPS:
+        raise InvalidArgument(f"bandwidth_mbps must be in [0, {MAX_BANDWIDTH_MBPS}]")
     for key in spec.labels:
         if not _LABEL_KEY.match(key):
             raise InvalidArgument(f"label key {key!r} is invalid")

@@ -304,6 +304,12 @@ class Lab:
                 "insecure": True,
                 # the edge mesh: WireGuard between sites, across the emulated WAN
                 "mesh": {"enabled": True, "endpoint_host": site.address, "listen_port": 51820},
+                # htb classes on the uplink: control first, migration capped at half the link
+                "qos": {
+                    "enabled": True,
+                    "link_mbit": site.wan.bandwidth_mbit,
+                    "migration_mbit": site.wan.bandwidth_mbit / 2,
+                },
             }
         }
         path = sdir / "agent.yaml"

@@ -131,7 +131,14 @@ class UdpResult:
 
 
 def udp_stream(
-    src: Site, dst: Site, *, count: int, rate_pps: float, payload: int = 100, drain_s: float = 1.0
+    src: Site,
+    dst: Site,
+    *,
+    count: int,
+    rate_pps: float,
+    payload: int = 100,
+    drain_s: float = 1.0,
+    port: int = 0,
 ) -> UdpResult:
     """Send `count` datagrams of `payload` bytes at `rate_pps` from src to dst and count what
     arrives; the receiver stops `drain_s` after the last datagram it saw once sending is done."""
@@ -141,7 +148,7 @@ def udp_stream(
     tx = netns_socket(src.netns, socket.SOCK_DGRAM)
     with rx, tx:
         rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-        rx.bind((dst.address, 0))
+        rx.bind((dst.address, port))
         rx.settimeout(0.1)
         target = rx.getsockname()
         seen: set[int] = set()
@@ -189,12 +196,18 @@ def udp_loss(src: Site, dst: Site, count: int = 5000, rate_pps: float = 2000) ->
 
 
 def udp_bandwidth(
-    src: Site, dst: Site, seconds: float = 3.0, offered_factor: float = 2.0, payload: int = 8000
+    src: Site,
+    dst: Site,
+    seconds: float = 3.0,
+    offered_factor: float = 2.0,
+    payload: int = 8000,
+    port: int = 0,
+    cap_mbit: float | None = None,
 ) -> float:
-    """Offer `offered_factor` x the expected cap for `seconds`; the measured rate is what the
-    token bucket lets through (Mbit/s on the wire)."""
-    cap = expected_bandwidth_mbit(src, dst)
+    """Offer `offered_factor` x the expected cap (default: the WAN's) for `seconds` to `port`
+    (0 = any); the measured rate is what the path lets through (Mbit/s on the wire)."""
+    cap = cap_mbit or expected_bandwidth_mbit(src, dst)
     rate_pps = cap * 1e6 * offered_factor / 8 / (payload + _UDP_IP_HEADERS)
     count = max(10, int(rate_pps * seconds))
-    result = udp_stream(src, dst, count=count, rate_pps=rate_pps, payload=payload)
+    result = udp_stream(src, dst, count=count, rate_pps=rate_pps, payload=payload, port=port)
     return result.wire_mbit(payload)

@@ -179,6 +179,7 @@ def spec_to_pb(s: d.VMSpec) -> pb.VMSpec:
         labels=s.labels,
         disk_gib=s.disk_gib,
         placement=constraints_to_pb(s.placement),
+        bandwidth_mbps=s.bandwidth_mbps,
     )
 
 
@@ -191,6 +192,7 @@ def spec_from_pb(s: pb.VMSpec) -> d.VMSpec:
         labels=dict(s.labels),
         disk_gib=s.disk_gib,
         placement=constraints_from_pb(s.placement),
+        bandwidth_mbps=s.bandwidth_mbps,
     )
 
 

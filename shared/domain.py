@@ -122,6 +122,7 @@ class VMSpec:
     labels: dict[str, str] = field(default_factory=dict)
     disk_gib: int = 0
     placement: PlacementConstraints = field(default_factory=PlacementConstraints)
+    bandwidth_mbps: int = 0  # cap on the VM's NIC, each direction (0 = none)
 
     def capacity(self) -> Capacity:
         return Capacity(vcpus=self.vcpus, memory_mib=self.memory_mib, storage_gib=self.disk_gib)

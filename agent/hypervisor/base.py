@@ -83,6 +83,10 @@ class Hypervisor(Protocol):
 
     def resume(self, vm_id: str) -> VMStatus: ...
 
+    def interface_devices(self, vm_id: str) -> list[str]:
+        """The host-side devices (taps) of the VM's NICs, e.g. ["vnet0"]; [] when none."""
+        ...
+
     def delete(self, vm_id: str) -> None:
         """Stop if running and undefine. Deleting an unknown VM is not an error."""
         ...

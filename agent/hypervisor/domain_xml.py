@@ -123,6 +123,7 @@ def build_domain_xml(
         ET.SubElement(nic, "source", bridge=media.network.bridge)
         ET.SubElement(nic, "mac", address=media.network.mac.lower())
         ET.SubElement(nic, "model", type="virtio")
+
     serial = ET.SubElement(devices, "serial", type="file")
     ET.SubElement(serial, "source", path=console_log, append="on")
     ET.SubElement(serial, "target", port="0")

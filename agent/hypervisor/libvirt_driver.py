@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import threading
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -301,6 +302,16 @@ class LibvirtHypervisor:
             if state == libvirt.VIR_DOMAIN_PAUSED:
                 dom.resume()
         return self._require_status(dom, vm_id)
+
+    def interface_devices(self, vm_id: str) -> list[str]:
+        dom = self._require(vm_id)
+        with _mapped("interface devices", vm_id):
+            root = ET.fromstring(dom.XMLDesc(0))
+        return [
+            str(target.get("dev"))
+            for target in root.findall("./devices/interface/target")
+            if target.get("dev")
+        ]
 
     def delete(self, vm_id: str) -> None:
         dom = self._lookup(vm_id)

@@ -127,3 +127,29 @@ def test_cli_status_exec_and_the_operator_cli_from_the_host(lab: Lab) -> None:
         timeout=30,
     )
     assert nodes.returncode == 0 and "mec-berlin" in nodes.stdout, nodes.stderr
+
+
+def test_uplink_qos_caps_migration_traffic_and_keeps_control_first(lab: Lab) -> None:
+    """Issue #5 item 6: htb classes on each site's uplink (agent/qos.py)."""
+    munich, berlin = lab.topology.site("iot-munich"), lab.topology.site("mec-berlin")
+    shown = subprocess.run(
+        lab.exec_argv(munich.id, ["tc", "class", "show", "dev", _uplink(lab, munich.id)]),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "class htb 1:10" in shown and "prio 0" in shown
+    assert "class htb 1:30" in shown
+    cap = munich.wan.bandwidth_mbit / 2  # what the lab configures for migration
+    migration = probe.udp_bandwidth(munich, berlin, seconds=2.0, port=49160, cap_mbit=cap)
+    assert 0.8 * cap <= migration <= 1.1 * cap, migration
+
+
+def _uplink(lab: Lab, site: str) -> str:
+    route = subprocess.run(
+        lab.exec_argv(site, ["ip", "-o", "route", "get", lab.topology.controller.address]),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return route[route.index("dev") + 1]

@@ -130,6 +130,8 @@ def test_vms_on_different_sites_reach_each_other_over_the_mesh(lab: Lab) -> None
             for name, site in (("net-a", "mec-berlin"), ("net-b", "iot-munich")):
                 placement = pb.PlacementConstraints(required_labels={"site": site})
                 spec = pb.VMSpec(name=name, image="tiny", vcpus=1, memory_mib=128)
+                if name == "net-a":
+                    spec.bandwidth_mbps = 50  # the agent shapes its tap with tbf
                 spec.placement.CopyFrom(placement)
                 vms[name] = stub.DeployVM(api.DeployVMRequest(spec=spec), timeout=120)
                 assert vms[name].node_id == site
@@ -151,6 +153,14 @@ def test_vms_on_different_sites_reach_each_other_over_the_mesh(lab: Lab) -> None
                 text=True,
             )
             assert done.returncode == 0, done.stdout + done.stderr
+            qdiscs = subprocess.run(
+                lab.exec_argv("mec-berlin", ["tc", "qdisc", "show"]),
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            shaped = [line for line in qdiscs.splitlines() if "tbf" in line and "dev vnet" in line]
+            assert shaped and "rate 50Mbit" in shaped[0], qdiscs
             berlin = _node(lab, "mec-berlin")
             munich_peer = next(p for p in berlin.mesh.peers if p.node_id == "iot-munich")
             assert munich_peer.up

@@ -380,11 +380,14 @@ class VMSpec(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     DISK_GIB_FIELD_NUMBER: _builtins.int
     PLACEMENT_FIELD_NUMBER: _builtins.int
+    BANDWIDTH_MBPS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     image: _builtins.str
     vcpus: _builtins.int
     memory_mib: _builtins.int
     disk_gib: _builtins.int
+    bandwidth_mbps: _builtins.int
+    """cap on the VM's NIC, each direction (0 = none)"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -399,10 +402,11 @@ class VMSpec(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         disk_gib: _builtins.int = ...,
         placement: Global___PlacementConstraints | None = ...,
+        bandwidth_mbps: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["placement", b"placement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk_gib", b"disk_gib", "image", b"image", "labels", b"labels", "memory_mib", b"memory_mib", "name", b"name", "placement", b"placement", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth_mbps", b"bandwidth_mbps", "disk_gib", b"disk_gib", "image", b"image", "labels", b"labels", "memory_mib", b"memory_mib", "name", b"name", "placement", b"placement", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import pytest
+
+from agent.qos import UplinkClasses
+from shared.errors import InvalidArgument
+
+
+def test_uplink_classes_put_control_first_and_cap_migration() -> None:
+    cmds = [" ".join(c) for c in UplinkClasses("eth0", 1000, 300).commands()]
+    assert cmds[0] == "tc qdisc replace dev eth0 root handle 1: htb default 20"
+    assert any("classid 1:10 htb rate 100mbit ceil 1000mbit prio 0" in c for c in cmds)
+    assert any("classid 1:30 htb rate 300mbit ceil 300mbit prio 2" in c for c in cmds)
+    assert any("match ip dport 7700 0xffff flowid 1:10" in c for c in cmds)
+    assert any("match ip dport 49152 0xffc0 flowid 1:30" in c for c in cmds)
+    assert any("match ip dport 16509 0xffff flowid 1:30" in c for c in cmds)
+
+
+@pytest.mark.parametrize(("link", "bulk"), [(0, 1), (100, 0), (100, 200)])
+def test_bad_rates_are_refused(link: float, bulk: float) -> None:
+    with pytest.raises(InvalidArgument):
+        UplinkClasses("eth0", link, bulk)
