@@ -112,16 +112,16 @@ class AgentSession:
             )
         )
 
-    def heartbeat(self, latencies: list[LatencyStats]) -> apb.AgentMessage:
-        """Blocking (psutil, libvirt): built off the event loop, with the latencies read on it
-        (the probe windows belong to the loop)."""
+    def heartbeat(self, latencies: list[LatencyStats], vms: list[VMStatus]) -> apb.AgentMessage:
+        """Blocking (psutil, WireGuard): built off the event loop, with the latencies read on
+        it (the probe windows belong to the loop) and the VM list passed in (see _heartbeats)."""
         self._seq += 1
         return apb.AgentMessage(
             heartbeat=apb.Heartbeat(
                 seq=self._seq,
                 sent_at=convert.timestamp(time.time()),
                 utilization=convert.utilization_to_pb(self.sampler.sample()),
-                vms=[convert.vm_status_to_pb(v) for v in self.hypervisor.list_vms()],
+                vms=[convert.vm_status_to_pb(v) for v in vms],
                 latencies=[convert.latency_to_pb(s) for s in latencies],
                 mesh=convert.mesh_status_to_pb(self.mesh.status()) if self.mesh else None,
             )
@@ -222,8 +222,21 @@ class AgentSession:
             yield message
 
     async def _heartbeats(self, outbox: asyncio.Queue[apb.AgentMessage | None]) -> None:
+        """A heartbeat never waits for libvirt: listing a domain that is being destroyed or
+        migrated blocks for seconds, and a late heartbeat makes the controller give up on the
+        node. The listing runs beside; a beat carries the latest finished one."""
+        vms: list[VMStatus] = []
+        listing: asyncio.Future[list[VMStatus]] | None = None
         while True:
-            message = await asyncio.to_thread(self.heartbeat, self.latencies())
+            if listing is None or listing.done():
+                if listing is not None and listing.exception() is None:
+                    vms = listing.result()
+                listing = asyncio.ensure_future(asyncio.to_thread(self.hypervisor.list_vms))
+                with contextlib.suppress(TimeoutError, NovaCronError):
+                    vms = await asyncio.wait_for(
+                        asyncio.shield(listing), self.heartbeat_interval / 2
+                    )
+            message = await asyncio.to_thread(self.heartbeat, self.latencies(), vms)
             if self.mesh is not None:
                 self.peer_prober.set_peers(self._reachable_peers(message.heartbeat.mesh))
             outbox.put_nowait(message)
