@@ -175,6 +175,11 @@ class LatencyFilter:
     static = True
 
     def mask(self, ctx: Context) -> BOOL:
+        c = ctx.request.constraints
+        if c.near is None and not c.max_latency_ms:
+            # Without a user location the only latency known is the node's RTT to the
+            # controller: a score, not a reason to refuse a node the request did not bound.
+            return np.ones(ctx.rows.stop - ctx.rows.start, dtype=bool)
         return ctx.latency_ms <= ctx.request.max_latency_ms
 
     def reason(self, ctx: Context, row: int) -> str:

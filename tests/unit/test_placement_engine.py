@@ -127,6 +127,12 @@ def test_latency_measured_beats_estimate_when_no_user_location() -> None:
     assert reasons == {"slow": "latency: latency 60.0 ms (measured) > 50 ms"}
 
 
+def test_measured_rtt_to_the_controller_only_filters_when_the_request_bounds_it() -> None:
+    rows = [node("far", rtt_ms=(150.0, 180.0, 200.0))]
+    assert decide(rows, spec())[0] == "far"  # scored, not refused
+    assert decide(rows, spec(max_latency_ms=100))[0] is None
+
+
 def test_buffer_and_vm_cap_from_profile() -> None:
     profile = PlacementProfile(edge_resource_buffer=0.5, max_edge_vms_per_node=1)
     rows = [
