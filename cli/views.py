@@ -152,7 +152,9 @@ def latency_line(s: pb.LatencyStats) -> str:
 
 # -- VMs ---------------------------------------------------------------------------------------
 
-VM_HEADERS = ("NAME", "ID", "NODE", "STATE", "DESIRED", "VCPUS", "MEMORY", "IMAGE", "AGE")
+VM_HEADERS = (
+    "NAME", "ID", "NODE", "STATE", "DESIRED", "VCPUS", "MEMORY", "IMAGE", "ADDRESS", "AGE",
+)  # fmt: skip
 
 
 def vm_row(vm: pb.VM, now: float) -> list[str]:
@@ -165,6 +167,7 @@ def vm_row(vm: pb.VM, now: float) -> list[str]:
         str(vm.spec.vcpus),
         f"{vm.spec.memory_mib}Mi",
         vm.spec.image or "-",
+        vm.address.split("/")[0] if vm.address else "-",
         _age_of(vm, "created_at", now),
     ]
 
@@ -190,6 +193,7 @@ def vm_describe(vm: pb.VM, now: float) -> str:
             ("Generation", str(vm.generation)),
             ("Request ID", vm.request_id or NONE),
             ("Placement", vm.placement_reason or NONE),
+            ("Address", vm.address or NONE),
             ("Created", _timestamp(vm, "created_at", now)),
             ("Updated", _timestamp(vm, "updated_at", now)),
             ("Labels", dict(vm.spec.labels)),

@@ -106,6 +106,25 @@ def run(lab: Lab) -> None:
     wait_until(all_booted, 180, "the guests to boot")
     print(f"(all booted {time.monotonic() - started:.1f}s after the lab started coming up)")
 
+    say("VM network over the WireGuard mesh: Paris's site pings the VM in New York")
+    out = cli(address, "vm", "show", "shop-nyc", show=False)
+    vm_ip = next(line.split()[-1] for line in out.splitlines() if line.startswith("Address"))
+    vm_ip = vm_ip.split("/")[0]
+    wait_until(
+        lambda: f"net eth0 {vm_ip}" in cli(address, "vm", "console", "shop-nyc", show=False),
+        120,
+        "shop-nyc to configure its network",
+    )
+    print(f"$ novacron-lab exec mec-paris -- ping -c 3 {vm_ip}", flush=True)
+    ping = subprocess.run(
+        lab.exec_argv("mec-paris", ["ping", "-c", "3", "-W", "3", vm_ip]),
+        capture_output=True,
+        text=True,
+    )
+    print(ping.stdout.strip().splitlines()[-1] if ping.stdout.strip() else ping.stderr.strip())
+    if ping.returncode != 0:
+        raise RuntimeError(f"no reply from {vm_ip} across the mesh:\n{ping.stdout}")
+
     say("The lab as it stands")
     print(render_status(lab.status()), end="")
 

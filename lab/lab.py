@@ -35,7 +35,7 @@ from lab import netns, pids
 from lab.libvirtd import PrivateLibvirtd
 from lab.processes import BIN, Daemon, start_daemon
 from lab.state import DEFAULT_STATE_DIR, STATE_FILE, LabState, ProcessRecord
-from lab.topology import CONTROLLER_PORT, Site, Topology, WanProfile, load_topology
+from lab.topology import CONTROLLER_PORT, COST_PER_HOUR, Site, Topology, WanProfile, load_topology
 from lab.wan import Endpoint, RouterConfig
 
 if TYPE_CHECKING:
@@ -293,6 +293,7 @@ class Lab:
                     "longitude": site.longitude,
                     "country": site.country,
                 },
+                "cost_per_hour": COST_PER_HOUR[site.edge_type],
                 "capacity": {
                     "vcpus": site.capacity.vcpus,
                     "memory_mib": site.capacity.memory_mib,

@@ -59,6 +59,17 @@ BANDWIDTH_MBIT = {
     EdgeType.IOT: 20.0,
 }
 
+# Price of a site's capacity per hour, for the placement cost score: cloud regions are the
+# cheapest per unit, edge capacity costs more the closer it sits to users.
+COST_PER_HOUR = {
+    EdgeType.CLOUD: 0.05,
+    EdgeType.ONPREM: 0.08,
+    EdgeType.CDN: 0.12,
+    EdgeType.TELCO: 0.15,
+    EdgeType.MEC: 0.20,
+    EdgeType.IOT: 0.04,
+}
+
 _SITE_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 

@@ -229,7 +229,7 @@ def test_vm_list_table_and_node_filter(
     assert run(controller, "vm", "list", "--node", "gw-1") == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == list(
-        ("NAME", "ID", "NODE", "STATE", "DESIRED", "VCPUS", "MEMORY", "IMAGE", "AGE")
+        ("NAME", "ID", "NODE", "STATE", "DESIRED", "VCPUS", "MEMORY", "IMAGE", "ADDRESS", "AGE")
     )
     assert lines[1].split() == [
         "web-1",
@@ -240,6 +240,7 @@ def test_vm_list_table_and_node_filter(
         "2",
         "512Mi",
         "alpine-3.20",
+        "-",
         "10m",
     ]
     assert controller.servicer.requests[-1] == api.ListVMsRequest(node_id="gw-1")
