@@ -119,7 +119,3 @@ def load_config(path: Path | None, flags: dict[str, Any]) -> ControllerConfig:
     )
     edge.placement_profile()  # refuse a bad profile at start-up, naming the bad key
     return replace(build(ControllerConfig, raw, "controller"), edge_computing=edge)
-
-
-def with_listen(config: ControllerConfig, listen: str) -> ControllerConfig:
-    return replace(config, listen=listen)

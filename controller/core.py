@@ -20,7 +20,6 @@ import structlog
 from controller.liveness import node_condition
 from controller.mesh import Ipam, gateway_of, peer_set
 from controller.placement import Explanation, NodeRow, NodeTable, ScoredEngine
-from controller.placement.geo import ACCESS_RTT_MS, haversine_km
 from controller.reconcile import Action, ActionKind, plan
 from controller.records import AuditEntry, NodeRecord, VMRecord
 from controller.sessions import AgentConnection
@@ -46,6 +45,7 @@ from shared.errors import (
     Unavailable,
     error_from_code,
 )
+from shared.geo import haversine_km, rtt_estimate_ms
 from shared.mesh import MeshConfig, MeshIdentity
 from shared.pb.v1 import agent_pb2 as apb
 
@@ -172,7 +172,7 @@ class Controller:
             if loc is None:
                 continue
             km = haversine_km(location.latitude, location.longitude, loc.latitude, loc.longitude)
-            found.append((node, km, km / 100.0 + ACCESS_RTT_MS[node.info.edge_type]))
+            found.append((node, km, rtt_estimate_ms(km, node.info.edge_type)))
         found.sort(key=lambda f: (f[1], f[0].node_id))
         return found[:n]
 

@@ -65,10 +65,6 @@ def distances_km(columns: F32, lat: float, lon: float) -> F32:
     return distance
 
 
-def rtt_lower_bound_ms(distance_km: F64 | float) -> F64 | float:
-    return distance_km / FIBER_KM_PER_MS_RTT
-
-
 def radius_for_rtt_km(rtt_ms: float, access_ms: float = 0.0) -> float:
     """The farthest a node can be and still answer within `rtt_ms`."""
     return max(0.0, rtt_ms - access_ms) * FIBER_KM_PER_MS_RTT
