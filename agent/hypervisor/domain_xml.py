@@ -25,7 +25,8 @@ _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$")
 _LABEL_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._/-]{0,62}$")
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _BRIDGE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,14}$")  # a Linux ifname: <= 15 chars
-_NET_KEYS = ("nc.ip=", "nc.gw=")
+_NET_KEYS = ("nc.ip=", "nc.gw=", "nc.ping=")
+PING_LABEL = "novacron.io/ping"  # a VM label: the tiny guest pings this address and says so
 _SERIAL_CONSOLE = {"x86_64": "ttyS0", "i686": "ttyS0", "aarch64": "ttyAMA0"}
 
 
@@ -98,7 +99,7 @@ def build_domain_xml(
         if media.initrd:
             ET.SubElement(os_el, "initrd").text = media.initrd
         ET.SubElement(os_el, "cmdline").text = kernel_cmdline(
-            media.cmdline, spec.name, arch, media.network
+            media.cmdline, spec.name, arch, media.network, ping=spec.labels.get(PING_LABEL, "")
         )
     else:
         ET.SubElement(os_el, "boot", dev="hd")
@@ -137,7 +138,11 @@ def build_domain_xml(
 
 
 def kernel_cmdline(
-    base: str, vm_name: str, arch: str = "x86_64", network: NetworkAttachment | None = None
+    base: str,
+    vm_name: str,
+    arch: str = "x86_64",
+    network: NetworkAttachment | None = None,
+    ping: str = "",
 ) -> str:
     """The image's cmdline plus nc.name (the guest prints it) and a serial console if none;
     with a network, nc.ip=<cidr> nc.gw=<gateway>, which the tiny guest's init applies to eth0.
@@ -149,6 +154,11 @@ def kernel_cmdline(
     parts.append(f"nc.name={vm_name}")
     if network is not None:
         parts += [f"nc.ip={network.address}", f"nc.gw={network.gateway}"]
+        if ping:
+            try:
+                parts.append(f"nc.ping={ipaddress.ip_address(ping)}")
+            except ValueError:
+                raise InvalidArgument(f"label {PING_LABEL}={ping!r} is not an IP address") from None
     return " ".join(parts)
 
 

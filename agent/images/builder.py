@@ -40,7 +40,8 @@ BASE_DISK_MIB = 64
 FIRST_LINE = "NovaCron guest {name} booted: kernel {kernel}"  # what the guest prints first
 NET_LINE = "NovaCron guest {name} net eth0 {ip} via {gw}"  # printed once eth0 is configured
 HEARTBEAT_S = 10
-BUILD_FORMAT = 2  # bump whenever the image's content changes, so that cached images get rebuilt
+PING_ROUNDS = 60  # nc.ping=<ip>: the guest pings it every 2 s this many times
+BUILD_FORMAT = 3  # bump whenever the image's content changes, so that cached images get rebuilt
 BUILD_STAMP = "build.json"  # beside image.yaml (whose keys the catalog validates strictly)
 GUEST_MODULES = ("virtio_pci", "virtio_net")  # the NIC; dependencies come from modules.dep
 MODULES_DIR = Path("/lib/modules")
@@ -58,11 +59,13 @@ INIT_SCRIPT = f"""#!/bin/sh
 NAME=unknown
 IP=
 GW=
+PING=
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     nc.name=*) NAME="${{arg#nc.name=}}" ;;
     nc.ip=*) IP="${{arg#nc.ip=}}" ;;
     nc.gw=*) GW="${{arg#nc.gw=}}" ;;
+    nc.ping=*) PING="${{arg#nc.ping=}}" ;;
   esac
 done
 echo "NovaCron guest $NAME booted: kernel $(uname -r)" > /dev/console
@@ -88,6 +91,17 @@ if [ -n "$IP" ]; then
     say "error: cannot route via $GW on eth0"
   else
     say "eth0 $IP via ${{GW:-none}}"
+    if [ -n "$PING" ]; then  # the guest's own reachability probe, reported on its console
+      (
+        n=0
+        while [ $n -lt {PING_ROUNDS} ]; do
+          if ping -c 1 -W 2 "$PING" >/dev/null 2>&1; then r=ok; else r=failed; fi
+          echo "NovaCron guest $NAME ping $PING $r" > /dev/console
+          n=$((n + 1))
+          sleep 2
+        done
+      ) &
+    fi
   fi
 fi
 up=0

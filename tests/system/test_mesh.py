@@ -127,9 +127,12 @@ def test_vms_on_different_sites_reach_each_other_over_the_mesh(lab: Lab) -> None
         stub = edge_api_pb2_grpc.EdgeAPIStub(channel)
         vms = {}
         try:
-            for name, site in (("net-a", "mec-berlin"), ("net-b", "iot-munich")):
+            # net-b first: net-a is told to ping net-b's address from inside the guest
+            for name, site in (("net-b", "iot-munich"), ("net-a", "mec-berlin")):
                 placement = pb.PlacementConstraints(required_labels={"site": site})
                 spec = pb.VMSpec(name=name, image="tiny", vcpus=1, memory_mib=128)
+                if name == "net-a":
+                    spec.labels["novacron.io/ping"] = vms["net-b"].address.split("/")[0]
                 if name == "net-a":
                     spec.bandwidth_mbps = 50  # the agent shapes its tap with tbf
                 spec.placement.CopyFrom(placement)
@@ -146,7 +149,14 @@ def test_vms_on_different_sites_reach_each_other_over_the_mesh(lab: Lab) -> None
                     f"{name} to configure its network",
                     interval_s=1.0,
                 )
-            # from Berlin's site (the VM's gateway) to the VM in Munich, across the mesh
+            # guest to guest: net-a (Berlin) reaches net-b (Munich) by IP, across the mesh
+            wait_for(
+                lambda: f"ping {b_ip} ok" in _vm_console(lab, "net-a"),
+                60,
+                "net-a's own pings to net-b to get answers",
+                interval_s=1.0,
+            )
+            # and from Berlin's site (the VM's gateway) to the VM in Munich
             done = subprocess.run(
                 lab.exec_argv("mec-berlin", ["ping", "-c", "3", "-W", "3", b_ip]),
                 capture_output=True,

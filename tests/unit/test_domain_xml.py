@@ -205,3 +205,15 @@ def test_mac_for_is_stable_unicast_and_locally_administered() -> None:
     assert re.fullmatch(r"52:54:00(:[0-9a-f]{2}){3}", mac)
     assert int(mac[:2], 16) & 0b11 == 0b10  # locally administered, unicast
     assert len({mac_for(str(uuid.UUID(int=i))) for i in range(200)}) == 200
+
+
+def test_ping_label_becomes_the_guests_own_probe() -> None:
+    from agent.hypervisor.base import NetworkAttachment
+    from agent.hypervisor.domain_xml import kernel_cmdline
+    from shared.errors import InvalidArgument as Invalid
+
+    net = NetworkAttachment("ncbr0", "52:54:00:00:00:01", "10.251.0.5/32", "10.251.255.254")
+    assert kernel_cmdline("", "a", network=net, ping="10.251.0.9").endswith("nc.ping=10.251.0.9")
+    assert "nc.ping" not in kernel_cmdline("nc.ping=1.2.3.4", "a")  # the image cannot set it
+    with pytest.raises(Invalid, match="not an IP address"):
+        kernel_cmdline("", "a", network=net, ping="elsewhere")
