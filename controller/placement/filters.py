@@ -8,7 +8,7 @@ from typing import Protocol, cast
 import numpy as np
 import numpy.typing as npt
 
-from controller.placement.request import Context
+from controller.placement.request import Context, Key, PlacementRequest, Reads
 from controller.placement.table import BOOL, EDGE_TYPES
 from shared.domain import SpreadScope
 
@@ -17,7 +17,11 @@ IDX = npt.NDArray[np.intp]
 
 class Filter(Protocol):
     name: str
-    static: bool  # depends only on the request and the table's static columns (cacheable)
+    reads: Reads
+
+    def key(self, request: PlacementRequest) -> Key:
+        """The parts of the request the mask depends on (with `reads`, the cache key)."""
+        ...
 
     def mask(self, ctx: Context) -> BOOL: ...
 
@@ -37,7 +41,10 @@ def _list(items: tuple[str, ...] | list[str]) -> str:
 
 class ReadyFilter:
     name = "ready"
-    static = False
+    reads = Reads.ROW
+
+    def key(self, request: PlacementRequest) -> Key:
+        return ()
 
     def mask(self, ctx: Context) -> BOOL:
         return ctx.table.ready[ctx.rows]
@@ -52,7 +59,10 @@ class ReadyFilter:
 
 class ImageFilter:
     name = "image"
-    static = True
+    reads = Reads.STATIC
+
+    def key(self, request: PlacementRequest) -> Key:
+        return (request.image,)
 
     def mask(self, ctx: Context) -> BOOL:
         return ctx.table.image_mask(ctx.request.image)[ctx.rows]
@@ -66,12 +76,15 @@ class ImageFilter:
 
 class ArchFilter:
     name = "arch"
-    static = True
+    reads = Reads.STATIC
+
+    def key(self, request: PlacementRequest) -> Key:
+        return (request.constraints.arch,)
 
     def mask(self, ctx: Context) -> BOOL:
         arch = ctx.request.constraints.arch
         if not arch:
-            return np.ones(ctx.rows.stop - ctx.rows.start, dtype=bool)
+            return np.ones(ctx.size, dtype=bool)
         return cast(BOOL, ctx.table.arch[ctx.rows] == ctx.table.arches.lookup(arch))
 
     def reason(self, ctx: Context, row: int) -> str:
@@ -84,11 +97,14 @@ class ArchFilter:
 
 class EdgeTypeFilter:
     name = "edge_type"
-    static = True
+    reads = Reads.STATIC
+
+    def key(self, request: PlacementRequest) -> Key:
+        return (request.constraints.edge_types, request.constraints.exclude_edge_types)
 
     def mask(self, ctx: Context) -> BOOL:
         c, t, rows = ctx.request.constraints, ctx.table, ctx.rows
-        ok = np.ones(rows.stop - rows.start, dtype=bool)
+        ok = np.ones(ctx.size, dtype=bool)
         if c.edge_types:
             codes = tuple(sorted(EDGE_TYPES.index(e) for e in c.edge_types))
             ok &= t.codes_mask("edge_type", codes)[rows]
@@ -113,12 +129,15 @@ class EdgeTypeFilter:
 
 class CountryFilter:
     name = "country"
-    static = True
+    reads = Reads.STATIC
+
+    def key(self, request: PlacementRequest) -> Key:
+        return (request.constraints.countries,)
 
     def mask(self, ctx: Context) -> BOOL:
         allowed = ctx.request.constraints.countries
         if not allowed:
-            return np.ones(ctx.rows.stop - ctx.rows.start, dtype=bool)
+            return np.ones(ctx.size, dtype=bool)
         codes = tuple(sorted(ctx.table.countries.lookup(c) for c in allowed))
         return ctx.table.codes_mask("country", codes)[ctx.rows]
 
@@ -132,10 +151,13 @@ class CountryFilter:
 
 class LabelFilter:
     name = "labels"
-    static = True
+    reads = Reads.STATIC
+
+    def key(self, request: PlacementRequest) -> Key:
+        return (request.constraints.required_labels,)
 
     def mask(self, ctx: Context) -> BOOL:
-        ok = np.ones(ctx.rows.stop - ctx.rows.start, dtype=bool)
+        ok = np.ones(ctx.size, dtype=bool)
         for key, value in ctx.request.constraints.required_labels:
             ok &= ctx.table.label_mask(key, value)[ctx.rows]
         return ok
@@ -154,7 +176,10 @@ class LabelFilter:
 
 class CostFilter:
     name = "cost"
-    static = True
+    reads = Reads.STATIC
+
+    def key(self, request: PlacementRequest) -> Key:
+        return (request.constraints.max_cost_per_hour,)
 
     def mask(self, ctx: Context) -> BOOL:
         cap = ctx.request.constraints.max_cost_per_hour
@@ -172,24 +197,28 @@ class CostFilter:
 
 class LatencyFilter:
     name = "latency"
-    static = True
+    reads = Reads.SPATIAL
+
+    def key(self, request: PlacementRequest) -> Key:
+        return request.spatial_key()
 
     def mask(self, ctx: Context) -> BOOL:
         c = ctx.request.constraints
         if c.near is None and not c.max_latency_ms:
             # Without a user location the only latency known is the node's RTT to the
             # controller: a score, not a reason to refuse a node the request did not bound.
-            return np.ones(ctx.rows.stop - ctx.rows.start, dtype=bool)
+            return np.ones(ctx.size, dtype=bool)
         return ctx.latency_ms <= ctx.request.max_latency_ms
 
     def reason(self, ctx: Context, row: int) -> str:
         bound = ctx.request.max_latency_ms
-        if not ctx.rows.start <= row < ctx.rows.stop:  # pruned by the latitude band
+        band = ctx.band
+        if not band.start <= row < band.stop:  # pruned by the latitude band
             return f"latency > {bound:g} ms (too far for light in fiber)"
-        ms = float(ctx.latency_ms[row - ctx.rows.start])
+        ms = float(ctx.latency_ms[row - band.start])
         if not np.isfinite(ms):
             return "location unknown"
-        kind = "est." if ctx.latency_estimated[row - ctx.rows.start] else "measured"
+        kind = "est." if ctx.latency_estimated[row - band.start] else "measured"
         return f"latency {ms:.1f} ms ({kind}) > {bound:g} ms"
 
     def summary(self, ctx: Context, rows: IDX) -> list[tuple[int, str]]:
@@ -201,7 +230,10 @@ _RESOURCE_NAMES = (("vcpus", ""), ("memory", " MiB"), ("storage", " GiB"))
 
 class ResourceFilter:
     name = "resources"
-    static = False
+    reads = Reads.ROW
+
+    def key(self, request: PlacementRequest) -> Key:
+        return (request.need, request.buffer, request.max_vms_per_node)
 
     def _free(self, ctx: Context, rows: IDX) -> npt.NDArray[np.float64]:
         return ctx.table.free(ctx.request.buffer)[:, rows].T
@@ -212,10 +244,10 @@ class ResourceFilter:
 
     def mask(self, ctx: Context) -> BOOL:
         free, need, rows = ctx.table.free(ctx.request.buffer), ctx.request.need, ctx.rows
-        ok = free[1, rows] >= need.memory_mib
-        ok &= free[0, rows] >= need.vcpus
+        ok: BOOL = free[1][rows] >= need.memory_mib
+        ok &= free[0][rows] >= need.vcpus
         if need.storage_gib:
-            ok &= free[2, rows] >= need.storage_gib
+            ok &= free[2][rows] >= need.storage_gib
         ok &= ctx.table.vm_count[rows] < ctx.request.max_vms_per_node
         return ok
 
@@ -254,11 +286,14 @@ class ResourceFilter:
 
 class SpreadFilter:
     name = "spread"
-    static = False
+    reads = Reads.FLEET
+
+    def key(self, request: PlacementRequest) -> Key:
+        return (request.constraints.spread_group, request.constraints.spread_scope)
 
     def mask(self, ctx: Context) -> BOOL:
         c = ctx.request.constraints
-        n = ctx.rows.stop - ctx.rows.start
+        n = ctx.size
         counts = ctx.table.group_counts.get(c.spread_group) if c.spread_group else None
         if counts is None:
             return np.ones(n, dtype=bool)

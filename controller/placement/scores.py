@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.placement.geo import PROXIMITY_SCALE_KM
-from controller.placement.request import Context
+from controller.placement.request import Context, Key, PlacementRequest, Reads
 from shared.domain import PlacementMode
 
 F64 = npt.NDArray[np.floating[Any]]
@@ -18,7 +18,11 @@ IDX = npt.NDArray[np.intp]
 
 class Scorer(Protocol):
     name: str
-    static: bool  # depends only on the request's constraints and static columns (cacheable)
+    reads: Reads
+
+    def key(self, request: PlacementRequest) -> Key:
+        """The parts of the request the score depends on (with `reads`, the cache key)."""
+        ...
 
     def score(self, ctx: Context) -> F64:
         """Raw scores in [0, 1] for every row of the context (candidates or not)."""
@@ -34,7 +38,10 @@ class LatencyScore:
     report it, else on the physical-bound estimate from distance (marked "est.")."""
 
     name = "latency"
-    static = True
+    reads = Reads.SPATIAL
+
+    def key(self, request: PlacementRequest) -> Key:
+        return request.spatial_key()
 
     def score(self, ctx: Context) -> F64:
         # in place: at 100k rows every temporary array costs as much as the arithmetic
@@ -57,7 +64,10 @@ class ResourceScore:
     is the spec's 1 - utilisation; bin-pack mode prefers the fullest node that fits."""
 
     name = "resources"
-    static = False
+    reads = Reads.ROW
+
+    def key(self, request: PlacementRequest) -> Key:
+        return (request.need.vcpus, request.need.memory_mib, request.buffer, request.mode)
 
     def utilisation(self, ctx: Context) -> F64:
         free, inv, rows = (
@@ -66,14 +76,15 @@ class ResourceScore:
             ctx.rows,
         )
         need = ctx.request.need
-        headroom = free[0, rows] - need.vcpus
-        headroom *= inv[0, rows]
-        memory = free[1, rows] - need.memory_mib
-        memory *= inv[1, rows]
+        headroom: F64 = free[0][rows] - need.vcpus
+        headroom *= inv[0][rows]
+        memory = free[1][rows] - need.memory_mib
+        memory *= inv[1][rows]
         headroom += memory
         headroom *= -0.5
         headroom += 1.0
-        np.clip(headroom, 0.0, 1.0, out=headroom)
+        np.maximum(headroom, 0.0, out=headroom)  # ufuncs: np.clip's wrapper costs more
+        np.minimum(headroom, 1.0, out=headroom)  # than the arithmetic for a few rows
         return headroom
 
     def score(self, ctx: Context) -> F64:
@@ -90,25 +101,31 @@ class CostScore:
     not depend on which others a request happened to consider."""
 
     name = "cost"
-    static = True
+    reads = Reads.STATIC
+
+    def key(self, request: PlacementRequest) -> Key:
+        return ()
 
     def score(self, ctx: Context) -> F64:
         cost, top = ctx.table.cost[ctx.rows], ctx.table.max_cost
         return 1.0 - cost / top if top > 0 else np.ones(len(cost))
 
     def note(self, ctx: Context, rel: int) -> str:
-        return f"{float(ctx.table.cost[ctx.rows.start + rel]):.3f}/h"
+        return f"{float(ctx.table.cost[ctx.absolute(rel)]):.3f}/h"
 
 
 class ProximityScore:
     """1 - min(distance / 5000 km, 1) from the request's user location (0 without one)."""
 
     name = "proximity"
-    static = True
+    reads = Reads.SPATIAL
+
+    def key(self, request: PlacementRequest) -> Key:
+        return request.spatial_key()
 
     def score(self, ctx: Context) -> F64:
         if ctx.distance_km is None:
-            return np.zeros(ctx.rows.stop - ctx.rows.start)
+            return np.zeros(ctx.size)
         score: F64 = 1.0 - np.minimum(ctx.distance_km / PROXIMITY_SCALE_KM, 1.0)
         return score
 

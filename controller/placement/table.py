@@ -21,6 +21,7 @@ F64 = npt.NDArray[np.float64]
 I32 = npt.NDArray[np.int32]
 BOOL = npt.NDArray[np.bool_]
 EDGE_TYPES = list(EdgeType)
+CHANGE_LOG = 4096  # row changes remembered for incremental cache updates
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +127,8 @@ class NodeTable:
         self._free: dict[float, F64] = {}  # head-room buffer -> (3, n) free vcpus/MiB/GiB
         self._inv_usable: dict[float, F64] = {}
         self.dynamic_version = 0  # bumped by every reserve/release/readiness change
+        self._changed: list[int] = []  # row changed by version _log_base + i + 1
+        self._log_base = 0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -193,19 +196,34 @@ class NodeTable:
 
     # -- mutation --------------------------------------------------------------------------
 
+    def changed_since(self, version: int) -> list[int] | None:
+        """Rows whose mutable columns changed after `version`; None when the log no longer
+        reaches that far back (the caller recomputes everything)."""
+        if version < self._log_base:
+            return None
+        return self._changed[version - self._log_base :]
+
+    def _changed_row(self, i: int) -> None:
+        self._changed.append(i)
+        self.dynamic_version += 1
+        if len(self._changed) > CHANGE_LOG:  # consumers that far behind recompute in full
+            drop = len(self._changed) // 2
+            del self._changed[:drop]
+            self._log_base += drop
+
     def reserve(self, i: int, need: Capacity, group: str = "") -> None:
         self._book(i, need, 1.0)
         self.vm_count[i] += 1
         if group:
             self._group(group)[i] += 1
-        self.dynamic_version += 1
+        self._changed_row(i)
 
     def release(self, i: int, need: Capacity, group: str = "") -> None:
         self._book(i, need, -1.0)
         self.vm_count[i] -= 1
         if group:
             self._group(group)[i] -= 1
-        self.dynamic_version += 1
+        self._changed_row(i)
 
     def _book(self, i: int, need: Capacity, sign: float) -> None:
         amounts = (need.vcpus * sign, need.memory_mib * sign, need.storage_gib * sign)
@@ -217,5 +235,6 @@ class NodeTable:
 
     def set_ready(self, node_ids: Iterable[str], ready: bool) -> None:
         for node_id in node_ids:
-            self.ready[self.index[node_id]] = ready
-        self.dynamic_version += 1
+            i = self.index[node_id]
+            self.ready[i] = ready
+            self._changed_row(i)

@@ -19,7 +19,7 @@ SCORE_SLACK = 1e-4
 
 def engine_feasible(table: NodeTable, engine: ScoredEngine, request: PlacementRequest) -> set[str]:
     ev = engine.evaluate(table, request)
-    return {table.ids[ev.ctx.rows.start + int(i)] for i in ev.candidates}
+    return {table.ids[ev.ctx.absolute(int(i))] for i in ev.candidates}
 
 
 def assert_same_choice(chosen: str | None, expected: str | None, scores: dict[str, float]) -> None:

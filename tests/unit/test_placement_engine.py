@@ -4,12 +4,20 @@ explanations, and properties that must hold for any fleet."""
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.placement import NodeRow, NodeTable, PlacementProfile, ScoredEngine
+from bench.placement_fleet import EUROPE, make_fleet, make_requests
+from controller.placement import (
+    NodeRow,
+    NodeTable,
+    PlacementProfile,
+    PlacementRequest,
+    ScoredEngine,
+)
 from shared.domain import (
     Capacity,
     EdgeType,
@@ -310,3 +318,36 @@ def test_winner_passes_every_filter_and_has_the_top_score(
     winner = by_id[decision.node_id]
     assert winner.ready
     assert not countries or winner.location.country_code in countries  # type: ignore[union-attr]
+
+
+def test_kept_results_follow_every_change_of_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An engine that keeps results across decisions decides exactly like a fresh engine on
+    a fresh copy of the table, while bookings, releases and readiness changes interleave and
+    the change log overflows (consumers that fell behind recompute in full)."""
+    monkeypatch.setattr("controller.placement.table.CHANGE_LOG", 8)
+    rows = make_fleet(60, seed=11, metros=EUROPE)
+    requests = make_requests(40, seed=12, metros=EUROPE)
+    table, engine = NodeTable(rows), ScoredEngine()
+    booked: list[tuple[int, PlacementRequest]] = []
+    rng = random.Random(13)
+    for step in range(400):
+        request = requests[rng.randrange(len(requests))]
+        mirror = NodeTable(rows)  # the same bookings, applied to a table nothing was kept for
+        for row, done in booked:
+            mirror.reserve(mirror.index[table.ids[row]], done.need, done.constraints.spread_group)
+        for ready in (True, False):
+            mirror.set_ready([i for i in table.ids if table.ready[table.index[i]] == ready], ready)
+        expected = ScoredEngine().evaluate(mirror, request).node_id
+        try:
+            got: str | None = engine.place(table, request)
+        except ResourceExhausted:
+            got = None
+        assert got == expected, f"step {step}"
+        if got is not None:
+            booked.append((table.index[got], request))
+        if booked and rng.random() < 0.3:  # a VM deleted: its capacity comes back
+            row, done = booked.pop(rng.randrange(len(booked)))
+            table.release(row, done.need, done.constraints.spread_group)
+        if rng.random() < 0.1:  # a node goes away or comes back
+            node_id = rng.choice(table.ids)
+            table.set_ready([node_id], not table.ready[table.index[node_id]])
