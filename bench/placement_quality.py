@@ -38,6 +38,7 @@ from scipy.sparse import lil_matrix  # type: ignore[import-untyped]
 from bench.placement_baseline import Baseline
 from bench.placement_fleet import EUROPE, IMAGE, SMALL_IMAGE, make_fleet, make_requests
 from controller.placement import (
+    BatchPlacer,
     NodeRow,
     NodeTable,
     PlacementProfile,
@@ -101,6 +102,12 @@ def greedy(
         except ResourceExhausted:
             out.append(None)
     return out
+
+
+def batched(inst: Instance, profile: PlacementProfile) -> list[str | None]:
+    """The engine's batch placer: the same VMs known together (a deploy of several)."""
+    table, engine = NodeTable(inst.rows), ScoredEngine(profile)
+    return BatchPlacer(engine).place(table, inst.requests).node_ids
 
 
 def solve(
@@ -184,22 +191,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"== bin-pack: demand {args.demand:.0%} of free vCPUs, VMs in arrival order")
     binpack = PlacementProfile(mode=PlacementMode.BINPACK, weights={"resources": 1.0})
-    shares, default_shares, sorted_shares, all_optimal = [], [], [], True
+    shares, default_shares, sorted_shares, batch_shares, all_optimal = [], [], [], [], True
     for seed in seeds:
         inst = instance(seed, args.demand, PlacementMode.BINPACK)
         ours = sum(n is not None for n in greedy(inst, binpack))
         spread = sum(n is not None for n in greedy(inst, PlacementProfile()))
         small = sum(n is not None for n in greedy(inst, binpack, smallest_first=True))
+        batch = sum(n is not None for n in batched(inst, binpack))
         solved, optimal = solve(inst, None, None)
         best = sum(n is not None for n in solved)
         all_optimal &= optimal
         shares.append(100.0 * ours / best if best else 100.0)
         default_shares.append(100.0 * spread / best if best else 100.0)
         sorted_shares.append(100.0 * small / best if best else 100.0)
+        batch_shares.append(100.0 * batch / best if best else 100.0)
         print(
             f"  seed {seed}: {len(inst.rows):2d} nodes {len(inst.requests):2d} VMs  solver "
             f"{best:2d}{'' if optimal else ' (not proved optimal)'}  bin-pack {ours:2d}  "
-            f"default weights {spread:2d}  bin-pack smallest first {small:2d}"
+            f"default weights {spread:2d}  smallest first {small:2d}  batch {batch:2d}"
         )
     placed = statistics.fmean(shares)
     print(
@@ -209,13 +218,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{'MET' if placed >= GOAL_PLACED else 'MISSED'}"
     )
     print(
-        f"  (same VMs smallest first, i.e. batched: {statistics.fmean(sorted_shares):.1f}%;"
+        f"  (same VMs smallest first: {statistics.fmean(sorted_shares):.1f}%;"
         " the solver is offline and drops the big VMs, arrival order cannot)"
+    )
+    batch_placed = statistics.fmean(batch_shares)
+    print(
+        f"  bin-pack batch placer (VMs known together) placed {batch_placed:.1f}% "
+        f"[min {min(batch_shares):.1f}%] (goal >= {GOAL_PLACED:g} %) -> "
+        f"{'MET' if batch_placed >= GOAL_PLACED else 'MISSED'}"
     )
 
     print(f"\n== latency: demand {LATENCY_DEMAND:.0%} of free vCPUs, VMs in arrival order")
     latency_only = PlacementProfile(weights={"latency": 1.0})
-    gaps = []
+    gaps, batch_gaps = [], []
     for seed in seeds:
         inst = instance(seed + 5, LATENCY_DEMAND, PlacementMode.SPREAD)
         ms = latencies(inst)
@@ -235,16 +250,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         gap = 100.0 * (ours_mean - best_mean) / best_mean
         gaps.append(gap)
         refused = placed_mask.count(False)
+        batch_nodes = batched(inst, latency_only)
+        batch_mask = [n is not None for n in batch_nodes]
+        batch_best, _ = solve(inst, ms, batch_mask)
+        batch_ms = [ms[j][index[n]] for j, n in enumerate(batch_nodes) if n is not None]
+        batch_opt = [ms[j][index[n]] for j, n in enumerate(batch_best) if n is not None]
+        batch_gap = float("nan")
+        if batch_ms and len(batch_opt) == len(batch_ms):
+            batch_opt_mean = statistics.fmean(batch_opt)
+            batch_gap = 100.0 * (statistics.fmean(batch_ms) - batch_opt_mean) / batch_opt_mean
+            batch_gaps.append(batch_gap)
         print(
             f"  seed {seed + 5}: {len(inst.rows):2d} nodes {len(inst.requests):2d} VMs "
             f"(engine refused {refused}, solver could place {could})  "
             f"mean latency engine {ours_mean:6.2f} ms  solver {best_mean:6.2f} ms  (+{gap:.1f}%)"
+            f"  batch +{batch_gap:.1f}% ({batch_mask.count(True)} placed)"
         )
     within = statistics.fmean(gaps) if gaps else float("nan")
     print(
         f"  latency mode mean latency within {within:.2f}% of optimal (goal <= {GOAL_LATENCY:g} %)"
         f" [worst instance {max(gaps, default=float('nan')):.1f}%] -> "
         f"{'MET' if within <= GOAL_LATENCY else 'MISSED'}"
+    )
+    batch_within = statistics.fmean(batch_gaps) if batch_gaps else float("nan")
+    print(
+        f"  latency batch placer within {batch_within:.2f}% of optimal "
+        f"[worst {max(batch_gaps, default=float('nan')):.1f}%] (goal <= {GOAL_LATENCY:g} %) -> "
+        f"{'MET' if batch_within <= GOAL_LATENCY else 'MISSED'}"
     )
     print(
         f"\nsolver: scipy.optimize.milp (HiGHS), "

@@ -27,6 +27,10 @@ def positive_u32(text: str) -> int:
     return _int(text, 1, UINT32_MAX, "a positive integer")
 
 
+def batch_count(text: str) -> int:
+    return _int(text, 1, 100, "an integer from 1 to 100")
+
+
 def positive_u64(text: str) -> int:
     return _int(text, 1, UINT64_MAX, "a positive integer")
 

@@ -115,7 +115,15 @@ class EdgeClient:
         deadline = wait + self.timeout
         return self._stub.DeployVM.future(request, timeout=deadline), deadline
 
-    def deploy_result(self, future: grpc.Future[types_pb2.VM], deadline: float) -> types_pb2.VM:
+    def deploy_many_future(
+        self, request: api.DeployVMsRequest
+    ) -> tuple[grpc.Future[api.DeployVMsResponse], float]:
+        """Start DeployVMs without blocking; returns (future, deadline) like deploy_future."""
+        wait = request.timeout_seconds or DEFAULT_DEPLOY_WAIT
+        deadline = wait + self.timeout
+        return self._stub.DeployVMs.future(request, timeout=deadline), deadline
+
+    def deploy_result(self, future: grpc.Future[_Resp], deadline: float) -> _Resp:
         try:
             return future.result()
         except grpc.RpcError as err:

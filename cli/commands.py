@@ -6,8 +6,9 @@ import argparse
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TextIO, TypeVar
 
+import grpc
 from google.protobuf.message import Message
 
 from cli import placement, progress
@@ -16,6 +17,8 @@ from cli.render import dump, list_data, to_data
 from cli.views import node_describe, node_table, status_describe, vm_describe, vm_table
 from shared.pb.v1 import edge_api_pb2 as api
 from shared.pb.v1 import types_pb2 as pb
+
+R = TypeVar("R", bound=Message)
 
 
 @dataclass(frozen=True)
@@ -70,36 +73,63 @@ def node_show(ctx: Context, args: argparse.Namespace) -> int:
 
 def vm_deploy(ctx: Context, args: argparse.Namespace) -> int:
     request_id = args.request_id or str(uuid.uuid4())
-    spec = pb.VMSpec(
-        name=args.name,
-        image=args.image,
-        vcpus=args.vcpus,
-        memory_mib=args.memory_mib,
-        labels=dict(args.labels),
-        bandwidth_mbps=args.bandwidth_mbps,
-    )
+    names = [args.name] if args.count == 1 else [f"{args.name}-{i + 1}" for i in range(args.count)]
     constraints = placement.constraints(args)
-    if constraints.ByteSize():
-        spec.placement.CopyFrom(constraints)
-    request = api.DeployVMRequest(
-        spec=spec, request_id=request_id, timeout_seconds=args.wait_timeout
-    )
+    specs = []
+    for name in names:
+        spec = pb.VMSpec(
+            name=name,
+            image=args.image,
+            vcpus=args.vcpus,
+            memory_mib=args.memory_mib,
+            labels=dict(args.labels),
+            bandwidth_mbps=args.bandwidth_mbps,
+        )
+        if constraints.ByteSize():
+            spec.placement.CopyFrom(constraints)
+        specs.append(spec)
+    what = args.name if args.count == 1 else f"{names[0]}..{names[-1]}"
     # On stderr so stdout stays clean for -o json; the id makes a retry idempotent.
-    ctx.err.write(f"deploying {args.name} (request_id {request_id})\n")
-    future, deadline = ctx.client.deploy_future(request)
+    ctx.err.write(f"deploying {what} (request_id {request_id})\n")
+    if args.count == 1:
+        single = api.DeployVMRequest(
+            spec=specs[0], request_id=request_id, timeout_seconds=args.wait_timeout
+        )
+        vm = _await_deploy(ctx, *ctx.client.deploy_future(single), what, request_id)
+        if vm is None:
+            return 130
+        return _emit_one(
+            ctx, vm, lambda: vm_table([vm], ctx.now) + f"placement: {vm.placement_reason}\n"
+        )
+    batch = api.DeployVMsRequest(
+        specs=specs, request_id=request_id, timeout_seconds=args.wait_timeout
+    )
+    result = _await_deploy(ctx, *ctx.client.deploy_many_future(batch), what, request_id)
+    if result is None:
+        return 130
+    vms = list(result.vms)
+    _emit_list(ctx, vms, lambda: vm_table(vms, ctx.now) + f"plan: {result.plan}\n", "VMs")
+    failed = [vm.spec.name for vm in vms if vm.state != pb.VM_STATE_RUNNING]
+    if failed:
+        ctx.err.write(f"not running: {', '.join(failed)} (see `novacron vm show NAME`)\n")
+        return 1
+    return 0
+
+
+def _await_deploy(
+    ctx: Context, future: grpc.Future[R], deadline: float, what: str, request_id: str
+) -> R | None:
+    """The deploy's result, with a spinner on a terminal; None when interrupted (^C)."""
     try:
-        progress.wait(future, f"waiting for {args.name} to run", ctx.err)
-        vm = ctx.client.deploy_result(future, deadline)
+        progress.wait(future, f"waiting for {what} to run", ctx.err)
+        return ctx.client.deploy_result(future, deadline)
     except KeyboardInterrupt:
         future.cancel()
         ctx.err.write(
-            f"\ninterrupted: the controller may still deploy {args.name}; "
+            f"\ninterrupted: the controller may still deploy {what}; "
             f"re-run with --request-id {request_id} to wait for the same deployment\n"
         )
-        return 130
-    return _emit_one(
-        ctx, vm, lambda: vm_table([vm], ctx.now) + f"placement: {vm.placement_reason}\n"
-    )
+        return None
 
 
 def vm_list(ctx: Context, args: argparse.Namespace) -> int:

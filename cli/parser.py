@@ -197,7 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
         "      --label app=vision --label tier=edge --wait-timeout 120\n"
         "  # retry safely after a timeout or a lost connection: reuse the printed request_id\n"
         "  novacron vm deploy web-1 --image alpine-3.20 --vcpus 1 --memory-mib 256 \\\n"
-        "      --request-id 3f0c9a52-...\n",
+        "      --request-id 3f0c9a52-...\n"
+        "  # five replicas web-1..web-5, planned together, never two on one node\n"
+        "  novacron vm deploy web --count 5 --image tiny --vcpus 1 --memory-mib 128 \\\n"
+        "      --spread-group web\n",
         commands.vm_deploy,
     )
     deploy.add_argument("name", metavar="NAME", type=types.non_empty, help="VM name")
@@ -220,6 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="VM label (repeatable)",
+    )
+    deploy.add_argument(
+        "--count",
+        type=types.batch_count,
+        default=1,
+        metavar="N",
+        help="deploy N VMs named NAME-1..NAME-N, planned together (all fit or none is "
+        "deployed; the planner moves and swaps to find room one-by-one placement misses)",
     )
     deploy.add_argument(
         "--request-id",

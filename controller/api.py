@@ -142,6 +142,15 @@ class EdgeAPIServicer(edge_api_pb2_grpc.EdgeAPIServicer):
         return vm_to_pb(vm)
 
     @rpc
+    async def DeployVMs(self, request: epb.DeployVMsRequest, context: Ctx) -> epb.DeployVMsResponse:
+        vms, plan = await self.c.deploy_many(
+            [convert.spec_from_pb(s) for s in request.specs],
+            request.request_id,
+            request.timeout_seconds,
+        )
+        return epb.DeployVMsResponse(vms=[vm_to_pb(vm) for vm in vms], plan=plan)
+
+    @rpc
     async def GetVM(self, request: epb.GetVMRequest, context: Ctx) -> pb.VM:
         return vm_to_pb(self.c.find_vm(request.name_or_id))
 

@@ -19,7 +19,7 @@ import structlog
 
 from controller.liveness import node_condition
 from controller.mesh import Ipam, gateway_of, peer_set
-from controller.placement import Explanation, NodeRow, NodeTable, ScoredEngine
+from controller.placement import BatchPlacer, Explanation, NodeRow, NodeTable, ScoredEngine
 from controller.reconcile import Action, ActionKind, plan
 from controller.records import AuditEntry, NodeRecord, VMRecord
 from controller.sessions import AgentConnection
@@ -39,6 +39,7 @@ from shared.errors import (
     AlreadyExists,
     DeadlineExceeded,
     FailedPrecondition,
+    InvalidArgument,
     NotFound,
     NovaCronError,
     ResourceExhausted,
@@ -52,6 +53,7 @@ from shared.pb.v1 import agent_pb2 as apb
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], float]
+MAX_BATCH = 100  # VMs per DeployVMs: the planner's moves and swaps grow with its square
 
 
 class Controller:
@@ -213,27 +215,99 @@ class Controller:
             for vm in self.vms.values():
                 if vm.request_id == request_id:
                     return await self._retry_of(vm, spec, timeout)
-        if any(vm.spec.name == spec.name for vm in self.vms.values()):
-            raise AlreadyExists(f"a VM named {spec.name!r} already exists")
+        self._require_new_name(spec.name)
         self._require_image(spec.image)
         decision = self.explain_placement(spec, k=2)
         if decision.node_id is None:
             raise ResourceExhausted(decision.summary)
+        record = await self._admit(spec, request_id, decision.node_id, decision.placement_reason())
+        return await self._start(record, timeout)
+
+    async def deploy_many(
+        self, specs: Sequence[VMSpec], request_id: str = "", timeout: float = 0
+    ) -> tuple[list[VMRecord], str]:
+        """Plan several VMs together (the batch placer), admit all of them or none, then
+        create them concurrently. Returns the records, in order, and how the plan was made."""
+        if not specs:
+            raise InvalidArgument("no VMs to deploy")
+        if len(specs) > MAX_BATCH:
+            raise InvalidArgument(f"at most {MAX_BATCH} VMs per batch, got {len(specs)}")
+        seen: set[str] = set()
+        for spec in specs:
+            validate_spec(spec)
+            if spec.name in seen:
+                raise InvalidArgument(f"VM name {spec.name!r} appears twice in the batch")
+            seen.add(spec.name)
+        timeout = timeout or self.deploy_timeout
+        keys = [f"{request_id}#{i}" if request_id else "" for i in range(len(specs))]
+        earlier = {
+            vm.request_id: vm for vm in self.vms.values() if request_id and vm.request_id in keys
+        }
+        todo = [i for i, key in enumerate(keys) if key not in earlier]
+        for i in todo:
+            self._require_new_name(specs[i].name)
+            self._require_image(specs[i].image)
+        table = self.node_table()
+        requests = [self.engine.request(specs[i]) for i in todo]
+        plan = BatchPlacer(self.engine).place(table, requests)
+        if plan.placed < len(todo):
+            j = plan.node_ids.index(None)
+            why = self.engine.explain(self.engine.evaluate(table, requests[j]), k=0)
+            raise ResourceExhausted(
+                f"only {plan.placed} of {len(todo)} VMs fit together, nothing was deployed; "
+                f"{specs[todo[j]].name}: {why.summary}"
+            )
+        nodes = len(set(plan.node_ids))
+        summary = f"{len(todo)} VMs on {nodes} node{'s' if nodes != 1 else ''}"
+        if plan.repaired:
+            summary += f"; {plan.repaired} placed by moving another"
+        if plan.improved:
+            summary += f"; {plan.improved} moves/swaps raised the score"
+        records: dict[int, VMRecord] = {}
+        for i, node_id in zip(todo, plan.node_ids, strict=True):
+            assert node_id is not None
+            records[i] = await self._admit(
+                specs[i], keys[i], node_id, f"planned as a batch: {summary}"
+            )
+        waits = [
+            self._retry_of(earlier[keys[i]], specs[i], timeout)
+            if i not in records
+            else self._start(records[i], timeout)
+            for i in range(len(specs))
+        ]
+        results = await asyncio.gather(*waits, return_exceptions=True)
+        out: list[VMRecord] = []
+        for i, result in enumerate(results):
+            if isinstance(result, VMRecord):
+                out.append(result)
+            elif isinstance(result, NovaCronError):  # its state and reason are on the record
+                out.append(records.get(i) or earlier[keys[i]])
+            else:
+                raise result
+        return out, summary
+
+    def _require_new_name(self, name: str) -> None:
+        if any(vm.spec.name == name for vm in self.vms.values()):
+            raise AlreadyExists(f"a VM named {name!r} already exists")
+
+    async def _admit(self, spec: VMSpec, request_id: str, node_id: str, reason: str) -> VMRecord:
+        """Record the VM on its node (the record is the capacity reservation), persist it and
+        route its address over the mesh."""
         now = self.clock()
         record = VMRecord(
             id=str(uuid.uuid4()),
             spec=spec,
-            node_id=decision.node_id,
+            node_id=node_id,
             desired=DesiredState.RUNNING,
             state=VMState.PENDING,
             generation=1,
             created_at=now,
             updated_at=now,
-            state_reason=f"placed on {decision.node_id}",
+            state_reason=f"placed on {node_id}",
             request_id=request_id,
-            placement_reason=decision.placement_reason(),
+            placement_reason=reason,
         )
-        if self.nodes[decision.node_id].mesh is not None:  # VM networking rides on the mesh
+        if self.nodes[node_id].mesh is not None:  # VM networking rides on the mesh
             record.address = f"{self.vm_ipam.address(record.id)}/32"
         # Recorded before any await: this is the capacity reservation.
         self.vms[record.id] = record
@@ -242,11 +316,14 @@ class Controller:
         except Exception:
             del self.vms[record.id]
             raise
-        await self._audit("vm.deploy", record.id, f"name={spec.name} node={decision.node_id}")
-        log.info("vm placed", vm_id=record.id, name=spec.name, node_id=decision.node_id)
+        await self._audit("vm.deploy", record.id, f"name={spec.name} node={node_id}")
+        log.info("vm placed", vm_id=record.id, name=spec.name, node_id=node_id)
         if record.address:  # the other sites learn the route to it
             self.mesh_version += 1
             self._spawn(self.push_mesh())
+        return record
+
+    async def _start(self, record: VMRecord, timeout: float) -> VMRecord:
         task = asyncio.create_task(self._create_on_node(record, timeout))
         self._inflight[record.id] = task
         task.add_done_callback(lambda _: self._inflight.pop(record.id, None))

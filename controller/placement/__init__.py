@@ -4,6 +4,7 @@
 the survivors, the weighted sum picks the winner, `reserve` books its capacity.
 """
 
+from controller.placement.batch import BatchPlacer, BatchPlan
 from controller.placement.engine import Evaluation, ScoredEngine
 from controller.placement.explain import CandidateScore, Explanation, Rejection, ScoreTerm
 from controller.placement.profile import DEFAULT_WEIGHTS, PlacementProfile
@@ -12,6 +13,8 @@ from controller.placement.table import NodeRow, NodeTable
 
 __all__ = [
     "DEFAULT_WEIGHTS",
+    "BatchPlacer",
+    "BatchPlan",
     "CandidateScore",
     "Evaluation",
     "Explanation",

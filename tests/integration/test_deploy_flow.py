@@ -197,3 +197,78 @@ async def test_agent_measures_rtt_to_the_controller_and_placement_uses_it(
     assert 0 < best.latency_ms < 1000
     note = next(t.note for t in best.terms if t.name == "latency")
     assert note.startswith("measured p95 ")
+
+
+async def test_deploy_vms_plans_a_batch_that_one_at_a_time_cannot_place(
+    cluster: Cluster, images: Path
+) -> None:
+    """Two nodes of 1024 MiB. Deployed one by one (spread), two 512 MiB VMs land on different
+    nodes and a 1024 MiB one finds no room; deployed as a batch, all three run."""
+    agents = {}
+    for node_id in ("edge-a", "edge-b"):
+        agents[node_id] = await cluster.start_agent(
+            node_id,
+            cluster.test_uri(node_id),
+            images,
+            capacity=CapacityConfig(vcpus=8, memory_mib=1024),
+        )
+    specs = [spec("small-1", 512), spec("small-2", 512), spec("big-1", 1024)]
+    response = await cluster.api.DeployVMs(epb.DeployVMsRequest(specs=specs, request_id="b1"))
+    assert [vm.spec.name for vm in response.vms] == ["small-1", "small-2", "big-1"]
+    assert {vm.state for vm in response.vms} == {pb.VM_STATE_RUNNING}
+    by_name = {vm.spec.name: vm.node_id for vm in response.vms}
+    assert by_name["small-1"] == by_name["small-2"] != by_name["big-1"]
+    assert response.plan == "3 VMs on 2 nodes; 1 placed by moving another"
+    assert sum(len(a.hypervisor.list_vms()) for a in agents.values()) == 3
+    assert response.vms[0].placement_reason.startswith("planned as a batch: 3 VMs on 2 nodes")
+
+    # a retry with the same request_id returns the same VMs and creates nothing new
+    again = await cluster.api.DeployVMs(epb.DeployVMsRequest(specs=specs, request_id="b1"))
+    assert [vm.id for vm in again.vms] == [vm.id for vm in response.vms]
+    assert sum(len(a.hypervisor.list_vms()) for a in agents.values()) == 3
+
+
+async def test_deploy_vms_is_all_or_nothing_and_refuses_bad_batches(
+    cluster: Cluster, images: Path
+) -> None:
+    await cluster.start_agent(
+        "edge-a",
+        cluster.test_uri("edge-a"),
+        images,
+        capacity=CapacityConfig(vcpus=8, memory_mib=1024),
+    )
+    msg = await expect_error(
+        cluster.api.DeployVMs(
+            epb.DeployVMsRequest(specs=[spec("w-1", 512), spec("w-2", 512), spec("w-3", 512)])
+        ),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+    assert msg == (
+        "only 2 of 3 VMs fit together, nothing was deployed; w-3: 0/1 nodes fit: "
+        "1 insufficient memory (need 512 MiB, max free 0)"
+    )
+    assert not (await cluster.api.ListVMs(epb.ListVMsRequest())).vms
+    node = await cluster.api.GetNode(epb.GetNodeRequest(node_id="edge-a"))
+    assert node.allocated.memory_mib == 0  # the plan's bookings were never recorded
+
+    msg = await expect_error(
+        cluster.api.DeployVMs(epb.DeployVMsRequest(specs=[spec("w-1"), spec("w-1")])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert msg == "VM name 'w-1' appears twice in the batch"
+    msg = await expect_error(
+        cluster.api.DeployVMs(epb.DeployVMsRequest()), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert msg == "no VMs to deploy"
+    msg = await expect_error(
+        cluster.api.DeployVMs(epb.DeployVMsRequest(specs=[spec("w-1"), spec("w-2", 0)])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert msg == "memory_mib must be > 0"
+    await cluster.api.DeployVM(epb.DeployVMRequest(spec=spec("w-1")))
+    msg = await expect_error(
+        cluster.api.DeployVMs(epb.DeployVMsRequest(specs=[spec("w-2"), spec("w-1")])),
+        grpc.StatusCode.ALREADY_EXISTS,
+    )
+    assert msg == "a VM named 'w-1' already exists"
+    assert len((await cluster.api.ListVMs(epb.ListVMsRequest())).vms) == 1

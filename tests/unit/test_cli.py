@@ -95,6 +95,17 @@ class Servicer(edge_api_pb2_grpc.EdgeAPIServicer):
         vm.spec.CopyFrom(request.spec)
         return vm
 
+    def DeployVMs(self, request: api.DeployVMsRequest, context: Any) -> api.DeployVMsResponse:
+        self.requests.append(request)
+        vms = []
+        for i, spec in enumerate(request.specs):
+            vm = make_vm(spec.name, f"{request.request_id}#{i}", vm_id=f"{VM_ID[:-1]}{i}")
+            vm.spec.CopyFrom(spec)
+            if spec.name.startswith("broken"):
+                vm.state, vm.state_reason = pb.VM_STATE_FAILED, "qemu exited"
+            vms.append(vm)
+        return api.DeployVMsResponse(vms=vms, plan=f"{len(vms)} VMs on 2 nodes")
+
     def GetVM(self, request: api.GetVMRequest, context: Any) -> pb.VM:
         self.requests.append(request)
         if request.name_or_id == "slow":
@@ -363,6 +374,30 @@ def test_deploy_reuses_given_request_id(
     capsys.readouterr()
     assert run(controller, *DEPLOY, "--request-id", "rid-1", "-o", "json") == 0
     assert json.loads(capsys.readouterr().out.strip())["request_id"] == "rid-1"
+
+
+def test_deploy_count_sends_one_batch_named_one_to_n(
+    controller: Controller, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ("vm", "deploy", "web", "--image", "alpine-3.20", "--vcpus", "1", "--memory-mib")
+    assert run(controller, *args, "64", "--count", "3", "--spread-group", "web") == 0
+    captured = capsys.readouterr()
+    sent = controller.servicer.requests[-1]
+    assert isinstance(sent, api.DeployVMsRequest)
+    assert [s.name for s in sent.specs] == ["web-1", "web-2", "web-3"]
+    assert {s.placement.spread_group for s in sent.specs} == {"web"}
+    assert f"deploying web-1..web-3 (request_id {sent.request_id})" in captured.err
+    lines = captured.out.splitlines()
+    assert [line.split()[0] for line in lines[1:4]] == ["web-1", "web-2", "web-3"]
+    assert lines[-1] == "plan: 3 VMs on 2 nodes"
+
+    assert run(controller, "vm", "deploy", "broken", *args[3:], "64", "--count", "2") == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "not running: broken-1, broken-2 (see `novacron vm show NAME`)"
+    )
+    for bad, why in (("0", "must be an integer from 1 to 100"), ("101", "must be at most 100")):
+        assert main(["vm", "deploy", "web", *args[3:], "64", "--count", bad]) == 2
+        assert f"argument --count: {why}, got '{bad}'" in capsys.readouterr().err
 
 
 def test_deploy_shows_spinner_on_tty(

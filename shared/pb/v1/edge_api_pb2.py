@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from shared.pb.v1 import types_pb2 as shared_dot_pb_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bshared/pb/v1/edge_api.proto\x12\x10novacron.edge.v1\x1a\x18shared/pb/v1/types.proto\"8\n\x0ePlaceVMRequest\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x18.novacron.edge.v1.VMSpec\"N\n\x19RecommendPlacementRequest\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x18.novacron.edge.v1.VMSpec\x12\t\n\x01k\x18\x02 \x01(\r\"V\n\tScoreTerm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03raw\x18\x02 \x01(\x01\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x10\n\x08weighted\x18\x04 \x01(\x01\x12\x0c\n\x04note\x18\x05 \x01(\t\"\xa0\x01\n\x0e\x43\x61ndidateScore\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05total\x18\x02 \x01(\x01\x12*\n\x05terms\x18\x03 \x03(\x0b\x32\x1b.novacron.edge.v1.ScoreTerm\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\x19\n\x11latency_estimated\x18\x05 \x01(\x08\x12\x13\n\x0b\x64istance_km\x18\x06 \x01(\x01\"<\n\tRejection\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xde\x01\n\x11PlacementDecision\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x34\n\ncandidates\x18\x02 \x03(\x0b\x32 .novacron.edge.v1.CandidateScore\x12/\n\nrejections\x18\x03 \x03(\x0b\x32\x1b.novacron.edge.v1.Rejection\x12\x0f\n\x07summary\x18\x04 \x01(\t\x12\x13\n\x0bnodes_total\x18\x05 \x01(\r\x12\x16\n\x0enodes_feasible\x18\x06 \x01(\r\x12\x13\n\x0b\x64\x65\x63ision_ms\x18\x07 \x01(\x01\"R\n\x17\x46indNearestNodesRequest\x12,\n\x08location\x18\x01 \x01(\x0b\x32\x1a.novacron.edge.v1.Location\x12\t\n\x01n\x18\x02 \x01(\r\"\xc7\x01\n\x0cNodeDistance\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64istance_km\x18\x02 \x01(\x01\x12\x18\n\x10\x65stimated_rtt_ms\x18\x03 \x01(\x01\x12-\n\tedge_type\x18\x04 \x01(\x0e\x32\x1a.novacron.edge.v1.EdgeType\x12\x14\n\x0c\x63ountry_code\x18\x05 \x01(\t\x12\x32\n\tcondition\x18\x06 \x01(\x0e\x32\x1f.novacron.edge.v1.NodeCondition\"I\n\x18\x46indNearestNodesResponse\x12-\n\x05nodes\x18\x01 \x03(\x0b\x32\x1e.novacron.edge.v1.NodeDistance\"6\n\x11\x43ordonNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08\x63ordoned\x18\x02 \x01(\x08\"f\n\x0f\x44\x65ployVMRequest\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x18.novacron.edge.v1.VMSpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x03 \x01(\r\"\x1b\n\x05VMRef\x12\x12\n\nname_or_id\x18\x01 \x01(\t\"\"\n\x0cGetVMRequest\x12\x12\n\nname_or_id\x18\x01 \x01(\t\"!\n\x0eListVMsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"4\n\x0fListVMsResponse\x12!\n\x03vms\x18\x01 \x03(\x0b\x32\x14.novacron.edge.v1.VM\"%\n\x0f\x44\x65leteVMRequest\x12\x12\n\nname_or_id\x18\x01 \x01(\t\"4\n\x10\x44\x65leteVMResponse\x12 \n\x02vm\x18\x01 \x01(\x0b\x32\x14.novacron.edge.v1.VM\"<\n\x13GetVMConsoleRequest\x12\x12\n\nname_or_id\x18\x01 \x01(\t\x12\x11\n\tmax_bytes\x18\x02 \x01(\r\"D\n\x14GetVMConsoleResponse\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"\x12\n\x10ListNodesRequest\":\n\x11ListNodesResponse\x12%\n\x05nodes\x18\x01 \x03(\x0b\x32\x16.novacron.edge.v1.Node\"!\n\x0eGetNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\x87\x02\n\x06Status\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0bnodes_total\x18\x03 \x01(\r\x12\x13\n\x0bnodes_ready\x18\x04 \x01(\r\x12\x11\n\tvms_total\x18\x05 \x01(\r\x12>\n\x0cvms_by_state\x18\x06 \x03(\x0b\x32(.novacron.edge.v1.Status.VmsByStateEntry\x12\r\n\x05store\x18\x07 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x08 \x01(\x01\x1a\x31\n\x0fVmsByStateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\x12\n\x10GetStatusRequest2\xa7\t\n\x07\x45\x64geAPI\x12\x43\n\x08\x44\x65ployVM\x12!.novacron.edge.v1.DeployVMRequest\x1a\x14.novacron.edge.v1.VM\x12=\n\x05GetVM\x12\x1e.novacron.edge.v1.GetVMRequest\x1a\x14.novacron.edge.v1.VM\x12N\n\x07ListVMs\x12 .novacron.edge.v1.ListVMsRequest\x1a!.novacron.edge.v1.ListVMsResponse\x12Q\n\x08\x44\x65leteVM\x12!.novacron.edge.v1.DeleteVMRequest\x1a\".novacron.edge.v1.DeleteVMResponse\x12:\n\tSuspendVM\x12\x17.novacron.edge.v1.VMRef\x1a\x14.novacron.edge.v1.VM\x12\x39\n\x08ResumeVM\x12\x17.novacron.edge.v1.VMRef\x1a\x14.novacron.edge.v1.VM\x12]\n\x0cGetVMConsole\x12%.novacron.edge.v1.GetVMConsoleRequest\x1a&.novacron.edge.v1.GetVMConsoleResponse\x12T\n\tListNodes\x12\".novacron.edge.v1.ListNodesRequest\x1a#.novacron.edge.v1.ListNodesResponse\x12\x43\n\x07GetNode\x12 .novacron.edge.v1.GetNodeRequest\x1a\x16.novacron.edge.v1.Node\x12I\n\tGetStatus\x12\".novacron.edge.v1.GetStatusRequest\x1a\x18.novacron.edge.v1.Status\x12P\n\x07PlaceVM\x12 .novacron.edge.v1.PlaceVMRequest\x1a#.novacron.edge.v1.PlacementDecision\x12\x66\n\x12RecommendPlacement\x12+.novacron.edge.v1.RecommendPlacementRequest\x1a#.novacron.edge.v1.PlacementDecision\x12i\n\x10\x46indNearestNodes\x12).novacron.edge.v1.FindNearestNodesRequest\x1a*.novacron.edge.v1.FindNearestNodesResponse\x12I\n\nCordonNode\x12#.novacron.edge.v1.CordonNodeRequest\x1a\x16.novacron.edge.v1.Node\x12I\n\rRotateMeshKey\x12 .novacron.edge.v1.GetNodeRequest\x1a\x16.novacron.edge.v1.Nodeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bshared/pb/v1/edge_api.proto\x12\x10novacron.edge.v1\x1a\x18shared/pb/v1/types.proto\"8\n\x0ePlaceVMRequest\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x18.novacron.edge.v1.VMSpec\"N\n\x19RecommendPlacementRequest\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x18.novacron.edge.v1.VMSpec\x12\t\n\x01k\x18\x02 \x01(\r\"V\n\tScoreTerm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03raw\x18\x02 \x01(\x01\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x10\n\x08weighted\x18\x04 \x01(\x01\x12\x0c\n\x04note\x18\x05 \x01(\t\"\xa0\x01\n\x0e\x43\x61ndidateScore\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05total\x18\x02 \x01(\x01\x12*\n\x05terms\x18\x03 \x03(\x0b\x32\x1b.novacron.edge.v1.ScoreTerm\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\x19\n\x11latency_estimated\x18\x05 \x01(\x08\x12\x13\n\x0b\x64istance_km\x18\x06 \x01(\x01\"<\n\tRejection\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xde\x01\n\x11PlacementDecision\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x34\n\ncandidates\x18\x02 \x03(\x0b\x32 .novacron.edge.v1.CandidateScore\x12/\n\nrejections\x18\x03 \x03(\x0b\x32\x1b.novacron.edge.v1.Rejection\x12\x0f\n\x07summary\x18\x04 \x01(\t\x12\x13\n\x0bnodes_total\x18\x05 \x01(\r\x12\x16\n\x0enodes_feasible\x18\x06 \x01(\r\x12\x13\n\x0b\x64\x65\x63ision_ms\x18\x07 \x01(\x01\"R\n\x17\x46indNearestNodesRequest\x12,\n\x08location\x18\x01 \x01(\x0b\x32\x1a.novacron.edge.v1.Location\x12\t\n\x01n\x18\x02 \x01(\r\"\xc7\x01\n\x0cNodeDistance\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64istance_km\x18\x02 \x01(\x01\x12\x18\n\x10\x65stimated_rtt_ms\x18\x03 \x01(\x01\x12-\n\tedge_type\x18\x04 \x01(\x0e\x32\x1a.novacron.edge.v1.EdgeType\x12\x14\n\x0c\x63ountry_code\x18\x05 \x01(\t\x12\x32\n\tcondition\x18\x06 \x01(\x0e\x32\x1f.novacron.edge.v1.NodeCondition\"I\n\x18\x46indNearestNodesResponse\x12-\n\x05nodes\x18\x01 \x03(\x0b\x32\x1e.novacron.edge.v1.NodeDistance\"6\n\x11\x43ordonNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08\x63ordoned\x18\x02 \x01(\x08\"f\n\x0f\x44\x65ployVMRequest\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x18.novacron.edge.v1.VMSpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x03 \x01(\r\"h\n\x10\x44\x65ployVMsRequest\x12\'\n\x05specs\x18\x01 \x03(\x0b\x32\x18.novacron.edge.v1.VMSpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x03 \x01(\r\"D\n\x11\x44\x65ployVMsResponse\x12!\n\x03vms\x18\x01 \x03(\x0b\x32\x14.novacron.edge.v1.VM\x12\x0c\n\x04plan\x18\x02 \x01(\t\"\x1b\n\x05VMRef\x12\x12\n\nname_or_id\x18\x01 \x01(\t\"\"\n\x0cGetVMRequest\x12\x12\n\nname_or_id\x18\x01 \x01(\t\"!\n\x0eListVMsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"4\n\x0fListVMsResponse\x12!\n\x03vms\x18\x01 \x03(\x0b\x32\x14.novacron.edge.v1.VM\"%\n\x0f\x44\x65leteVMRequest\x12\x12\n\nname_or_id\x18\x01 \x01(\t\"4\n\x10\x44\x65leteVMResponse\x12 \n\x02vm\x18\x01 \x01(\x0b\x32\x14.novacron.edge.v1.VM\"<\n\x13GetVMConsoleRequest\x12\x12\n\nname_or_id\x18\x01 \x01(\t\x12\x11\n\tmax_bytes\x18\x02 \x01(\r\"D\n\x14GetVMConsoleResponse\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"\x12\n\x10ListNodesRequest\":\n\x11ListNodesResponse\x12%\n\x05nodes\x18\x01 \x03(\x0b\x32\x16.novacron.edge.v1.Node\"!\n\x0eGetNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\x87\x02\n\x06Status\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0bnodes_total\x18\x03 \x01(\r\x12\x13\n\x0bnodes_ready\x18\x04 \x01(\r\x12\x11\n\tvms_total\x18\x05 \x01(\r\x12>\n\x0cvms_by_state\x18\x06 \x03(\x0b\x32(.novacron.edge.v1.Status.VmsByStateEntry\x12\r\n\x05store\x18\x07 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x08 \x01(\x01\x1a\x31\n\x0fVmsByStateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\x12\n\x10GetStatusRequest2\xfd\t\n\x07\x45\x64geAPI\x12\x43\n\x08\x44\x65ployVM\x12!.novacron.edge.v1.DeployVMRequest\x1a\x14.novacron.edge.v1.VM\x12T\n\tDeployVMs\x12\".novacron.edge.v1.DeployVMsRequest\x1a#.novacron.edge.v1.DeployVMsResponse\x12=\n\x05GetVM\x12\x1e.novacron.edge.v1.GetVMRequest\x1a\x14.novacron.edge.v1.VM\x12N\n\x07ListVMs\x12 .novacron.edge.v1.ListVMsRequest\x1a!.novacron.edge.v1.ListVMsResponse\x12Q\n\x08\x44\x65leteVM\x12!.novacron.edge.v1.DeleteVMRequest\x1a\".novacron.edge.v1.DeleteVMResponse\x12:\n\tSuspendVM\x12\x17.novacron.edge.v1.VMRef\x1a\x14.novacron.edge.v1.VM\x12\x39\n\x08ResumeVM\x12\x17.novacron.edge.v1.VMRef\x1a\x14.novacron.edge.v1.VM\x12]\n\x0cGetVMConsole\x12%.novacron.edge.v1.GetVMConsoleRequest\x1a&.novacron.edge.v1.GetVMConsoleResponse\x12T\n\tListNodes\x12\".novacron.edge.v1.ListNodesRequest\x1a#.novacron.edge.v1.ListNodesResponse\x12\x43\n\x07GetNode\x12 .novacron.edge.v1.GetNodeRequest\x1a\x16.novacron.edge.v1.Node\x12I\n\tGetStatus\x12\".novacron.edge.v1.GetStatusRequest\x1a\x18.novacron.edge.v1.Status\x12P\n\x07PlaceVM\x12 .novacron.edge.v1.PlaceVMRequest\x1a#.novacron.edge.v1.PlacementDecision\x12\x66\n\x12RecommendPlacement\x12+.novacron.edge.v1.RecommendPlacementRequest\x1a#.novacron.edge.v1.PlacementDecision\x12i\n\x10\x46indNearestNodes\x12).novacron.edge.v1.FindNearestNodesRequest\x1a*.novacron.edge.v1.FindNearestNodesResponse\x12I\n\nCordonNode\x12#.novacron.edge.v1.CordonNodeRequest\x1a\x16.novacron.edge.v1.Node\x12I\n\rRotateMeshKey\x12 .novacron.edge.v1.GetNodeRequest\x1a\x16.novacron.edge.v1.Nodeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -56,34 +56,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CORDONNODEREQUEST']._serialized_end=1166
   _globals['_DEPLOYVMREQUEST']._serialized_start=1168
   _globals['_DEPLOYVMREQUEST']._serialized_end=1270
-  _globals['_VMREF']._serialized_start=1272
-  _globals['_VMREF']._serialized_end=1299
-  _globals['_GETVMREQUEST']._serialized_start=1301
-  _globals['_GETVMREQUEST']._serialized_end=1335
-  _globals['_LISTVMSREQUEST']._serialized_start=1337
-  _globals['_LISTVMSREQUEST']._serialized_end=1370
-  _globals['_LISTVMSRESPONSE']._serialized_start=1372
-  _globals['_LISTVMSRESPONSE']._serialized_end=1424
-  _globals['_DELETEVMREQUEST']._serialized_start=1426
-  _globals['_DELETEVMREQUEST']._serialized_end=1463
-  _globals['_DELETEVMRESPONSE']._serialized_start=1465
-  _globals['_DELETEVMRESPONSE']._serialized_end=1517
-  _globals['_GETVMCONSOLEREQUEST']._serialized_start=1519
-  _globals['_GETVMCONSOLEREQUEST']._serialized_end=1579
-  _globals['_GETVMCONSOLERESPONSE']._serialized_start=1581
-  _globals['_GETVMCONSOLERESPONSE']._serialized_end=1649
-  _globals['_LISTNODESREQUEST']._serialized_start=1651
-  _globals['_LISTNODESREQUEST']._serialized_end=1669
-  _globals['_LISTNODESRESPONSE']._serialized_start=1671
-  _globals['_LISTNODESRESPONSE']._serialized_end=1729
-  _globals['_GETNODEREQUEST']._serialized_start=1731
-  _globals['_GETNODEREQUEST']._serialized_end=1764
-  _globals['_STATUS']._serialized_start=1767
-  _globals['_STATUS']._serialized_end=2030
-  _globals['_STATUS_VMSBYSTATEENTRY']._serialized_start=1981
-  _globals['_STATUS_VMSBYSTATEENTRY']._serialized_end=2030
-  _globals['_GETSTATUSREQUEST']._serialized_start=2032
-  _globals['_GETSTATUSREQUEST']._serialized_end=2050
-  _globals['_EDGEAPI']._serialized_start=2053
-  _globals['_EDGEAPI']._serialized_end=3244
+  _globals['_DEPLOYVMSREQUEST']._serialized_start=1272
+  _globals['_DEPLOYVMSREQUEST']._serialized_end=1376
+  _globals['_DEPLOYVMSRESPONSE']._serialized_start=1378
+  _globals['_DEPLOYVMSRESPONSE']._serialized_end=1446
+  _globals['_VMREF']._serialized_start=1448
+  _globals['_VMREF']._serialized_end=1475
+  _globals['_GETVMREQUEST']._serialized_start=1477
+  _globals['_GETVMREQUEST']._serialized_end=1511
+  _globals['_LISTVMSREQUEST']._serialized_start=1513
+  _globals['_LISTVMSREQUEST']._serialized_end=1546
+  _globals['_LISTVMSRESPONSE']._serialized_start=1548
+  _globals['_LISTVMSRESPONSE']._serialized_end=1600
+  _globals['_DELETEVMREQUEST']._serialized_start=1602
+  _globals['_DELETEVMREQUEST']._serialized_end=1639
+  _globals['_DELETEVMRESPONSE']._serialized_start=1641
+  _globals['_DELETEVMRESPONSE']._serialized_end=1693
+  _globals['_GETVMCONSOLEREQUEST']._serialized_start=1695
+  _globals['_GETVMCONSOLEREQUEST']._serialized_end=1755
+  _globals['_GETVMCONSOLERESPONSE']._serialized_start=1757
+  _globals['_GETVMCONSOLERESPONSE']._serialized_end=1825
+  _globals['_LISTNODESREQUEST']._serialized_start=1827
+  _globals['_LISTNODESREQUEST']._serialized_end=1845
+  _globals['_LISTNODESRESPONSE']._serialized_start=1847
+  _globals['_LISTNODESRESPONSE']._serialized_end=1905
+  _globals['_GETNODEREQUEST']._serialized_start=1907
+  _globals['_GETNODEREQUEST']._serialized_end=1940
+  _globals['_STATUS']._serialized_start=1943
+  _globals['_STATUS']._serialized_end=2206
+  _globals['_STATUS_VMSBYSTATEENTRY']._serialized_start=2157
+  _globals['_STATUS_VMSBYSTATEENTRY']._serialized_end=2206
+  _globals['_GETSTATUSREQUEST']._serialized_start=2208
+  _globals['_GETSTATUSREQUEST']._serialized_end=2226
+  _globals['_EDGEAPI']._serialized_start=2229
+  _globals['_EDGEAPI']._serialized_end=3506
 # @@protoc_insertion_point(module_scope)

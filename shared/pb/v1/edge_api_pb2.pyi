@@ -333,6 +333,60 @@ class DeployVMRequest(_message.Message):
 Global___DeployVMRequest: _TypeAlias = DeployVMRequest  # noqa: Y015
 
 @_typing.final
+class DeployVMsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPECS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key for the whole batch."""
+    timeout_seconds: _builtins.int
+    """How long to wait for every VM to report running (0 = controller default)."""
+    @_builtins.property
+    def specs(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.VMSpec]: ...
+    def __init__(
+        self,
+        *,
+        specs: _abc.Iterable[_types_pb2.VMSpec] | None = ...,
+        request_id: _builtins.str = ...,
+        timeout_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "specs", b"specs", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeployVMsRequest: _TypeAlias = DeployVMsRequest  # noqa: Y015
+
+@_typing.final
+class DeployVMsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VMS_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    plan: _builtins.str
+    """How the batch was planned, e.g. "5 VMs on 3 nodes; 1 placed by moving another"."""
+    @_builtins.property
+    def vms(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.VM]:
+        """In the order of the request; a VM that failed to start has state FAILED and its reason."""
+
+    def __init__(
+        self,
+        *,
+        vms: _abc.Iterable[_types_pb2.VM] | None = ...,
+        plan: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "vms", b"vms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeployVMsResponse: _TypeAlias = DeployVMsResponse  # noqa: Y015
+
+@_typing.final
 class VMRef(_message.Message):
     """A VM is named by its name or its id."""
 

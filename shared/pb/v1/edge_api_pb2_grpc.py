@@ -40,6 +40,11 @@ class EdgeAPIStub:
                 request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.DeployVMRequest.SerializeToString,
                 response_deserializer=shared_dot_pb_dot_v1_dot_types__pb2.VM.FromString,
                 _registered_method=True)
+        self.DeployVMs = channel.unary_unary(
+                '/novacron.edge.v1.EdgeAPI/DeployVMs',
+                request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.DeployVMsRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.DeployVMsResponse.FromString,
+                _registered_method=True)
         self.GetVM = channel.unary_unary(
                 '/novacron.edge.v1.EdgeAPI/GetVM',
                 request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.GetVMRequest.SerializeToString,
@@ -117,6 +122,14 @@ class EdgeAPIServicer:
 
     def DeployVM(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeployVMs(self, request, context):
+        """Several VMs planned together (moves and swaps find room one-at-a-time placement misses),
+        all placed or none; then created concurrently.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -216,6 +229,11 @@ def add_EdgeAPIServicer_to_server(servicer, server):
                     request_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.DeployVMRequest.FromString,
                     response_serializer=shared_dot_pb_dot_v1_dot_types__pb2.VM.SerializeToString,
             ),
+            'DeployVMs': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeployVMs,
+                    request_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.DeployVMsRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.DeployVMsResponse.SerializeToString,
+            ),
             'GetVM': grpc.unary_unary_rpc_method_handler(
                     servicer.GetVM,
                     request_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.GetVMRequest.FromString,
@@ -314,6 +332,33 @@ class EdgeAPI:
             '/novacron.edge.v1.EdgeAPI/DeployVM',
             shared_dot_pb_dot_v1_dot_edge__api__pb2.DeployVMRequest.SerializeToString,
             shared_dot_pb_dot_v1_dot_types__pb2.VM.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeployVMs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/novacron.edge.v1.EdgeAPI/DeployVMs',
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.DeployVMsRequest.SerializeToString,
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.DeployVMsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,6 +33,10 @@ class EdgeAPIStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> EdgeAPIAsyncStub: ...
     DeployVM: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.DeployVMRequest, _types_pb2.VM]
+    DeployVMs: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.DeployVMsRequest, _edge_api_pb2.DeployVMsResponse]
+    """Several VMs planned together (moves and swaps find room one-at-a-time placement misses),
+    all placed or none; then created concurrently.
+    """
     GetVM: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.GetVMRequest, _types_pb2.VM]
     ListVMs: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.ListVMsRequest, _edge_api_pb2.ListVMsResponse]
     DeleteVM: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.DeleteVMRequest, _edge_api_pb2.DeleteVMResponse]
@@ -55,6 +59,10 @@ class EdgeAPIStub:
 class EdgeAPIAsyncStub(EdgeAPIStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     DeployVM: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.DeployVMRequest, _types_pb2.VM]  # type: ignore[assignment]
+    DeployVMs: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.DeployVMsRequest, _edge_api_pb2.DeployVMsResponse]  # type: ignore[assignment]
+    """Several VMs planned together (moves and swaps find room one-at-a-time placement misses),
+    all placed or none; then created concurrently.
+    """
     GetVM: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.GetVMRequest, _types_pb2.VM]  # type: ignore[assignment]
     ListVMs: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.ListVMsRequest, _edge_api_pb2.ListVMsResponse]  # type: ignore[assignment]
     DeleteVM: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.DeleteVMRequest, _edge_api_pb2.DeleteVMResponse]  # type: ignore[assignment]
@@ -80,6 +88,16 @@ class EdgeAPIServicer(metaclass=_abc_1.ABCMeta):
         request: _edge_api_pb2.DeployVMRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_types_pb2.VM, _abc.Awaitable[_types_pb2.VM]]: ...
+
+    @_abc_1.abstractmethod
+    def DeployVMs(
+        self,
+        request: _edge_api_pb2.DeployVMsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_edge_api_pb2.DeployVMsResponse, _abc.Awaitable[_edge_api_pb2.DeployVMsResponse]]:
+        """Several VMs planned together (moves and swaps find room one-at-a-time placement misses),
+        all placed or none; then created concurrently.
+        """
 
     @_abc_1.abstractmethod
     def GetVM(
