@@ -118,8 +118,10 @@ class CommandExecutor:
         elif action == "delete":
             await asyncio.to_thread(hv.delete, command.delete.vm_id)
             await asyncio.to_thread(self.catalog.release, self.vm_dir(command.delete.vm_id))
-            if command.delete.address and self.vmnet is not None:
-                await asyncio.to_thread(self.vmnet.detach, command.delete.address)
+            if self.vmnet is not None:
+                await asyncio.to_thread(self.vmnet.unshape, command.delete.vm_id)
+                if command.delete.address:
+                    await asyncio.to_thread(self.vmnet.detach, command.delete.address)
         elif action == "suspend":
             status = await asyncio.to_thread(hv.suspend, command.suspend.vm_id)
         elif action == "resume":
@@ -161,7 +163,9 @@ class CommandExecutor:
             if spec.bandwidth_mbps:
                 taps = await asyncio.to_thread(self.hypervisor.interface_devices, create.vm_id)
                 for tap in taps:
-                    await asyncio.to_thread(self.vmnet.shape, tap, spec.bandwidth_mbps)
+                    await asyncio.to_thread(
+                        self.vmnet.shape, tap, spec.bandwidth_mbps, create.vm_id
+                    )
         return status
 
     def _attachment(self, create: apb.CreateVM) -> NetworkAttachment:

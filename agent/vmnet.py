@@ -57,23 +57,54 @@ class VMNetwork:
             raise FailedPrecondition("VM networking is not configured yet (no mesh config)")
         _ip("route", "replace", _host(address), "dev", self.bridge, "proto", ROUTE_PROTO)
 
-    def shape(self, tap: str, mbps: int) -> None:
-        """Cap traffic to the VM with tbf on its tap (the tap's egress). libvirt's own
-        <bandwidth> needs the sfq qdisc and ingress policing needs act_police; neither exists
-        on these kernels, so traffic from the VM is not capped per VM."""
-        burst_bytes = max(32 * 1024, mbps * 1_000_000 // 8 // 100)  # >= 10 ms at the rate
-        _ip_tc = ["tc", "qdisc", "replace", "dev", tap, "root", "tbf", "rate", f"{mbps}mbit"]
-        done = subprocess.run(
-            [*_ip_tc, "burst", str(burst_bytes), "latency", "50ms"], capture_output=True, text=True
-        )
-        if done.returncode != 0:
-            raise InvalidArgument(f"tc tbf on {tap}: {done.stderr.strip()}")
+    def shape(self, tap: str, mbps: int, vm_id: str) -> None:
+        """Cap the VM's traffic at `mbps` in each direction. To the VM: tbf on its tap (the
+        tap's egress). From the VM: the tap's ingress is redirected (act_mirred) to an IFB
+        device of its own that has the same tbf. libvirt's <bandwidth> would need the sfq
+        qdisc and ingress policing act_police; these kernels have neither, but they have
+        ifb, u32 and mirred. Idempotent: a re-create re-applies the same settings."""
+        ifb = ifb_name(vm_id)
+        _tbf(tap, mbps)
+        if not _exists(ifb):
+            _ip("link", "add", ifb, "type", "ifb")
+        _ip("link", "set", ifb, "up")
+        _tbf(ifb, mbps)
+        _tc("qdisc", "replace", "dev", tap, "handle", "ffff:", "ingress")
+        subprocess.run(["tc", "filter", "del", "dev", tap, "parent", "ffff:"], capture_output=True)
+        _tc(
+            "filter", "add", "dev", tap, "parent", "ffff:", "protocol", "all", "prio", "1",
+            "u32", "match", "u32", "0", "0",
+            "action", "mirred", "egress", "redirect", "dev", ifb,
+        )  # fmt: skip
+
+    def unshape(self, vm_id: str) -> None:
+        """Remove the VM's IFB device (its tap, and the tap's qdiscs, go with the domain)."""
+        subprocess.run(["ip", "link", "del", ifb_name(vm_id)], capture_output=True)
 
     def detach(self, address: str) -> None:
         subprocess.run(
             ["ip", "route", "del", _host(address), "dev", self.bridge],
             capture_output=True,
         )
+
+
+def ifb_name(vm_id: str) -> str:
+    """The VM's IFB device: from its id, so a restarted agent finds it again (<= 15 chars)."""
+    return f"ncq-{vm_id.replace('-', '')[:11]}"
+
+
+def _tbf(dev: str, mbps: int) -> None:
+    burst_bytes = max(32 * 1024, mbps * 1_000_000 // 8 // 100)  # >= 10 ms at the rate
+    _tc(
+        "qdisc", "replace", "dev", dev, "root", "tbf", "rate", f"{mbps}mbit",
+        "burst", str(burst_bytes), "latency", "50ms",
+    )  # fmt: skip
+
+
+def _tc(*args: str) -> None:
+    done = subprocess.run(["tc", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise InvalidArgument(f"tc {' '.join(args)}: {done.stderr.strip()}")
 
 
 def _host(address: str) -> str:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from lab.netns import netns_path, nsenter
 from lab.topology import Site
@@ -130,9 +130,19 @@ class UdpResult:
         return wire * 8 / span / 1e6
 
 
+class Endpoint(Protocol):
+    """Where a probe runs: a network namespace and an address in it (a lab Site is one)."""
+
+    @property
+    def netns(self) -> str: ...
+
+    @property
+    def address(self) -> str: ...
+
+
 def udp_stream(
-    src: Site,
-    dst: Site,
+    src: Endpoint,
+    dst: Endpoint,
     *,
     count: int,
     rate_pps: float,

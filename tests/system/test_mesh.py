@@ -134,7 +134,7 @@ def test_vms_on_different_sites_reach_each_other_over_the_mesh(lab: Lab) -> None
                 if name == "net-a":
                     spec.labels["novacron.io/ping"] = vms["net-b"].address.split("/")[0]
                 if name == "net-a":
-                    spec.bandwidth_mbps = 50  # the agent shapes its tap with tbf
+                    spec.bandwidth_mbps = 50  # tbf on its tap, and on an IFB for its egress
                 spec.placement.CopyFrom(placement)
                 vms[name] = stub.DeployVM(api.DeployVMRequest(spec=spec), timeout=120)
                 assert vms[name].node_id == site
@@ -171,9 +171,18 @@ def test_vms_on_different_sites_reach_each_other_over_the_mesh(lab: Lab) -> None
             ).stdout
             shaped = [line for line in qdiscs.splitlines() if "tbf" in line and "dev vnet" in line]
             assert shaped and "rate 50Mbit" in shaped[0], qdiscs
+            egress = [line for line in qdiscs.splitlines() if "tbf" in line and "dev ncq-" in line]
+            assert egress and "rate 50Mbit" in egress[0], qdiscs
             berlin = _node(lab, "mec-berlin")
             munich_peer = next(p for p in berlin.mesh.peers if p.node_id == "iot-munich")
             assert munich_peer.up
         finally:
             for name in vms:
                 stub.DeleteVM(api.DeleteVMRequest(name_or_id=name), timeout=60)
+        links = subprocess.run(
+            lab.exec_argv("mec-berlin", ["ip", "-o", "link", "show"]),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "ncq-" not in links, "the deleted VM's IFB device was left behind"
