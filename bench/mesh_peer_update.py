@@ -32,7 +32,7 @@ from pathlib import Path
 
 from agent.wireguard.base import Endpoint, InterfaceConfig, PeerConfig, interface_name
 from agent.wireguard.keys import generate_private_key, public_key_of
-from agent.wireguard.uapi import DeviceUpdate, PeerUpdate
+from agent.wireguard.uapi import DeviceUpdate, PeerUpdate, UapiClient, socket_path
 from agent.wireguard.userspace import UserspaceWireGuard
 from bench.common import percentile
 from lab.probe import in_netns
@@ -91,7 +91,7 @@ def measure(driver: UserspaceWireGuard, size: int, rounds: int) -> dict[str, flo
 
     out["peer-set push, one changed (set_peers)"] = timed(rounds, push)
 
-    uapi = driver._uapi  # noqa: SLF001 - the baseline needs the raw device
+    uapi = UapiClient(socket_path(driver.name))  # the baseline talks to the device directly
 
     def replace_all(i: int) -> None:
         blocks = tuple(
