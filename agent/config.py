@@ -94,6 +94,9 @@ class AgentConfig:
     node_id: str = ""
     controller: str = "127.0.0.1:7700"
     libvirt_uri: str = "qemu:///system"
+    # The address other nodes' libvirtd reach this node's libvirtd at (TCP, port 16509) and
+    # send migration data to; "" = this node accepts no incoming live migrations.
+    migration_host: str = ""
     virt_type: str = "auto"
     edge_type: EdgeType = EdgeType.ONPREM
     labels: dict[str, str] = field(default_factory=dict)
@@ -125,6 +128,13 @@ class AgentConfig:
         for name in ("heartbeat_interval", "probe_interval", "reconnect_max"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"agent.{name}: must be > 0")
+        if self.migration_host:
+            try:
+                ipaddress.ip_address(self.migration_host)
+            except ValueError:
+                raise ConfigError(
+                    f"agent.migration_host: {self.migration_host!r} is not an IP address"
+                ) from None
         if ":" not in self.controller:
             raise ConfigError(f"agent.controller: expected HOST:PORT, got {self.controller!r}")
 

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import structlog
 
-from agent.hypervisor.base import Hypervisor, NetworkAttachment, mac_for
+from agent.hypervisor.base import Hypervisor, MigrationTarget, NetworkAttachment, mac_for
 from agent.images.catalog import ImageCatalog
 from agent.vmnet import VMNetwork
 from shared import convert
 from shared.domain import VMStatus
 from shared.errors import (
+    AlreadyExists,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
@@ -43,9 +44,11 @@ class CommandExecutor:
         state_dir: Path,
         clock: Callable[[], float] = time.time,
         vmnet: VMNetwork | None = None,
+        migration_host: str = "",
     ) -> None:
         self.hypervisor = hypervisor
         self.vmnet = vmnet
+        self.migration_host = migration_host
         self.catalog = catalog
         self.vms_dir = state_dir / "vms"
         self.clock = clock
@@ -132,6 +135,13 @@ class CommandExecutor:
             status = await asyncio.to_thread(hv.stop, command.stop.vm_id)
         elif action == "read_console":
             result.console = await asyncio.to_thread(self._read_console, command.read_console)
+        elif action == "prepare_migration":
+            target = await self._prepare_migration(command.prepare_migration)
+            result.migration_target.CopyFrom(target)
+        elif action == "migrate":
+            await self._migrate(command.migrate)
+        elif action == "finish_migration":
+            status = await self._finish_migration(command.finish_migration, result)
         if status is not None:
             result.vm.CopyFrom(convert.vm_status_to_pb(status))
 
@@ -166,6 +176,81 @@ class CommandExecutor:
                     await asyncio.to_thread(
                         self.vmnet.shape, tap, spec.bandwidth_mbps, create.vm_id
                     )
+        return status
+
+    # -- live migration: prepare (destination), migrate (source), finish (destination) --------
+
+    async def _prepare_migration(self, prepare: apb.PrepareMigration) -> apb.MigrationTarget:
+        """Stage the VM's media here and say where the source should send it."""
+        if not self.migration_host:
+            raise FailedPrecondition(
+                "this node accepts no live migrations (agent.migration_host is not set)"
+            )
+        if await asyncio.to_thread(self.hypervisor.get_vm, prepare.vm_id) is not None:
+            raise AlreadyExists(f"VM {prepare.spec.name!r} already exists on this node")
+        spec = convert.spec_from_pb(prepare.spec)
+        if prepare.address:
+            self._attachment(  # the bridge must be up before the VM arrives on it
+                apb.CreateVM(vm_id=prepare.vm_id, spec=prepare.spec, address=prepare.address)
+            )
+        vm_dir = self.vm_dir(prepare.vm_id)
+        media = await asyncio.to_thread(self.catalog.prepare, spec.image, vm_dir)
+        host = self.migration_host
+        return apb.MigrationTarget(
+            libvirt_uri=f"qemu+tcp://{host}/system",
+            data_uri=f"tcp://{host}",
+            kernel=media.kernel,
+            initrd=media.initrd,
+            disk=media.disk,  # an empty overlay on this node's base: the source fills it
+            console_log=str(vm_dir / CONSOLE_FILE),
+        )
+
+    async def _migrate(self, migrate: apb.MigrateVM) -> None:
+        """Send the VM to the destination; once it runs there, drop what it left here."""
+        t = migrate.target
+        target = MigrationTarget(
+            libvirt_uri=t.libvirt_uri,
+            data_uri=t.data_uri,
+            kernel=t.kernel,
+            initrd=t.initrd,
+            disk=t.disk,
+            console_log=t.console_log,
+        )
+        await asyncio.to_thread(
+            self.hypervisor.migrate,
+            migrate.vm_id,
+            target,
+            migrate.bandwidth_mbit,
+            migrate.max_downtime_ms,
+        )
+        await asyncio.to_thread(self.catalog.release, self.vm_dir(migrate.vm_id))
+        if self.vmnet is not None:
+            await asyncio.to_thread(self.vmnet.unshape, migrate.vm_id)
+            if migrate.address:  # this node's traffic to the VM now goes into the mesh
+                await asyncio.to_thread(self.vmnet.detach, migrate.address)
+
+    async def _finish_migration(self, finish: apb.CreateVM, result: apb.CommandResult) -> VMStatus:
+        """The VM runs here now: route its address to the bridge, cap it, report figures."""
+        status = await asyncio.to_thread(self.hypervisor.get_vm, finish.vm_id)
+        if status is None:
+            raise NotFound(f"VM {finish.spec.name!r} has not arrived on this node")
+        if finish.address and self.vmnet is not None:
+            await asyncio.to_thread(self.vmnet.attach, finish.address)
+            if finish.spec.bandwidth_mbps:
+                taps = await asyncio.to_thread(self.hypervisor.interface_devices, finish.vm_id)
+                for tap in taps:
+                    await asyncio.to_thread(
+                        self.vmnet.shape, tap, finish.spec.bandwidth_mbps, finish.vm_id
+                    )
+        stats = await asyncio.to_thread(self.hypervisor.migration_stats, finish.vm_id)
+        if stats is not None:
+            result.migration_stats.CopyFrom(
+                apb.MigrationStats(
+                    elapsed_ms=stats.elapsed_ms,
+                    downtime_ms=stats.downtime_ms,
+                    memory_bytes=stats.memory_bytes,
+                )
+            )
         return status
 
     def _attachment(self, create: apb.CreateVM) -> NetworkAttachment:

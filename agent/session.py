@@ -61,7 +61,11 @@ class AgentSession:
         self.sampler = sampler or ResourceSampler(config.state_dir)
         self.mesh = mesh
         self.executor = CommandExecutor(
-            hypervisor, catalog, config.state_dir, vmnet=mesh.vmnet if mesh else None
+            hypervisor,
+            catalog,
+            config.state_dir,
+            vmnet=mesh.vmnet if mesh else None,
+            migration_host=config.migration_host,
         )
         self.peer_prober = PeerProber()
         self.heartbeat_interval: float = config.heartbeat_interval

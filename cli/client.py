@@ -136,6 +136,13 @@ class EdgeClient:
         resp = self._call(self._stub.ListVMs, api.ListVMsRequest(node_id=node_id))
         return list(resp.vms)
 
+    def migrate_future(
+        self, request: api.MigrateVMRequest
+    ) -> tuple[grpc.Future[api.MigrateVMResponse], float]:
+        """Start MigrateVM without blocking; returns (future, deadline)."""
+        deadline = (request.timeout_seconds or DEFAULT_DEPLOY_WAIT) + self.timeout
+        return self._stub.MigrateVM.future(request, timeout=deadline), deadline
+
     def delete_vm(self, name_or_id: str) -> types_pb2.VM:
         resp = self._call(self._stub.DeleteVM, api.DeleteVMRequest(name_or_id=name_or_id))
         return resp.vm

@@ -132,6 +132,42 @@ def _await_deploy(
         return None
 
 
+def vm_migrate(ctx: Context, args: argparse.Namespace) -> int:
+    request = api.MigrateVMRequest(
+        name_or_id=args.vm,
+        target_node_id=args.target,
+        bandwidth_mbit=args.bandwidth_mbit,
+        max_downtime_ms=args.max_downtime_ms,
+        timeout_seconds=args.wait_timeout,
+    )
+    future, deadline = ctx.client.migrate_future(request)
+    try:
+        progress.wait(future, f"migrating {args.vm}", ctx.err)
+        report = ctx.client.deploy_result(future, deadline)
+    except KeyboardInterrupt:
+        ctx.err.write(
+            f"\ninterrupted: the migration of {args.vm} goes on in the controller; "
+            f"`novacron vm show {args.vm}` shows where it runs\n"
+        )
+        return 130
+
+    def as_table() -> str:
+        vm = report.vm
+        lines = [
+            f"{vm.spec.name} migrated {report.source_node_id} -> {vm.node_id} "
+            f"in {report.total_ms / 1000:.1f} s (guest paused {report.downtime_ms:.0f} ms, "
+            f"{report.memory_bytes / 2**20:.1f} MiB of memory sent in "
+            f"{report.elapsed_ms / 1000:.1f} s)",
+        ]
+        if vm.address:
+            lines.append(f"address {vm.address} now routed to {vm.node_id}")
+        if report.target_reason and report.target_reason != "requested":
+            lines.append(f"target chosen by placement: {report.target_reason}")
+        return "\n".join(lines) + "\n"
+
+    return _emit_one(ctx, report, as_table)
+
+
 def vm_list(ctx: Context, args: argparse.Namespace) -> int:
     vms = ctx.client.list_vms(args.node or "")
     return _emit_list(ctx, vms, lambda: vm_table(vms, ctx.now), "VMs")

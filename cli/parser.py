@@ -281,6 +281,47 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("vm", metavar="NAME|ID", type=types.non_empty, help="VM name or id")
 
+    migrate = _sub(
+        vm,
+        "migrate",
+        "live-migrate a running VM to another node; its address follows it over the mesh "
+        "(a spinner shows progress on a terminal)",
+        "  novacron vm migrate web-1                 # to the best other node by placement\n"
+        "  novacron vm migrate web-1 --to cloud-frankfurt --bandwidth-mbit 200\n",
+        commands.vm_migrate,
+        aliases=("move",),
+    )
+    migrate.add_argument("vm", metavar="NAME|ID", type=types.non_empty, help="VM name or id")
+    migrate.add_argument(
+        "--to",
+        dest="target",
+        metavar="NODE",
+        default="",
+        help="target node (default: placement picks the best node other than the current one; "
+        "a named node must still pass every placement filter, e.g. data residency)",
+    )
+    migrate.add_argument(
+        "--bandwidth-mbit",
+        type=types.non_negative_u32,
+        default=0,
+        metavar="N",
+        help="cap on the migration stream (0 = only the node's QoS migration class)",
+    )
+    migrate.add_argument(
+        "--max-downtime-ms",
+        type=types.non_negative_u32,
+        default=0,
+        metavar="MS",
+        help="longest pause allowed at the switch-over (0 = libvirt's default, 300 ms)",
+    )
+    migrate.add_argument(
+        "--wait-timeout",
+        type=types.non_negative_u32,
+        default=0,
+        metavar="S",
+        help="seconds the controller allows the migration (0 = its default)",
+    )
+
     console = _sub(
         vm,
         "console",

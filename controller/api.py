@@ -151,6 +151,27 @@ class EdgeAPIServicer(edge_api_pb2_grpc.EdgeAPIServicer):
         return epb.DeployVMsResponse(vms=[vm_to_pb(vm) for vm in vms], plan=plan)
 
     @rpc
+    async def MigrateVM(
+        self, request: epb.MigrateVMRequest, context: Ctx
+    ) -> epb.MigrateVMResponse:
+        report = await self.c.migrate(
+            request.name_or_id,
+            request.target_node_id,
+            bandwidth_mbit=request.bandwidth_mbit,
+            max_downtime_ms=request.max_downtime_ms,
+            timeout=request.timeout_seconds,
+        )
+        return epb.MigrateVMResponse(
+            vm=vm_to_pb(report.vm),
+            source_node_id=report.source,
+            target_reason=report.target_reason,
+            elapsed_ms=report.elapsed_ms,
+            downtime_ms=report.downtime_ms,
+            memory_bytes=report.memory_bytes,
+            total_ms=report.total_ms,
+        )
+
+    @rpc
     async def GetVM(self, request: epb.GetVMRequest, context: Ctx) -> pb.VM:
         return vm_to_pb(self.c.find_vm(request.name_or_id))
 

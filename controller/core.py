@@ -12,7 +12,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -56,6 +56,17 @@ Clock = Callable[[], float]
 MAX_BATCH = 100  # VMs per DeployVMs: the planner's moves and swaps grow with its square
 
 
+@dataclass(frozen=True, slots=True)
+class MigrationReport:
+    vm: VMRecord
+    source: str
+    target_reason: str
+    elapsed_ms: float
+    downtime_ms: float
+    memory_bytes: int
+    total_ms: float
+
+
 class Controller:
     def __init__(
         self,
@@ -84,6 +95,7 @@ class Controller:
         self.vms: dict[str, VMRecord] = {}
         self._connections: dict[str, AgentConnection] = {}
         self._inflight: dict[str, asyncio.Task[VMRecord]] = {}
+        self._migrating: set[str] = set()  # VM ids with a live migration under way
         self._background: set[asyncio.Task[None]] = set()
         self.ipam = Ipam(mesh_pool)
         self.vm_pool = vm_pool
@@ -116,7 +128,7 @@ class Controller:
     def allocated(self, node_id: str) -> Capacity:
         total = Capacity()
         for vm in self.vms.values():
-            if vm.node_id == node_id and vm.reserves_capacity:
+            if node_id in (vm.node_id, vm.migrating_to) and vm.reserves_capacity:
                 total = total + vm.spec.capacity()
         return total
 
@@ -132,8 +144,9 @@ class Controller:
         for vm in self.vms.values():
             if not vm.reserves_capacity:
                 continue
-            allocated[vm.node_id] = allocated.get(vm.node_id, Capacity()) + vm.spec.capacity()
-            counts[vm.node_id] = counts.get(vm.node_id, 0) + 1
+            for node_id in (vm.node_id, vm.migrating_to) if vm.migrating_to else (vm.node_id,):
+                allocated[node_id] = allocated.get(node_id, Capacity()) + vm.spec.capacity()
+                counts[node_id] = counts.get(node_id, 0) + 1
             group = vm.spec.placement.spread_group
             if group:
                 per_node = groups.setdefault(vm.node_id, {})
@@ -389,6 +402,163 @@ class Controller:
             )
         return result
 
+    # ---------------------------------------------------------------- live migration
+
+    async def migrate(
+        self,
+        name_or_id: str,
+        target: str = "",
+        *,
+        bandwidth_mbit: int = 0,
+        max_downtime_ms: int = 0,
+        timeout: float = 0,
+    ) -> MigrationReport:
+        """Move a running VM to `target` (or the best other node by placement) while it runs;
+        its address follows it over the mesh. On failure it keeps running where it was."""
+        started = time.monotonic()
+        timeout = timeout or self.deploy_timeout
+        vm = self.find_vm(name_or_id)
+        name, source = vm.spec.name, vm.node_id
+        if vm.id in self._migrating:
+            raise FailedPrecondition(f"VM {name!r} is already migrating to {vm.migrating_to!r}")
+        if vm.id in self._inflight or vm.desired is DesiredState.DELETED:
+            raise FailedPrecondition(f"VM {name!r} is being created or deleted")
+        if vm.state not in (VMState.RUNNING, VMState.PAUSED):
+            raise FailedPrecondition(
+                f"VM {name!r} is {vm.state.value}; only a running or paused VM can be migrated"
+            )
+        source_conn = self._connections.get(source)
+        if source_conn is None:
+            raise Unavailable(f"node {source!r}, where VM {name!r} runs, is not connected")
+        target, reason = self._migration_target(vm, target)
+        target_conn = self._connections.get(target)
+        if target_conn is None:
+            raise Unavailable(f"node {target!r} is not connected")
+        self._migrating.add(vm.id)
+        try:
+            vm.migrating_to = target  # the record now holds capacity on both nodes
+            await self._set_state(vm, vm.state, f"migrating to {target}")
+            await self.store.put_vm(vm)
+            await self._audit("vm.migrate", vm.id, f"name={name} from={source} to={target}")
+            try:
+                prepared = await self._call(
+                    target_conn,
+                    apb.Command(
+                        prepare_migration=apb.PrepareMigration(
+                            vm_id=vm.id,
+                            spec=convert.spec_to_pb(vm.spec),
+                            generation=vm.generation,
+                            address=vm.address,
+                            gateway=gateway_of(self.vm_pool) if vm.address else "",
+                        )
+                    ),
+                    self.command_timeout,
+                    f"preparing node {target!r} for VM {name!r}",
+                )
+                await self._call(
+                    source_conn,
+                    apb.Command(
+                        migrate=apb.MigrateVM(
+                            vm_id=vm.id,
+                            name=name,
+                            target=prepared.migration_target,
+                            bandwidth_mbit=bandwidth_mbit,
+                            max_downtime_ms=max_downtime_ms,
+                            address=vm.address,
+                        )
+                    ),
+                    timeout,
+                    f"migrating VM {name!r} from {source!r} to {target!r}",
+                )
+            except NovaCronError as exc:
+                await self._abandon_migration(vm, target_conn, target)
+                raise type(exc)(f"{exc}; VM {name!r} keeps running on {source!r}") from exc
+            # It runs on the target now: the record and the route follow it.
+            vm.node_id, vm.migrating_to = target, ""
+            await self._set_state(vm, vm.state, f"migrated from {source}")
+            await self.store.put_vm(vm)
+            if vm.address:
+                self.mesh_version += 1
+                await self.push_mesh()
+            finished = await self._finish_migration(vm, target_conn)
+        finally:
+            self._migrating.discard(vm.id)
+        stats = finished.migration_stats
+        log.info("vm migrated", vm_id=vm.id, name=name, source=source, target=target)
+        return MigrationReport(
+            vm=vm,
+            source=source,
+            target_reason=reason,
+            elapsed_ms=stats.elapsed_ms,
+            downtime_ms=stats.downtime_ms,
+            memory_bytes=stats.memory_bytes,
+            total_ms=(time.monotonic() - started) * 1000,
+        )
+
+    async def _finish_migration(self, vm: VMRecord, conn: AgentConnection) -> apb.CommandResult:
+        """On the node the VM arrived on: route its address to the bridge, cap it, report."""
+        finished = await self._call(
+            conn,
+            apb.Command(
+                finish_migration=apb.CreateVM(
+                    vm_id=vm.id,
+                    spec=convert.spec_to_pb(vm.spec),
+                    generation=vm.generation,
+                    address=vm.address,
+                    gateway=gateway_of(self.vm_pool) if vm.address else "",
+                )
+            ),
+            self.command_timeout,
+            f"finishing VM {vm.spec.name!r} on {conn.node_id!r}",
+        )
+        if finished.HasField("vm"):
+            await self._observe(vm, convert.vm_status_from_pb(finished.vm))
+        return finished
+
+    def _migration_target(self, vm: VMRecord, wanted: str) -> tuple[str, str]:
+        """The node to migrate to and why: `wanted` if every placement filter accepts it for
+        this VM (data residency, capacity, ...), else the best other node by placement."""
+        table = self.node_table()
+        request = self.engine.request(vm.spec)
+        explanation = self.engine.decide(table, request, k=len(table))
+        if wanted:
+            self.get_node(wanted)
+            if wanted == vm.node_id:
+                raise InvalidArgument(f"VM {vm.spec.name!r} already runs on {wanted!r}")
+            for rejection in explanation.rejections:
+                if rejection.node_id == wanted:
+                    raise FailedPrecondition(
+                        f"node {wanted!r} cannot take VM {vm.spec.name!r}: "
+                        f"{rejection.filter}: {rejection.reason}"
+                    )
+            return wanted, "requested"
+        for candidate in explanation.candidates:
+            if candidate.node_id != vm.node_id:
+                return candidate.node_id, candidate.one_line()
+        detail = explanation.summary
+        if explanation.node_id is not None:  # "placed on X: 1/3 nodes fit; ..." -> the counts
+            detail = detail.split(": ", 1)[1]
+        raise ResourceExhausted(
+            f"no other node can take VM {vm.spec.name!r} (it runs on {vm.node_id!r}): {detail}"
+        )
+
+    async def _abandon_migration(self, vm: VMRecord, conn: AgentConnection, target: str) -> None:
+        """Undo what the target staged; the VM's record is back on its source alone."""
+        vm.migrating_to = ""
+        await self._set_state(vm, vm.state, f"migration to {target} failed")
+        await self.store.put_vm(vm)
+        cleanup = apb.VMTarget(vm_id=vm.id, name=vm.spec.name)  # no address: not routed there
+        with contextlib.suppress(NovaCronError):
+            await conn.call(apb.Command(delete=cleanup), self.command_timeout)
+
+    async def _call(
+        self, conn: AgentConnection, command: apb.Command, timeout: float, doing: str
+    ) -> apb.CommandResult:
+        result = await conn.call(command, timeout)
+        if not result.ok:
+            raise error_from_code(result.error.code, f"{doing}: {result.error.message}")
+        return result
+
     async def delete(self, name_or_id: str) -> VMRecord:
         vm = self.find_vm(name_or_id)
         never_created = vm.state is VMState.FAILED
@@ -528,7 +698,10 @@ class Controller:
                 await self._set_state(vm, VMState.UNKNOWN, f"node {conn.node_id!r} disconnected")
 
     async def _reconcile(self, conn: AgentConnection, reported: Sequence[VMStatus]) -> None:
-        actions = plan(conn.node_id, list(self.vms.values()), reported)
+        await self._settle_migrations(conn.node_id, reported)
+        moving = self._migrating
+        desired = [vm for vm in self.vms.values() if vm.id not in moving]
+        actions = plan(conn.node_id, desired, [s for s in reported if s.vm_id not in moving])
         for action in actions:
             try:
                 await self._apply(conn, action)
@@ -540,6 +713,33 @@ class Controller:
                     action=action.kind,
                     error=str(exc),
                 )
+
+    async def _settle_migrations(self, node_id: str, reported: Sequence[VMStatus]) -> None:
+        """A record still marked as migrating although no migration runs (the controller
+        restarted during one): where the VM is reported decides how it ended."""
+        for status in reported:
+            vm = self.vms.get(status.vm_id)
+            if vm is None or not vm.migrating_to or vm.id in self._migrating:
+                continue
+            if node_id == vm.migrating_to:
+                source, vm.node_id, vm.migrating_to = vm.node_id, node_id, ""
+                await self._set_state(vm, status.state, f"migrated from {source} (settled)")
+                if vm.address:
+                    self.mesh_version += 1
+                    self._spawn(self.push_mesh())
+                conn = self._connections.get(node_id)
+                if conn is not None:
+                    self._spawn(self._settle_on(vm, conn))
+            elif node_id == vm.node_id:
+                target, vm.migrating_to = vm.migrating_to, ""
+                await self._set_state(vm, status.state, f"migration to {target} did not finish")
+            await self.store.put_vm(vm)
+
+    async def _settle_on(self, vm: VMRecord, conn: AgentConnection) -> None:
+        try:
+            await self._finish_migration(vm, conn)
+        except NovaCronError as exc:
+            log.warning("finishing a settled migration failed", vm_id=vm.id, error=str(exc))
 
     async def _apply(self, conn: AgentConnection, action: Action) -> None:
         vm = self.vms.get(action.vm_id)
@@ -645,6 +845,8 @@ class Controller:
         if vm is None or vm.node_id != node_id or status.generation < vm.generation:
             return
         if vm.desired is DesiredState.DELETED or vm.id in self._inflight:
+            return
+        if vm.id in self._migrating:  # the source reports it paused/stopped as it leaves
             return
         await self._observe(vm, status)
 

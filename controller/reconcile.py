@@ -44,6 +44,8 @@ def plan(node_id: str, desired: Iterable[VMRecord], reported: Iterable[VMStatus]
 
     for status in seen.values():
         record = records.get(status.vm_id)
+        if record is not None and record.migrating_to == node_id:
+            continue  # arriving by live migration: the controller decides when it has landed
         stale = (
             record is None
             or record.node_id != node_id
@@ -69,6 +71,8 @@ def plan(node_id: str, desired: Iterable[VMRecord], reported: Iterable[VMStatus]
 
     for record in records.values():
         if record.node_id != node_id or record.id in seen:
+            continue
+        if record.migrating_to:  # gone from its source: it may be running on the target
             continue
         if record.desired is DesiredState.DELETED:
             actions.append(Action(ActionKind.FORGET, record.id, record.spec.name))

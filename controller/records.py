@@ -34,6 +34,7 @@ class VMRecord:
     request_id: str = ""
     placement_reason: str = ""
     address: str = ""  # on the VM network (CIDR /32), when its node is in the mesh
+    migrating_to: str = ""  # a live migration to this node is under way (it holds capacity)
 
     @property
     def reserves_capacity(self) -> bool:

@@ -31,7 +31,7 @@ from shared.domain import (
 from shared.mesh import MeshIdentity
 from shared.pb.v1 import types_pb2 as pb
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: vms.migrating_to
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS vms (
     updated_at REAL NOT NULL,
     request_id TEXT,
     placement_reason TEXT NOT NULL DEFAULT '',
-    address TEXT NOT NULL DEFAULT ''
+    address TEXT NOT NULL DEFAULT '',
+    migrating_to TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS vms_request_id ON vms(request_id) WHERE request_id != '';
 CREATE TABLE IF NOT EXISTS audit (
@@ -137,6 +138,12 @@ class SQLiteStore:
             self._db.execute(
                 "INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
+        elif int(row[0]) == 1:  # upgrade in place: a column with a default loses nothing
+            self._db.executescript(  # one transaction: SQLite's DDL is transactional
+                "BEGIN; ALTER TABLE vms ADD COLUMN migrating_to TEXT NOT NULL DEFAULT '';"
+                f" UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version';"
+                " COMMIT;"
+            )
         elif int(row[0]) != SCHEMA_VERSION:
             raise RuntimeError(
                 f"{self.path}: schema version {row[0]}, this controller understands "
@@ -171,7 +178,8 @@ class SQLiteStore:
     async def load_vms(self) -> list[VMRecord]:
         rows = await self._run(
             "SELECT id, spec, node_id, desired, state, state_reason, generation, created_at,"
-            " updated_at, request_id, placement_reason, address FROM vms ORDER BY created_at"
+            " updated_at, request_id, placement_reason, address, migrating_to FROM vms"
+            " ORDER BY created_at"
         )
         return [
             VMRecord(
@@ -187,6 +195,7 @@ class SQLiteStore:
                 request_id=r[9] or "",
                 placement_reason=r[10],
                 address=r[11],
+                migrating_to=r[12],
             )
             for r in rows
         ]
@@ -213,12 +222,13 @@ class SQLiteStore:
     async def put_vm(self, vm: VMRecord) -> None:
         await self._run(
             "INSERT INTO vms(id, name, spec, node_id, desired, state, state_reason, generation,"
-            " created_at, updated_at, request_id, placement_reason, address)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " created_at, updated_at, request_id, placement_reason, address, migrating_to)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(id) DO UPDATE SET spec=excluded.spec, node_id=excluded.node_id,"
             " desired=excluded.desired, state=excluded.state, state_reason=excluded.state_reason,"
             " generation=excluded.generation, updated_at=excluded.updated_at,"
-            " placement_reason=excluded.placement_reason, address=excluded.address",
+            " placement_reason=excluded.placement_reason, address=excluded.address,"
+            " migrating_to=excluded.migrating_to",
             (
                 vm.id,
                 vm.spec.name,
@@ -233,6 +243,7 @@ class SQLiteStore:
                 vm.request_id,
                 vm.placement_reason,
                 vm.address,
+                vm.migrating_to,
             ),
         )
 

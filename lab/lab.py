@@ -286,6 +286,7 @@ class Lab:
                 "node_id": site.id,
                 "controller": self.topology.controller_address,
                 "libvirt_uri": self.libvirt_uri(site.id),
+                "migration_host": site.address,  # its libvirtd listens there (see _libvirtd)
                 "edge_type": site.edge_type.value,
                 "labels": {"site": site.id, "city": site.city, **site.labels},
                 "location": {

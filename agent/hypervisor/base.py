@@ -34,6 +34,30 @@ class BootMedia:
     network: NetworkAttachment | None = None  # no NIC when None
 
 
+@dataclass(frozen=True, slots=True)
+class MigrationTarget:
+    """Where a live migration goes: the destination's libvirtd (the source's libvirtd opens a
+    peer-to-peer control connection to it), the destination's migration data address, and the
+    destination's own paths for the files the domain references (the source rewrites its
+    domain XML with them, since every node keeps VMs under its own state directory)."""
+
+    libvirt_uri: str  # e.g. qemu+tcp://10.213.0.3/system
+    data_uri: str  # e.g. tcp://10.213.0.3
+    kernel: str = ""
+    initrd: str = ""
+    disk: str = ""
+    console_log: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationStats:
+    """A finished migration as libvirt measured it (the destination's completed job)."""
+
+    elapsed_ms: float
+    downtime_ms: float
+    memory_bytes: int  # guest memory transferred
+
+
 def mac_for(vm_id: str) -> str:
     """A stable MAC for a VM: QEMU's locally administered unicast 52:54:00 prefix plus 3 bytes
     of a hash of the id, so that a recreated or migrated VM keeps its MAC (and ARP entries)."""
@@ -89,6 +113,24 @@ class Hypervisor(Protocol):
 
     def delete(self, vm_id: str) -> None:
         """Stop if running and undefine. Deleting an unknown VM is not an error."""
+        ...
+
+    def migrate(
+        self,
+        vm_id: str,
+        target: MigrationTarget,
+        bandwidth_mbit: int = 0,
+        max_downtime_ms: int = 0,
+    ) -> None:
+        """Live-migrate a running (or paused) VM to `target` and return when it runs there:
+        persistent on the destination, undefined here. On failure the VM keeps running here
+        and the error says why. A VM's one disk (its qcow2 overlay) is copied incrementally:
+        the target must hold an overlay on the same base image at `target.disk`."""
+        ...
+
+    def migration_stats(self, vm_id: str) -> MigrationStats | None:
+        """On the destination, after `migrate` returned on the source: the completed job's
+        figures (None when libvirt has none, e.g. after a libvirtd restart)."""
         ...
 
     def subscribe(self, callback: VMEventCallback) -> None:

@@ -19,7 +19,13 @@ import libvirt
 import structlog
 
 from agent.hypervisor import domain_xml
-from agent.hypervisor.base import BootMedia, HostInfo, VMEventCallback
+from agent.hypervisor.base import (
+    BootMedia,
+    HostInfo,
+    MigrationStats,
+    MigrationTarget,
+    VMEventCallback,
+)
 from agent.hypervisor.domain_xml import VMMetadata
 from agent.hypervisor.kvm_probe import kvm_works
 from shared.domain import Capacity, VMSpec, VMState, VMStatus
@@ -69,6 +75,40 @@ _SHUTOFF_REASONS = {
     libvirt.VIR_DOMAIN_SHUTOFF_FAILED: "failed",
 }
 
+# (lifecycle event, detail) of a live migration -> (state after it, None = ask libvirt; reason)
+_MIGRATION_EVENTS: dict[tuple[int, int], tuple[VMState | None, str]] = {
+    # destination: QEMU waits, paused, for the guest's state (it may still fail)
+    (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_STARTED_MIGRATED): (
+        None,
+        "incoming migration",
+    ),
+    # source: paused for the final copy of its memory
+    (libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED): (
+        VMState.PAUSED,
+        "migrating",
+    ),
+    # source: the guest now runs on the destination. The last event of a VM that left: libvirt
+    # sends no "undefined" after it, although UNDEFINE_SOURCE removed the definition
+    (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_MIGRATED): (
+        VMState.STOPPED,
+        "migrated",
+    ),
+}
+
+# live, peer-to-peer (the source's libvirtd drives it), persistent there and gone from here
+MIGRATE_FLAGS = (
+    libvirt.VIR_MIGRATE_LIVE
+    | libvirt.VIR_MIGRATE_PEER2PEER
+    | libvirt.VIR_MIGRATE_PERSIST_DEST
+    | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+)
+_LEFT = (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_MIGRATED)
+_MIGRATABLE_STATES = (
+    libvirt.VIR_DOMAIN_RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED,
+    libvirt.VIR_DOMAIN_PAUSED,
+)
+
 _event_lock = threading.Lock()
 _event_thread: threading.Thread | None = None
 
@@ -116,7 +156,11 @@ def _mapped(op: str, vm_id: str = "") -> Iterator[None]:
         msg = f"{op}{' ' + vm_id if vm_id else ''}: {err.get_error_message() or err}"
         if code == libvirt.VIR_ERR_NO_DOMAIN:
             raise NotFound(msg) from err
-        if code == libvirt.VIR_ERR_OPERATION_INVALID:
+        if code in (
+            libvirt.VIR_ERR_OPERATION_INVALID,
+            libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED,  # e.g. the test driver cannot migrate
+            libvirt.VIR_ERR_NO_SUPPORT,
+        ):
             raise FailedPrecondition(msg) from err
         if code == libvirt.VIR_ERR_NO_CONNECT or err.get_error_domain() == libvirt.VIR_FROM_RPC:
             raise Unavailable(msg) from err
@@ -326,6 +370,88 @@ class LibvirtHypervisor:
             pass  # someone else removed it meanwhile: the outcome we wanted
         log.info("vm_deleted", vm_id=vm_id)
 
+    # -- live migration --------------------------------------------------------------------
+
+    def migrate(
+        self,
+        vm_id: str,
+        target: MigrationTarget,
+        bandwidth_mbit: int = 0,
+        max_downtime_ms: int = 0,
+    ) -> None:
+        if bandwidth_mbit < 0 or max_downtime_ms < 0:
+            raise InvalidArgument(
+                f"migrate {vm_id}: bandwidth_mbit and max_downtime_ms must be >= 0, "
+                f"got {bandwidth_mbit} and {max_downtime_ms}"
+            )
+        if not target.libvirt_uri:
+            raise InvalidArgument(f"migrate {vm_id}: the target has no libvirt URI")
+        dom = self._require(vm_id)
+        with _mapped("migrate", vm_id):
+            state = dom.state()[0]
+            if state not in _MIGRATABLE_STATES:
+                what = "stopped" if state == libvirt.VIR_DOMAIN_SHUTOFF else "not running"
+                raise FailedPrecondition(
+                    f"migrate {vm_id}: the vm is {what}; only a running or paused vm can move"
+                )
+            live_xml = str(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
+            # the persistent definition may be newer than the live one (see create)
+            persist_xml = str(
+                dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE | libvirt.VIR_DOMAIN_XML_INACTIVE)
+            )
+        problem = _migration_problem(live_xml) or _migration_problem(persist_xml)
+        if problem:
+            raise FailedPrecondition(f"migrate {vm_id}: {problem}")
+        params: dict[str, str | int] = {
+            libvirt.VIR_MIGRATE_PARAM_DEST_XML: _retarget_xml(live_xml, target),
+            libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: _retarget_xml(persist_xml, target),
+        }
+        if target.data_uri:  # else libvirt uses the destination's migration_host
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = target.data_uri
+        if bandwidth_mbit > 0:
+            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = _mib_per_s(bandwidth_mbit)
+        flags = MIGRATE_FLAGS
+        disks = _migrated_disks(live_xml)
+        if disks:  # the destination agent pre-created the overlay on its own base image
+            params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = disks  # type: ignore[assignment]
+            flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC
+        where = f"{vm_id} to {target.libvirt_uri}"
+        try:
+            with _mapped("migrate", where):
+                if max_downtime_ms > 0:
+                    dom.migrateSetMaxDowntime(max_downtime_ms, 0)
+                dom.migrateToURI3(target.libvirt_uri, params, flags)
+        except NovaCronError as err:
+            log.warning(
+                "vm_migration_failed", vm_id=vm_id, target=target.libvirt_uri, error=str(err)
+            )
+            raise
+        self._forget(vm_id)
+        log.info(
+            "vm_migrated",
+            vm_id=vm_id,
+            target=target.libvirt_uri,
+            bandwidth_mbit=bandwidth_mbit,
+            max_downtime_ms=max_downtime_ms,
+        )
+
+    def migration_stats(self, vm_id: str) -> MigrationStats | None:
+        dom = self._lookup(vm_id)
+        if dom is None:
+            return None
+        flags = libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED
+        try:
+            stats = dom.jobStats(flags)
+        except libvirt.libvirtError as err:
+            if _error_code(err) in (
+                libvirt.VIR_ERR_NO_DOMAIN,
+                libvirt.VIR_ERR_NO_SUPPORT,  # e.g. libvirt's test driver
+                libvirt.VIR_ERR_OPERATION_INVALID,
+            ):
+                return None
+            raise Internal(f"migration stats {vm_id}: {err.get_error_message() or err}") from err
+        return _migration_stats(stats)
+
     # -- events ----------------------------------------------------------------------------
 
     def subscribe(self, callback: VMEventCallback) -> None:
@@ -391,7 +517,9 @@ class LibvirtHypervisor:
         vm_id = str(dom.UUIDString())
         state = _EVENTS.get(event, ("", None))[1]
         reason = ""
-        if event == libvirt.VIR_DOMAIN_EVENT_STOPPED and detail in (
+        if (event, detail) in _MIGRATION_EVENTS:
+            state, reason = _MIGRATION_EVENTS[(event, detail)]
+        elif event == libvirt.VIR_DOMAIN_EVENT_STOPPED and detail in (
             libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED,
             libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED,
         ):
@@ -406,9 +534,11 @@ class LibvirtHypervisor:
             current = self._status(dom)
         except libvirt.libvirtError:
             current = None
+        with self._lock:
+            meta = self._known.get(vm_id)
+            if (event, detail) == _LEFT:
+                self._known.pop(vm_id, None)  # a later _meta() re-learns it if still defined
         if current is None:
-            with self._lock:
-                meta = self._known.get(vm_id)
             if meta is None:
                 return None
             current = VMStatus(meta.vm_id, meta.name, VMState.UNKNOWN, meta.generation, meta.image)
@@ -466,6 +596,14 @@ class LibvirtHypervisor:
     def _remember(self, meta: VMMetadata) -> None:
         with self._lock:
             self._known[meta.vm_id] = meta
+
+    def _forget(self, vm_id: str) -> None:
+        """Drop a VM that migrated away. With a subscription its "stopped" (migrated) event
+        does it, which may still need the metadata to name the VM (libvirt may deliver it
+        after the domain is gone), so the entry stays until then."""
+        with self._lock:
+            if self._callback_id is None:
+                self._known.pop(vm_id, None)
 
     def _status(self, dom: Any) -> VMStatus | None:
         meta = self._meta(dom)
@@ -536,3 +674,85 @@ class LibvirtHypervisor:
             self._undefine(dom)
         except libvirt.libvirtError as err:
             log.warning("undefine_after_failed_start_failed", error=str(err))
+
+
+# -- live migration helpers (pure) -------------------------------------------------------------
+
+
+def _migration_problem(xml: str) -> str:
+    """Why a domain cannot be live-migrated ('' if it can): more than one disk, or a disk
+    that is not a file (only the VM's own qcow2 overlay is copied, see _migrated_disks)."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as err:
+        return f"its domain XML cannot be parsed: {err}"
+    disks = root.findall("devices/disk[@device='disk']")
+    if len(disks) > 1:
+        return f"the vm has {len(disks)} disks; live migration copies one (its own overlay)"
+    for disk in disks:
+        source = disk.find("source")
+        if disk.get("type") != "file" or source is None or not source.get("file"):
+            return "the vm's disk is not a file; live migration copies a qcow2 overlay file"
+    return ""
+
+
+def _migrated_disks(xml: str) -> list[str]:
+    """Target devs (e.g. "vda") of the disks to copy: the VM's own overlay. Its backing image
+    exists on every node, so only the overlay's blocks travel (NON_SHARED_INC)."""
+    root = ET.fromstring(xml)
+    return [
+        target.get("dev", "")
+        for target in root.findall("devices/disk[@device='disk']/target")
+        if target.get("dev")
+    ]
+
+
+def _retarget_xml(xml: str, target: MigrationTarget) -> str:
+    """The domain XML with the destination's paths for the files it references: kernel,
+    initrd, disk and the console log (file serial/console sources); everything else, our metadata
+    in its namespace included, stays as it is. A file the domain uses but `target` gives no
+    path for is an error: the source's path means nothing on another node."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as err:
+        raise InvalidArgument(f"domain XML cannot be parsed: {err}") from None
+    vm = root.findtext("uuid") or root.findtext("name") or "?"
+    for tag, path in (("kernel", target.kernel), ("initrd", target.initrd)):
+        el = root.find(f"os/{tag}")
+        if el is None:
+            continue
+        if not path:
+            raise InvalidArgument(f"vm {vm} boots with a {tag} but the target gives no {tag} path")
+        el.text = path
+    for source in root.findall("devices/disk[@device='disk']/source[@file]"):
+        if not target.disk:
+            raise InvalidArgument(f"vm {vm} has a disk but the target gives no disk path")
+        source.set("file", target.disk)
+    for kind in ("serial", "console"):
+        for source in root.findall(f"devices/{kind}[@type='file']/source[@path]"):
+            if not target.console_log:
+                raise InvalidArgument(f"vm {vm} logs its console but the target gives no log path")
+            source.set("path", target.console_log)
+    return ET.tostring(root, encoding="unicode")
+
+
+def _mib_per_s(mbit: int) -> int:
+    """libvirt's migration bandwidth unit (MiB/s) for `mbit` Mbit/s: rounded up, at least 1."""
+    return max(1, -(-mbit * 1_000_000 // (8 * 1024 * 1024)))
+
+
+def _migration_stats(stats: dict[str, Any]) -> MigrationStats | None:
+    """Our figures from a completed job's stats, or None when they are not a migration's."""
+    if stats.get("operation", libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN) not in (
+        libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN,
+        libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT,
+    ):
+        return None
+    try:
+        return MigrationStats(
+            elapsed_ms=float(stats["time_elapsed"]),
+            downtime_ms=float(stats["downtime"]),
+            memory_bytes=int(stats["memory_processed"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None

@@ -123,11 +123,13 @@ class Cluster:
         location: LocationConfig | None = None,
         edge_type: EdgeType = EdgeType.MEC,
         cost_per_hour: float = 0.0,
+        migration_host: str = "",
     ) -> RunningAgent:
         config = AgentConfig(
             node_id=node_id,
             controller=self.address,
             libvirt_uri=uri,
+            migration_host=migration_host,
             edge_type=edge_type,
             location=location,
             cost_per_hour=cost_per_hour,

@@ -106,6 +106,25 @@ class Servicer(edge_api_pb2_grpc.EdgeAPIServicer):
             vms.append(vm)
         return api.DeployVMsResponse(vms=vms, plan=f"{len(vms)} VMs on 2 nodes")
 
+    def MigrateVM(self, request: api.MigrateVMRequest, context: Any) -> api.MigrateVMResponse:
+        self.requests.append(request)
+        if request.name_or_id == "pinned":
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "no other node can take VM 'pinned' (it runs on 'gw-1'): 1/3 nodes fit",
+            )
+        vm = make_vm(request.name_or_id)
+        vm.node_id, vm.address = request.target_node_id or "mec-1", "10.251.0.7/32"
+        return api.MigrateVMResponse(
+            vm=vm,
+            source_node_id="gw-1",
+            target_reason="" if request.target_node_id else "mec-1 score 0.912 = ...",
+            elapsed_ms=1840.0,
+            downtime_ms=97.0,
+            memory_bytes=23 * 2**20,
+            total_ms=2310.0,
+        )
+
     def GetVM(self, request: api.GetVMRequest, context: Any) -> pb.VM:
         self.requests.append(request)
         if request.name_or_id == "slow":
@@ -398,6 +417,28 @@ def test_deploy_count_sends_one_batch_named_one_to_n(
     for bad, why in (("0", "must be an integer from 1 to 100"), ("101", "must be at most 100")):
         assert main(["vm", "deploy", "web", *args[3:], "64", "--count", bad]) == 2
         assert f"argument --count: {why}, got '{bad}'" in capsys.readouterr().err
+
+
+def test_migrate_reports_where_how_long_and_why(
+    controller: Controller, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(controller, "vm", "migrate", "web-1") == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "web-1 migrated gw-1 -> mec-1 in 2.3 s (guest paused 97 ms, 23.0 MiB of memory sent "
+        "in 1.8 s)",
+        "address 10.251.0.7/32 now routed to mec-1",
+        "target chosen by placement: mec-1 score 0.912 = ...",
+    ]
+    args = ("--to", "cloud-1", "--bandwidth-mbit", "200", "--max-downtime-ms", "50")
+    assert run(controller, "vm", "move", "web-1", *args, "-o", "json") == 0
+    sent = controller.servicer.requests[-1]
+    assert (sent.target_node_id, sent.bandwidth_mbit, sent.max_downtime_ms) == ("cloud-1", 200, 50)
+    assert json.loads(capsys.readouterr().out)["vm"]["node_id"] == "cloud-1"
+    assert run(controller, "vm", "migrate", "pinned") == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: RESOURCE_EXHAUSTED: no other node can take VM 'pinned' (it runs on 'gw-1'): "
+        "1/3 nodes fit"
+    )
 
 
 def test_deploy_shows_spinner_on_tty(

@@ -80,3 +80,14 @@ def test_power_state_converges() -> None:
 
 def test_other_nodes_vms_are_left_alone() -> None:
     assert plan("n1", [record("x", node="n2")], []) == []
+
+
+def test_a_vm_marked_migrating_is_neither_removed_from_its_target_nor_recreated_at_source() -> None:
+    """While a record says "migrating to n2" (or the controller restarted during a migration),
+    the target reporting it must not delete it as stale, and the source not reporting it must
+    not re-create it: the controller settles where it is first."""
+    moving = record("m", node="n1")
+    moving.migrating_to = "n2"
+    assert plan("n2", [moving], [status("m")]) == []
+    assert plan("n1", [moving], []) == []
+    assert kinds(plan("n1", [moving], [status("m")])) == [("observe", "m")]

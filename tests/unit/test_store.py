@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from controller.records import AuditEntry, NodeRecord, VMRecord
@@ -80,3 +81,40 @@ async def test_round_trip_survives_reopen(tmp_path: Path) -> None:
     await reopened.delete_vm("id-1")
     assert await reopened.load_vms() == []
     await reopened.close()
+
+
+async def test_a_schema_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    """Controllers before live migration wrote schema 1 (no vms.migrating_to): its VMs load
+    unchanged, the column appears with its default, and a second open is a no-op."""
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1');
+        CREATE TABLE vms (
+            id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, spec TEXT NOT NULL,
+            node_id TEXT NOT NULL, desired TEXT NOT NULL, state TEXT NOT NULL,
+            state_reason TEXT NOT NULL, generation INTEGER NOT NULL, created_at REAL NOT NULL,
+            updated_at REAL NOT NULL, request_id TEXT,
+            placement_reason TEXT NOT NULL DEFAULT '', address TEXT NOT NULL DEFAULT ''
+        );
+        INSERT INTO vms VALUES ('id-1', 'web', '{"name": "web", "image": "tiny", "vcpus": 1,
+            "memoryMib": "64"}', 'n1', 'running', 'running', 'ok', 3, 1.0, 2.0, 'r1', 'why',
+            '10.251.0.5/32');
+        """
+    )
+    db.close()
+    for _ in range(2):
+        store = SQLiteStore(path)
+        [vm] = await store.load_vms()
+        assert (vm.id, vm.spec.name, vm.node_id, vm.generation) == ("id-1", "web", "n1", 3)
+        assert (vm.address, vm.placement_reason, vm.migrating_to) == ("10.251.0.5/32", "why", "")
+        vm.migrating_to = "n2"
+        await store.put_vm(vm)
+        assert (await store.load_vms())[0].migrating_to == "n2"
+        vm.migrating_to = ""
+        await store.put_vm(vm)
+        await store.close()
+    version = sqlite3.connect(path).execute("SELECT value FROM meta").fetchone()
+    assert version == ("2",)

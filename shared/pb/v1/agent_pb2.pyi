@@ -242,6 +242,8 @@ class CommandResult(_message.Message):
     VM_FIELD_NUMBER: _builtins.int
     CONSOLE_FIELD_NUMBER: _builtins.int
     MESH_FIELD_NUMBER: _builtins.int
+    MIGRATION_TARGET_FIELD_NUMBER: _builtins.int
+    MIGRATION_STATS_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     ok: _builtins.bool
     console: _builtins.str
@@ -251,6 +253,14 @@ class CommandResult(_message.Message):
     def vm(self) -> _types_pb2.VMStatus: ...
     @_builtins.property
     def mesh(self) -> _types_pb2.MeshStatus: ...
+    @_builtins.property
+    def migration_target(self) -> Global___MigrationTarget:
+        """answer to prepare_migration"""
+
+    @_builtins.property
+    def migration_stats(self) -> Global___MigrationStats:
+        """answer to finish_migration"""
+
     def __init__(
         self,
         *,
@@ -260,14 +270,155 @@ class CommandResult(_message.Message):
         vm: _types_pb2.VMStatus | None = ...,
         console: _builtins.str = ...,
         mesh: _types_pb2.MeshStatus | None = ...,
+        migration_target: Global___MigrationTarget | None = ...,
+        migration_stats: Global___MigrationStats | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "mesh", b"mesh", "vm", b"vm"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "mesh", b"mesh", "migration_stats", b"migration_stats", "migration_target", b"migration_target", "vm", b"vm"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "console", b"console", "error", b"error", "mesh", b"mesh", "ok", b"ok", "vm", b"vm"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "console", b"console", "error", b"error", "mesh", b"mesh", "migration_stats", b"migration_stats", "migration_target", b"migration_target", "ok", b"ok", "vm", b"vm"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CommandResult: _TypeAlias = CommandResult  # noqa: Y015
+
+@_typing.final
+class MigrationTarget(_message.Message):
+    """The destination's side of a live migration: where to send the VM and the destination's own
+    paths for the files its domain references.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIBVIRT_URI_FIELD_NUMBER: _builtins.int
+    DATA_URI_FIELD_NUMBER: _builtins.int
+    KERNEL_FIELD_NUMBER: _builtins.int
+    INITRD_FIELD_NUMBER: _builtins.int
+    DISK_FIELD_NUMBER: _builtins.int
+    CONSOLE_LOG_FIELD_NUMBER: _builtins.int
+    libvirt_uri: _builtins.str
+    """qemu+tcp://<host>/system: the source's libvirtd connects here"""
+    data_uri: _builtins.str
+    """tcp://<host>: migration data"""
+    kernel: _builtins.str
+    initrd: _builtins.str
+    disk: _builtins.str
+    console_log: _builtins.str
+    def __init__(
+        self,
+        *,
+        libvirt_uri: _builtins.str = ...,
+        data_uri: _builtins.str = ...,
+        kernel: _builtins.str = ...,
+        initrd: _builtins.str = ...,
+        disk: _builtins.str = ...,
+        console_log: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["console_log", b"console_log", "data_uri", b"data_uri", "disk", b"disk", "initrd", b"initrd", "kernel", b"kernel", "libvirt_uri", b"libvirt_uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigrationTarget: _TypeAlias = MigrationTarget  # noqa: Y015
+
+@_typing.final
+class MigrationStats(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ELAPSED_MS_FIELD_NUMBER: _builtins.int
+    DOWNTIME_MS_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    elapsed_ms: _builtins.float
+    downtime_ms: _builtins.float
+    memory_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        elapsed_ms: _builtins.float = ...,
+        downtime_ms: _builtins.float = ...,
+        memory_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["downtime_ms", b"downtime_ms", "elapsed_ms", b"elapsed_ms", "memory_bytes", b"memory_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigrationStats: _TypeAlias = MigrationStats  # noqa: Y015
+
+@_typing.final
+class PrepareMigration(_message.Message):
+    """On the destination, before a migration: stage the VM's media and network (no domain yet)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VM_ID_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    GATEWAY_FIELD_NUMBER: _builtins.int
+    vm_id: _builtins.str
+    generation: _builtins.int
+    address: _builtins.str
+    gateway: _builtins.str
+    @_builtins.property
+    def spec(self) -> _types_pb2.VMSpec: ...
+    def __init__(
+        self,
+        *,
+        vm_id: _builtins.str = ...,
+        spec: _types_pb2.VMSpec | None = ...,
+        generation: _builtins.int = ...,
+        address: _builtins.str = ...,
+        gateway: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "gateway", b"gateway", "generation", b"generation", "spec", b"spec", "vm_id", b"vm_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrepareMigration: _TypeAlias = PrepareMigration  # noqa: Y015
+
+@_typing.final
+class MigrateVM(_message.Message):
+    """On the source: send the VM to the destination; returns once it runs there."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VM_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    BANDWIDTH_MBIT_FIELD_NUMBER: _builtins.int
+    MAX_DOWNTIME_MS_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    vm_id: _builtins.str
+    name: _builtins.str
+    bandwidth_mbit: _builtins.int
+    """0 = no cap"""
+    max_downtime_ms: _builtins.int
+    """0 = libvirt's default"""
+    address: _builtins.str
+    """its VM-network address: the source withdraws its local route"""
+    @_builtins.property
+    def target(self) -> Global___MigrationTarget: ...
+    def __init__(
+        self,
+        *,
+        vm_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        target: Global___MigrationTarget | None = ...,
+        bandwidth_mbit: _builtins.int = ...,
+        max_downtime_ms: _builtins.int = ...,
+        address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "bandwidth_mbit", b"bandwidth_mbit", "max_downtime_ms", b"max_downtime_ms", "name", b"name", "target", b"target", "vm_id", b"vm_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigrateVM: _TypeAlias = MigrateVM  # noqa: Y015
 
 @_typing.final
 class RotateKey(_message.Message):
@@ -446,6 +597,9 @@ class Command(_message.Message):
     READ_CONSOLE_FIELD_NUMBER: _builtins.int
     MESH_CONFIG_FIELD_NUMBER: _builtins.int
     ROTATE_KEY_FIELD_NUMBER: _builtins.int
+    PREPARE_MIGRATION_FIELD_NUMBER: _builtins.int
+    MIGRATE_FIELD_NUMBER: _builtins.int
+    FINISH_MIGRATION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     @_builtins.property
     def deadline(self) -> _timestamp_pb2.Timestamp: ...
@@ -467,6 +621,14 @@ class Command(_message.Message):
     def mesh_config(self) -> _types_pb2.MeshConfig: ...
     @_builtins.property
     def rotate_key(self) -> Global___RotateKey: ...
+    @_builtins.property
+    def prepare_migration(self) -> Global___PrepareMigration: ...
+    @_builtins.property
+    def migrate(self) -> Global___MigrateVM: ...
+    @_builtins.property
+    def finish_migration(self) -> Global___CreateVM:
+        """on the destination once the VM runs there: its route, cap"""
+
     def __init__(
         self,
         *,
@@ -481,12 +643,15 @@ class Command(_message.Message):
         read_console: Global___ReadConsole | None = ...,
         mesh_config: _types_pb2.MeshConfig | None = ...,
         rotate_key: Global___RotateKey | None = ...,
+        prepare_migration: Global___PrepareMigration | None = ...,
+        migrate: Global___MigrateVM | None = ...,
+        finish_migration: Global___CreateVM | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "create", b"create", "deadline", b"deadline", "delete", b"delete", "mesh_config", b"mesh_config", "read_console", b"read_console", "resume", b"resume", "rotate_key", b"rotate_key", "start", b"start", "stop", b"stop", "suspend", b"suspend"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "create", b"create", "deadline", b"deadline", "delete", b"delete", "finish_migration", b"finish_migration", "mesh_config", b"mesh_config", "migrate", b"migrate", "prepare_migration", b"prepare_migration", "read_console", b"read_console", "resume", b"resume", "rotate_key", b"rotate_key", "start", b"start", "stop", b"stop", "suspend", b"suspend"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "create", b"create", "deadline", b"deadline", "delete", b"delete", "id", b"id", "mesh_config", b"mesh_config", "read_console", b"read_console", "resume", b"resume", "rotate_key", b"rotate_key", "start", b"start", "stop", b"stop", "suspend", b"suspend"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "create", b"create", "deadline", b"deadline", "delete", b"delete", "finish_migration", b"finish_migration", "id", b"id", "mesh_config", b"mesh_config", "migrate", b"migrate", "prepare_migration", b"prepare_migration", "read_console", b"read_console", "resume", b"resume", "rotate_key", b"rotate_key", "start", b"start", "stop", b"stop", "suspend", b"suspend"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["create", "delete", "suspend", "resume", "start", "stop", "read_console", "mesh_config", "rotate_key"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["create", "delete", "suspend", "resume", "start", "stop", "read_console", "mesh_config", "rotate_key", "prepare_migration", "migrate", "finish_migration"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 

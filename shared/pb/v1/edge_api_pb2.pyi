@@ -387,6 +387,84 @@ class DeployVMsResponse(_message.Message):
 Global___DeployVMsResponse: _TypeAlias = DeployVMsResponse  # noqa: Y015
 
 @_typing.final
+class MigrateVMRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_OR_ID_FIELD_NUMBER: _builtins.int
+    TARGET_NODE_ID_FIELD_NUMBER: _builtins.int
+    BANDWIDTH_MBIT_FIELD_NUMBER: _builtins.int
+    MAX_DOWNTIME_MS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    name_or_id: _builtins.str
+    target_node_id: _builtins.str
+    """"" = the best other node by placement"""
+    bandwidth_mbit: _builtins.int
+    """cap on the migration stream (0 = agent QoS only)"""
+    max_downtime_ms: _builtins.int
+    """0 = libvirt's default (300 ms)"""
+    timeout_seconds: _builtins.int
+    """0 = controller default"""
+    def __init__(
+        self,
+        *,
+        name_or_id: _builtins.str = ...,
+        target_node_id: _builtins.str = ...,
+        bandwidth_mbit: _builtins.int = ...,
+        max_downtime_ms: _builtins.int = ...,
+        timeout_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth_mbit", b"bandwidth_mbit", "max_downtime_ms", b"max_downtime_ms", "name_or_id", b"name_or_id", "target_node_id", b"target_node_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigrateVMRequest: _TypeAlias = MigrateVMRequest  # noqa: Y015
+
+@_typing.final
+class MigrateVMResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VM_FIELD_NUMBER: _builtins.int
+    SOURCE_NODE_ID_FIELD_NUMBER: _builtins.int
+    TARGET_REASON_FIELD_NUMBER: _builtins.int
+    ELAPSED_MS_FIELD_NUMBER: _builtins.int
+    DOWNTIME_MS_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    TOTAL_MS_FIELD_NUMBER: _builtins.int
+    source_node_id: _builtins.str
+    target_reason: _builtins.str
+    """why this target, when placement chose it"""
+    elapsed_ms: _builtins.float
+    """libvirt's migration job on the destination"""
+    downtime_ms: _builtins.float
+    """the guest paused for the switch-over"""
+    memory_bytes: _builtins.int
+    """guest memory transferred"""
+    total_ms: _builtins.float
+    """the whole operation, prepare to route switch, as the controller saw it"""
+    @_builtins.property
+    def vm(self) -> _types_pb2.VM: ...
+    def __init__(
+        self,
+        *,
+        vm: _types_pb2.VM | None = ...,
+        source_node_id: _builtins.str = ...,
+        target_reason: _builtins.str = ...,
+        elapsed_ms: _builtins.float = ...,
+        downtime_ms: _builtins.float = ...,
+        memory_bytes: _builtins.int = ...,
+        total_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["vm", b"vm"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["downtime_ms", b"downtime_ms", "elapsed_ms", b"elapsed_ms", "memory_bytes", b"memory_bytes", "source_node_id", b"source_node_id", "target_reason", b"target_reason", "total_ms", b"total_ms", "vm", b"vm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigrateVMResponse: _TypeAlias = MigrateVMResponse  # noqa: Y015
+
+@_typing.final
 class VMRef(_message.Message):
     """A VM is named by its name or its id."""
 

@@ -45,6 +45,11 @@ class EdgeAPIStub:
                 request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.DeployVMsRequest.SerializeToString,
                 response_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.DeployVMsResponse.FromString,
                 _registered_method=True)
+        self.MigrateVM = channel.unary_unary(
+                '/novacron.edge.v1.EdgeAPI/MigrateVM',
+                request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.MigrateVMRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.MigrateVMResponse.FromString,
+                _registered_method=True)
         self.GetVM = channel.unary_unary(
                 '/novacron.edge.v1.EdgeAPI/GetVM',
                 request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.GetVMRequest.SerializeToString,
@@ -129,6 +134,14 @@ class EdgeAPIServicer:
     def DeployVMs(self, request, context):
         """Several VMs planned together (moves and swaps find room one-at-a-time placement misses),
         all placed or none; then created concurrently.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MigrateVM(self, request, context):
+        """Live-migrate a running VM to another node (chosen by placement when not given); its
+        address moves with it over the mesh. Returns once it runs on the target.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -233,6 +246,11 @@ def add_EdgeAPIServicer_to_server(servicer, server):
                     servicer.DeployVMs,
                     request_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.DeployVMsRequest.FromString,
                     response_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.DeployVMsResponse.SerializeToString,
+            ),
+            'MigrateVM': grpc.unary_unary_rpc_method_handler(
+                    servicer.MigrateVM,
+                    request_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.MigrateVMRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.MigrateVMResponse.SerializeToString,
             ),
             'GetVM': grpc.unary_unary_rpc_method_handler(
                     servicer.GetVM,
@@ -359,6 +377,33 @@ class EdgeAPI:
             '/novacron.edge.v1.EdgeAPI/DeployVMs',
             shared_dot_pb_dot_v1_dot_edge__api__pb2.DeployVMsRequest.SerializeToString,
             shared_dot_pb_dot_v1_dot_edge__api__pb2.DeployVMsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MigrateVM(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/novacron.edge.v1.EdgeAPI/MigrateVM',
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.MigrateVMRequest.SerializeToString,
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.MigrateVMResponse.FromString,
             options,
             channel_credentials,
             insecure,

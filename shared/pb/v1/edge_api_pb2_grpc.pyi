@@ -37,6 +37,10 @@ class EdgeAPIStub:
     """Several VMs planned together (moves and swaps find room one-at-a-time placement misses),
     all placed or none; then created concurrently.
     """
+    MigrateVM: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.MigrateVMRequest, _edge_api_pb2.MigrateVMResponse]
+    """Live-migrate a running VM to another node (chosen by placement when not given); its
+    address moves with it over the mesh. Returns once it runs on the target.
+    """
     GetVM: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.GetVMRequest, _types_pb2.VM]
     ListVMs: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.ListVMsRequest, _edge_api_pb2.ListVMsResponse]
     DeleteVM: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.DeleteVMRequest, _edge_api_pb2.DeleteVMResponse]
@@ -62,6 +66,10 @@ class EdgeAPIAsyncStub(EdgeAPIStub):
     DeployVMs: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.DeployVMsRequest, _edge_api_pb2.DeployVMsResponse]  # type: ignore[assignment]
     """Several VMs planned together (moves and swaps find room one-at-a-time placement misses),
     all placed or none; then created concurrently.
+    """
+    MigrateVM: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.MigrateVMRequest, _edge_api_pb2.MigrateVMResponse]  # type: ignore[assignment]
+    """Live-migrate a running VM to another node (chosen by placement when not given); its
+    address moves with it over the mesh. Returns once it runs on the target.
     """
     GetVM: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.GetVMRequest, _types_pb2.VM]  # type: ignore[assignment]
     ListVMs: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.ListVMsRequest, _edge_api_pb2.ListVMsResponse]  # type: ignore[assignment]
@@ -97,6 +105,16 @@ class EdgeAPIServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_edge_api_pb2.DeployVMsResponse, _abc.Awaitable[_edge_api_pb2.DeployVMsResponse]]:
         """Several VMs planned together (moves and swaps find room one-at-a-time placement misses),
         all placed or none; then created concurrently.
+        """
+
+    @_abc_1.abstractmethod
+    def MigrateVM(
+        self,
+        request: _edge_api_pb2.MigrateVMRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_edge_api_pb2.MigrateVMResponse, _abc.Awaitable[_edge_api_pb2.MigrateVMResponse]]:
+        """Live-migrate a running VM to another node (chosen by placement when not given); its
+        address moves with it over the mesh. Returns once it runs on the target.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,555 @@
+"""Live migration of a real TCG guest between two edge nodes on this host.
+
+Each node is a network namespace of its own with its own private libvirtd (listening on TCP in
+that namespace, distinct host_uuid, migration_address/migration_host set to the node's address,
+see /work/shared/MACHINE-NOTES.md). A veth pair joins the two namespaces on a private
+10.78.<x>.0/24 that only they see: the root namespace has no address or route in it, so no
+migration traffic can leave the machine. The test reaches each daemon through its unix socket.
+Node B boots from its own copy of the image and its own VM directories, so that the domain
+arriving there must use B's paths. Guests, daemons and namespaces go away even when a test fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import random
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from agent.hypervisor import domain_xml
+from agent.hypervisor.base import BootMedia, MigrationTarget
+from agent.hypervisor.libvirt_driver import (
+    LibvirtHypervisor,
+    _mib_per_s,
+    _migrated_disks,
+    _migration_problem,
+    _migration_stats,
+    _retarget_xml,
+)
+from agent.images.builder import FIRST_LINE, HEARTBEAT_S
+from agent.images.catalog import ImageCatalog
+from lab.libvirtd import PrivateLibvirtd
+from shared.domain import VMSpec, VMState, VMStatus
+from shared.errors import FailedPrecondition, InvalidArgument, NotFound, NovaCronError
+from tests.conftest import qemu_backend_problem, require_backend, wait_for
+
+pytestmark = pytest.mark.qemu
+
+BOOT_TIMEOUT_S = 60.0
+EVENT_TIMEOUT_S = 20.0
+HEARTBEAT_TIMEOUT_S = 3 * HEARTBEAT_S + 10.0
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+
+
+def _ip_ok(*args: str) -> None:
+    proc = _ip(*args)
+    assert proc.returncode == 0, f"ip {' '.join(args)}: {proc.stderr.strip()}"
+
+
+class Events:
+    """Lifecycle events of one node, collected from libvirt's event thread."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.items: list[tuple[str, str, VMState, str]] = []
+
+    def __call__(self, status: VMStatus, event: str) -> None:
+        with self.cond:
+            self.items.append((status.vm_id, event, status.state, status.reason))
+            self.cond.notify_all()
+
+    def of(self, vm_id: str) -> list[tuple[str, VMState, str]]:
+        with self.cond:
+            return [(e, s, r) for i, e, s, r in self.items if i == vm_id]
+
+    def wait(self, vm_id: str, event: str, state: VMState, reason: str | None = None) -> None:
+        def seen() -> bool:
+            return any(
+                e == event and s == state and (reason is None or r == reason)
+                for e, s, r in self.of(vm_id)
+            )
+
+        with self.cond:
+            ok = self.cond.wait_for(seen, timeout=EVENT_TIMEOUT_S)
+        assert ok, (
+            f"no {event!r}/{state} event for {vm_id} within {EVENT_TIMEOUT_S}s: {self.of(vm_id)}"
+        )
+
+
+@dataclass
+class Node:
+    label: str
+    netns: str
+    address: str
+    daemon: PrivateLibvirtd
+    catalog: ImageCatalog
+    vm_root: Path
+    hv: LibvirtHypervisor | None = None
+    events: Events = field(default_factory=Events)
+
+    @property
+    def driver(self) -> LibvirtHypervisor:
+        assert self.hv is not None
+        return self.hv
+
+    def vm_dir(self, vm_id: str) -> Path:
+        return self.vm_root / vm_id
+
+    def console(self, vm_id: str) -> Path:
+        return self.vm_dir(vm_id) / "console.log"
+
+    def media(self, vm_id: str, disk: bool = True) -> BootMedia:
+        """The tiny image's media from this node's own image copy (kernel, initrd and a
+        qcow2 overlay on this node's base image), optionally without the disk."""
+        media = self.catalog.prepare("tiny", self.vm_dir(vm_id))
+        return media if disk else dataclasses.replace(media, disk="")
+
+    def target(self, vm_id: str) -> MigrationTarget:
+        """What this node's agent would answer to prepare_migration: its addresses, its paths."""
+        media = self.media(vm_id)
+        return MigrationTarget(
+            libvirt_uri=f"qemu+tcp://{self.address}/system",
+            data_uri=f"tcp://{self.address}",
+            kernel=media.kernel,
+            initrd=media.initrd,
+            disk=media.disk,
+            console_log=str(self.console(vm_id)),
+        )
+
+    def domain_xml(self, vm_id: str) -> ET.Element:
+        conn = libvirt.open(self.daemon.uri)
+        try:
+            return ET.fromstring(conn.lookupByUUIDString(vm_id).XMLDesc(0))
+        finally:
+            conn.close()
+
+    def completed_job(self, vm_id: str) -> dict[str, object]:
+        """libvirt's raw figures of the VM's last completed job, straight from libvirt."""
+        conn = libvirt.open(self.daemon.uri)
+        try:
+            dom = conn.lookupByUUIDString(vm_id)
+            flags = (
+                libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED
+            )
+            return dict(dom.jobStats(flags))
+        finally:
+            conn.close()
+
+
+@dataclass
+class Pair:
+    a: Node
+    b: Node
+    subnet: ipaddress.IPv4Network
+    created: list[str] = field(default_factory=list)
+
+    def create(
+        self, node: Node, name: str, generation: int = 1, disk: bool = True
+    ) -> tuple[str, VMStatus]:
+        vm_id = str(uuid.uuid4())
+        self.created.append(vm_id)
+        spec = VMSpec(name=name, image="tiny", vcpus=1, memory_mib=128, labels={"app": name})
+        status = node.driver.create(
+            vm_id, spec, generation, node.media(vm_id, disk), str(node.console(vm_id))
+        )
+        return vm_id, status
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def _booted(node: Node, vm_id: str, name: str) -> None:
+    log = node.console(vm_id)
+    first = FIRST_LINE.format(name=name, kernel="")
+
+    def seen() -> bool:
+        return log.exists() and first in log.read_text(errors="replace")
+
+    wait_for(seen, BOOT_TIMEOUT_S, f"{first!r} in {log}", interval_s=0.1)
+
+
+def _qemu_alive(node: Node, name: str) -> bool:
+    pid_file = node.daemon.dir("run") / "qemu" / f"{domain_xml.domain_name(name)}.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return False
+    return stat.rsplit(") ", 1)[1][:1] != "Z"
+
+
+@pytest.fixture(scope="module")
+def nodes(tiny_image_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    problem = qemu_backend_problem()
+    require_backend(not problem, problem)
+    for tool in ("ip", "nsenter"):
+        require_backend(shutil.which(tool) is not None, f"{tool} not installed (util-linux)")
+    tag = uuid.uuid4().hex[:6]
+    subnet = ipaddress.IPv4Network(f"10.78.{random.randint(1, 254)}.0/24")
+    hosts = list(subnet.hosts())
+    netns_names = {"a": f"ncmig-a-{tag}", "b": f"ncmig-b-{tag}"}
+    veths = {"a": f"ncm{tag}a", "b": f"ncm{tag}b"}  # 10 characters: fits IFNAMSIZ
+    work = tmp_path_factory.mktemp("migration")
+    # a short path: the daemons' unix sockets must fit in 107 bytes
+    daemon_dir = Path(tempfile.mkdtemp(prefix="nc-mig-", dir="/tmp"))
+    made_netns: list[str] = []
+    daemons: list[PrivateLibvirtd] = []
+    pair_nodes: dict[str, Node] = {}
+    try:
+        for ns in netns_names.values():
+            made = _ip("netns", "add", ns)
+            require_backend(made.returncode == 0, f"cannot add a namespace: {made.stderr.strip()}")
+            made_netns.append(ns)
+            _ip_ok("-n", ns, "link", "set", "lo", "up")
+        _ip_ok(
+            "link", "add", veths["a"], "netns", netns_names["a"], "type", "veth",
+            "peer", "name", veths["b"], "netns", netns_names["b"],
+        )  # fmt: skip
+        for i, label in enumerate(("a", "b")):
+            ns, dev = netns_names[label], veths[label]
+            _ip_ok("-n", ns, "addr", "add", f"{hosts[i]}/{subnet.prefixlen}", "dev", dev)
+            _ip_ok("-n", ns, "link", "set", dev, "up")
+        images = {"a": tiny_image_dir, "b": work / "images-b"}
+        shutil.copytree(tiny_image_dir, images["b"], symlinks=True)  # B's own image paths
+        for i, label in enumerate(("a", "b")):
+            address = str(hosts[i])
+            daemon = PrivateLibvirtd(
+                daemon_dir / label,
+                netns=f"/run/netns/{netns_names[label]}",
+                listen=True,
+                extra_libvirtd_conf={"listen_addr": f'"{address}"'},
+                extra_qemu_conf={
+                    "migration_address": f'"{address}"',
+                    "migration_host": f'"{address}"',
+                },
+            )
+            daemons.append(daemon)
+            daemon.start()
+            node = Node(
+                label, netns_names[label], address, daemon, ImageCatalog(images[label]),
+                work / f"vms-{label}",
+            )  # fmt: skip
+            node.vm_root.mkdir()
+            node.hv = LibvirtHypervisor(daemon.uri)
+            pair_nodes[label] = node
+        assert daemons[0].host_uuid != daemons[1].host_uuid  # or: "migrate to the same host"
+        yield Pair(pair_nodes["a"], pair_nodes["b"], subnet)
+    finally:
+        for node in pair_nodes.values():
+            node.driver.close()
+        for daemon in daemons:  # destroys and undefines every domain, then stops the daemon
+            try:
+                daemon.stop()
+            except Exception as err:  # pragma: no cover - report, keep cleaning
+                print(f"stopping libvirtd {daemon.base_dir} failed: {err}")
+        for ns in made_netns:  # takes the veth pair with it
+            _ip("netns", "delete", ns)
+        shutil.rmtree(daemon_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def pair(nodes: Pair) -> Iterator[Pair]:
+    """The two nodes with fresh event collectors; every VM the test made is deleted after it,
+    on both nodes (it may be on either side, depending on where the test failed)."""
+    for node in (nodes.a, nodes.b):
+        node.events = Events()
+        node.driver.subscribe(node.events)
+    try:
+        yield nodes
+    finally:
+        for node in (nodes.a, nodes.b):
+            node.driver.unsubscribe(node.events)
+            for vm_id in nodes.created:
+                try:
+                    node.driver.delete(vm_id)
+                except NovaCronError as err:  # pragma: no cover - report, keep cleaning
+                    print(f"cleanup of {vm_id} on {node.label} failed: {err}")
+        nodes.created.clear()
+
+
+# -- real guests -----------------------------------------------------------------------------
+
+
+def test_running_guest_moves_and_back_keeping_its_identity(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    name = _unique("mig")
+    vm_id, before = pair.create(a, name, generation=3)
+    assert before.state == VMState.RUNNING
+    _booted(a, vm_id, name)  # a guest that runs, not one still in firmware
+    target = b.target(vm_id)
+
+    t0 = time.monotonic()
+    a.driver.migrate(vm_id, target)
+    wall = time.monotonic() - t0
+
+    on_b = b.driver.get_vm(vm_id)
+    assert on_b is not None
+    assert on_b.state == VMState.RUNNING
+    assert (on_b.vm_id, on_b.name, on_b.generation, on_b.image) == (vm_id, name, 3, "tiny")
+    assert (on_b.vcpus, on_b.memory_mib) == (1, 128)
+    assert [s for s in b.driver.list_vms() if s.vm_id == vm_id] == [on_b]
+    assert a.driver.get_vm(vm_id) is None
+    assert vm_id not in {s.vm_id for s in a.driver.list_vms()}
+    assert not _qemu_alive(a, name)
+
+    # B runs it from B's own files, and keeps our metadata (labels included)
+    xml = b.domain_xml(vm_id)
+    assert xml.findtext("os/kernel") == target.kernel != a.media(vm_id).kernel
+    assert xml.findtext("os/initrd") == target.initrd
+    assert xml.find("devices/disk/source").get("file") == target.disk  # type: ignore[union-attr]
+    # the overlay's blocks came along (NON_SHARED_INC): same content as A's, over B's base
+    same = subprocess.run(
+        ["qemu-img", "compare", "-U", str(a.vm_dir(vm_id) / "disk.qcow2"), target.disk],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert same.returncode == 0, same.stdout + same.stderr
+    for kind in ("serial", "console"):
+        assert xml.find(f"devices/{kind}/source").get("path") == target.console_log  # type: ignore[union-attr]
+    meta = domain_xml.parse_metadata(ET.tostring(xml, encoding="unicode"))
+    assert meta == domain_xml.VMMetadata(vm_id, name, 3, "tiny", {"app": name})
+
+    stats = b.driver.migration_stats(vm_id)
+    assert stats is not None, "no completed migration job on the destination"
+    print(
+        f"\nA -> B: job {stats.elapsed_ms:.0f} ms, downtime {stats.downtime_ms:.0f} ms, "
+        f"memory {stats.memory_bytes / 2**20:.1f} MiB, API call {wall:.2f} s"
+    )
+    raw = b.completed_job(vm_id)
+    print(f"completed job on B, as libvirt reports it: {raw}")
+    assert (raw["time_elapsed"], raw["downtime"], raw["memory_processed"]) == (
+        stats.elapsed_ms,
+        stats.downtime_ms,
+        stats.memory_bytes,
+    )
+    assert 0 < stats.elapsed_ms < wall * 1000 + 1
+    assert 0 <= stats.downtime_ms <= stats.elapsed_ms
+    assert stats.memory_bytes > 0
+    assert b.driver.migration_stats(vm_id) == stats  # reading does not consume them
+    assert a.driver.migration_stats(vm_id) is None  # unknown there now
+
+    # the source saw it leave (libvirt sends no "undefined" after UNDEFINE_SOURCE: this is
+    # its last event there, and the driver forgets the VM with it), the destination saw it
+    # arrive, paused while its memory came in, and run
+    a.events.wait(vm_id, "stopped", VMState.STOPPED, reason="migrated")
+    assert vm_id not in a.driver._known
+    b.events.wait(vm_id, "started", VMState.PAUSED, reason="incoming migration")
+    b.events.wait(vm_id, "resumed", VMState.RUNNING)
+    assert b.driver._known[vm_id].generation == 3
+    print(f"events on A: {a.events.of(vm_id)}\nevents on B: {b.events.of(vm_id)}")
+
+    # the guest keeps running, on B, writing to B's console log
+    log = Path(target.console_log)
+    heartbeat = f"NovaCron guest {name} heartbeat"
+    wait_for(
+        lambda: log.exists() and heartbeat in log.read_text(errors="replace"),
+        HEARTBEAT_TIMEOUT_S,
+        f"{heartbeat!r} in {log}",
+        interval_s=0.2,
+    )
+
+    # paused, capped and with a downtime limit, back to A: it arrives paused
+    assert b.driver.suspend(vm_id).state == VMState.PAUSED
+    back = a.target(vm_id)
+    b.driver.migrate(vm_id, back, bandwidth_mbit=400, max_downtime_ms=50)
+    on_a = a.driver.get_vm(vm_id)
+    assert on_a is not None
+    assert (on_a.vm_id, on_a.name, on_a.generation, on_a.state) == (
+        vm_id,
+        name,
+        3,
+        VMState.PAUSED,
+    )
+    assert b.driver.get_vm(vm_id) is None
+    assert vm_id not in {s.vm_id for s in b.driver.list_vms()}
+    back_stats = a.driver.migration_stats(vm_id)
+    assert back_stats is not None and back_stats.memory_bytes > 0
+    print(
+        f"B -> A (paused, 400 Mbit/s cap): job {back_stats.elapsed_ms:.0f} ms, "
+        f"downtime {back_stats.downtime_ms:.0f} ms, "
+        f"memory {back_stats.memory_bytes / 2**20:.1f} MiB"
+    )
+    assert a.driver.resume(vm_id).state == VMState.RUNNING
+    b.events.wait(vm_id, "stopped", VMState.STOPPED, reason="migrated")
+    assert vm_id not in b.driver._known
+
+
+@pytest.mark.parametrize("failure", ["unreachable", "bad-destination-path"])
+def test_failed_migration_leaves_the_guest_running_on_the_source(pair: Pair, failure: str) -> None:
+    a, b = pair.a, pair.b
+    name = _unique("stay")
+    vm_id, _ = pair.create(a, name)
+    _booted(a, vm_id, name)
+    target = b.target(vm_id)
+    if failure == "unreachable":
+        nobody = str(pair.subnet.network_address + 99)  # on the link, but no node has it
+        target = dataclasses.replace(
+            target, libvirt_uri=f"qemu+tcp://{nobody}/system", data_uri=f"tcp://{nobody}"
+        )
+        expected = nobody
+    else:  # B's libvirtd answers, but B cannot start the guest
+        target = dataclasses.replace(target, kernel=str(b.vm_dir(vm_id) / "no-such-vmlinuz"))
+        expected = "no-such-vmlinuz"
+
+    t0 = time.monotonic()
+    with pytest.raises(NovaCronError) as err:
+        a.driver.migrate(vm_id, target)
+    print(
+        f"\n{failure}: {type(err.value).__name__} after {time.monotonic() - t0:.2f}s: {err.value}"
+        f"\nevents on A: {a.events.of(vm_id)}\nevents on B: {b.events.of(vm_id)}"
+    )
+    message = str(err.value)
+    assert message.startswith(f"migrate {vm_id} to {target.libvirt_uri}: ")
+    assert expected in message
+
+    status = a.driver.get_vm(vm_id)
+    assert status is not None and status.state == VMState.RUNNING
+    assert _qemu_alive(a, name)
+    assert b.driver.get_vm(vm_id) is None
+    assert vm_id not in {s.vm_id for s in b.driver.list_vms()}
+    assert not any(e in ("stopped", "undefined") for e, _, _ in a.events.of(vm_id))
+    # and it still runs a guest: the next heartbeat comes on A's console
+    log = a.console(vm_id)
+    beats = log.read_text(errors="replace").count("heartbeat")
+    wait_for(
+        lambda: log.read_text(errors="replace").count("heartbeat") > beats,
+        HEARTBEAT_TIMEOUT_S,
+        f"a new heartbeat in {log}",
+        interval_s=0.2,
+    )
+
+
+def test_refusals(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    unknown = str(uuid.uuid4())
+    with pytest.raises(NotFound, match=unknown):
+        a.driver.migrate(unknown, b.target(unknown))
+    assert a.driver.migration_stats(unknown) is None
+
+    with pytest.raises(InvalidArgument):
+        a.driver.migrate(unknown, b.target(unknown), bandwidth_mbit=-1)
+
+    name = _unique("off")
+    vm_id, _ = pair.create(a, name)
+    assert a.driver.stop(vm_id).state == VMState.STOPPED
+    with pytest.raises(FailedPrecondition, match="stopped"):
+        a.driver.migrate(vm_id, b.target(vm_id))
+    assert a.driver.get_vm(vm_id) is not None  # untouched: still defined here
+
+
+# -- pure helpers ----------------------------------------------------------------------------
+
+
+def _sample_xml(console: str = "/var/lib/novacron/vms/x/console.log") -> str:
+    vm_id = "6f1c7d5e-3f7b-4a4e-9a51-0d2b1d7a9c01"
+    spec = VMSpec(name="web-1", image="tiny", vcpus=1, memory_mib=128, labels={"app": "web"})
+    media = BootMedia(kernel="/src/images/tiny/vmlinuz", initrd="/src/images/tiny/initrd.img")
+    return domain_xml.build_domain_xml(vm_id, spec, 7, media, console)
+
+
+def test_retarget_xml_replaces_the_paths_and_keeps_the_rest() -> None:
+    xml = _sample_xml("/src/vms/x/console.log")
+    target = MigrationTarget(
+        libvirt_uri="qemu+tcp://10.78.0.2/system",
+        data_uri="tcp://10.78.0.2",
+        kernel="/dst/images/tiny/vmlinuz",
+        initrd="/dst/images/tiny/initrd.img",
+        console_log="/dst/vms/x/console.log",
+    )
+    out = _retarget_xml(xml, target)
+    root = ET.fromstring(out)
+    assert root.findtext("os/kernel") == target.kernel
+    assert root.findtext("os/initrd") == target.initrd
+    for kind in ("serial", "console"):
+        source = root.find(f"devices/{kind}/source")
+        assert source is not None
+        assert source.attrib == {"path": target.console_log, "append": "on"}
+    assert domain_xml.parse_metadata(out) == domain_xml.parse_metadata(xml)
+    assert f'xmlns:nc="{domain_xml.NAMESPACE}"' in out  # our prefix, not ns0
+    assert "/src/" not in out
+    expected = xml.replace("/src/images/", "/dst/images/").replace(
+        "/src/vms/", "/dst/vms/"
+    )  # nothing but the paths changed
+    assert ET.canonicalize(out) == ET.canonicalize(expected)
+
+
+def test_retarget_xml_needs_every_path_the_domain_uses() -> None:
+    xml = _sample_xml()
+    full = MigrationTarget("qemu+tcp://h/system", "tcp://h", "/k", "/i", console_log="/c")
+    for missing in ("kernel", "initrd", "console_log"):
+        with pytest.raises(InvalidArgument, match=missing.split("_")[0]):
+            _retarget_xml(xml, dataclasses.replace(full, **{missing: ""}))
+    with pytest.raises(InvalidArgument, match="parsed"):
+        _retarget_xml("<domain>", full)
+    # a pty console has no file to move: left alone
+    pty = (
+        "<domain><devices><serial type='pty'><source path='/dev/pts/3'/></serial></devices>"
+        "</domain>"
+    )
+    assert "/dev/pts/3" in _retarget_xml(pty, full)
+
+
+def test_one_file_disk_migrates_two_disks_do_not() -> None:
+    assert _migration_problem(_sample_xml()) == ""
+    spec = VMSpec(name="db", image="tiny", vcpus=1, memory_mib=128)
+    media = BootMedia(kernel="/k", disk="/vms/db/disk.qcow2")
+    with_disk = domain_xml.build_domain_xml(str(uuid.uuid4()), spec, 1, media, "/vms/db/c.log")
+    assert _migration_problem(with_disk) == ""
+    assert _migrated_disks(with_disk) == ["vda"]
+    root = ET.fromstring(with_disk)
+    devices = root.find("devices")
+    assert devices is not None
+    second = ET.SubElement(devices, "disk", type="file", device="disk")
+    ET.SubElement(second, "source", file="/vms/db/extra.qcow2")
+    ET.SubElement(second, "target", dev="vdb")
+    assert "2 disks" in _migration_problem(ET.tostring(root, encoding="unicode"))
+
+
+def test_bandwidth_and_stats_conversions() -> None:
+    assert [_mib_per_s(m) for m in (1, 8, 9, 100, 1000)] == [1, 1, 2, 12, 120]
+    completed = {
+        "type": libvirt.VIR_DOMAIN_JOB_COMPLETED,
+        "operation": libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN,
+        "time_elapsed": 612,
+        "downtime": 104,
+        "memory_processed": 9_437_184,
+    }
+    stats = _migration_stats(completed)
+    assert stats is not None
+    assert (stats.elapsed_ms, stats.downtime_ms, stats.memory_bytes) == (612.0, 104.0, 9_437_184)
+    assert _migration_stats({"type": libvirt.VIR_DOMAIN_JOB_NONE}) is None
+    save = completed | {"operation": libvirt.VIR_DOMAIN_JOB_OPERATION_SAVE}
+    assert _migration_stats(save) is None
+
+
+def test_migration_stats_on_the_test_driver_is_none(tmp_path: Path) -> None:
+    """libvirt's test driver has no job stats: None, not an error."""
+    hv = LibvirtHypervisor("test:///default")
+    vm_id = str(uuid.uuid4())
+    try:
+        for f in ("vmlinuz", "initrd.img"):
+            (tmp_path / f).write_bytes(b"not booted by the test driver")
+        media = BootMedia(kernel=str(tmp_path / "vmlinuz"), initrd=str(tmp_path / "initrd.img"))
+        spec = VMSpec(name=_unique("stats"), image="tiny", vcpus=1, memory_mib=128)
+        hv.create(vm_id, spec, 1, media, str(tmp_path / "console.log"))
+        assert hv.migration_stats(vm_id) is None
+    finally:
+        hv.delete(vm_id)
+        hv.close()

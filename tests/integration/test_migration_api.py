@@ -1,0 +1,158 @@
+"""MigrateVM on the control path (libvirt's test driver cannot migrate, so every attempt here
+fails at some stage): refusals are clear and a failed migration leaves the VM running where it
+was, its capacity booked once, nothing staged on the target. The real move is in
+tests/system/test_mesh.py (QEMU guests on the lab) and tests/contract/test_migration.py."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+
+from agent.config import LocationConfig
+from agent.images.catalog import ImageCatalog
+from shared.domain import VMSpec
+from shared.pb.v1 import edge_api_pb2 as epb
+from shared.pb.v1 import types_pb2 as pb
+from tests.integration.harness import Cluster, eventually, make_fake_kernel_images
+from tests.integration.test_deploy_flow import expect_error
+
+BERLIN = LocationConfig(latitude=52.52, longitude=13.40, country="DE")
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    return make_fake_kernel_images(tmp_path / "images")
+
+
+async def _deploy(
+    cluster: Cluster, name: str, countries: tuple[str, ...] = (), pin: bool = False
+) -> pb.VM:
+    """Placed on edge-a: pinned, or equal to edge-b in every score it wins the tie by id (a
+    user location makes latency a distance estimate, equal for both, not their measured RTT
+    to the controller, which differs by noise)."""
+    spec = pb.VMSpec(name=name, image="tiny", vcpus=1, memory_mib=128)
+    spec.placement.near.CopyFrom(pb.Location(latitude=52.52, longitude=13.40))
+    spec.placement.countries.extend(countries)
+    if pin:
+        spec.placement.required_labels["site"] = "edge-a"
+    vm = await cluster.api.DeployVM(epb.DeployVMRequest(spec=spec))
+    assert vm.node_id == "edge-a"
+    return vm
+
+
+async def test_refusals_name_the_reason_and_change_nothing(cluster: Cluster, images: Path) -> None:
+    berlin = BERLIN
+    await cluster.start_agent("edge-a", cluster.test_uri("edge-a"), images, location=berlin)
+    await cluster.start_agent("edge-b", cluster.test_uri("edge-b"), images, location=berlin)
+    await cluster.start_agent(
+        "edge-us",
+        cluster.test_uri("edge-us"),
+        images,
+        location=LocationConfig(latitude=40.71, longitude=-74.0, country="US"),
+        migration_host="127.0.0.1",
+    )
+    await _deploy(cluster, "web-1", countries=("DE",))
+    pinned = pb.VMSpec(name="pinned", image="tiny", vcpus=1, memory_mib=128)
+    pinned.placement.required_labels["site"] = "edge-a"
+    await cluster.api.DeployVM(epb.DeployVMRequest(spec=pinned))
+
+    def migrate(vm: str, to: str = "") -> object:
+        return cluster.api.MigrateVM(epb.MigrateVMRequest(name_or_id=vm, target_node_id=to))
+
+    assert await expect_error(migrate("nope"), grpc.StatusCode.NOT_FOUND) == "VM 'nope' not found"
+    msg = await expect_error(migrate("pinned"), grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert msg == (
+        "no other node can take VM 'pinned' (it runs on 'edge-a'): 1/3 nodes fit; "
+        "rejected: 2 without labels [site=edge-a]"
+    )
+    msg = await expect_error(migrate("web-1", "edge-a"), grpc.StatusCode.INVALID_ARGUMENT)
+    assert msg == "VM 'web-1' already runs on 'edge-a'"
+    msg = await expect_error(migrate("web-1", "edge-zz"), grpc.StatusCode.NOT_FOUND)
+    assert msg == "node 'edge-zz' not found"
+    msg = await expect_error(migrate("web-1", "edge-us"), grpc.StatusCode.FAILED_PRECONDITION)
+    assert msg == "node 'edge-us' cannot take VM 'web-1': country: country US not in [DE]"
+    # edge-b passes every filter but its agent accepts no migrations (no migration_host)
+    msg = await expect_error(migrate("web-1"), grpc.StatusCode.FAILED_PRECONDITION)
+    assert msg.startswith("preparing node 'edge-b' for VM 'web-1': this node accepts no live")
+    assert msg.endswith("; VM 'web-1' keeps running on 'edge-a'")
+
+    vm = await cluster.api.GetVM(epb.GetVMRequest(name_or_id="web-1"))
+    assert (vm.node_id, vm.state) == ("edge-a", pb.VM_STATE_RUNNING)
+    assert vm.state_reason == "migration to edge-b failed"
+    for node_id, held in (("edge-a", 256), ("edge-b", 0)):
+        node = await cluster.api.GetNode(epb.GetNodeRequest(node_id=node_id))
+        assert node.allocated.memory_mib == held, node_id
+
+
+async def test_a_migration_that_fails_midway_leaves_the_vm_where_it_was(
+    cluster: Cluster, images: Path
+) -> None:
+    """The target prepares (it has a migration_host); libvirt's test driver then refuses to
+    migrate. The VM keeps running on its source and the target's staging is removed."""
+    a = await cluster.start_agent("edge-a", cluster.test_uri("edge-a"), images, location=BERLIN)
+    b = await cluster.start_agent(
+        "edge-b", cluster.test_uri("edge-b"), images, location=BERLIN, migration_host="127.0.0.1"
+    )
+    vm = await _deploy(cluster, "web-1")
+    msg = await expect_error(
+        cluster.api.MigrateVM(epb.MigrateVMRequest(name_or_id="web-1", target_node_id="edge-b")),
+        grpc.StatusCode.FAILED_PRECONDITION,  # the test driver cannot migrate
+    )
+    assert msg.startswith("migrating VM 'web-1' from 'edge-a' to 'edge-b': ")
+    assert "p2p migration is not supported by the source host" in msg
+    assert msg.endswith("; VM 'web-1' keeps running on 'edge-a'")
+    assert a.hypervisor.get_vm(vm.id) is not None
+    assert b.hypervisor.get_vm(vm.id) is None
+    assert not (b.session.executor.vm_dir(vm.id)).exists()
+    again = await cluster.api.GetVM(epb.GetVMRequest(name_or_id="web-1"))
+    assert (again.node_id, again.state) == ("edge-a", pb.VM_STATE_RUNNING)
+
+
+async def test_a_controller_restarted_during_migrations_settles_them_where_the_vms_are(
+    cluster: Cluster, images: Path, tmp_path: Path
+) -> None:
+    """The controller died while two VMs were marked "migrating to edge-b": one had landed
+    there, the other never left edge-a. After the restart each record follows its VM; nothing
+    is re-created at a source or deleted at a target as stale."""
+    a = await cluster.start_agent("edge-a", cluster.test_uri("edge-a"), images, location=BERLIN)
+    b = await cluster.start_agent("edge-b", cluster.test_uri("edge-b"), images, location=BERLIN)
+    stayed = await _deploy(cluster, "stayed", pin=True)
+    landed = await _deploy(cluster, "landed", pin=True)
+    controller = cluster.server.controller if cluster.server else None
+    assert controller is not None
+    for vm in (stayed, landed):
+        record = controller.vms[vm.id]
+        record.migrating_to = "edge-b"
+        await controller.store.put_vm(record)
+    # "landed" moved: defined and running on edge-b, gone from edge-a
+    vm_dir = tmp_path / "landed"
+    media = ImageCatalog(images).prepare("tiny", vm_dir)
+    spec = VMSpec("landed", "tiny", 1, 128)
+    await asyncio.to_thread(
+        b.hypervisor.create, landed.id, spec, landed.generation, media, str(vm_dir / "c.log")
+    )
+    await asyncio.to_thread(a.hypervisor.delete, landed.id)
+
+    await cluster.stop_controller()
+    await cluster.start_controller()
+
+    async def settled() -> bool:
+        got = {vm.spec.name: vm for vm in (await cluster.api.ListVMs(epb.ListVMsRequest())).vms}
+        b_node = await cluster.api.GetNode(epb.GetNodeRequest(node_id="edge-b"))
+        return (
+            got["landed"].node_id == "edge-b"
+            and got["landed"].state == pb.VM_STATE_RUNNING
+            and got["stayed"].node_id == "edge-a"
+            and got["stayed"].state == pb.VM_STATE_RUNNING
+            and b_node.allocated.memory_mib == 128  # "stayed" no longer holds room there
+        )
+
+    await eventually(settled, 20, "both migrations to be settled")
+    assert a.hypervisor.get_vm(landed.id) is None and b.hypervisor.get_vm(landed.id) is not None
+    assert a.hypervisor.get_vm(stayed.id) is not None and b.hypervisor.get_vm(stayed.id) is None
+    for node_id in ("edge-a", "edge-b"):
+        node = await cluster.api.GetNode(epb.GetNodeRequest(node_id=node_id))
+        assert node.allocated.memory_mib == 128, node_id
