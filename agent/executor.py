@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -19,7 +20,7 @@ from agent.hypervisor.base import Hypervisor, MigrationTarget, NetworkAttachment
 from agent.images.catalog import ImageCatalog
 from agent.vmnet import VMNetwork
 from shared import convert
-from shared.domain import VMStatus
+from shared.domain import VMState, VMStatus
 from shared.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -49,6 +50,10 @@ class CommandExecutor:
         self.hypervisor = hypervisor
         self.vmnet = vmnet
         self.migration_host = migration_host
+        # live migrations under way: VM id -> its VM-network address, to route on arrival
+        # (destination) or to withdraw on departure (source)
+        self._incoming: dict[str, str] = {}
+        self._outgoing: dict[str, str] = {}
         self.catalog = catalog
         self.vms_dir = state_dir / "vms"
         self.clock = clock
@@ -119,6 +124,7 @@ class CommandExecutor:
         if action == "create":
             status = await self._create(command.create)
         elif action == "delete":
+            self._incoming.pop(command.delete.vm_id, None)  # e.g. an abandoned migration
             await asyncio.to_thread(hv.delete, command.delete.vm_id)
             await asyncio.to_thread(self.catalog.release, self.vm_dir(command.delete.vm_id))
             if self.vmnet is not None:
@@ -195,6 +201,8 @@ class CommandExecutor:
             )
         vm_dir = self.vm_dir(prepare.vm_id)
         media = await asyncio.to_thread(self.catalog.prepare, spec.image, vm_dir)
+        if prepare.address:
+            self._incoming[prepare.vm_id] = prepare.address
         host = self.migration_host
         return apb.MigrationTarget(
             libvirt_uri=f"qemu+tcp://{host}/system",
@@ -216,21 +224,42 @@ class CommandExecutor:
             disk=t.disk,
             console_log=t.console_log,
         )
-        await asyncio.to_thread(
-            self.hypervisor.migrate,
-            migrate.vm_id,
-            target,
-            migrate.bandwidth_mbit,
-            migrate.max_downtime_ms,
-        )
+        if migrate.address:
+            self._outgoing[migrate.vm_id] = migrate.address
+        try:
+            await asyncio.to_thread(
+                self.hypervisor.migrate,
+                migrate.vm_id,
+                target,
+                migrate.bandwidth_mbit,
+                migrate.max_downtime_ms,
+            )
+        finally:
+            self._outgoing.pop(migrate.vm_id, None)
         await asyncio.to_thread(self.catalog.release, self.vm_dir(migrate.vm_id))
         if self.vmnet is not None:
             await asyncio.to_thread(self.vmnet.unshape, migrate.vm_id)
             if migrate.address:  # this node's traffic to the VM now goes into the mesh
                 await asyncio.to_thread(self.vmnet.detach, migrate.address)
 
+    def route_switch(self, status: VMStatus) -> Coroutine[Any, Any, None] | None:
+        """On a lifecycle event: the route change a live migration needs now, if any. The
+        destination routes the VM's address to its bridge as soon as the guest resumes there;
+        the source withdraws its route as soon as the guest has left."""
+        if self.vmnet is None:
+            return None
+        vmnet = self.vmnet
+        if status.vm_id in self._incoming and status.state is VMState.RUNNING:
+            address = self._incoming.pop(status.vm_id)
+            return asyncio.to_thread(vmnet.attach, address)
+        if status.vm_id in self._outgoing and status.state is VMState.STOPPED:
+            address = self._outgoing.pop(status.vm_id)
+            return asyncio.to_thread(vmnet.detach, address)
+        return None
+
     async def _finish_migration(self, finish: apb.CreateVM, result: apb.CommandResult) -> VMStatus:
         """The VM runs here now: route its address to the bridge, cap it, report figures."""
+        self._incoming.pop(finish.vm_id, None)
         status = await asyncio.to_thread(self.hypervisor.get_vm, finish.vm_id)
         if status is None:
             raise NotFound(f"VM {finish.spec.name!r} has not arrived on this node")

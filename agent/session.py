@@ -313,6 +313,14 @@ class AgentSession:
             )
         )
         loop.call_soon_threadsafe(self._send_event, message)
+        loop.call_soon_threadsafe(self._switch_route, status)
+
+    def _switch_route(self, status: VMStatus) -> None:
+        """A VM that arrives or leaves by live migration moves its local route right away,
+        not when the migration call returns (seconds later: the source QEMU exits slowly)."""
+        switch = self.executor.route_switch(status)
+        if switch is not None:
+            self._spawn(switch)
 
     def _send_event(self, message: apb.AgentMessage) -> None:
         if self._outbox is not None:

@@ -44,6 +44,9 @@ class VMNetwork:
                 raise InvalidArgument(f"VM network: {exc}") from None
             if not _exists(self.bridge):
                 _ip("link", "add", self.bridge, "type", "bridge")
+            # The same gateway MAC on every site: a live-migrated guest's ARP entry for its
+            # gateway stays right, so its traffic flows the moment it resumes elsewhere.
+            _ip("link", "set", self.bridge, "address", gateway_mac(gateway))
             _ip("addr", "replace", f"{gateway}/32", "dev", self.bridge)
             _ip("link", "set", self.bridge, "up")
             Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
@@ -86,6 +89,12 @@ class VMNetwork:
             ["ip", "route", "del", _host(address), "dev", self.bridge],
             capture_output=True,
         )
+
+
+def gateway_mac(gateway: str) -> str:
+    """The anycast gateway's MAC: locally administered unicast (02:...), from its address."""
+    packed = ipaddress.ip_address(gateway).packed[-4:]
+    return "02:4e:" + ":".join(f"{b:02x}" for b in packed)
 
 
 def ifb_name(vm_id: str) -> str:

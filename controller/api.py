@@ -151,9 +151,7 @@ class EdgeAPIServicer(edge_api_pb2_grpc.EdgeAPIServicer):
         return epb.DeployVMsResponse(vms=[vm_to_pb(vm) for vm in vms], plan=plan)
 
     @rpc
-    async def MigrateVM(
-        self, request: epb.MigrateVMRequest, context: Ctx
-    ) -> epb.MigrateVMResponse:
+    async def MigrateVM(self, request: epb.MigrateVMRequest, context: Ctx) -> epb.MigrateVMResponse:
         report = await self.c.migrate(
             request.name_or_id,
             request.target_node_id,

@@ -471,15 +471,17 @@ class Controller:
                     f"migrating VM {name!r} from {source!r} to {target!r}",
                 )
             except NovaCronError as exc:
-                await self._abandon_migration(vm, target_conn, target)
-                raise type(exc)(f"{exc}; VM {name!r} keeps running on {source!r}") from exc
-            # It runs on the target now: the record and the route follow it.
-            vm.node_id, vm.migrating_to = target, ""
-            await self._set_state(vm, vm.state, f"migrated from {source}")
+                if vm.node_id == target:  # it resumed there (its event switched it): landed
+                    log.warning("migration call failed after arrival", vm_id=vm.id, error=str(exc))
+                else:
+                    await self._abandon_migration(vm, target_conn, target)
+                    raise type(exc)(f"{exc}; VM {name!r} keeps running on {source!r}") from exc
+            # It runs on the target now (if its arrival event has not switched it already,
+            # switch now): the record and the route follow it.
+            if vm.node_id != target:
+                await self._switch_to(vm, target)
+            vm.migrating_to = ""
             await self.store.put_vm(vm)
-            if vm.address:
-                self.mesh_version += 1
-                await self.push_mesh()
             finished = await self._finish_migration(vm, target_conn)
         finally:
             self._migrating.discard(vm.id)
@@ -494,6 +496,17 @@ class Controller:
             memory_bytes=stats.memory_bytes,
             total_ms=(time.monotonic() - started) * 1000,
         )
+
+    async def _switch_to(self, vm: VMRecord, target: str) -> None:
+        """The VM runs on `target`: its record, and every site's route to it, say so."""
+        source, vm.node_id = vm.node_id, target  # before any await: no second switch
+        await self._announce_switch(vm, source)
+
+    async def _announce_switch(self, vm: VMRecord, source: str) -> None:
+        await self._set_state(vm, VMState.RUNNING, f"migrated from {source}")
+        if vm.address:
+            self.mesh_version += 1
+            await self.push_mesh()
 
     async def _finish_migration(self, vm: VMRecord, conn: AgentConnection) -> apb.CommandResult:
         """On the node the VM arrived on: route its address to the bridge, cap it, report."""
@@ -842,6 +855,15 @@ class Controller:
 
     async def _observe_reported(self, node_id: str, status: VMStatus) -> None:
         vm = self.vms.get(status.vm_id)
+        if (
+            vm is not None
+            and vm.id in self._migrating
+            and vm.migrating_to == node_id != vm.node_id
+            and status.state is VMState.RUNNING
+        ):  # it resumed on the target: switch the route now, not when the call returns
+            source, vm.node_id = vm.node_id, node_id
+            self._spawn(self._announce_switch(vm, source))  # never awaited here: the push
+            return  # waits for answers on the very stream this handler serves
         if vm is None or vm.node_id != node_id or status.generation < vm.generation:
             return
         if vm.desired is DesiredState.DELETED or vm.id in self._inflight:

@@ -40,8 +40,8 @@ BASE_DISK_MIB = 64
 FIRST_LINE = "NovaCron guest {name} booted: kernel {kernel}"  # what the guest prints first
 NET_LINE = "NovaCron guest {name} net eth0 {ip} via {gw}"  # printed once eth0 is configured
 HEARTBEAT_S = 10
-PING_ROUNDS = 60  # nc.ping=<ip>: the guest pings it every 2 s this many times
-BUILD_FORMAT = 3  # bump whenever the image's content changes, so that cached images get rebuilt
+PING_ROUNDS = 450  # nc.ping=<ip>: the guest pings it every 2 s this many times (15 min)
+BUILD_FORMAT = 4  # bump whenever the image's content changes, so that cached images get rebuilt
 BUILD_STAMP = "build.json"  # beside image.yaml (whose keys the catalog validates strictly)
 GUEST_MODULES = ("virtio_pci", "virtio_net")  # the NIC; dependencies come from modules.dep
 MODULES_DIR = Path("/lib/modules")
