@@ -3,11 +3,13 @@ placed near their users, driven through the `novacron` CLI as an operator would.
 
 Brings the lab up, shows the sites, deploys tiny QEMU guests near given user locations and
 prints where each landed and why, explains one decision in full, waits for every guest's first
-console line, shows the lab, deletes the VMs and tears everything down, even on failure.
+console line, pings a guest across the mesh, live-migrates it to the cloud while pinging it,
+shows the lab, deletes the VMs and tears everything down, even on failure.
 """
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -124,6 +126,21 @@ def run(lab: Lab) -> None:
     print(ping.stdout.strip().splitlines()[-1] if ping.stdout.strip() else ping.stderr.strip())
     if ping.returncode != 0:
         raise RuntimeError(f"no reply from {vm_ip} across the mesh:\n{ping.stdout}")
+
+    say("Live migration: the New York storefront moves to the cloud while Paris pings it")
+    pinger = subprocess.Popen(
+        lab.exec_argv("mec-paris", ["ping", "-n", "-i", "0.2", "-W", "1", vm_ip]),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        cli(address, "vm", "migrate", "shop-nyc", "--to", "cloud-fra")
+        time.sleep(1.0)  # a second of answers after the switch, for the ping summary
+    finally:
+        pinger.send_signal(signal.SIGINT)
+        pinged, _ = pinger.communicate(timeout=10)
+    summary = [line for line in pinged.splitlines() if "packets transmitted" in line]
+    print(f"paris -> {vm_ip} during the move: {summary[0] if summary else pinged[-200:]}")
 
     say("The lab as it stands")
     print(render_status(lab.status()), end="")
