@@ -455,6 +455,10 @@ class Controller:
                     self.command_timeout,
                     f"preparing node {target!r} for VM {name!r}",
                 )
+            except NovaCronError as exc:  # nothing has moved yet
+                await self._abandon_migration(vm, target_conn, target)
+                raise type(exc)(f"{exc}; VM {name!r} keeps running on {source!r}") from exc
+            try:
                 await self._call(
                     source_conn,
                     apb.Command(
@@ -470,12 +474,26 @@ class Controller:
                     timeout,
                     f"migrating VM {name!r} from {source!r} to {target!r}",
                 )
-            except NovaCronError as exc:
-                if vm.node_id == target:  # it resumed there (its event switched it): landed
-                    log.warning("migration call failed after arrival", vm_id=vm.id, error=str(exc))
-                else:
+            except (Unavailable, DeadlineExceeded) as exc:
+                if vm.node_id != target:
+                    # The source's libvirtd drives the migration, not its agent: it may still
+                    # land. Nothing is undone; the record settles where the VM is reported.
+                    await self._set_state(
+                        vm,
+                        VMState.UNKNOWN,
+                        f"migration to {target} outcome unknown ({exc}); "
+                        "settles when the nodes report",
+                    )
+                    raise type(exc)(
+                        f"{exc}; the migration of VM {name!r} may still complete: "
+                        f"`novacron vm show {name}` tells where it runs once the nodes report"
+                    ) from exc
+                log.warning("migration call failed after arrival", vm_id=vm.id, error=str(exc))
+            except NovaCronError as exc:  # the source agent says it failed: libvirt rolled back
+                if vm.node_id != target:
                     await self._abandon_migration(vm, target_conn, target)
                     raise type(exc)(f"{exc}; VM {name!r} keeps running on {source!r}") from exc
+                log.warning("migration call failed after arrival", vm_id=vm.id, error=str(exc))
             # It runs on the target now (if its arrival event has not switched it already,
             # switch now): the record and the route follow it.
             if vm.node_id != target:
@@ -857,12 +875,16 @@ class Controller:
         vm = self.vms.get(status.vm_id)
         if (
             vm is not None
-            and vm.id in self._migrating
             and vm.migrating_to == node_id != vm.node_id
             and status.state is VMState.RUNNING
         ):  # it resumed on the target: switch the route now, not when the call returns
             source, vm.node_id = vm.node_id, node_id
             self._spawn(self._announce_switch(vm, source))  # never awaited here: the push
+            if vm.id not in self._migrating:  # landed after its MigrateVM call gave up
+                vm.migrating_to = ""
+                conn = self._connections.get(node_id)
+                if conn is not None:
+                    self._spawn(self._settle_on(vm, conn))
             return  # waits for answers on the very stream this handler serves
         if vm is None or vm.node_id != node_id or status.generation < vm.generation:
             return

@@ -156,3 +156,33 @@ async def test_a_controller_restarted_during_migrations_settles_them_where_the_v
     for node_id in ("edge-a", "edge-b"):
         node = await cluster.api.GetNode(epb.GetNodeRequest(node_id=node_id))
         assert node.allocated.memory_mib == 128, node_id
+
+
+async def test_a_vm_landing_after_its_migrate_call_gave_up_is_followed(
+    cluster: Cluster, images: Path, tmp_path: Path
+) -> None:
+    """A MigrateVM call timed out (outcome unknown: the record keeps `migrating_to`), and the
+    guest then resumes on the target: its running event alone moves the record there."""
+    a = await cluster.start_agent("edge-a", cluster.test_uri("edge-a"), images, location=BERLIN)
+    b = await cluster.start_agent("edge-b", cluster.test_uri("edge-b"), images, location=BERLIN)
+    late = await _deploy(cluster, "late", pin=True)
+    controller = cluster.server.controller if cluster.server else None
+    assert controller is not None
+    record = controller.vms[late.id]
+    record.migrating_to = "edge-b"
+    await controller.store.put_vm(record)
+    vm_dir = tmp_path / "late"
+    media = ImageCatalog(images).prepare("tiny", vm_dir)
+    spec = VMSpec("late", "tiny", 1, 128)
+    await asyncio.to_thread(a.hypervisor.delete, late.id)
+    await asyncio.to_thread(
+        b.hypervisor.create, late.id, spec, late.generation, media, str(vm_dir / "c.log")
+    )
+
+    async def followed() -> bool:
+        vm = await cluster.api.GetVM(epb.GetVMRequest(name_or_id="late"))
+        return vm.node_id == "edge-b" and vm.state == pb.VM_STATE_RUNNING
+
+    await eventually(followed, 10, "the record to follow the VM to edge-b")
+    assert controller.vms[late.id].migrating_to == ""
+    assert (await controller.store.load_vms())[0].node_id == "edge-b"
