@@ -115,6 +115,7 @@ async def test_bad_requests_get_clear_statuses(cluster: Cluster, images: Path) -
     )
     assert "need 256 MiB, max free 128" in msg
     assert len((await cluster.api.ListVMs(epb.ListVMsRequest())).vms) == 1
+    assert_kept_table_matches_records(cluster)
 
 
 async def test_retry_with_same_request_id_creates_one_vm(cluster: Cluster, images: Path) -> None:
@@ -128,6 +129,19 @@ async def test_retry_with_same_request_id_creates_one_vm(cluster: Cluster, image
     assert len(agent.hypervisor.list_vms()) == 1
     other = epb.DeployVMRequest(spec=spec(memory_mib=256), request_id="req-42")
     await expect_error(cluster.api.DeployVM(other), grpc.StatusCode.ALREADY_EXISTS)
+
+
+def assert_kept_table_matches_records(cluster: Cluster) -> None:
+    """The controller's kept placement table books exactly what a table freshly built from
+    the records books (it is updated in place by deploys, rebuilt after anything else)."""
+    controller = cluster.server.controller if cluster.server else None
+    assert controller is not None
+    kept, fresh = controller.node_table(), controller.build_node_table()
+    for node_id in fresh.ids:
+        a, b = kept.index[node_id], fresh.index[node_id]
+        assert list(kept.alloc[a]) == list(fresh.alloc[b]), node_id
+        assert kept.vm_count[a] == fresh.vm_count[b], node_id
+        assert kept.ready[a] == fresh.ready[b], node_id
 
 
 async def test_concurrent_deploys_never_oversubscribe(cluster: Cluster, images: Path) -> None:
@@ -152,6 +166,12 @@ async def test_concurrent_deploys_never_oversubscribe(cluster: Cluster, images: 
     assert {r.code() for r in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
     node = await cluster.api.GetNode(epb.GetNodeRequest(node_id="edge-a"))
     assert node.allocated.memory_mib == 1024
+    assert_kept_table_matches_records(cluster)
+    await cluster.api.DeleteVM(epb.DeleteVMRequest(name_or_id=ok[0].spec.name))
+    assert_kept_table_matches_records(cluster)
+    again = await cluster.api.DeployVM(epb.DeployVMRequest(spec=spec(name="vm-9", memory_mib=256)))
+    assert again.state == pb.VM_STATE_RUNNING
+    assert_kept_table_matches_records(cluster)
 
 
 async def test_nodes_go_not_ready_and_vms_unknown_when_agent_dies(
@@ -220,6 +240,7 @@ async def test_deploy_vms_plans_a_batch_that_one_at_a_time_cannot_place(
     assert by_name["small-1"] == by_name["small-2"] != by_name["big-1"]
     assert response.plan == "3 VMs on 2 nodes; 1 placed by moving another"
     assert sum(len(a.hypervisor.list_vms()) for a in agents.values()) == 3
+    assert_kept_table_matches_records(cluster)
     assert response.vms[0].placement_reason.startswith("planned as a batch: 3 VMs on 2 nodes")
 
     # a retry with the same request_id returns the same VMs and creates nothing new
@@ -250,6 +271,7 @@ async def test_deploy_vms_is_all_or_nothing_and_refuses_bad_batches(
     assert not (await cluster.api.ListVMs(epb.ListVMsRequest())).vms
     node = await cluster.api.GetNode(epb.GetNodeRequest(node_id="edge-a"))
     assert node.allocated.memory_mib == 0  # the plan's bookings were never recorded
+    assert_kept_table_matches_records(cluster)
 
     msg = await expect_error(
         cluster.api.DeployVMs(epb.DeployVMsRequest(specs=[spec("w-1"), spec("w-1")])),

@@ -17,7 +17,7 @@ from shared.domain import VMSpec
 from shared.pb.v1 import edge_api_pb2 as epb
 from shared.pb.v1 import types_pb2 as pb
 from tests.integration.harness import Cluster, eventually, make_fake_kernel_images
-from tests.integration.test_deploy_flow import expect_error
+from tests.integration.test_deploy_flow import assert_kept_table_matches_records, expect_error
 
 BERLIN = LocationConfig(latitude=52.52, longitude=13.40, country="DE")
 
@@ -85,6 +85,7 @@ async def test_refusals_name_the_reason_and_change_nothing(cluster: Cluster, ima
     for node_id, held in (("edge-a", 256), ("edge-b", 0)):
         node = await cluster.api.GetNode(epb.GetNodeRequest(node_id=node_id))
         assert node.allocated.memory_mib == held, node_id
+    assert_kept_table_matches_records(cluster)
 
 
 async def test_a_migration_that_fails_midway_leaves_the_vm_where_it_was(
@@ -185,4 +186,5 @@ async def test_a_vm_landing_after_its_migrate_call_gave_up_is_followed(
 
     await eventually(followed, 10, "the record to follow the VM to edge-b")
     assert controller.vms[late.id].migrating_to == ""
+    assert_kept_table_matches_records(cluster)
     assert (await controller.store.load_vms())[0].node_id == "edge-b"
