@@ -395,12 +395,7 @@ class Controller:
     async def _create_on_node(self, vm: VMRecord, timeout: float) -> VMRecord:
         command = apb.Command(
             create=apb.CreateVM(
-                vm_id=vm.id,
-                spec=convert.spec_to_pb(vm.spec),
-                generation=vm.generation,
-                start_paused=vm.desired is DesiredState.PAUSED,
-                address=vm.address,
-                gateway=gateway_of(self.vm_pool) if vm.address else "",
+                **self._placed_vm(vm), start_paused=vm.desired is DesiredState.PAUSED
             )
         )
         result = await self._command_vm(vm, command, timeout, "creating")
@@ -472,15 +467,7 @@ class Controller:
             try:
                 prepared = await self._call(
                     target_conn,
-                    apb.Command(
-                        prepare_migration=apb.PrepareMigration(
-                            vm_id=vm.id,
-                            spec=convert.spec_to_pb(vm.spec),
-                            generation=vm.generation,
-                            address=vm.address,
-                            gateway=gateway_of(self.vm_pool) if vm.address else "",
-                        )
-                    ),
+                    apb.Command(prepare_migration=apb.PrepareMigration(**self._placed_vm(vm))),
                     self.command_timeout,
                     f"preparing node {target!r} for VM {name!r}",
                 )
@@ -557,19 +544,21 @@ class Controller:
             self.mesh_version += 1
             await self.push_mesh()
 
+    def _placed_vm(self, vm: VMRecord) -> dict[str, Any]:
+        """What a node needs to host `vm`: the fields CreateVM and PrepareMigration share."""
+        return {
+            "vm_id": vm.id,
+            "spec": convert.spec_to_pb(vm.spec),
+            "generation": vm.generation,
+            "address": vm.address,
+            "gateway": gateway_of(self.vm_pool) if vm.address else "",
+        }
+
     async def _finish_migration(self, vm: VMRecord, conn: AgentConnection) -> apb.CommandResult:
         """On the node the VM arrived on: route its address to the bridge, cap it, report."""
         finished = await self._call(
             conn,
-            apb.Command(
-                finish_migration=apb.CreateVM(
-                    vm_id=vm.id,
-                    spec=convert.spec_to_pb(vm.spec),
-                    generation=vm.generation,
-                    address=vm.address,
-                    gateway=gateway_of(self.vm_pool) if vm.address else "",
-                )
-            ),
+            apb.Command(finish_migration=apb.CreateVM(**self._placed_vm(vm))),
             self.command_timeout,
             f"finishing VM {vm.spec.name!r} on {conn.node_id!r}",
         )
