@@ -186,10 +186,8 @@ class ScoredEngine:
     def _result(self, group: _Group, key: Hashable, ctx: Context) -> tuple[ANY | None, ANY | None]:
         """The group's mask and weighted score over `ctx.rows`, from what earlier decisions
         kept where the group's plugins allow it. Shared arrays: callers copy to modify."""
-        if group.reads is Reads.FLEET or (
-            group.reads is Reads.SPATIAL and not isinstance(ctx.rows, slice)
-        ):
-            return group.compute(ctx)  # spatial results are kept per band only
+        if group.reads is Reads.FLEET:
+            return group.compute(ctx)
         if group.reads is Reads.SPATIAL:
             hit = self._spatial.get(key)
             if hit is None:
@@ -250,8 +248,7 @@ class ScoredEngine:
         node_id = evaluation.node_id
         if node_id is None:
             self._hot = None
-            full = self.evaluate(table, request)  # the summary names every node's reason
-            raise ResourceExhausted(self.explain(full, k=0, max_rejections=0).summary)
+            raise ResourceExhausted(self.explain(evaluation, k=0, max_rejections=0).summary)
         if reserve:
             table.reserve(table.index[node_id], request.need, request.constraints.spread_group)
             self._hot = _Hot(request, table, table.dynamic_version, evaluation)
