@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import platform
+import random
 import socket
 import time
 from collections.abc import AsyncIterator, Coroutine
@@ -20,7 +21,7 @@ from agent.config import AgentConfig
 from agent.executor import CommandExecutor
 from agent.hypervisor.base import Hypervisor
 from agent.images.catalog import ImageCatalog
-from agent.latency import LatencyWindow, Prober
+from agent.latency import LatencyWindow, Prober, probe_gap
 from agent.mesh import MeshManager
 from agent.peer_probe import PeerProber
 from agent.resources import ResourceSampler
@@ -257,12 +258,13 @@ class AgentSession:
     async def _probes(self, outbox: asyncio.Queue[apb.AgentMessage | None]) -> None:
         """RTT to the controller over the session itself, so it includes what the control
         path really costs (WAN, TLS, gRPC), not just ICMP; and to every mesh peer over the
-        tunnel."""
+        tunnel. Rounds are spaced randomly around the interval (`probe_gap`)."""
+        rng = random.Random()
         while True:
             seq = self.controller_probe.next_probe()
             outbox.put_nowait(apb.AgentMessage(ping=apb.Ping(seq=seq)))
             self.peer_prober.probe_all()
-            await asyncio.sleep(self.probe_interval)
+            await asyncio.sleep(probe_gap(self.probe_interval, rng))
 
     async def _run_mesh_command(
         self, command: apb.Command, outbox: asyncio.Queue[apb.AgentMessage | None]

@@ -5,6 +5,8 @@ reachability, measured latency against the WAN profile, key rotation, VM network
 from __future__ import annotations
 
 import json
+import re
+import statistics
 import subprocess
 import urllib.request
 
@@ -83,24 +85,57 @@ def test_the_mesh_converges_and_sites_reach_each_other_over_it(lab: Lab) -> None
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+PING_TIME = re.compile(r"time=([\d.]+) ms")
+
+
+def _start_ping(lab: Lab, site: str, address: str, count: int) -> subprocess.Popen[str]:
+    """`ping` five times a second, one line per reply."""
+    argv = ["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "3", address]
+    return subprocess.Popen(lab.exec_argv(site, argv), stdout=subprocess.PIPE, text=True)
+
+
+def _rtts(proc: subprocess.Popen[str], first: list[float]) -> list[float]:
+    out, _ = proc.communicate(timeout=120)
+    return first + [float(m.group(1)) for m in PING_TIME.finditer(out)]
+
+
+def _first_reply(proc: subprocess.Popen[str]) -> list[float]:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if m := PING_TIME.search(line):
+            return [float(m.group(1))]
+    pytest.fail(f"no ping reply: {proc.wait()}")
+
+
 def test_peer_latency_is_measured_over_the_tunnel_and_matches_the_wan(lab: Lab) -> None:
+    """Issue #5 item 4. The WAN router emulates the profile between the sites' addresses;
+    the agents probe each other through the WireGuard tunnel on top, which costs a real ~0.5 ms
+    per round trip here (wireguard-go, four crossings). So `ping`, over the same minute,
+    checks both halves: over the underlay the emulator matches the profile, and over the
+    tunnel the agent's p50 matches what ping sees. 300 pings each: Munich adds +-2 ms of
+    jitter per end and direction (RTT sd 1.6 ms), so a median of 300 is within +-0.12 ms
+    (1 sd) of the path's; the agent's window of 60 within +-0.26 ms."""
     wait_for(lambda: _mesh_converged(lab), 60, "the mesh")
     a, b = lab.topology.site("mec-berlin"), lab.topology.site("iot-munich")
     expected = probe.expected_rtt_ms(a, b)
-
-    def stats() -> pb.LatencyStats | None:
-        node = _node(lab, a.id)
-        return next((s for s in node.latencies if s.target == b.id), None)
-
-    # 30 probes: Munich's link has 2 ms of jitter per end, 10 would leave the median ±0.6 ms
-    wait_for(lambda: (s := stats()) is not None and s.samples >= 30, 60, "30 peer probes")
-    measured = stats()
-    assert measured is not None
+    overlay_address = _node(lab, b.id).mesh_address
+    underlay = _start_ping(lab, a.id, b.address, 300)
+    first = _first_reply(underlay)  # the overlay ping starts ~13 ms later: never in step
+    overlay = _start_ping(lab, a.id, overlay_address, 300)
+    underlay_rtts, overlay_rtts = _rtts(underlay, first), _rtts(overlay, [])
+    node = _node(lab, a.id)
+    measured = next((s for s in node.latencies if s.target == b.id), None)
+    assert measured is not None and measured.samples >= 55, measured
+    wan, tunnel = statistics.median(underlay_rtts), statistics.median(overlay_rtts)
     print(
-        f"\npeer RTT {a.id}->{b.id}: expected {expected:.2f} ms, p50 {measured.p50_ms:.2f}"
-        f" jitter {measured.jitter_ms:.2f} n {measured.samples}"
+        f"\nRTT {a.id}->{b.id}: profile {expected:.2f} ms, ping underlay {wan:.2f}"
+        f" (n {len(underlay_rtts)}), ping tunnel {tunnel:.2f} (n {len(overlay_rtts)}),"
+        f" agent p50 {measured.p50_ms:.2f} jitter {measured.jitter_ms:.2f} n {measured.samples}"
     )
-    assert measured.p50_ms == pytest.approx(expected, abs=max(1.0, 0.1 * expected)), measured
+    assert len(underlay_rtts) >= 250 and len(overlay_rtts) >= 250  # 2 % loss each end
+    assert wan == pytest.approx(expected, abs=max(1.0, 0.1 * expected))
+    assert measured.p50_ms == pytest.approx(tunnel, abs=max(1.0, 0.1 * tunnel)), measured
+    assert measured.p50_ms >= 0.95 * expected  # never below the physics of the path
 
 
 def test_key_rotation_keeps_the_mesh(lab: Lab) -> None:

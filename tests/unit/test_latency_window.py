@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import bisect
+import random
+
 import pytest
 
-from agent.latency import LatencyWindow, Prober, percentile
+from agent.latency import PROBE_SPREAD, LatencyWindow, Prober, percentile, probe_gap
 
 
 def test_percentiles_jitter_and_loss() -> None:
@@ -61,3 +64,32 @@ def test_reset_forgets_in_flight_without_counting_loss() -> None:
 
 def test_percentile_single() -> None:
     assert percentile([3.0], 99) == 3.0
+
+
+def test_probe_gaps_keep_the_mean_rate_and_stay_bounded() -> None:
+    rng = random.Random(7)
+    gaps = [probe_gap(2.0, rng) for _ in range(4000)]
+    assert min(gaps) >= 2.0 * (1 - PROBE_SPREAD) and max(gaps) <= 2.0 * (1 + PROBE_SPREAD)
+    assert sum(gaps) / len(gaps) == pytest.approx(2.0, rel=0.02)
+
+
+def _send_times(rng: random.Random, start: float, rounds: int) -> list[float]:
+    times, t = [], start
+    for _ in range(rounds):
+        times.append(t)
+        t += probe_gap(1.0, rng)
+    return times
+
+
+def test_two_nodes_started_together_do_not_probe_in_step() -> None:
+    """Started 2 ms apart (as a lab starts its agents), periodic probers would collide on the
+    path every round; randomised ones only as often as chance has it (a 5 ms window in 1 s)."""
+    a = _send_times(random.Random(1), 0.0, 600)
+    b = _send_times(random.Random(2), 0.002, 600)
+
+    def near(t: float) -> bool:
+        i = bisect.bisect_left(b, t - 0.005)
+        return i < len(b) and b[i] <= t + 0.005
+
+    close = sum(near(t) for t in a)
+    assert close / len(a) < 0.05
