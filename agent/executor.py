@@ -46,10 +46,12 @@ class CommandExecutor:
         clock: Callable[[], float] = time.time,
         vmnet: VMNetwork | None = None,
         migration_host: str = "",
+        postcopy_cap_mbit: int = 0,
     ) -> None:
         self.hypervisor = hypervisor
         self.vmnet = vmnet
         self.migration_host = migration_host
+        self.postcopy_cap_mbit = postcopy_cap_mbit  # agent.qos.postcopy_cap_mbit
         # live migrations under way: VM id -> its VM-network address, to route on arrival
         # (destination) or to withdraw on departure (source)
         self._incoming: dict[str, str] = {}
@@ -231,8 +233,9 @@ class CommandExecutor:
                 self.hypervisor.migrate,
                 migrate.vm_id,
                 target,
-                migrate.bandwidth_mbit,
+                migrate.bandwidth_mbit or (self.postcopy_cap_mbit if migrate.postcopy else 0),
                 migrate.max_downtime_ms,
+                postcopy=migrate.postcopy,
             )
         finally:
             self._outgoing.pop(migrate.vm_id, None)

@@ -77,6 +77,20 @@ class UplinkClasses:
         )
 
 
+POSTCOPY_SHARE = 0.8
+
+
+def postcopy_cap_mbit(migration_class_mbit: float) -> int:
+    """QEMU's own rate for a post-copy that names none: 80 % of the uplink's migration class
+    (0 = no class, no cap). Capped by QEMU, the background pages wait in QEMU's queue, and the
+    pages the running guest faults on are sent first; capped only by the class, they wait
+    behind a full qdisc and socket buffer. Measured on the lab's IoT link (10 Mbit/s class): a
+    pinged guest went unanswered for 31.8 s after the switch, and for 7.8 s at 8 Mbit/s."""
+    if migration_class_mbit <= 0:
+        return 0
+    return max(1, int(migration_class_mbit * POSTCOPY_SHARE))
+
+
 def route_device(destination: str) -> str:
     """The interface the kernel uses to reach `destination` (the uplink, by definition)."""
     done = subprocess.run(["ip", "-o", "route", "get", destination], capture_output=True, text=True)

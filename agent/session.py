@@ -24,6 +24,7 @@ from agent.images.catalog import ImageCatalog
 from agent.latency import LatencyWindow, Prober, probe_gap
 from agent.mesh import MeshManager
 from agent.peer_probe import PeerProber
+from agent.qos import postcopy_cap_mbit
 from agent.resources import ResourceSampler
 from shared import convert
 from shared.domain import Capacity, LatencyStats, NodeInfo, VMStatus
@@ -67,6 +68,9 @@ class AgentSession:
             config.state_dir,
             vmnet=mesh.vmnet if mesh else None,
             migration_host=config.migration_host,
+            postcopy_cap_mbit=postcopy_cap_mbit(
+                config.qos.migration_mbit if config.qos.enabled else 0.0
+            ),
         )
         self.peer_prober = PeerProber()
         self.heartbeat_interval: float = config.heartbeat_interval

@@ -139,6 +139,7 @@ def vm_migrate(ctx: Context, args: argparse.Namespace) -> int:
         bandwidth_mbit=args.bandwidth_mbit,
         max_downtime_ms=args.max_downtime_ms,
         timeout_seconds=args.wait_timeout,
+        postcopy=args.postcopy,
     )
     future, deadline = ctx.client.migrate_future(request)
     try:
@@ -153,11 +154,15 @@ def vm_migrate(ctx: Context, args: argparse.Namespace) -> int:
 
     def as_table() -> str:
         vm = report.vm
+        figures = (
+            f"guest paused {report.downtime_ms:.0f} ms, {report.memory_bytes / 2**20:.1f} MiB "
+            f"of memory sent in {report.elapsed_ms / 1000:.1f} s"
+            if report.elapsed_ms or not args.postcopy
+            else "post-copy: libvirt reports no pause or memory figures"
+        )
         lines = [
             f"{vm.spec.name} migrated {report.source_node_id} -> {vm.node_id} "
-            f"in {report.total_ms / 1000:.1f} s (guest paused {report.downtime_ms:.0f} ms, "
-            f"{report.memory_bytes / 2**20:.1f} MiB of memory sent in "
-            f"{report.elapsed_ms / 1000:.1f} s)",
+            f"in {report.total_ms / 1000:.1f} s ({figures})",
         ]
         if vm.address:
             lines.append(f"address {vm.address} now routed to {vm.node_id}")

@@ -315,6 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest pause allowed at the switch-over (0 = libvirt's default, 300 ms)",
     )
     migrate.add_argument(
+        "--postcopy",
+        action="store_true",
+        help="post-copy from the start: the guest runs on the target at once and pulls its "
+        "memory from the paused source; safe for a busy guest on a slow link (a long pre-copy "
+        "under TCG can corrupt it, see docs/migration.md), but the VM is lost if the link "
+        "fails mid-way. The bandwidth cap applies to both phases",
+    )
+    migrate.add_argument(
         "--wait-timeout",
         type=types.non_negative_u32,
         default=0,

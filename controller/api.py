@@ -158,6 +158,7 @@ class EdgeAPIServicer(edge_api_pb2_grpc.EdgeAPIServicer):
             bandwidth_mbit=request.bandwidth_mbit,
             max_downtime_ms=request.max_downtime_ms,
             timeout=request.timeout_seconds,
+            postcopy=request.postcopy,
         )
         return epb.MigrateVMResponse(
             vm=vm_to_pb(report.vm),

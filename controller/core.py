@@ -435,6 +435,7 @@ class Controller:
         bandwidth_mbit: int = 0,
         max_downtime_ms: int = 0,
         timeout: float = 0,
+        postcopy: bool = False,
     ) -> MigrationReport:
         """Move a running VM to `target` (or the best other node by placement) while it runs;
         its address follows it over the mesh. On failure it keeps running where it was."""
@@ -485,6 +486,7 @@ class Controller:
                             bandwidth_mbit=bandwidth_mbit,
                             max_downtime_ms=max_downtime_ms,
                             address=vm.address,
+                            postcopy=postcopy,
                         )
                     ),
                     timeout,

@@ -121,11 +121,15 @@ class Hypervisor(Protocol):
         target: MigrationTarget,
         bandwidth_mbit: int = 0,
         max_downtime_ms: int = 0,
+        *,
+        postcopy: bool = False,
     ) -> None:
         """Live-migrate a running (or paused) VM to `target` and return when it runs there:
         persistent on the destination, undefined here. On failure the VM keeps running here
-        and the error says why. A VM's one disk (its qcow2 overlay) is copied incrementally:
-        the target must hold an overlay on the same base image at `target.disk`."""
+        and the error says why (with `postcopy`, only if it failed before the switch to
+        post-copy; after it the VM is paused on both ends). A VM's one disk (its qcow2
+        overlay) is copied incrementally: the target must hold an overlay on the same base
+        image at `target.disk`."""
         ...
 
     def migration_stats(self, vm_id: str) -> MigrationStats | None:

@@ -87,6 +87,20 @@ _MIGRATION_EVENTS: dict[tuple[int, int], tuple[VMState | None, str]] = {
         VMState.PAUSED,
         "migrating",
     ),
+    # post-copy (`migrate(postcopy=True)`): the guest runs on the destination, which pulls its
+    # remaining memory from the paused source; if that fails, both ends stay paused
+    (libvirt.VIR_DOMAIN_EVENT_RESUMED, libvirt.VIR_DOMAIN_EVENT_RESUMED_POSTCOPY): (
+        VMState.RUNNING,
+        "post-copy: pulling memory",
+    ),
+    (libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY): (
+        VMState.PAUSED,
+        "post-copy: running on the destination",
+    ),
+    (libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY_FAILED): (
+        VMState.PAUSED,
+        "post-copy failed",
+    ),
     # source: the guest now runs on the destination. The last event of a VM that left: libvirt
     # sends no "undefined" after it, although UNDEFINE_SOURCE removed the definition
     (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_MIGRATED): (
@@ -378,6 +392,8 @@ class LibvirtHypervisor:
         target: MigrationTarget,
         bandwidth_mbit: int = 0,
         max_downtime_ms: int = 0,
+        *,
+        postcopy: bool = False,
     ) -> None:
         if bandwidth_mbit < 0 or max_downtime_ms < 0:
             raise InvalidArgument(
@@ -410,7 +426,9 @@ class LibvirtHypervisor:
             params[libvirt.VIR_MIGRATE_PARAM_URI] = target.data_uri
         if bandwidth_mbit > 0:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = _mib_per_s(bandwidth_mbit)
-        flags = MIGRATE_FLAGS
+            if postcopy:  # else post-copy pages go uncapped
+                params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY] = _mib_per_s(bandwidth_mbit)
+        flags = MIGRATE_FLAGS | (libvirt.VIR_MIGRATE_POSTCOPY if postcopy else 0)
         disks = _migrated_disks(live_xml)
         if disks:  # the destination agent pre-created the overlay on its own base image
             params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = disks  # type: ignore[assignment]
@@ -420,7 +438,8 @@ class LibvirtHypervisor:
             with _mapped("migrate", where):
                 if max_downtime_ms > 0:
                     dom.migrateSetMaxDowntime(max_downtime_ms, 0)
-                dom.migrateToURI3(target.libvirt_uri, params, flags)
+                with _switch_to_postcopy(dom, vm_id, enabled=postcopy):
+                    dom.migrateToURI3(target.libvirt_uri, params, flags)
         except NovaCronError as err:
             log.warning(
                 "vm_migration_failed", vm_id=vm_id, target=target.libvirt_uri, error=str(err)
@@ -433,6 +452,7 @@ class LibvirtHypervisor:
             target=target.libvirt_uri,
             bandwidth_mbit=bandwidth_mbit,
             max_downtime_ms=max_downtime_ms,
+            postcopy=postcopy,
         )
 
     def migration_stats(self, vm_id: str) -> MigrationStats | None:
@@ -734,6 +754,44 @@ def _retarget_xml(xml: str, target: MigrationTarget) -> str:
                 raise InvalidArgument(f"vm {vm} logs its console but the target gives no log path")
             source.set("path", target.console_log)
     return ET.tostring(root, encoding="unicode")
+
+
+POSTCOPY_POLL_S = 0.05
+
+
+@contextmanager
+def _switch_to_postcopy(dom: libvirt.virDomain, vm_id: str, *, enabled: bool) -> Iterator[None]:
+    """While the body runs the migration job: switch it to post-copy as soon as memory moves.
+
+    From the start, not after a pre-copy pass, so that every page is sent once from the paused
+    source and nothing relies on tracking pages dirtied meanwhile (a long pre-copy under TCG
+    corrupted busy guests, docs/migration.md). libvirt has no event for "memory started" (the
+    iteration event comes after the first pass), so the job is polled."""
+    if not enabled:
+        yield
+        return
+    done = threading.Event()
+
+    def switch() -> None:
+        while not done.wait(POSTCOPY_POLL_S):
+            try:
+                stats = dom.jobStats(0)
+                if int(stats.get("memory_total", 0)) <= 0:
+                    continue  # not started, or still mirroring the disk
+                dom.migrateStartPostCopy(0)
+            except libvirt.libvirtError as err:
+                log.debug("postcopy_not_yet", vm_id=vm_id, error=str(err))
+                continue
+            log.info("vm_migration_postcopy", vm_id=vm_id)
+            return
+
+    thread = threading.Thread(target=switch, name=f"postcopy-{vm_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def _mib_per_s(mbit: int) -> int:

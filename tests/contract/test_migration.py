@@ -391,6 +391,44 @@ def test_running_guest_moves_and_back_keeping_its_identity(pair: Pair) -> None:
     assert vm_id not in b.driver._known
 
 
+def test_postcopy_runs_the_guest_on_the_target_at_once(pair: Pair) -> None:
+    """`postcopy=True` switches to post-copy as soon as memory moves (docs/migration.md: the
+    cure for what a long pre-copy under TCG does to a busy guest): libvirt says so with its
+    post-copy events, and the guest, its disk and its identity arrive intact."""
+    a, b = pair.a, pair.b
+    name = _unique("post")
+    vm_id, _ = pair.create(a, name, generation=2)
+    _booted(a, vm_id, name)
+    target = b.target(vm_id)
+    a.driver.migrate(vm_id, target, bandwidth_mbit=200, postcopy=True)
+    print(f"\nevents on A: {a.events.of(vm_id)}\nevents on B: {b.events.of(vm_id)}")
+    a.events.wait(
+        vm_id, "suspended", VMState.PAUSED, reason="post-copy: running on the destination"
+    )
+    b.events.wait(vm_id, "resumed", VMState.RUNNING, reason="post-copy: pulling memory")
+    a.events.wait(vm_id, "stopped", VMState.STOPPED, reason="migrated")
+    on_b = b.driver.get_vm(vm_id)
+    assert on_b is not None and on_b.state == VMState.RUNNING
+    assert (on_b.vm_id, on_b.name, on_b.generation) == (vm_id, name, 2)
+    assert a.driver.get_vm(vm_id) is None and not _qemu_alive(a, name)
+    same = subprocess.run(
+        ["qemu-img", "compare", "-U", str(a.vm_dir(vm_id) / "disk.qcow2"), target.disk],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert same.returncode == 0, same.stdout + same.stderr
+    print(f"completed job on B: {b.completed_job(vm_id)}")
+    log = Path(target.console_log)  # and the guest goes on running, on B
+    heartbeat = f"NovaCron guest {name} heartbeat"
+    wait_for(
+        lambda: log.exists() and heartbeat in log.read_text(errors="replace"),
+        HEARTBEAT_TIMEOUT_S,
+        f"{heartbeat!r} in {log}",
+        interval_s=0.2,
+    )
+
+
 @pytest.mark.parametrize("failure", ["unreachable", "bad-destination-path"])
 def test_failed_migration_leaves_the_guest_running_on_the_source(pair: Pair, failure: str) -> None:
     a, b = pair.a, pair.b

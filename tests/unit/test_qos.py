@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.qos import UplinkClasses
+from agent.qos import UplinkClasses, postcopy_cap_mbit
 from shared.errors import InvalidArgument
 
 
@@ -20,3 +20,10 @@ def test_uplink_classes_put_control_first_and_cap_migration() -> None:
 def test_bad_rates_are_refused(link: float, bulk: float) -> None:
     with pytest.raises(InvalidArgument):
         UplinkClasses("eth0", link, bulk)
+
+
+def test_postcopy_rate_stays_below_the_migration_class() -> None:
+    assert postcopy_cap_mbit(10) == 8
+    assert postcopy_cap_mbit(300) == 240
+    assert postcopy_cap_mbit(1) == 1  # never 0, which would mean "uncapped"
+    assert postcopy_cap_mbit(0) == 0  # no class: nothing to stay below

@@ -392,6 +392,7 @@ class MigrateVM(_message.Message):
     BANDWIDTH_MBIT_FIELD_NUMBER: _builtins.int
     MAX_DOWNTIME_MS_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
+    POSTCOPY_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
     name: _builtins.str
     bandwidth_mbit: _builtins.int
@@ -400,6 +401,8 @@ class MigrateVM(_message.Message):
     """0 = libvirt's default"""
     address: _builtins.str
     """its VM-network address: the source withdraws its local route"""
+    postcopy: _builtins.bool
+    """switch to post-copy as soon as memory starts moving"""
     @_builtins.property
     def target(self) -> Global___MigrationTarget: ...
     def __init__(
@@ -411,10 +414,11 @@ class MigrateVM(_message.Message):
         bandwidth_mbit: _builtins.int = ...,
         max_downtime_ms: _builtins.int = ...,
         address: _builtins.str = ...,
+        postcopy: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "bandwidth_mbit", b"bandwidth_mbit", "max_downtime_ms", b"max_downtime_ms", "name", b"name", "target", b"target", "vm_id", b"vm_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "bandwidth_mbit", b"bandwidth_mbit", "max_downtime_ms", b"max_downtime_ms", "name", b"name", "postcopy", b"postcopy", "target", b"target", "vm_id", b"vm_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

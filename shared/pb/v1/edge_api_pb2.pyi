@@ -395,6 +395,7 @@ class MigrateVMRequest(_message.Message):
     BANDWIDTH_MBIT_FIELD_NUMBER: _builtins.int
     MAX_DOWNTIME_MS_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    POSTCOPY_FIELD_NUMBER: _builtins.int
     name_or_id: _builtins.str
     target_node_id: _builtins.str
     """"" = the best other node by placement"""
@@ -404,6 +405,11 @@ class MigrateVMRequest(_message.Message):
     """0 = libvirt's default (300 ms)"""
     timeout_seconds: _builtins.int
     """0 = controller default"""
+    postcopy: _builtins.bool
+    """Post-copy from the start: every page is sent once, from the paused source, and the guest
+    runs on the target at once, faulting pages in. Avoids what a long pre-copy under TCG does
+    to a busy guest (docs/migration.md); if the link fails mid-way the VM is lost.
+    """
     def __init__(
         self,
         *,
@@ -412,10 +418,11 @@ class MigrateVMRequest(_message.Message):
         bandwidth_mbit: _builtins.int = ...,
         max_downtime_ms: _builtins.int = ...,
         timeout_seconds: _builtins.int = ...,
+        postcopy: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth_mbit", b"bandwidth_mbit", "max_downtime_ms", b"max_downtime_ms", "name_or_id", b"name_or_id", "target_node_id", b"target_node_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth_mbit", b"bandwidth_mbit", "max_downtime_ms", b"max_downtime_ms", "name_or_id", b"name_or_id", "postcopy", b"postcopy", "target_node_id", b"target_node_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
