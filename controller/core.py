@@ -459,6 +459,7 @@ class Controller:
         if target_conn is None:
             raise Unavailable(f"node {target!r} is not connected")
         self._migrating.add(vm.id)
+        failed_after_arrival: NovaCronError | None = None
         try:
             vm.migrating_to = target  # the record now holds capacity on both nodes
             self.fleet_changed()
@@ -511,7 +512,10 @@ class Controller:
                 if vm.node_id != target:
                     await self._abandon_migration(vm, target_conn, target)
                     raise type(exc)(f"{exc}; VM {name!r} keeps running on {source!r}") from exc
+                # ...unless the guest had already run on the target (post-copy): it stays
+                # recorded there, where its running half is, and the caller hears the failure
                 log.warning("migration call failed after arrival", vm_id=vm.id, error=str(exc))
+                failed_after_arrival = exc
             # It runs on the target now (if its arrival event has not switched it already,
             # switch now): the record and the route follow it.
             if vm.node_id != target:
@@ -522,6 +526,11 @@ class Controller:
             finished = await self._finish_migration(vm, target_conn)
         finally:
             self._migrating.discard(vm.id)
+        if failed_after_arrival is not None:
+            raise type(failed_after_arrival)(
+                f"{failed_after_arrival}; VM {name!r} is recorded on {target!r}, where it ran "
+                f"last: `novacron vm show {name}` tells its state"
+            ) from failed_after_arrival
         stats = finished.migration_stats
         log.info("vm migrated", vm_id=vm.id, name=name, source=source, target=target)
         return MigrationReport(

@@ -127,7 +127,7 @@ class Hypervisor(Protocol):
         """Live-migrate a running (or paused) VM to `target` and return when it runs there:
         persistent on the destination, undefined here. On failure the VM keeps running here
         and the error says why (with `postcopy`, only if it failed before the switch to
-        post-copy; after it the VM is paused on both ends). A VM's one disk (its qcow2
+        post-copy; after it the source keeps its half paused). A VM's one disk (its qcow2
         overlay) is copied incrementally: the target must hold an overlay on the same base
         image at `target.disk`."""
         ...

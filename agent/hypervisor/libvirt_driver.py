@@ -13,6 +13,7 @@ import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import libvirt
@@ -434,16 +435,23 @@ class LibvirtHypervisor:
             params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = disks  # type: ignore[assignment]
             flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC
         where = f"{vm_id} to {target.libvirt_uri}"
+        switch = _PostcopySwitch()
         try:
             with _mapped("migrate", where):
                 if max_downtime_ms > 0:
                     dom.migrateSetMaxDowntime(max_downtime_ms, 0)
-                with _switch_to_postcopy(dom, vm_id, enabled=postcopy):
+                with _switch_to_postcopy(dom, vm_id, switch, enabled=postcopy):
                     dom.migrateToURI3(target.libvirt_uri, params, flags)
         except NovaCronError as err:
             log.warning(
                 "vm_migration_failed", vm_id=vm_id, target=target.libvirt_uri, error=str(err)
             )
+            if switch.switched.is_set():
+                raise Internal(
+                    f"{err}; post-copy had begun: the guest ran on the target, and part of its "
+                    "memory is only here, so this node keeps it paused and nothing was undone "
+                    "(post-copy recovery is not built)"
+                ) from err
             raise
         self._forget(vm_id)
         log.info(
@@ -759,8 +767,17 @@ def _retarget_xml(xml: str, target: MigrationTarget) -> str:
 POSTCOPY_POLL_S = 0.05
 
 
+@dataclass(slots=True)
+class _PostcopySwitch:
+    """Set once the job went post-copy: from then on a failure cannot be rolled back."""
+
+    switched: threading.Event = field(default_factory=threading.Event)
+
+
 @contextmanager
-def _switch_to_postcopy(dom: libvirt.virDomain, vm_id: str, *, enabled: bool) -> Iterator[None]:
+def _switch_to_postcopy(
+    dom: libvirt.virDomain, vm_id: str, state: _PostcopySwitch, *, enabled: bool
+) -> Iterator[None]:
     """While the body runs the migration job: switch it to post-copy as soon as memory moves.
 
     From the start, not after a pre-copy pass, so that every page is sent once from the paused
@@ -782,6 +799,7 @@ def _switch_to_postcopy(dom: libvirt.virDomain, vm_id: str, *, enabled: bool) ->
             except libvirt.libvirtError as err:
                 log.debug("postcopy_not_yet", vm_id=vm_id, error=str(err))
                 continue
+            state.switched.set()
             log.info("vm_migration_postcopy", vm_id=vm_id)
             return
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import random
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -42,7 +44,13 @@ from agent.images.builder import FIRST_LINE, HEARTBEAT_S
 from agent.images.catalog import ImageCatalog
 from lab.libvirtd import PrivateLibvirtd
 from shared.domain import VMSpec, VMState, VMStatus
-from shared.errors import FailedPrecondition, InvalidArgument, NotFound, NovaCronError
+from shared.errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    NovaCronError,
+)
 from tests.conftest import qemu_backend_problem, require_backend, wait_for
 
 pytestmark = pytest.mark.qemu
@@ -427,6 +435,41 @@ def test_postcopy_runs_the_guest_on_the_target_at_once(pair: Pair) -> None:
         f"{heartbeat!r} in {log}",
         interval_s=0.2,
     )
+
+
+def test_a_postcopy_that_fails_midway_says_so_and_undoes_nothing(pair: Pair) -> None:
+    """The target dies after the switch to post-copy (its QEMU killed): neither end holds the
+    whole guest any more. The error says so, and the source's half is kept, paused, rather than
+    destroyed."""
+    a, b = pair.a, pair.b
+    name = _unique("pcfail")
+    vm_id, _ = pair.create(a, name)
+    _booted(a, vm_id, name)
+    errors: list[BaseException] = []
+
+    def move() -> None:
+        try:  # 2 Mbit/s: ~5 min of post-copy, so the kill surely lands during it
+            a.driver.migrate(vm_id, b.target(vm_id), bandwidth_mbit=2, postcopy=True)
+        except BaseException as err:
+            errors.append(err)
+
+    mover = threading.Thread(target=move)
+    mover.start()
+    try:
+        b.events.wait(vm_id, "resumed", VMState.RUNNING, reason="post-copy: pulling memory")
+        pid_file = b.daemon.dir("run") / "qemu" / f"{domain_xml.domain_name(name)}.pid"
+        os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+    finally:
+        mover.join(timeout=120)
+    assert not mover.is_alive(), "migrate() did not return after the target died"
+    assert len(errors) == 1 and isinstance(errors[0], Internal), errors
+    message = str(errors[0])
+    print(f"\n{message}\nevents on A: {a.events.of(vm_id)}")
+    assert message.startswith(f"migrate {vm_id} to {b.target(vm_id).libvirt_uri}: ")
+    assert "post-copy had begun" in message and "keeps it paused" in message
+    status = a.driver.get_vm(vm_id)
+    assert status is not None and status.state == VMState.PAUSED  # kept, not destroyed
+    assert _qemu_alive(a, name)
 
 
 @pytest.mark.parametrize("failure", ["unreachable", "bad-destination-path"])

@@ -14,8 +14,10 @@ import pytest
 from agent.config import LocationConfig
 from agent.images.catalog import ImageCatalog
 from shared.domain import VMSpec
+from shared.errors import Internal
 from shared.pb.v1 import edge_api_pb2 as epb
 from shared.pb.v1 import types_pb2 as pb
+from tests.conftest import wait_for
 from tests.integration.harness import Cluster, eventually, make_fake_kernel_images
 from tests.integration.test_deploy_flow import assert_kept_table_matches_records, expect_error
 
@@ -110,6 +112,45 @@ async def test_a_migration_that_fails_midway_leaves_the_vm_where_it_was(
     assert not (b.session.executor.vm_dir(vm.id)).exists()
     again = await cluster.api.GetVM(epb.GetVMRequest(name_or_id="web-1"))
     assert (again.node_id, again.state) == ("edge-a", pb.VM_STATE_RUNNING)
+
+
+async def test_a_postcopy_failing_after_arrival_is_reported_and_the_record_stays_on_the_target(
+    cluster: Cluster, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Post-copy ran the guest on the target, then the job failed (libvirt's test driver cannot
+    migrate, so the source's hypervisor plays that part: the guest appears running on the
+    target, the source half pauses, then the error). The VM stays recorded on the target, where
+    it ran last, and the caller hears the failure instead of a success."""
+    a = await cluster.start_agent("edge-a", cluster.test_uri("edge-a"), images, location=BERLIN)
+    b = await cluster.start_agent(
+        "edge-b", cluster.test_uri("edge-b"), images, location=BERLIN, migration_host="127.0.0.1"
+    )
+    vm = await _deploy(cluster, "web-1")
+    controller = cluster.server.controller if cluster.server else None
+    assert controller is not None
+    vm_dir = tmp_path / "landed"
+    media = ImageCatalog(images).prepare("tiny", vm_dir)
+
+    def postcopy_that_fails(vm_id: str, *_: object, postcopy: bool = False, **__: object) -> None:
+        assert postcopy
+        b.hypervisor.create(vm_id, VMSpec("web-1", "tiny", 1, 128), vm.generation, media, "c.log")
+        a.hypervisor.suspend(vm_id)
+        wait_for(lambda: controller.vms[vm_id].node_id == "edge-b", 10, "the arrival")
+        raise Internal(f"migrate {vm_id}: link lost; post-copy had begun")
+
+    monkeypatch.setattr(a.hypervisor, "migrate", postcopy_that_fails)
+    request = epb.MigrateVMRequest(name_or_id="web-1", target_node_id="edge-b", postcopy=True)
+    msg = await expect_error(cluster.api.MigrateVM(request), grpc.StatusCode.INTERNAL)
+    assert "post-copy had begun" in msg
+    assert msg.endswith(
+        "; VM 'web-1' is recorded on 'edge-b', where it ran last: "
+        "`novacron vm show web-1` tells its state"
+    )
+    again = await cluster.api.GetVM(epb.GetVMRequest(name_or_id="web-1"))
+    assert again.node_id == "edge-b"
+    assert controller.vms[vm.id].migrating_to == ""
+    assert a.hypervisor.get_vm(vm.id) is not None  # the source's half is kept, not destroyed
+    assert_kept_table_matches_records(cluster)
 
 
 async def test_a_controller_restarted_during_migrations_settles_them_where_the_vms_are(
