@@ -192,6 +192,17 @@ def _booted(node: Node, vm_id: str, name: str) -> None:
     wait_for(seen, BOOT_TIMEOUT_S, f"{first!r} in {log}", interval_s=0.1)
 
 
+def _assert_same_disk(source: Node, vm_id: str, target: MigrationTarget) -> None:
+    """The target's overlay holds the same content as the source's (over its own base)."""
+    same = subprocess.run(
+        ["qemu-img", "compare", "-U", str(source.vm_dir(vm_id) / "disk.qcow2"), target.disk],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert same.returncode == 0, same.stdout + same.stderr
+
+
 def _qemu_alive(node: Node, name: str) -> bool:
     pid_file = node.daemon.dir("run") / "qemu" / f"{domain_xml.domain_name(name)}.pid"
     try:
@@ -322,13 +333,7 @@ def test_running_guest_moves_and_back_keeping_its_identity(pair: Pair) -> None:
     assert xml.findtext("os/initrd") == target.initrd
     assert xml.find("devices/disk/source").get("file") == target.disk  # type: ignore[union-attr]
     # the overlay's blocks came along (NON_SHARED_INC): same content as A's, over B's base
-    same = subprocess.run(
-        ["qemu-img", "compare", "-U", str(a.vm_dir(vm_id) / "disk.qcow2"), target.disk],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert same.returncode == 0, same.stdout + same.stderr
+    _assert_same_disk(a, vm_id, target)
     for kind in ("serial", "console"):
         assert xml.find(f"devices/{kind}/source").get("path") == target.console_log  # type: ignore[union-attr]
     meta = domain_xml.parse_metadata(ET.tostring(xml, encoding="unicode"))
@@ -419,13 +424,7 @@ def test_postcopy_runs_the_guest_on_the_target_at_once(pair: Pair) -> None:
     assert on_b is not None and on_b.state == VMState.RUNNING
     assert (on_b.vm_id, on_b.name, on_b.generation) == (vm_id, name, 2)
     assert a.driver.get_vm(vm_id) is None and not _qemu_alive(a, name)
-    same = subprocess.run(
-        ["qemu-img", "compare", "-U", str(a.vm_dir(vm_id) / "disk.qcow2"), target.disk],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert same.returncode == 0, same.stdout + same.stderr
+    _assert_same_disk(a, vm_id, target)
     print(f"completed job on B: {b.completed_job(vm_id)}")
     log = Path(target.console_log)  # and the guest goes on running, on B
     heartbeat = f"NovaCron guest {name} heartbeat"
