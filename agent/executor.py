@@ -1,7 +1,14 @@
 """Executes the controller's commands against the hypervisor, idempotently by command id.
 
-A command seen again (the controller retried after a reconnect) gets the first execution's
-result; one still running is awaited, never run twice. Commands for one VM run one at a time.
+Typed in, typed out: an `Envelope` (shared.commands) comes in, a `CommandResult` goes out; the
+session converts at the wire. A command seen again (the controller retried after a reconnect)
+gets the first execution's result; one still running is awaited, never run twice. Commands for
+one VM run one at a time, in arrival order. Every error becomes the result's `CommandError` here
+(`CommandError.of`, in `refuse`), and nowhere else on the agent.
+
+Generations fence (agent.fencing): a command older than the copy this node holds is refused and
+the result carries the copy held. A controller of an installation new to this node gets its
+destructive commands refused (agent.installation).
 """
 
 from __future__ import annotations
@@ -16,11 +23,38 @@ from typing import Any
 
 import structlog
 
-from agent.hypervisor.base import Hypervisor, MigrationTarget, NetworkAttachment, mac_for
+from agent.fencing import Fence, StaleGeneration, fence
+from agent.hypervisor.base import (
+    Hypervisor,
+    MigrationStats,
+    MigrationTarget,
+    NetworkAttachment,
+    mac_for,
+)
 from agent.images.catalog import ImageCatalog
+from agent.installation import InstallationGuard
+from agent.mesh import MeshManager
+from agent.progress import PROGRESS_INTERVAL_S, ProgressSink, watch_migration
 from agent.vmnet import VMNetwork
-from shared import convert
-from shared.domain import VMState, VMStatus
+from shared.commands import (
+    AgentCommand,
+    ApplyMesh,
+    ChangePower,
+    CommandError,
+    CommandResult,
+    CreateVM,
+    DeleteVM,
+    Envelope,
+    FinishMigration,
+    Migrate,
+    PowerAction,
+    PrepareMigration,
+    ReadConsole,
+    RotateKey,
+    command_name,
+    command_vm_id,
+)
+from shared.domain import VMSpec, VMState, VMStatus
 from shared.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -29,12 +63,13 @@ from shared.errors import (
     NotFound,
     NovaCronError,
 )
-from shared.pb.v1 import agent_pb2 as apb
+from shared.mesh import MeshStatus
 
 log = structlog.get_logger(__name__)
 
 REMEMBERED_RESULTS = 1024
 CONSOLE_FILE = "console.log"
+NODE_COMMANDS = (ApplyMesh, RotateKey)  # about the node, not one VM
 
 
 class CommandExecutor:
@@ -47,9 +82,20 @@ class CommandExecutor:
         vmnet: VMNetwork | None = None,
         migration_host: str = "",
         postcopy_cap_mbit: int = 0,
+        *,
+        mesh: MeshManager | None = None,
+        installation: InstallationGuard | None = None,
+        on_progress: ProgressSink | None = None,
+        progress_interval_s: float = PROGRESS_INTERVAL_S,
+        on_key_rotated: Callable[[], None] | None = None,
     ) -> None:
         self.hypervisor = hypervisor
         self.vmnet = vmnet
+        self.mesh = mesh
+        self.installation = installation or InstallationGuard(state_dir)
+        self.on_progress = on_progress
+        self.progress_interval_s = progress_interval_s
+        self.on_key_rotated = on_key_rotated
         self.migration_host = migration_host
         self.postcopy_cap_mbit = postcopy_cap_mbit  # agent.qos.postcopy_cap_mbit
         # live migrations under way: VM id -> its VM-network address, to route on arrival
@@ -59,8 +105,8 @@ class CommandExecutor:
         self.catalog = catalog
         self.vms_dir = state_dir / "vms"
         self.clock = clock
-        self._results: OrderedDict[str, apb.CommandResult] = OrderedDict()
-        self._running: dict[str, asyncio.Task[apb.CommandResult]] = {}
+        self._results: OrderedDict[str, CommandResult] = OrderedDict()
+        self._running: dict[str, asyncio.Task[CommandResult]] = {}
         self._vm_locks: dict[str, asyncio.Lock] = {}
 
     def vm_dir(self, vm_id: str) -> Path:
@@ -68,97 +114,118 @@ class CommandExecutor:
             raise InvalidArgument(f"invalid vm_id {vm_id!r}")
         return self.vms_dir / vm_id
 
-    async def execute(self, command: apb.Command) -> apb.CommandResult:
-        done = self._results.get(command.id)
+    async def execute(self, envelope: Envelope) -> CommandResult:
+        done = self._results.get(envelope.id)
         if done is not None:
             return done
-        task = self._running.get(command.id)
+        task = self._running.get(envelope.id)
         if task is None:
-            task = asyncio.create_task(self._execute(command))
-            self._running[command.id] = task
+            task = asyncio.create_task(self._execute(envelope))
+            self._running[envelope.id] = task
         try:
             result = await asyncio.shield(task)
         finally:
             if task.done():
-                self._running.pop(command.id, None)
-        self._results[command.id] = result
+                self._running.pop(envelope.id, None)
+        self._results[envelope.id] = result
         while len(self._results) > REMEMBERED_RESULTS:
             self._results.popitem(last=False)
         return result
 
-    async def _execute(self, command: apb.Command) -> apb.CommandResult:
-        action = command.WhichOneof("action")
-        bound = log.bind(command_id=command.id, action=action)
-        result = apb.CommandResult(command_id=command.id, ok=True)
+    @staticmethod
+    def refuse(command_id: str, exc: BaseException) -> CommandResult:
+        """The failed result for `exc`: the agent's one mapping of errors to results (also
+        for a command the session could not even read, e.g. one without an action)."""
+        return CommandResult(command_id, error=CommandError.of(exc))
+
+    async def _execute(self, envelope: Envelope) -> CommandResult:
+        command = envelope.command
+        vm_id = command_vm_id(command)
+        bound = log.bind(command_id=envelope.id, action=command_name(command), vm_id=vm_id)
         try:
-            if command.HasField("deadline") and self.clock() > convert.timestamp_seconds(
-                command.deadline
-            ):
+            if envelope.deadline and self.clock() > envelope.deadline:
                 raise DeadlineExceeded("command arrived after its deadline; not executed")
-            vm_id = self._vm_id(command)
+            if not vm_id and not isinstance(command, NODE_COMMANDS):
+                raise InvalidArgument(f"{command_name(command)}: vm_id is required")
             async with self._vm_locks.setdefault(vm_id, asyncio.Lock()):
-                await self._dispatch(command, result)
-            bound.info("command done", vm_id=vm_id)
+                result = await self._dispatch(envelope.id, command)
+            bound.info("command done")
+            return result
         except NovaCronError as exc:
             bound.warning("command failed", error=str(exc), code=exc.code)
-            result.ok = False
-            result.error.CopyFrom(apb.Error(code=exc.code, message=str(exc)))
+            return await self._failed(envelope.id, command, exc)
         except Exception as exc:  # a bug or an unexpected library error: report, stay up
             bound.exception("command crashed")
-            result.ok = False
-            result.error.CopyFrom(apb.Error(code="INTERNAL", message=f"agent error: {exc}"))
-        return result
+            return await self._failed(envelope.id, command, exc)
 
-    @staticmethod
-    def _vm_id(command: apb.Command) -> str:
-        action = command.WhichOneof("action")
-        if action is None:
-            raise InvalidArgument("command has no action (newer controller?)")
-        vm_id: str = getattr(command, action).vm_id
-        if not vm_id:
-            raise InvalidArgument(f"{action}: vm_id is required")
-        return vm_id
+    async def _failed(
+        self, command_id: str, command: AgentCommand, exc: BaseException
+    ) -> CommandResult:
+        """The one place an agent error becomes a result: a stale command's says what this
+        node holds; a mesh command's, the mesh as it is."""
+        vm: VMStatus | None = None
+        mesh: MeshStatus | None = None
+        try:
+            if isinstance(exc, StaleGeneration):
+                vm = await asyncio.to_thread(self.hypervisor.get_vm, command_vm_id(command))
+            if isinstance(command, NODE_COMMANDS) and self.mesh is not None:
+                mesh = await asyncio.to_thread(self.mesh.status)
+        except Exception as extra:  # the error at hand is what counts
+            log.warning("no state for the failed command's result", error=str(extra))
+        return replace(self.refuse(command_id, exc), vm=vm, mesh=mesh)
 
-    async def _dispatch(self, command: apb.Command, result: apb.CommandResult) -> None:
+    async def _dispatch(self, command_id: str, command: AgentCommand) -> CommandResult:
         hv = self.hypervisor
-        action = command.WhichOneof("action")
-        status: VMStatus | None = None
-        if action == "create":
-            status = await self._create(command.create)
-        elif action == "delete":
-            self._incoming.pop(command.delete.vm_id, None)  # e.g. an abandoned migration
-            await asyncio.to_thread(hv.delete, command.delete.vm_id)
-            await asyncio.to_thread(self.catalog.release, self.vm_dir(command.delete.vm_id))
-            if self.vmnet is not None:
-                await asyncio.to_thread(self.vmnet.unshape, command.delete.vm_id)
-                if command.delete.address:
-                    await asyncio.to_thread(self.vmnet.detach, command.delete.address)
-        elif action == "suspend":
-            status = await asyncio.to_thread(hv.suspend, command.suspend.vm_id)
-        elif action == "resume":
-            status = await asyncio.to_thread(hv.resume, command.resume.vm_id)
-        elif action == "start":
-            status = await asyncio.to_thread(hv.start, command.start.vm_id)
-        elif action == "stop":
-            status = await asyncio.to_thread(hv.stop, command.stop.vm_id)
-        elif action == "read_console":
-            result.console = await asyncio.to_thread(self._read_console, command.read_console)
-        elif action == "prepare_migration":
-            target = await self._prepare_migration(command.prepare_migration)
-            result.migration_target.CopyFrom(target)
-        elif action == "migrate":
-            await self._migrate(command.migrate)
-        elif action == "finish_migration":
-            status = await self._finish_migration(command.finish_migration, result)
-        if status is not None:
-            result.vm.CopyFrom(convert.vm_status_to_pb(status))
+        if isinstance(command, CreateVM):
+            return CommandResult(command_id, vm=await self._create(command))
+        if isinstance(command, DeleteVM):
+            await self._delete(command)
+            return CommandResult(command_id)
+        if isinstance(command, ChangePower):
+            await self._fenced(
+                command.vm_id, command.generation, command_name(command), required=True
+            )
+            op = {
+                PowerAction.SUSPEND: hv.suspend,
+                PowerAction.RESUME: hv.resume,
+                PowerAction.START: hv.start,
+                PowerAction.STOP: hv.stop,
+            }[command.action]
+            return CommandResult(command_id, vm=await asyncio.to_thread(op, command.vm_id))
+        if isinstance(command, ReadConsole):
+            console = await asyncio.to_thread(self._read_console, command)
+            return CommandResult(command_id, console=console)
+        if isinstance(command, ApplyMesh | RotateKey):
+            return CommandResult(command_id, mesh=await self._mesh(command))
+        if isinstance(command, PrepareMigration):
+            target = await self._prepare_migration(command)
+            return CommandResult(command_id, migration_target=target)
+        if isinstance(command, Migrate):
+            await self._migrate(command)
+            return CommandResult(command_id)
+        status, stats = await self._finish_migration(command)
+        return CommandResult(command_id, vm=status, migration_stats=stats)
 
-    async def _create(self, create: apb.CreateVM) -> VMStatus:
-        spec = convert.spec_from_pb(create.spec)
+    async def _fenced(
+        self, vm_id: str, generation: int, what: str, required: bool = False
+    ) -> tuple[VMStatus | None, Fence]:
+        """The copy held here and the verdict of agent.fencing on a command at `generation`."""
+        held = await asyncio.to_thread(self.hypervisor.get_vm, vm_id)
+        if held is None and required:
+            raise NotFound(f"{what}: vm {vm_id} is not on this node")
+        return held, fence(held.generation if held else None, generation, what)
+
+    async def _create(self, create: CreateVM) -> VMStatus:
+        spec = create.spec
         vm_dir = self.vm_dir(create.vm_id)
-        existing = await asyncio.to_thread(self.hypervisor.get_vm, create.vm_id)
-        if existing is not None and existing.generation >= create.generation:
+        existing, verdict = await self._fenced(create.vm_id, create.generation, "create")
+        if existing is not None and verdict is Fence.SAME:
             return existing
+        if existing is not None:
+            self.installation.check_destructive(
+                f"create of vm {spec.name!r} at generation {create.generation} (replacing "
+                f"generation {existing.generation})"
+            )
         network = self._attachment(create) if create.address else None  # before touching disk
         media = await asyncio.to_thread(self.catalog.prepare, spec.image, vm_dir)
         if network is not None:
@@ -174,39 +241,66 @@ class CommandExecutor:
                 create.start_paused,
             )
         except BaseException:
-            await asyncio.to_thread(self.catalog.release, vm_dir)
+            if existing is None:  # never remove the files of a VM that runs here
+                await asyncio.to_thread(self.catalog.release, vm_dir)
             raise
-        if create.address and self.vmnet is not None:
-            await asyncio.to_thread(self.vmnet.attach, create.address)
-            if spec.bandwidth_mbps:
-                taps = await asyncio.to_thread(self.hypervisor.interface_devices, create.vm_id)
-                for tap in taps:
-                    await asyncio.to_thread(
-                        self.vmnet.shape, tap, spec.bandwidth_mbps, create.vm_id
-                    )
+        if create.address:
+            await self._route_and_shape(create.vm_id, create.address, spec)
+        return status
+
+    async def _delete(self, delete: DeleteVM) -> None:
+        self.installation.check_destructive(f"delete of vm {delete.name or delete.vm_id!r}")
+        if delete.generation > 0:
+            await self._fenced(delete.vm_id, delete.generation, "delete")
+        self._incoming.pop(delete.vm_id, None)  # e.g. an abandoned migration
+        await asyncio.to_thread(self.hypervisor.delete, delete.vm_id)
+        await asyncio.to_thread(self.catalog.release, self.vm_dir(delete.vm_id))
+        if self.vmnet is not None:
+            await asyncio.to_thread(self.vmnet.unshape, delete.vm_id)
+            if delete.address:
+                await asyncio.to_thread(self.vmnet.detach, delete.address)
+
+    async def _route_and_shape(self, vm_id: str, address: str, spec: VMSpec) -> None:
+        """Route the VM's address to this node's bridge and cap its NICs."""
+        if self.vmnet is None:
+            return
+        await asyncio.to_thread(self.vmnet.attach, address)
+        if spec.bandwidth_mbps:
+            taps = await asyncio.to_thread(self.hypervisor.interface_devices, vm_id)
+            for tap in taps:
+                await asyncio.to_thread(self.vmnet.shape, tap, spec.bandwidth_mbps, vm_id)
+
+    async def _mesh(self, command: ApplyMesh | RotateKey) -> MeshStatus:
+        if self.mesh is None:
+            raise FailedPrecondition("this node does not take part in the mesh")
+        if isinstance(command, ApplyMesh):
+            return await asyncio.to_thread(self.mesh.apply, command.config)
+        status = await asyncio.to_thread(self.mesh.rotate)
+        if self.on_key_rotated is not None:
+            self.on_key_rotated()
         return status
 
     # -- live migration: prepare (destination), migrate (source), finish (destination) --------
 
-    async def _prepare_migration(self, prepare: apb.PrepareMigration) -> apb.MigrationTarget:
+    async def _prepare_migration(self, prepare: PrepareMigration) -> MigrationTarget:
         """Stage the VM's media here and say where the source should send it."""
         if not self.migration_host:
             raise FailedPrecondition(
                 "this node accepts no live migrations (agent.migration_host is not set)"
             )
-        if await asyncio.to_thread(self.hypervisor.get_vm, prepare.vm_id) is not None:
+        held, _ = await self._fenced(prepare.vm_id, prepare.generation, "prepare_migration")
+        if held is not None:
             raise AlreadyExists(f"VM {prepare.spec.name!r} already exists on this node")
-        spec = convert.spec_from_pb(prepare.spec)
-        if prepare.address:
-            self._attachment(  # the bridge must be up before the VM arrives on it
-                apb.CreateVM(vm_id=prepare.vm_id, spec=prepare.spec, address=prepare.address)
+        if prepare.address:  # the bridge must be up before the VM arrives on it
+            self._attachment(
+                CreateVM(prepare.vm_id, prepare.spec, prepare.generation, address=prepare.address)
             )
         vm_dir = self.vm_dir(prepare.vm_id)
-        media = await asyncio.to_thread(self.catalog.prepare, spec.image, vm_dir)
+        media = await asyncio.to_thread(self.catalog.prepare, prepare.spec.image, vm_dir)
         if prepare.address:
             self._incoming[prepare.vm_id] = prepare.address
         host = self.migration_host
-        return apb.MigrationTarget(
+        return MigrationTarget(
             libvirt_uri=f"qemu+tcp://{host}/system",
             data_uri=f"tcp://{host}",
             kernel=media.kernel,
@@ -215,28 +309,35 @@ class CommandExecutor:
             console_log=str(vm_dir / CONSOLE_FILE),
         )
 
-    async def _migrate(self, migrate: apb.MigrateVM) -> None:
-        """Send the VM to the destination; once it runs there, drop what it left here."""
-        t = migrate.target
-        target = MigrationTarget(
-            libvirt_uri=t.libvirt_uri,
-            data_uri=t.data_uri,
-            kernel=t.kernel,
-            initrd=t.initrd,
-            disk=t.disk,
-            console_log=t.console_log,
-        )
+    async def _migrate(self, migrate: Migrate) -> None:
+        """Send the VM to the destination, reporting the job's progress meanwhile; once it
+        runs there, drop what it left here."""
+        if migrate.generation > 0:
+            await self._fenced(migrate.vm_id, migrate.generation, "migrate", required=True)
         if migrate.address:
             self._outgoing[migrate.vm_id] = migrate.address
         try:
-            await asyncio.to_thread(
-                self.hypervisor.migrate,
-                migrate.vm_id,
-                target,
-                migrate.bandwidth_mbit or (self.postcopy_cap_mbit if migrate.postcopy else 0),
-                migrate.max_downtime_ms,
-                postcopy=migrate.postcopy,
+            job = asyncio.ensure_future(
+                asyncio.to_thread(
+                    self.hypervisor.migrate,
+                    migrate.vm_id,
+                    migrate.target,
+                    migrate.bandwidth_mbit or (self.postcopy_cap_mbit if migrate.postcopy else 0),
+                    migrate.max_downtime_ms,
+                    postcopy=migrate.postcopy,
+                    generation=migrate.generation,
+                )
             )
+            if self.on_progress is not None:
+                await watch_migration(
+                    job,
+                    self.hypervisor.migration_progress,
+                    self.on_progress,
+                    migrate.vm_id,
+                    migrate.migration_id,
+                    self.progress_interval_s,
+                )
+            await job
         finally:
             self._outgoing.pop(migrate.vm_id, None)
         await asyncio.to_thread(self.catalog.release, self.vm_dir(migrate.vm_id))
@@ -260,32 +361,24 @@ class CommandExecutor:
             return asyncio.to_thread(vmnet.detach, address)
         return None
 
-    async def _finish_migration(self, finish: apb.CreateVM, result: apb.CommandResult) -> VMStatus:
-        """The VM runs here now: route its address to the bridge, cap it, report figures."""
+    async def _finish_migration(
+        self, finish: FinishMigration
+    ) -> tuple[VMStatus, MigrationStats | None]:
+        """The VM runs here now: its generation, its route, its cap, the job's figures."""
         self._incoming.pop(finish.vm_id, None)
-        status = await asyncio.to_thread(self.hypervisor.get_vm, finish.vm_id)
+        status, verdict = await self._fenced(finish.vm_id, finish.generation, "finish_migration")
         if status is None:
             raise NotFound(f"VM {finish.spec.name!r} has not arrived on this node")
-        if finish.address and self.vmnet is not None:
-            await asyncio.to_thread(self.vmnet.attach, finish.address)
-            if finish.spec.bandwidth_mbps:
-                taps = await asyncio.to_thread(self.hypervisor.interface_devices, finish.vm_id)
-                for tap in taps:
-                    await asyncio.to_thread(
-                        self.vmnet.shape, tap, finish.spec.bandwidth_mbps, finish.vm_id
-                    )
-        stats = await asyncio.to_thread(self.hypervisor.migration_stats, finish.vm_id)
-        if stats is not None:
-            result.migration_stats.CopyFrom(
-                apb.MigrationStats(
-                    elapsed_ms=stats.elapsed_ms,
-                    downtime_ms=stats.downtime_ms,
-                    memory_bytes=stats.memory_bytes,
-                )
+        if verdict is Fence.NEWER:
+            status = await asyncio.to_thread(
+                self.hypervisor.set_generation, finish.vm_id, finish.generation
             )
-        return status
+        if finish.address:
+            await self._route_and_shape(finish.vm_id, finish.address, finish.spec)
+        stats = await asyncio.to_thread(self.hypervisor.migration_stats, finish.vm_id)
+        return status, stats
 
-    def _attachment(self, create: apb.CreateVM) -> NetworkAttachment:
+    def _attachment(self, create: CreateVM) -> NetworkAttachment:
         if self.vmnet is None or not self.vmnet.ready:
             raise FailedPrecondition(
                 f"VM {create.spec.name!r} has address {create.address} but this node's VM "
@@ -298,7 +391,7 @@ class CommandExecutor:
             gateway=create.gateway,
         )
 
-    def _read_console(self, request: apb.ReadConsole) -> str:
+    def _read_console(self, request: ReadConsole) -> str:
         if self.hypervisor.get_vm(request.vm_id) is None:
             raise NotFound(f"VM {request.name or request.vm_id!r} is not on this node")
         path = self.vm_dir(request.vm_id) / CONSOLE_FILE

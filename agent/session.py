@@ -21,14 +21,16 @@ from agent.config import AgentConfig
 from agent.executor import CommandExecutor
 from agent.hypervisor.base import Hypervisor
 from agent.images.catalog import ImageCatalog
+from agent.installation import InstallationGuard
 from agent.latency import LatencyWindow, Prober, probe_gap
 from agent.mesh import MeshManager
 from agent.peer_probe import PeerProber
 from agent.qos import postcopy_cap_mbit
 from agent.resources import ResourceSampler
 from shared import convert
+from shared.commands import MigrationProgress
 from shared.domain import Capacity, LatencyStats, NodeInfo, VMStatus
-from shared.errors import FailedPrecondition, NovaCronError
+from shared.errors import NovaCronError
 from shared.pb.v1 import agent_pb2 as apb
 from shared.pb.v1 import agent_pb2_grpc
 from shared.pb.v1 import types_pb2 as pb
@@ -36,7 +38,6 @@ from shared.pb.v1 import types_pb2 as pb
 log = structlog.get_logger(__name__)
 
 PROTOCOL_VERSION = 1
-MESH_ACTIONS = ("mesh_config", "rotate_key")
 ROTATION_QUIET_S = 3.0
 CONTROLLER_TARGET = "controller"
 PROBE_TIMEOUT_S = 5.0  # a probe unanswered this long counts as lost
@@ -62,6 +63,8 @@ class AgentSession:
         self.catalog = catalog
         self.sampler = sampler or ResourceSampler(config.state_dir)
         self.mesh = mesh
+        self.installation = InstallationGuard(config.state_dir)
+        self.peer_prober = PeerProber()
         self.executor = CommandExecutor(
             hypervisor,
             catalog,
@@ -71,8 +74,11 @@ class AgentSession:
             postcopy_cap_mbit=postcopy_cap_mbit(
                 config.qos.migration_mbit if config.qos.enabled else 0.0
             ),
+            mesh=mesh,
+            installation=self.installation,
+            on_progress=self._send_progress,
+            on_key_rotated=self._key_rotated,
         )
-        self.peer_prober = PeerProber()
         self.heartbeat_interval: float = config.heartbeat_interval
         self.probe_interval: float = config.probe_interval
         self.controller_probe = Prober(
@@ -118,6 +124,7 @@ class AgentSession:
                 images=[convert.image_to_pb(i) for i in self.catalog.list()],
                 protocol_version=PROTOCOL_VERSION,
                 mesh=convert.mesh_identity_to_pb(self.mesh.identity()) if self.mesh else None,
+                known_installation_id=self.installation.known,
             )
         )
 
@@ -186,18 +193,20 @@ class AgentSession:
                             self.heartbeat_interval = welcome.heartbeat_interval_ms / 1000
                         if welcome.probe_interval_ms:
                             self.probe_interval = welcome.probe_interval_ms / 1000
+                        await asyncio.to_thread(
+                            self.installation.welcome, welcome.installation_id, welcome.take_over
+                        )
                         self._outbox = outbox
                         self.sessions += 1
                         self.connected.set()
                         self.log.info(
                             "connected",
                             controller_id=message.welcome.controller_id,
+                            installation_id=welcome.installation_id,
                             heartbeat_interval_s=self.heartbeat_interval,
                         )
                         background.append(asyncio.create_task(self._heartbeats(outbox)))
                         background.append(asyncio.create_task(self._probes(outbox)))
-                    elif kind == "command" and message.command.WhichOneof("action") in MESH_ACTIONS:
-                        self._spawn(self._run_mesh_command(message.command, outbox))
                     elif kind == "command":
                         self._spawn(self._run_command(message.command, outbox))
                     elif kind == "pong":
@@ -270,38 +279,33 @@ class AgentSession:
             self.peer_prober.probe_all()
             await asyncio.sleep(probe_gap(self.probe_interval, rng))
 
-    async def _run_mesh_command(
-        self, command: apb.Command, outbox: asyncio.Queue[apb.AgentMessage | None]
-    ) -> None:
-        result = apb.CommandResult(command_id=command.id, ok=True)
-        try:
-            if self.mesh is None:
-                raise FailedPrecondition("this node does not take part in the mesh")
-            if command.WhichOneof("action") == "mesh_config":
-                config = convert.mesh_config_from_pb(command.mesh_config)
-                status = await asyncio.to_thread(self.mesh.apply, config)
-            else:
-                status = await asyncio.to_thread(self.mesh.rotate)
-                # Our peers still know the old key until the controller has told them; a
-                # handshake we start before then is dropped and WireGuard retries only after
-                # REKEY_TIMEOUT (5 s). Let the peers, once updated, start them instead.
-                self.peer_prober.hold(ROTATION_QUIET_S)
-            result.mesh.CopyFrom(convert.mesh_status_to_pb(status))
-        except NovaCronError as exc:
-            result.ok = False
-            result.error.CopyFrom(apb.Error(code=exc.code, message=str(exc)))
-            if self.mesh is not None:
-                status = await asyncio.to_thread(self.mesh.status)
-                result.mesh.CopyFrom(convert.mesh_status_to_pb(status))
-        outbox.put_nowait(apb.AgentMessage(result=result))
-
     async def _run_command(
         self, command: apb.Command, outbox: asyncio.Queue[apb.AgentMessage | None]
     ) -> None:
-        result = await self.executor.execute(command)
+        try:
+            envelope = convert.envelope_from_pb(command)
+        except NovaCronError as exc:
+            self.log.warning("command refused", command_id=command.id, error=str(exc))
+            result = self.executor.refuse(command.id, exc)
+        else:
+            result = await self.executor.execute(envelope)
         # Sent on the session it came from; if that one ended, the controller re-compares on
         # the next hello instead of waiting for this result.
-        outbox.put_nowait(apb.AgentMessage(result=result))
+        outbox.put_nowait(apb.AgentMessage(result=convert.result_to_pb(result)))
+
+    def _key_rotated(self) -> None:
+        # Our peers still know the old key until the controller has told them; a handshake we
+        # start before then is dropped and WireGuard retries only after REKEY_TIMEOUT (5 s).
+        # Let the peers, once updated, start them instead.
+        self.peer_prober.hold(ROTATION_QUIET_S)
+
+    def _send_progress(self, progress: MigrationProgress) -> None:
+        """The executor's progress sink (on the event loop): up the current session, if any."""
+        if self._outbox is not None:
+            message = apb.AgentMessage(
+                migration_progress=convert.migration_progress_to_pb(progress)
+            )
+            self._outbox.put_nowait(message)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

@@ -1,24 +1,31 @@
-"""EdgeAPI: the client-facing gRPC adapter. Converts messages, calls the core, maps errors."""
+"""EdgeAPI: the client-facing gRPC adapter. Reads come from the view; changes are events
+handed to the runner, answered by the core's reply. Errors map to statuses here."""
 
 from __future__ import annotations
 
 import functools
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 import structlog
 
 from controller import __version__
-from controller.core import Controller
-from controller.placement import Explanation
-from controller.records import NodeRecord, VMRecord
-from controller.validation import validate_spec
+from controller.api_messages import (
+    decision_to_pb,
+    dry_run_spec,
+    migration_to_pb,
+    node_to_pb,
+    orphan_to_pb,
+    vm_to_pb,
+)
+from controller.core import MigrationReport
+from controller.core import events as ev
+from controller.records import MigrationRecord, NodeRecord, VMRecord
+from controller.runner import Runner
 from shared import convert
-from shared.domain import VMSpec
 from shared.errors import InvalidArgument, NovaCronError
 from shared.grpc_status import status_code
 from shared.pb.v1 import edge_api_pb2 as epb
@@ -53,108 +60,44 @@ def rpc(
     return wrapper
 
 
-def vm_to_pb(vm: VMRecord) -> pb.VM:
-    return pb.VM(
-        id=vm.id,
-        spec=convert.spec_to_pb(vm.spec),
-        node_id=vm.node_id,
-        desired_state=convert.desired_state_to_pb(vm.desired),
-        state=convert.vm_state_to_pb(vm.state),
-        state_reason=vm.state_reason,
-        generation=vm.generation,
-        created_at=convert.timestamp(vm.created_at),
-        updated_at=convert.timestamp(vm.updated_at),
-        request_id=vm.request_id,
-        placement_reason=vm.placement_reason,
-        address=vm.address,
-    )
-
-
-def decision_to_pb(d: Explanation) -> epb.PlacementDecision:
-    return epb.PlacementDecision(
-        node_id=d.node_id or "",
-        candidates=[
-            epb.CandidateScore(
-                node_id=c.node_id,
-                total=c.total,
-                terms=[
-                    epb.ScoreTerm(
-                        name=t.name, raw=t.raw, weight=t.weight, weighted=t.weighted, note=t.note
-                    )
-                    for t in c.terms
-                ],
-                latency_ms=c.latency_ms,
-                latency_estimated=c.latency_estimated,
-                distance_km=c.distance_km or 0.0,
-            )
-            for c in d.candidates
-        ],
-        rejections=[
-            epb.Rejection(node_id=r.node_id, filter=r.filter, reason=r.reason) for r in d.rejections
-        ],
-        summary=d.summary,
-        nodes_total=d.nodes_total,
-        nodes_feasible=d.nodes_feasible,
-        decision_ms=d.decision_ms,
-    )
-
-
-def dry_run_spec(spec: pb.VMSpec) -> VMSpec:
-    """A spec for a what-if question: the name does not matter, the rest is checked."""
-    domain = convert.spec_from_pb(spec)
-    if not domain.name:
-        domain = replace(domain, name="what-if")
-    validate_spec(domain)
-    return domain
-
-
 class EdgeAPIServicer(edge_api_pb2_grpc.EdgeAPIServicer):
-    def __init__(self, controller: Controller) -> None:
-        self.c = controller
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.v = runner.view
 
-    def _node_to_pb(self, node: NodeRecord) -> pb.Node:
-        condition, reason = self.c.condition(node)
-        msg = pb.Node(
-            info=convert.node_info_to_pb(node.info),
-            condition=convert.condition_to_pb(condition),
-            condition_reason=reason,
-            utilization=convert.utilization_to_pb(node.utilization),
-            allocated=convert.capacity_to_pb(self.c.allocated(node.node_id)),
-            vm_count=len(self.c.vms_on(node.node_id)),
-            images=[convert.image_to_pb(i) for i in node.images],
-            registered_at=convert.timestamp(node.registered_at),
-            cordoned=node.cordoned,
-            latencies=[convert.latency_to_pb(s) for s in node.latencies],
-            mesh_address=node.mesh_address,
-            mesh_version=self.c.mesh_version if node.mesh else 0,
-        )
-        if node.mesh_status is not None:
-            msg.mesh.CopyFrom(convert.mesh_status_to_pb(node.mesh_status))
-        if node.last_heartbeat:
-            msg.last_heartbeat.CopyFrom(convert.timestamp(node.last_heartbeat))
-        return msg
+    async def _vm(self, kind: type[ev.Event], **fields: Any) -> pb.VM:
+        vm: VMRecord = await self.runner.request(kind, **fields)
+        return vm_to_pb(vm)
+
+    async def _node(self, kind: type[ev.Event], **fields: Any) -> pb.Node:
+        node: NodeRecord = await self.runner.request(kind, **fields)
+        return node_to_pb(self.v, node)
 
     @rpc
     async def DeployVM(self, request: epb.DeployVMRequest, context: Ctx) -> pb.VM:
-        vm = await self.c.deploy(
-            convert.spec_from_pb(request.spec), request.request_id, request.timeout_seconds
+        return await self._vm(
+            ev.DeployRequested,
+            spec=convert.spec_from_pb(request.spec),
+            request_id=request.request_id,
+            timeout=request.timeout_seconds,
         )
-        return vm_to_pb(vm)
 
     @rpc
     async def DeployVMs(self, request: epb.DeployVMsRequest, context: Ctx) -> epb.DeployVMsResponse:
-        vms, plan = await self.c.deploy_many(
-            [convert.spec_from_pb(s) for s in request.specs],
-            request.request_id,
-            request.timeout_seconds,
+        vms, plan = await self.runner.request(
+            ev.DeployManyRequested,
+            specs=tuple(convert.spec_from_pb(s) for s in request.specs),
+            request_id=request.request_id,
+            timeout=request.timeout_seconds,
         )
         return epb.DeployVMsResponse(vms=[vm_to_pb(vm) for vm in vms], plan=plan)
 
     @rpc
     async def MigrateVM(self, request: epb.MigrateVMRequest, context: Ctx) -> epb.MigrateVMResponse:
-        report = await self.c.migrate(
-            request.name_or_id,
-            request.target_node_id,
+        report: MigrationReport = await self.runner.request(
+            ev.MigrateRequested,
+            name_or_id=request.name_or_id,
+            target=request.target_node_id,
             bandwidth_mbit=request.bandwidth_mbit,
             max_downtime_ms=request.max_downtime_ms,
             timeout=request.timeout_seconds,
@@ -168,72 +111,140 @@ class EdgeAPIServicer(edge_api_pb2_grpc.EdgeAPIServicer):
             downtime_ms=report.downtime_ms,
             memory_bytes=report.memory_bytes,
             total_ms=report.total_ms,
+            migration=migration_to_pb(report.migration),
         )
 
     @rpc
+    async def GetMigrationStatus(
+        self, request: epb.GetMigrationRequest, context: Ctx
+    ) -> epb.Migration:
+        return migration_to_pb(self.v.migration(request.migration_id, request.vm))
+
+    @rpc
+    async def ListMigrations(
+        self, request: epb.ListMigrationsRequest, context: Ctx
+    ) -> epb.ListMigrationsResponse:
+        found = self.v.migrations(request.vm)
+        return epb.ListMigrationsResponse(migrations=[migration_to_pb(m) for m in found])
+
+    async def WatchMigration(
+        self, request: epb.GetMigrationRequest, context: Ctx
+    ) -> AsyncIterator[epb.Migration]:
+        """By id: the record now, then each persisted change, until it has ended. By VM: its
+        active migration the same way, or, if none is under way, its next one."""
+        current: MigrationRecord | None = None
+        vm_id = ""
+        try:
+            if request.migration_id:
+                current = self.v.migration(request.migration_id)
+            elif request.vm:
+                vm_id = self.v.find_vm(request.vm).id
+                current = self.v.core.state.migration_of(vm_id)
+            else:
+                raise InvalidArgument("a migration id or a VM name is required")
+        except NovaCronError as exc:
+            await context.abort(status_code(exc), str(exc))
+        updates = self.runner.watch_migrations()  # subscribed before the first answer
+        try:
+            if current is not None:
+                yield migration_to_pb(current)
+                if not current.active:
+                    return
+            async for mig in updates:
+                if current is None and mig.vm_id == vm_id and mig.active:
+                    current = mig
+                if current is None or mig.id != current.id:
+                    continue
+                yield migration_to_pb(mig)
+                if not mig.active:
+                    return
+        finally:
+            updates.close()
+
+    @rpc
+    async def ListOrphans(
+        self, request: epb.ListOrphansRequest, context: Ctx
+    ) -> epb.ListOrphansResponse:
+        return epb.ListOrphansResponse(orphans=[orphan_to_pb(o) for o in self.v.orphans()])
+
+    @rpc
+    async def AdoptVM(self, request: epb.OrphanRef, context: Ctx) -> pb.VM:
+        return await self._vm(ev.AdoptRequested, node_id=request.node_id, vm_id=request.vm)
+
+    @rpc
+    async def DeleteOrphan(self, request: epb.OrphanRef, context: Ctx) -> epb.Orphan:
+        orphan = await self.runner.request(
+            ev.DeleteOrphanRequested, node_id=request.node_id, vm_id=request.vm
+        )
+        return orphan_to_pb(orphan)
+
+    @rpc
     async def GetVM(self, request: epb.GetVMRequest, context: Ctx) -> pb.VM:
-        return vm_to_pb(self.c.find_vm(request.name_or_id))
+        return vm_to_pb(self.v.find_vm(request.name_or_id))
 
     @rpc
     async def ListVMs(self, request: epb.ListVMsRequest, context: Ctx) -> epb.ListVMsResponse:
-        vms = sorted(self.c.vms.values(), key=lambda v: v.spec.name)
+        vms = sorted(self.v.vms.values(), key=lambda v: v.spec.name)
         if request.node_id:
             vms = [vm for vm in vms if vm.node_id == request.node_id]
         return epb.ListVMsResponse(vms=[vm_to_pb(vm) for vm in vms])
 
     @rpc
     async def DeleteVM(self, request: epb.DeleteVMRequest, context: Ctx) -> epb.DeleteVMResponse:
-        return epb.DeleteVMResponse(vm=vm_to_pb(await self.c.delete(request.name_or_id)))
+        vm = await self._vm(ev.DeleteRequested, name_or_id=request.name_or_id)
+        return epb.DeleteVMResponse(vm=vm)
 
     @rpc
     async def SuspendVM(self, request: epb.VMRef, context: Ctx) -> pb.VM:
-        return vm_to_pb(await self.c.suspend(request.name_or_id))
+        return await self._vm(ev.PowerRequested, name_or_id=request.name_or_id, paused=True)
 
     @rpc
     async def ResumeVM(self, request: epb.VMRef, context: Ctx) -> pb.VM:
-        return vm_to_pb(await self.c.resume(request.name_or_id))
+        return await self._vm(ev.PowerRequested, name_or_id=request.name_or_id, paused=False)
 
     @rpc
     async def GetVMConsole(
         self, request: epb.GetVMConsoleRequest, context: Ctx
     ) -> epb.GetVMConsoleResponse:
-        vm, text = await self.c.console(request.name_or_id, request.max_bytes)
+        vm, text = await self.runner.request(
+            ev.ConsoleRequested, name_or_id=request.name_or_id, max_bytes=request.max_bytes
+        )
         return epb.GetVMConsoleResponse(vm_id=vm.id, node_id=vm.node_id, text=text)
 
     @rpc
     async def ListNodes(self, request: epb.ListNodesRequest, context: Ctx) -> epb.ListNodesResponse:
-        nodes = sorted(self.c.nodes.values(), key=lambda n: n.node_id)
-        return epb.ListNodesResponse(nodes=[self._node_to_pb(n) for n in nodes])
+        nodes = sorted(self.v.nodes.values(), key=lambda n: n.node_id)
+        return epb.ListNodesResponse(nodes=[node_to_pb(self.v, n) for n in nodes])
 
     @rpc
     async def GetNode(self, request: epb.GetNodeRequest, context: Ctx) -> pb.Node:
-        return self._node_to_pb(self.c.get_node(request.node_id))
+        return node_to_pb(self.v, self.v.get_node(request.node_id))
 
     @rpc
     async def GetStatus(self, request: epb.GetStatusRequest, context: Ctx) -> epb.Status:
-        ready = sum(1 for n in self.c.nodes.values() if self.c.condition(n)[0].value == "ready")
-        by_state = Counter(vm.state.value for vm in self.c.vms.values())
+        ready = sum(1 for n in self.v.nodes.values() if self.v.condition(n)[0].value == "ready")
+        by_state = Counter(vm.state.value for vm in self.v.vms.values())
         return epb.Status(
-            controller_id=self.c.controller_id,
+            controller_id=self.runner.core.settings.controller_id,
             version=__version__,
-            nodes_total=len(self.c.nodes),
+            nodes_total=len(self.v.nodes),
             nodes_ready=ready,
-            vms_total=len(self.c.vms),
+            vms_total=len(self.v.vms),
             vms_by_state=dict(by_state),
-            store=self.c.store.name,
-            uptime_seconds=self.c.clock() - self.c.started_at,
+            store=self.runner.store.name,
+            uptime_seconds=self.runner.clock() - self.runner.started_at,
         )
 
     @rpc
     async def PlaceVM(self, request: epb.PlaceVMRequest, context: Ctx) -> epb.PlacementDecision:
-        return decision_to_pb(self.c.explain_placement(dry_run_spec(request.spec), k=3))
+        return decision_to_pb(self.v.explain_placement(dry_run_spec(request.spec), k=3))
 
     @rpc
     async def RecommendPlacement(
         self, request: epb.RecommendPlacementRequest, context: Ctx
     ) -> epb.PlacementDecision:
         k = request.k or 3
-        return decision_to_pb(self.c.explain_placement(dry_run_spec(request.spec), k=k))
+        return decision_to_pb(self.v.explain_placement(dry_run_spec(request.spec), k=k))
 
     @rpc
     async def FindNearestNodes(
@@ -254,16 +265,18 @@ class EdgeAPIServicer(edge_api_pb2_grpc.EdgeAPIServicer):
                     estimated_rtt_ms=rtt,
                     edge_type=convert.edge_type_to_pb(node.info.edge_type),
                     country_code=node.info.location.country_code if node.info.location else "",
-                    condition=convert.condition_to_pb(self.c.condition(node)[0]),
+                    condition=convert.condition_to_pb(self.v.condition(node)[0]),
                 )
-                for node, km, rtt in self.c.nearest(loc, request.n or 5)
+                for node, km, rtt in self.v.nearest(loc, request.n or 5)
             ]
         )
 
     @rpc
     async def CordonNode(self, request: epb.CordonNodeRequest, context: Ctx) -> pb.Node:
-        return self._node_to_pb(await self.c.cordon(request.node_id, request.cordoned))
+        return await self._node(
+            ev.CordonRequested, node_id=request.node_id, cordoned=request.cordoned
+        )
 
     @rpc
     async def RotateMeshKey(self, request: epb.GetNodeRequest, context: Ctx) -> pb.Node:
-        return self._node_to_pb(await self.c.rotate_mesh_key(request.node_id))
+        return await self._node(ev.RotateKeyRequested, node_id=request.node_id)

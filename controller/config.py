@@ -83,6 +83,9 @@ class ControllerConfig:
     command_timeout: Seconds = Seconds(30.0)
     deploy_timeout: Seconds = Seconds(120.0)
     insecure: bool = False
+    # This state dir starts a new installation: agents that remember another installation are
+    # taken over (their VMs shown as orphans, never deleted).
+    new_installation: bool = False
     controller_id: str = ""
     log_level: str = "info"
     mesh_pool: str = "10.250.0.0/16"  # overlay addresses for the WireGuard mesh

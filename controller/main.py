@@ -1,4 +1,15 @@
-"""novacron-controller: the daemon's command line."""
+"""novacron-controller: the daemon's command line.
+
+Start-up on a state dir without `controller.db` creates the database (the store is opened with
+`create=True`), so `novacron-controller --insecure --state-dir DIR` works on a fresh host as the
+README shows; such a controller is a new installation (`store.created`, with a new
+`installation_id`). Creating it is safe because absence is not deletion: agents that remember
+another installation refuse its destructive reconcile unless the operator passed
+`--new-installation` (config `new_installation`), in which case they are taken over and their VMs
+are shown as orphans, never deleted. A database that is there but unreadable (`StoreCorrupt`), of
+an unknown schema, or otherwise refused stops start-up: printed as `novacron-controller: <message>`
+(naming the file), exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +47,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="serve without TLS or authentication (local development only)",
     )
+    p.add_argument(
+        "--new-installation",
+        action="store_true",
+        default=None,
+        help="this state dir starts a new installation: agents that remember another "
+        "installation are taken over (their VMs shown as orphans, never deleted)",
+    )
     p.add_argument("--log-level", help="debug, info, warning, error")
     p.add_argument("--log-format", choices=["json", "console"], help="default: console on a TTY")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -66,13 +84,14 @@ def main(argv: list[str] | None = None) -> int:
                 "controller_id": args.controller_id,
                 "metrics_listen": args.metrics_listen,
                 "insecure": args.insecure,
+                "new_installation": args.new_installation,
                 "log_level": args.log_level,
             },
         )
         fmt = {"json": True, "console": False}.get(args.log_format or "")
         configure_logging(config.log_level, json=fmt)
         asyncio.run(serve(ControllerServer(config)))
-    except NovaCronError as exc:
+    except NovaCronError as exc:  # StoreCorrupt, StoreMissing, ... name the file themselves
         print(f"novacron-controller: {exc}", file=sys.stderr)
         return 2
     except (OSError, sqlite3.Error) as exc:  # state dir unwritable, database locked or corrupt

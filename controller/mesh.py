@@ -30,15 +30,20 @@ class Ipam:
 
     def address(self, node_id: str) -> str:
         """The node's address, allocating the lowest free one on first use."""
+        found = self.peek(node_id)
+        self.held[node_id] = found
+        return found
+
+    def peek(self, node_id: str) -> str:
+        """The address `node_id` holds, or the one it would get (nothing is allocated)."""
         found = self.held.get(node_id)
         if found is not None:
             return found
         taken = set(self.held.values()) | self.reserved
         for host in self.network.hosts():
             if str(host) not in taken:
-                self.held[node_id] = str(host)
                 return str(host)
-        raise ResourceExhausted(f"mesh address pool {self.network} is exhausted")
+        raise ResourceExhausted(f"address pool {self.network} is exhausted")
 
     def release(self, node_id: str) -> None:
         self.held.pop(node_id, None)

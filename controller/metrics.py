@@ -11,13 +11,13 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from controller.core import Controller
+from controller.view import ControllerView
 
 QUANTILES = (("0.5", "p50_ms"), ("0.95", "p95_ms"), ("0.99", "p99_ms"))
 
 
 class ControllerCollector(Collector):
-    def __init__(self, controller: Controller) -> None:
+    def __init__(self, controller: ControllerView) -> None:
         self.c = controller
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -97,7 +97,7 @@ class ControllerCollector(Collector):
 class MetricsServer:
     """The /metrics endpoint on its own thread (prometheus_client's WSGI server)."""
 
-    def __init__(self, controller: Controller, listen: str) -> None:
+    def __init__(self, controller: ControllerView, listen: str) -> None:
         host, _, port = listen.rpartition(":")
         self.registry = CollectorRegistry()
         self.registry.register(ControllerCollector(controller))

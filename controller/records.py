@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 from shared.domain import (
@@ -20,7 +21,7 @@ from shared.mesh import MeshIdentity, MeshStatus
 NON_RESERVING_STATES = frozenset({VMState.FAILED})
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class VMRecord:
     id: str
     spec: VMSpec
@@ -41,7 +42,7 @@ class VMRecord:
         return self.state not in NON_RESERVING_STATES
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class NodeRecord:
     info: NodeInfo
     registered_at: float
@@ -78,3 +79,88 @@ class AuditEntry:
     target: str
     detail: str = ""
     actor: str = "api"
+
+
+class MigrationPhase(enum.StrEnum):
+    """The spec's five phases (and the progress each one reaches), then how it ended."""
+
+    PRE_CHECKS = "pre_checks"  # target chosen and asked to stage the VM
+    SNAPSHOT = "snapshot"  # target staged; the source's job starts
+    TRANSFER = "transfer"  # memory (and disk) moving; bytes from the source's job stats
+    SWITCHOVER = "switchover"  # the VM lives on the target now (generation raised)
+    CLEANUP = "cleanup"  # target routes and caps it; the source has released it
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # it keeps running where it was (or, after post-copy, where it ran last)
+
+    @property
+    def progress_pct(self) -> int:
+        return _PHASE_PCT[self]
+
+    @property
+    def terminal(self) -> bool:
+        return self in (MigrationPhase.SUCCEEDED, MigrationPhase.FAILED)
+
+
+_PHASE_PCT = {
+    MigrationPhase.PRE_CHECKS: 10,
+    MigrationPhase.SNAPSHOT: 30,
+    MigrationPhase.TRANSFER: 70,
+    MigrationPhase.SWITCHOVER: 90,
+    MigrationPhase.CLEANUP: 100,
+    MigrationPhase.SUCCEEDED: 100,
+    MigrationPhase.FAILED: 100,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationRecord:
+    """One migration job, persisted before each step that acts on it, so a restarted
+    controller knows where it was."""
+
+    id: str
+    vm_id: str
+    vm_name: str
+    source: str
+    target: str
+    phase: MigrationPhase
+    from_generation: int  # the VM's generation on the source
+    to_generation: int  # the generation it has once it lives on the target
+    mode: str = "live"  # "live" (pre-copy) or "postcopy"
+    reason: str = ""  # why this target ("requested", or the placement's one line)
+    priority: int = 0
+    max_downtime_ms: int = 0
+    bandwidth_mbit: int = 0
+    bytes_total: int = 0
+    bytes_transferred: int = 0
+    bytes_remaining: int = 0
+    started_at: float = 0.0
+    updated_at: float = 0.0
+    finished_at: float = 0.0
+    switched_at: float = 0.0  # when the VM started living on the target (0 = it has not)
+    phase_times: tuple[tuple[str, float], ...] = ()  # (phase, entered at), in order
+    downtime_ms: float = 0.0
+    elapsed_ms: float = 0.0  # the libvirt job's own time
+    error: str = ""
+    error_code: str = ""  # the gRPC status code name of `error`
+    stimulus_id: str = ""  # the request that started it
+    timeout_s: float = 0.0  # how long the source may take (0 = the deploy timeout)
+
+    @property
+    def active(self) -> bool:
+        return not self.phase.terminal
+
+    @property
+    def arrived(self) -> bool:
+        """The one fact that decides where the VM lives: it switched over to the target."""
+        return self.switched_at > 0
+
+
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """A deleted VM, remembered long enough to outlive any partition: a node that comes back
+    with a copy of it is told to destroy that copy instead of the VM being shown as an orphan."""
+
+    vm_id: str
+    name: str
+    generation: int
+    deleted_at: float

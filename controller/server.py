@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import time
+import uuid
 
 import grpc
 import structlog
@@ -12,9 +13,10 @@ from grpc_reflection.v1alpha import reflection
 
 from controller.api import EdgeAPIServicer
 from controller.config import ControllerConfig
-from controller.core import Controller
+from controller.core import ControllerCore, Settings
 from controller.metrics import MetricsServer
 from controller.placement import ScoredEngine
+from controller.runner import Runner
 from controller.sessions import AgentSessionServicer
 from controller.store import SQLiteStore
 from shared.errors import InvalidArgument
@@ -44,10 +46,9 @@ def node_identity_insecure(hello: apb.Hello) -> str:
 class ControllerServer:
     def __init__(self, config: ControllerConfig) -> None:
         self.config = config
-        self.controller: Controller | None = None
+        self.controller: Runner | None = None
         self.port = 0
         self._server: grpc.aio.Server | None = None
-        self._liveness: asyncio.Task[None] | None = None
         self.metrics: MetricsServer | None = None
 
     async def start(self) -> int:
@@ -60,10 +61,11 @@ class ControllerServer:
             "INSECURE MODE: agents and clients are not authenticated; local development only"
         )
         store = SQLiteStore(self.config.state_dir / "controller.db")
-        controller = Controller(
-            store,
-            ScoredEngine(self.config.edge_computing.placement_profile()),
-            controller_id=self.config.controller_id,
+        stored = await store.load()
+        settings = Settings(
+            controller_id=self.config.controller_id or f"controller-{uuid.uuid4().hex[:8]}",
+            installation_id=store.installation_id,
+            take_over=self.config.new_installation,
             heartbeat_interval=self.config.heartbeat_interval,
             probe_interval=self.config.probe_interval,
             command_timeout=self.config.command_timeout,
@@ -71,7 +73,21 @@ class ControllerServer:
             mesh_pool=self.config.mesh_pool,
             vm_pool=self.config.vm_pool,
         )
-        await controller.load()
+        core = ControllerCore(
+            settings, ScoredEngine(self.config.edge_computing.placement_profile())
+        )
+        core.load(stored.nodes, stored.vms, stored.migrations, stored.tombstones, now=time.time())
+        log.info(
+            "state loaded",
+            nodes=len(stored.nodes),
+            vms=len(stored.vms),
+            migrations=sum(1 for m in stored.migrations if m.active),
+            installation_id=store.installation_id,
+            new_store=store.created,
+            store=store.name,
+        )
+        controller = Runner(core, store)
+        await controller.start()
         server = grpc.aio.server(options=SERVER_OPTIONS)
         agent_pb2_grpc.add_AgentSessionServicer_to_server(
             AgentSessionServicer(controller, node_identity_insecure), server
@@ -94,16 +110,15 @@ class ControllerServer:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
         self.controller = controller
-        self._liveness = asyncio.create_task(controller.watch_liveness())
         if self.config.metrics_listen:
-            self.metrics = MetricsServer(controller, self.config.metrics_listen)
+            self.metrics = MetricsServer(controller.view, self.config.metrics_listen)
             log.info("metrics on /metrics", port=self.metrics.port)
         log.info(
             "controller listening",
             listen=self.config.listen,
             port=self.port,
             state_dir=str(self.config.state_dir),
-            controller_id=controller.controller_id,
+            controller_id=settings.controller_id,
         )
         return self.port
 
@@ -120,10 +135,6 @@ class ControllerServer:
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)
             self.metrics = None
-        if self._liveness is not None:
-            self._liveness.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._liveness
         if self.controller is not None:
             self.controller.disconnect_all()
         if self._server is not None:

@@ -1,24 +1,24 @@
-"""The agent side of the controller: one `AgentConnection` per connected agent stream.
-
-Commands go down an outbox; results come back and resolve the caller's future by command id.
-A dropped stream fails every pending command with Unavailable at once, so no caller waits for a
-node that is gone.
+"""The agent side of the controller: the `AgentSession.Connect` servicer, one `AgentConnection`
+per stream. It turns agent messages into core events and the runner's commands into messages;
+the core decides everything else (which commands are pending, their deadlines, what a
+disconnect means).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol
 
 import grpc
 import structlog
 
-from shared.convert import timestamp
-from shared.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from controller.core import events as ev
+from controller.core.instructions import SendCommand, Welcome
+from controller.runner import Runner
+from shared import convert
+from shared.errors import InvalidArgument, NovaCronError
 from shared.pb.v1 import agent_pb2 as apb
 from shared.pb.v1 import agent_pb2_grpc
 
@@ -31,45 +31,38 @@ class AgentConnection:
         self.peer = peer
         self.session_id = uuid.uuid4().hex[:12]
         self._outbox: asyncio.Queue[apb.ControllerMessage | None] = asyncio.Queue()
-        self._pending: dict[str, asyncio.Future[apb.CommandResult]] = {}
+        self._welcome: asyncio.Future[Welcome] = asyncio.get_running_loop().create_future()
         self.closed = False
 
-    async def call(self, command: apb.Command, timeout: float) -> apb.CommandResult:
-        """Send `command` and wait for its result; DeadlineExceeded after `timeout` seconds."""
+    def send_command(self, instruction: SendCommand) -> bool:
         if self.closed:
-            raise Unavailable(f"node {self.node_id!r} is not connected")
-        if not command.id:
-            command.id = uuid.uuid4().hex
-        command.deadline.CopyFrom(timestamp(time.time() + timeout))
-        future: asyncio.Future[apb.CommandResult] = asyncio.get_running_loop().create_future()
-        self._pending[command.id] = future
+            return False
+        command = convert.envelope_to_pb(instruction.envelope)
         self._outbox.put_nowait(apb.ControllerMessage(command=command))
-        try:
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"node {self.node_id!r} did not answer command {command.WhichOneof('action')} "
-                f"within {timeout:g}s"
-            ) from None
-        finally:
-            self._pending.pop(command.id, None)
-
-    def resolve(self, result: apb.CommandResult) -> None:
-        future = self._pending.get(result.command_id)
-        if future is not None and not future.done():
-            future.set_result(result)
+        return True
 
     def send(self, message: apb.ControllerMessage) -> None:
         if not self.closed:
             self._outbox.put_nowait(message)
 
+    def welcome(self, instruction: Welcome | None, error: NovaCronError | None) -> None:
+        if self._welcome.done():
+            return
+        if instruction is not None:
+            self._welcome.set_result(instruction)
+        else:
+            self._welcome.set_exception(error or NovaCronError("hello refused"))
+
+    async def welcomed(self) -> Welcome:
+        return await self._welcome
+
     def close(self, reason: str) -> None:
         if self.closed:
             return
         self.closed = True
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(Unavailable(f"node {self.node_id!r} {reason}"))
+        self.reason = reason
+        if not self._welcome.done():
+            self._welcome.set_exception(NovaCronError(f"session closed: {reason}"))
         self._outbox.put_nowait(None)
 
     async def outgoing(self) -> AsyncIterator[apb.ControllerMessage]:
@@ -77,22 +70,21 @@ class AgentConnection:
             yield message
 
 
-class SessionHandler(Protocol):
-    """What the controller core does with a session's traffic."""
-
-    heartbeat_interval: float
-    probe_interval: float
-    controller_id: str
-
-    async def on_hello(self, conn: AgentConnection, hello: apb.Hello) -> None: ...
-    async def on_heartbeat(self, conn: AgentConnection, heartbeat: apb.Heartbeat) -> None: ...
-    async def on_vm_event(self, conn: AgentConnection, event: apb.VMEvent) -> None: ...
-    async def on_disconnect(self, conn: AgentConnection) -> None: ...
+def hello_event(conn: AgentConnection, hello: apb.Hello) -> dict[str, object]:
+    return {
+        "node_id": conn.node_id,
+        "session_id": conn.session_id,
+        "info": convert.node_info_from_pb(hello.node),
+        "images": tuple(convert.image_from_pb(i) for i in hello.images),
+        "vms": tuple(convert.vm_status_from_pb(v) for v in hello.vms),
+        "mesh": convert.mesh_identity_from_pb(hello.mesh) if hello.HasField("mesh") else None,
+        "known_installation_id": hello.known_installation_id,
+    }
 
 
 class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
-    def __init__(self, handler: SessionHandler, identity: Callable[[apb.Hello], str]) -> None:
-        self._handler = handler
+    def __init__(self, runner: Runner, identity: Callable[[apb.Hello], str]) -> None:
+        self._runner = runner
         self._identity = identity
 
     async def Connect(
@@ -115,26 +107,45 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
         conn = AgentConnection(node_id, context.peer())
         bound = log.bind(node_id=node_id, session=conn.session_id)
         bound.info("agent connected", peer=conn.peer)
-        # Registered before the welcome, so an agent that saw its welcome is placeable.
-        await self._handler.on_hello(conn, first.hello)
-        yield apb.ControllerMessage(
-            welcome=apb.Welcome(
-                controller_id=self._handler.controller_id,
-                heartbeat_interval_ms=int(self._handler.heartbeat_interval * 1000),
-                probe_interval_ms=int(self._handler.probe_interval * 1000),
-            )
-        )
-        reader = asyncio.create_task(self._read(conn, request_iterator))
+        runner = self._runner
+        runner.attach(conn)
         try:
-            async for message in conn.outgoing():
-                yield message
+            # Registered (and stored) before the welcome, so an agent that saw its welcome is
+            # placeable.
+            runner.submit(ev.AgentHello, **hello_event(conn, first.hello))
+            try:
+                welcome = await conn.welcomed()
+            except NovaCronError as exc:
+                bound.warning("hello refused", error=str(exc))
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            settings = runner.core.settings
+            yield apb.ControllerMessage(
+                welcome=apb.Welcome(
+                    controller_id=settings.controller_id,
+                    heartbeat_interval_ms=int(settings.heartbeat_interval * 1000),
+                    probe_interval_ms=int(settings.probe_interval * 1000),
+                    installation_id=welcome.installation_id,
+                    take_over=welcome.take_over,
+                )
+            )
+            reader = asyncio.create_task(self._read(conn, request_iterator))
+            try:
+                async for message in conn.outgoing():
+                    yield message
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+                conn.close("disconnected")
+                runner.submit(
+                    ev.AgentDisconnected,
+                    node_id=node_id,
+                    session_id=conn.session_id,
+                    reason=getattr(conn, "reason", "disconnected"),
+                )
+                bound.info("agent disconnected")
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-            conn.close("disconnected")
-            await self._handler.on_disconnect(conn)
-            bound.info("agent disconnected")
+            runner.detach(conn)
 
     async def _read(
         self, conn: AgentConnection, request_iterator: AsyncIterator[apb.AgentMessage]
@@ -142,8 +153,8 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
         try:
             async for message in request_iterator:
                 try:
-                    await self._dispatch(conn, message)
-                except Exception:  # a bug handling one message must not drop the node
+                    self._dispatch(conn, message)
+                except Exception:  # a bad message must not drop the node
                     log.exception("failed to handle agent message", node_id=conn.node_id)
         except asyncio.CancelledError:
             raise
@@ -152,15 +163,33 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
         finally:
             conn.close("disconnected")
 
-    async def _dispatch(self, conn: AgentConnection, message: apb.AgentMessage) -> None:
+    def _dispatch(self, conn: AgentConnection, message: apb.AgentMessage) -> None:
         kind = message.WhichOneof("body")
+        ids = {"node_id": conn.node_id, "session_id": conn.session_id}
+        submit = self._runner.submit
         if kind == "ping":  # first and at once: the agent is timing this
             conn.send(apb.ControllerMessage(pong=apb.Pong(seq=message.ping.seq)))
         elif kind == "heartbeat":
-            await self._handler.on_heartbeat(conn, message.heartbeat)
+            hb = message.heartbeat
+            submit(
+                ev.AgentHeartbeat,
+                utilization=convert.utilization_from_pb(hb.utilization),
+                latencies=tuple(convert.latency_from_pb(s) for s in hb.latencies),
+                mesh=convert.mesh_status_from_pb(hb.mesh) if hb.HasField("mesh") else None,
+                vms=tuple(convert.vm_status_from_pb(v) for v in hb.vms),
+                **ids,
+            )
         elif kind == "result":
-            conn.resolve(message.result)
+            submit(ev.AgentResult, result=convert.result_from_pb(message.result), **ids)
         elif kind == "vm_event":
-            await self._handler.on_vm_event(conn, message.vm_event)
+            submit(
+                ev.AgentVMStatus,
+                status=convert.vm_status_from_pb(message.vm_event.vm),
+                lifecycle=message.vm_event.event,
+                **ids,
+            )
+        elif kind == "migration_progress":
+            progress = convert.migration_progress_from_pb(message.migration_progress)
+            submit(ev.AgentProgress, progress=progress, **ids)
         else:
             log.warning("unexpected message on session", node_id=conn.node_id, kind=kind)

@@ -7,7 +7,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from shared.commands import MigrationProgress, MigrationStats, MigrationTarget
 from shared.domain import Capacity, VMSpec, VMStatus
+
+__all__ = [
+    "BootMedia",
+    "HostInfo",
+    "Hypervisor",
+    "MigrationProgress",
+    "MigrationStats",
+    "MigrationTarget",
+    "NetworkAttachment",
+    "VMEventCallback",
+    "mac_for",
+]
 
 VMEventCallback = Callable[[VMStatus, str], None]
 """Called (from any thread) with the VM's new status and the lifecycle event name."""
@@ -32,30 +45,6 @@ class BootMedia:
     cmdline: str = ""
     disk: str = ""  # path of the VM's own qcow2 (an overlay on the image's base), or ""
     network: NetworkAttachment | None = None  # no NIC when None
-
-
-@dataclass(frozen=True, slots=True)
-class MigrationTarget:
-    """Where a live migration goes: the destination's libvirtd (the source's libvirtd opens a
-    peer-to-peer control connection to it), the destination's migration data address, and the
-    destination's own paths for the files the domain references (the source rewrites its
-    domain XML with them, since every node keeps VMs under its own state directory)."""
-
-    libvirt_uri: str  # e.g. qemu+tcp://10.213.0.3/system
-    data_uri: str  # e.g. tcp://10.213.0.3
-    kernel: str = ""
-    initrd: str = ""
-    disk: str = ""
-    console_log: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class MigrationStats:
-    """A finished migration as libvirt measured it (the destination's completed job)."""
-
-    elapsed_ms: float
-    downtime_ms: float
-    memory_bytes: int  # guest memory transferred
 
 
 def mac_for(vm_id: str) -> str:
@@ -123,18 +112,32 @@ class Hypervisor(Protocol):
         max_downtime_ms: int = 0,
         *,
         postcopy: bool = False,
+        generation: int = 0,
     ) -> None:
         """Live-migrate a running (or paused) VM to `target` and return when it runs there:
         persistent on the destination, undefined here. On failure the VM keeps running here
         and the error says why (with `postcopy`, only if it failed before the switch to
         post-copy; after it the source keeps its half paused). A VM's one disk (its qcow2
         overlay) is copied incrementally: the target must hold an overlay on the same base
-        image at `target.disk`."""
+        image at `target.disk`. The copy that arrives carries `generation` (0 = this copy's
+        own; older than this copy's: StaleGeneration); a copy left here keeps its own."""
+        ...
+
+    def migration_progress(self, vm_id: str) -> MigrationProgress | None:
+        """On the source while `migrate` runs (from another thread): the job's figures so far,
+        with migration_id "" (None when no job runs, it has no figures yet, or the driver has no
+        job stats)."""
         ...
 
     def migration_stats(self, vm_id: str) -> MigrationStats | None:
         """On the destination, after `migrate` returned on the source: the completed job's
         figures (None when libvirt has none, e.g. after a libvirtd restart)."""
+        ...
+
+    def set_generation(self, vm_id: str, generation: int) -> VMStatus:
+        """Write `generation` into the VM's own record (its live and persistent definition):
+        the same one is a no-op, an older one is refused (agent.fencing: StaleGeneration);
+        NotFound for an unknown VM."""
         ...
 
     def subscribe(self, callback: VMEventCallback) -> None:

@@ -13,16 +13,18 @@ import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import libvirt
 import structlog
 
+from agent.fencing import Fence, fence
 from agent.hypervisor import domain_xml
 from agent.hypervisor.base import (
     BootMedia,
     HostInfo,
+    MigrationProgress,
     MigrationStats,
     MigrationTarget,
     VMEventCallback,
@@ -123,6 +125,9 @@ _MIGRATABLE_STATES = (
     libvirt.VIR_DOMAIN_BLOCKED,
     libvirt.VIR_DOMAIN_PAUSED,
 )
+
+# the source's state once the guest runs on the destination (post-copy)
+_PAUSED_POSTCOPY = (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY)
 
 _event_lock = threading.Lock()
 _event_thread: threading.Thread | None = None
@@ -294,13 +299,8 @@ class LibvirtHypervisor:
             meta = self._meta(existing)
             if meta is None:
                 raise AlreadyExists(f"a foreign libvirt domain already has uuid {vm_id}")
-            if meta.generation == generation:
+            if fence(meta.generation, generation, f"create vm {vm_id}") is Fence.SAME:
                 return self._require_status(existing, vm_id)
-            if meta.generation > generation:
-                raise FailedPrecondition(
-                    f"vm {vm_id} is at generation {meta.generation}; "
-                    f"refusing generation {generation}"
-                )
         self._check_name_free(vm_id, spec.name)
         with _mapped("define", vm_id):
             dom = self._conn.defineXML(xml)
@@ -308,14 +308,7 @@ class LibvirtHypervisor:
         self._remember(meta)
         if existing is not None and dom.isActive():
             # a running VM keeps its live config until restart; its identity moves on now
-            with _mapped("set metadata", vm_id):
-                dom.setMetadata(
-                    libvirt.VIR_DOMAIN_METADATA_ELEMENT,
-                    domain_xml.metadata_xml(meta),
-                    domain_xml.PREFIX,
-                    domain_xml.NAMESPACE,
-                    libvirt.VIR_DOMAIN_AFFECT_LIVE,
-                )
+            self._write_metadata(dom, meta, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         if existing is None or not dom.isActive():
             flags = libvirt.VIR_DOMAIN_START_PAUSED if start_paused else 0
             try:
@@ -362,6 +355,35 @@ class LibvirtHypervisor:
                 dom.resume()
         return self._require_status(dom, vm_id)
 
+    def set_generation(self, vm_id: str, generation: int) -> VMStatus:
+        dom = self._require(vm_id)
+        with _mapped("set generation", vm_id):
+            meta = self._meta(dom)
+        if meta is None:
+            raise NotFound(f"vm {vm_id} not found")
+        if fence(meta.generation, generation, f"set generation of vm {vm_id}") is Fence.SAME:
+            return self._require_status(dom, vm_id)
+        meta = replace(meta, generation=generation)
+        with _mapped("set generation", vm_id):
+            active = bool(dom.isActive())
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        if active:
+            flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+        self._write_metadata(dom, meta, flags)
+        self._remember(meta)
+        log.info("vm_generation_set", vm_id=vm_id, generation=generation)
+        return self._require_status(dom, vm_id)
+
+    def _write_metadata(self, dom: Any, meta: VMMetadata, flags: int) -> None:
+        with _mapped("set metadata", meta.vm_id):
+            dom.setMetadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                domain_xml.metadata_xml(meta),
+                domain_xml.PREFIX,
+                domain_xml.NAMESPACE,
+                flags,
+            )
+
     def interface_devices(self, vm_id: str) -> list[str]:
         dom = self._require(vm_id)
         with _mapped("interface devices", vm_id):
@@ -395,6 +417,7 @@ class LibvirtHypervisor:
         max_downtime_ms: int = 0,
         *,
         postcopy: bool = False,
+        generation: int = 0,
     ) -> None:
         if bandwidth_mbit < 0 or max_downtime_ms < 0:
             raise InvalidArgument(
@@ -405,7 +428,11 @@ class LibvirtHypervisor:
             raise InvalidArgument(f"migrate {vm_id}: the target has no libvirt URI")
         dom = self._require(vm_id)
         with _mapped("migrate", vm_id):
+            meta = self._meta(dom)
             state = dom.state()[0]
+        if meta is not None and generation > 0:
+            fence(meta.generation, generation, f"migrate vm {vm_id}")
+        with _mapped("migrate", vm_id):
             if state not in _MIGRATABLE_STATES:
                 what = "stopped" if state == libvirt.VIR_DOMAIN_SHUTOFF else "not running"
                 raise FailedPrecondition(
@@ -420,8 +447,8 @@ class LibvirtHypervisor:
         if problem:
             raise FailedPrecondition(f"migrate {vm_id}: {problem}")
         params: dict[str, str | int] = {
-            libvirt.VIR_MIGRATE_PARAM_DEST_XML: _retarget_xml(live_xml, target),
-            libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: _retarget_xml(persist_xml, target),
+            libvirt.VIR_MIGRATE_PARAM_DEST_XML: _retarget_xml(live_xml, target, generation),
+            libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: _retarget_xml(persist_xml, target, generation),
         }
         if target.data_uri:  # else libvirt uses the destination's migration_host
             params[libvirt.VIR_MIGRATE_PARAM_URI] = target.data_uri
@@ -462,6 +489,24 @@ class LibvirtHypervisor:
             max_downtime_ms=max_downtime_ms,
             postcopy=postcopy,
         )
+
+    def migration_progress(self, vm_id: str) -> MigrationProgress | None:
+        dom = self._lookup(vm_id)
+        if dom is None:
+            return None
+        try:
+            stats = dom.jobStats(0)
+            state, reason = dom.state()
+        except libvirt.libvirtError as err:
+            if _error_code(err) in (
+                libvirt.VIR_ERR_NO_DOMAIN,
+                libvirt.VIR_ERR_NO_SUPPORT,  # e.g. libvirt's test driver
+                libvirt.VIR_ERR_OPERATION_INVALID,  # e.g. the domain just stopped
+            ):
+                return None
+            raise Internal(f"migration progress {vm_id}: {err.get_error_message() or err}") from err
+        postcopy = (state, reason) == _PAUSED_POSTCOPY
+        return _migration_progress(vm_id, stats, postcopy=postcopy)
 
     def migration_stats(self, vm_id: str) -> MigrationStats | None:
         dom = self._lookup(vm_id)
@@ -735,16 +780,24 @@ def _migrated_disks(xml: str) -> list[str]:
     ]
 
 
-def _retarget_xml(xml: str, target: MigrationTarget) -> str:
+def _retarget_xml(xml: str, target: MigrationTarget, generation: int = 0) -> str:
     """The domain XML with the destination's paths for the files it references: kernel,
-    initrd, disk and the console log (file serial/console sources); everything else, our metadata
-    in its namespace included, stays as it is. A file the domain uses but `target` gives no
-    path for is an error: the source's path means nothing on another node."""
+    initrd, disk and the console log (file serial/console sources), and, when `generation` is
+    > 0, that generation in our metadata (the arriving copy's; the source's keeps its own);
+    everything else, the rest of our metadata included, stays as it is. A file the domain uses
+    but `target` gives no path for is an error: the source's path means nothing on another
+    node."""
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as err:
         raise InvalidArgument(f"domain XML cannot be parsed: {err}") from None
     vm = root.findtext("uuid") or root.findtext("name") or "?"
+    if generation > 0:
+        ns = domain_xml.NAMESPACE
+        el = root.find(f"metadata/{{{ns}}}vm/{{{ns}}}generation")
+        if el is None:
+            raise InvalidArgument(f"vm {vm} has no NovaCron metadata to carry generation")
+        el.text = str(generation)
     for tag, path in (("kernel", target.kernel), ("initrd", target.initrd)):
         el = root.find(f"os/{tag}")
         if el is None:
@@ -815,6 +868,40 @@ def _switch_to_postcopy(
 def _mib_per_s(mbit: int) -> int:
     """libvirt's migration bandwidth unit (MiB/s) for `mbit` Mbit/s: rounded up, at least 1."""
     return max(1, -(-mbit * 1_000_000 // (8 * 1024 * 1024)))
+
+
+DEFAULT_PAGE_SIZE = 4096
+
+
+def _migration_progress(
+    vm_id: str, stats: dict[str, Any], *, postcopy: bool = False
+) -> MigrationProgress | None:
+    """Our figures from a running job's stats (virDomainGetJobStats), or None when no
+    migration runs or it has no figures yet (while it sets up, libvirt reports zeros, which
+    must not read as "nothing remaining"). libvirt gives the dirty rate in pages/s; we report
+    bytes/s."""
+    if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+        return None
+    if stats.get("operation", libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT) not in (
+        libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN,
+        libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT,
+    ):
+        return None
+    try:
+        page = int(stats.get("memory_page_size", DEFAULT_PAGE_SIZE)) or DEFAULT_PAGE_SIZE
+        if int(stats.get("data_total", 0)) <= 0:
+            return None
+        return MigrationProgress(
+            vm_id=vm_id,
+            migration_id="",
+            data_total=int(stats.get("data_total", 0)),
+            data_processed=int(stats.get("data_processed", 0)),
+            data_remaining=int(stats.get("data_remaining", 0)),
+            memory_dirty_rate=int(stats.get("memory_dirty_rate", 0)) * page,
+            postcopy=postcopy,
+        )
+    except (TypeError, ValueError):
+        return None
 
 
 def _migration_stats(stats: dict[str, Any]) -> MigrationStats | None:

@@ -22,6 +22,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from agent.fencing import StaleGeneration
+from agent.hypervisor import domain_xml
 from agent.hypervisor.base import (
     BootMedia,
     Hypervisor,
@@ -185,6 +187,41 @@ def test_create_again_is_a_no_op(backend: Backend) -> None:
         backend.create(first.name, generation=1, vm_id=vm_id)
     newer = backend.create(first.name, generation=5, vm_id=vm_id)[1]
     assert newer.generation == 5 and newer.state == VMState.RUNNING
+
+
+def test_set_generation_moves_the_copy_on_and_never_back(backend: Backend) -> None:
+    hv = backend.hv
+    vm_id, first = backend.create(_unique("gen"), generation=2)
+    assert hv.set_generation(vm_id, 2) == first  # the same one: nothing changes
+    moved = hv.set_generation(vm_id, 5)
+    assert (moved.generation, moved.state) == (5, VMState.RUNNING)
+    assert hv.get_vm(vm_id) == moved
+    assert [s.generation for s in hv.list_vms() if s.vm_id == vm_id] == [5]
+    with pytest.raises(StaleGeneration, match="this node holds generation 5"):
+        hv.set_generation(vm_id, 4)
+    # written into the persistent definition too: a stopped and restarted VM keeps it
+    assert hv.stop(vm_id).generation == 5
+    assert hv.start(vm_id).generation == 5
+    inactive = libvirt.open(backend.uri)
+    try:
+        xml = inactive.lookupByUUIDString(vm_id).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    finally:
+        inactive.close()
+    meta = domain_xml.parse_metadata(xml)
+    assert meta is not None and (meta.generation, meta.name) == (5, first.name)
+    assert meta.labels == {"app": first.name}  # the rest of our record stays
+    # a create at the held generation is a no-op, one older is refused by the same rule
+    assert backend.create(first.name, generation=5, vm_id=vm_id)[1].generation == 5
+    with pytest.raises(StaleGeneration):
+        backend.create(first.name, generation=3, vm_id=vm_id)
+    with pytest.raises(NotFound):
+        hv.set_generation(str(uuid.uuid4()), 1)
+
+
+def test_no_migration_no_progress(backend: Backend) -> None:
+    vm_id, _ = backend.create(_unique("prog"))
+    assert backend.hv.migration_progress(vm_id) is None
+    assert backend.hv.migration_progress(str(uuid.uuid4())) is None
 
 
 def test_start_paused(backend: Backend) -> None:

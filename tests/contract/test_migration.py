@@ -30,13 +30,15 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from agent.fencing import StaleGeneration
 from agent.hypervisor import domain_xml
-from agent.hypervisor.base import BootMedia, MigrationTarget
+from agent.hypervisor.base import BootMedia, MigrationProgress, MigrationTarget
 from agent.hypervisor.libvirt_driver import (
     LibvirtHypervisor,
     _mib_per_s,
     _migrated_disks,
     _migration_problem,
+    _migration_progress,
     _migration_stats,
     _retarget_xml,
 )
@@ -143,6 +145,14 @@ class Node:
         conn = libvirt.open(self.daemon.uri)
         try:
             return ET.fromstring(conn.lookupByUUIDString(vm_id).XMLDesc(0))
+        finally:
+            conn.close()
+
+    def inactive_xml(self, vm_id: str) -> str:
+        """The VM's persistent definition, straight from libvirt."""
+        conn = libvirt.open(self.daemon.uri)
+        try:
+            return str(conn.lookupByUUIDString(vm_id).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
         finally:
             conn.close()
 
@@ -313,14 +323,36 @@ def test_running_guest_moves_and_back_keeping_its_identity(pair: Pair) -> None:
     _booted(a, vm_id, name)  # a guest that runs, not one still in firmware
     target = b.target(vm_id)
 
+    # the source's job as it runs, read from another thread as the agent does
+    readings: list[MigrationProgress] = []
+    moving = threading.Event()
+
+    def watch() -> None:
+        while not moving.wait(0.01):
+            reading = a.driver.migration_progress(vm_id)
+            if reading is not None:
+                readings.append(reading)
+
+    watcher = threading.Thread(target=watch, name="progress")
+    watcher.start()
     t0 = time.monotonic()
-    a.driver.migrate(vm_id, target)
+    try:
+        a.driver.migrate(vm_id, target, generation=4)  # the arriving copy's generation
+    finally:
+        moving.set()
+        watcher.join()
     wall = time.monotonic() - t0
+    figures = [(r.data_total, r.data_processed, r.data_remaining) for r in readings]
+    print(f"\nprogress on A while migrating (total, processed, remaining): {figures}")
+    assert readings, "no job stats on the source while it migrated"
+    assert all(r.vm_id == vm_id and r.data_total > 0 for r in readings)
+    assert all(r.data_processed + r.data_remaining <= r.data_total * 1.01 for r in readings)
+    assert [r.data_processed for r in readings] == sorted(r.data_processed for r in readings)
 
     on_b = b.driver.get_vm(vm_id)
     assert on_b is not None
     assert on_b.state == VMState.RUNNING
-    assert (on_b.vm_id, on_b.name, on_b.generation, on_b.image) == (vm_id, name, 3, "tiny")
+    assert (on_b.vm_id, on_b.name, on_b.generation, on_b.image) == (vm_id, name, 4, "tiny")
     assert (on_b.vcpus, on_b.memory_mib) == (1, 128)
     assert [s for s in b.driver.list_vms() if s.vm_id == vm_id] == [on_b]
     assert a.driver.get_vm(vm_id) is None
@@ -337,7 +369,8 @@ def test_running_guest_moves_and_back_keeping_its_identity(pair: Pair) -> None:
     for kind in ("serial", "console"):
         assert xml.find(f"devices/{kind}/source").get("path") == target.console_log  # type: ignore[union-attr]
     meta = domain_xml.parse_metadata(ET.tostring(xml, encoding="unicode"))
-    assert meta == domain_xml.VMMetadata(vm_id, name, 3, "tiny", {"app": name})
+    assert meta == domain_xml.VMMetadata(vm_id, name, 4, "tiny", {"app": name})
+    assert domain_xml.parse_metadata(b.inactive_xml(vm_id)) == meta  # persistent too
 
     stats = b.driver.migration_stats(vm_id)
     assert stats is not None, "no completed migration job on the destination"
@@ -365,7 +398,7 @@ def test_running_guest_moves_and_back_keeping_its_identity(pair: Pair) -> None:
     assert vm_id not in a.driver._known
     b.events.wait(vm_id, "started", VMState.PAUSED, reason="incoming migration")
     b.events.wait(vm_id, "resumed", VMState.RUNNING)
-    assert b.driver._known[vm_id].generation == 3
+    assert b.driver._known[vm_id].generation == 4
     print(f"events on A: {a.events.of(vm_id)}\nevents on B: {b.events.of(vm_id)}")
 
     # the guest keeps running, on B, writing to B's console log
@@ -384,10 +417,10 @@ def test_running_guest_moves_and_back_keeping_its_identity(pair: Pair) -> None:
     b.driver.migrate(vm_id, back, bandwidth_mbit=400, max_downtime_ms=50)
     on_a = a.driver.get_vm(vm_id)
     assert on_a is not None
-    assert (on_a.vm_id, on_a.name, on_a.generation, on_a.state) == (
+    assert (on_a.vm_id, on_a.name, on_a.generation, on_a.state) == (  # no generation: kept
         vm_id,
         name,
-        3,
+        4,
         VMState.PAUSED,
     )
     assert b.driver.get_vm(vm_id) is None
@@ -568,6 +601,60 @@ def test_retarget_xml_replaces_the_paths_and_keeps_the_rest() -> None:
         "/src/vms/", "/dst/vms/"
     )  # nothing but the paths changed
     assert ET.canonicalize(out) == ET.canonicalize(expected)
+
+
+def test_retarget_xml_gives_the_arriving_copy_its_generation() -> None:
+    xml = _sample_xml("/src/vms/x/console.log")  # at generation 7
+    target = MigrationTarget("qemu+tcp://h/system", "tcp://h", "/k", "/i", console_log="/c")
+    out = _retarget_xml(xml, target, generation=8)
+    meta, before = domain_xml.parse_metadata(out), domain_xml.parse_metadata(xml)
+    assert meta is not None and before is not None
+    assert meta == dataclasses.replace(before, generation=8)
+    assert domain_xml.parse_metadata(_retarget_xml(xml, target)) == before  # 0: kept
+    foreign = "<domain><name>x</name></domain>"
+    with pytest.raises(InvalidArgument, match="metadata"):
+        _retarget_xml(foreign, target, generation=8)
+
+
+def test_migrate_refuses_an_older_generation(tmp_path: Path) -> None:
+    """The one fencing rule, in the driver too: no copy goes out older than the one here."""
+    hv = LibvirtHypervisor("test:///default")
+    vm_id = str(uuid.uuid4())
+    try:
+        for f in ("vmlinuz", "initrd.img"):
+            (tmp_path / f).write_bytes(b"not booted by the test driver")
+        media = BootMedia(kernel=str(tmp_path / "vmlinuz"), initrd=str(tmp_path / "initrd.img"))
+        spec = VMSpec(name=_unique("fence"), image="tiny", vcpus=1, memory_mib=128)
+        hv.create(vm_id, spec, 3, media, str(tmp_path / "console.log"))
+        target = MigrationTarget("qemu+tcp://h/system", "tcp://h", "/k", "/i", console_log="/c")
+        with pytest.raises(StaleGeneration, match="holds generation 3"):
+            hv.migrate(vm_id, target, generation=2)
+    finally:
+        hv.delete(vm_id)
+        hv.close()
+
+
+def test_progress_conversion() -> None:
+    running = {
+        "type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED,
+        "operation": libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT,
+        "data_total": 300 << 20,
+        "data_processed": 100 << 20,
+        "data_remaining": 200 << 20,
+        "memory_dirty_rate": 250,  # pages/s
+        "memory_page_size": 4096,
+    }
+    progress = _migration_progress("v", running, postcopy=True)
+    assert progress == MigrationProgress(
+        "v", "", 300 << 20, 100 << 20, 200 << 20, 250 * 4096, postcopy=True
+    )
+    setting_up = running | {"data_total": 0, "data_processed": 0, "data_remaining": 0}
+    assert _migration_progress("v", setting_up) is None  # zeros are not "nothing remaining"
+    no_page_size = {k: v for k, v in running.items() if k != "memory_page_size"}
+    assert _migration_progress("v", no_page_size) == dataclasses.replace(progress, postcopy=False)
+    assert _migration_progress("v", {"type": libvirt.VIR_DOMAIN_JOB_NONE}) is None
+    save = running | {"operation": libvirt.VIR_DOMAIN_JOB_OPERATION_SAVE}
+    assert _migration_progress("v", save) is None
 
 
 def test_retarget_xml_needs_every_path_the_domain_uses() -> None:

@@ -136,7 +136,7 @@ def assert_kept_table_matches_records(cluster: Cluster) -> None:
     the records books (it is updated in place by deploys, rebuilt after anything else)."""
     controller = cluster.server.controller if cluster.server else None
     assert controller is not None
-    kept, fresh = controller.node_table(), controller.build_node_table()
+    kept, fresh = controller.view.node_table(), controller.view.build_node_table()
     for node_id in fresh.ids:
         a, b = kept.index[node_id], fresh.index[node_id]
         assert list(kept.alloc[a]) == list(fresh.alloc[b]), node_id

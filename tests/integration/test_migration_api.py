@@ -6,6 +6,7 @@ tests/system/test_mesh.py (QEMU guests on the lab) and tests/contract/test_migra
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -13,6 +14,9 @@ import pytest
 
 from agent.config import LocationConfig
 from agent.images.catalog import ImageCatalog
+from controller.core.instructions import Persist
+from controller.records import MigrationPhase, MigrationRecord
+from controller.store import SQLiteStore
 from shared.domain import VMSpec
 from shared.errors import Internal
 from shared.pb.v1 import edge_api_pb2 as epb
@@ -135,7 +139,7 @@ async def test_a_postcopy_failing_after_arrival_is_reported_and_the_record_stays
         assert postcopy
         b.hypervisor.create(vm_id, VMSpec("web-1", "tiny", 1, 128), vm.generation, media, "c.log")
         a.hypervisor.suspend(vm_id)
-        wait_for(lambda: controller.vms[vm_id].node_id == "edge-b", 10, "the arrival")
+        wait_for(lambda: controller.view.vms[vm_id].node_id == "edge-b", 10, "the arrival")
         raise Internal(f"migrate {vm_id}: link lost; post-copy had begun")
 
     monkeypatch.setattr(a.hypervisor, "migrate", postcopy_that_fails)
@@ -148,37 +152,61 @@ async def test_a_postcopy_failing_after_arrival_is_reported_and_the_record_stays
     )
     again = await cluster.api.GetVM(epb.GetVMRequest(name_or_id="web-1"))
     assert again.node_id == "edge-b"
-    assert controller.vms[vm.id].migrating_to == ""
+    assert controller.view.vms[vm.id].migrating_to == ""
     assert a.hypervisor.get_vm(vm.id) is not None  # the source's half is kept, not destroyed
     assert_kept_table_matches_records(cluster)
+
+
+async def _mark_migrating(
+    cluster: Cluster, vm: pb.VM, phase: MigrationPhase = MigrationPhase.TRANSFER
+) -> None:
+    """Write, as a controller that died mid-migration would have left them, a VM record
+    holding room on edge-b and its migration record in `phase` (the controller is stopped)."""
+    store = SQLiteStore(cluster.tmp / "controller" / "controller.db", create=False)
+    try:
+        record = next(r for r in (await store.load()).vms if r.id == vm.id)
+        active = not phase.terminal
+        mig = MigrationRecord(
+            id=f"mig-{vm.spec.name}",
+            vm_id=vm.id,
+            vm_name=vm.spec.name,
+            source="edge-a",
+            target="edge-b",
+            phase=phase,
+            from_generation=record.generation,
+            to_generation=record.generation + 1,
+            started_at=1.0,
+        )
+        migrating_to = "edge-b" if active else ""
+        await store.apply(
+            Persist(vms=(replace(record, migrating_to=migrating_to),), migrations=(mig,))
+        )
+    finally:
+        await store.close()
 
 
 async def test_a_controller_restarted_during_migrations_settles_them_where_the_vms_are(
     cluster: Cluster, images: Path, tmp_path: Path
 ) -> None:
-    """The controller died while two VMs were marked "migrating to edge-b": one had landed
-    there, the other never left edge-a. After the restart each record follows its VM; nothing
-    is re-created at a source or deleted at a target as stale."""
+    """The controller died while two VMs were migrating to edge-b: one had landed there, the
+    other never left edge-a. After the restart each migration record says how it ended and
+    each VM record follows its VM; nothing is re-created at a source or deleted at a target."""
     a = await cluster.start_agent("edge-a", cluster.test_uri("edge-a"), images, location=BERLIN)
     b = await cluster.start_agent("edge-b", cluster.test_uri("edge-b"), images, location=BERLIN)
     stayed = await _deploy(cluster, "stayed", pin=True)
     landed = await _deploy(cluster, "landed", pin=True)
-    controller = cluster.server.controller if cluster.server else None
-    assert controller is not None
+    await cluster.stop_controller()
     for vm in (stayed, landed):
-        record = controller.vms[vm.id]
-        record.migrating_to = "edge-b"
-        await controller.store.put_vm(record)
-    # "landed" moved: defined and running on edge-b, gone from edge-a
+        await _mark_migrating(cluster, vm)
+    # "landed" moved: defined and running on edge-b (with the generation the move gives it),
+    # gone from edge-a
     vm_dir = tmp_path / "landed"
     media = ImageCatalog(images).prepare("tiny", vm_dir)
     spec = VMSpec("landed", "tiny", 1, 128)
     await asyncio.to_thread(
-        b.hypervisor.create, landed.id, spec, landed.generation, media, str(vm_dir / "c.log")
+        b.hypervisor.create, landed.id, spec, landed.generation + 1, media, str(vm_dir / "c.log")
     )
     await asyncio.to_thread(a.hypervisor.delete, landed.id)
-
-    await cluster.stop_controller()
     await cluster.start_controller()
 
     async def settled() -> bool:
@@ -198,34 +226,51 @@ async def test_a_controller_restarted_during_migrations_settles_them_where_the_v
     for node_id in ("edge-a", "edge-b"):
         node = await cluster.api.GetNode(epb.GetNodeRequest(node_id=node_id))
         assert node.allocated.memory_mib == 128, node_id
+    got = await cluster.api.GetVM(epb.GetVMRequest(name_or_id="landed"))
+    assert got.generation == landed.generation + 1
+    phases = {}
+    for name in ("landed", "stayed"):
+        mig = await cluster.api.GetMigrationStatus(epb.GetMigrationRequest(vm=name))
+        phases[name] = mig.phase
+    assert phases == {
+        "landed": epb.MIGRATION_PHASE_SUCCEEDED,
+        "stayed": epb.MIGRATION_PHASE_FAILED,
+    }
 
 
-async def test_a_vm_landing_after_its_migrate_call_gave_up_is_followed(
+async def test_a_vm_landing_after_its_migration_was_given_up_is_followed(
     cluster: Cluster, images: Path, tmp_path: Path
 ) -> None:
-    """A MigrateVM call timed out (outcome unknown: the record keeps `migrating_to`), and the
-    guest then resumes on the target: its running event alone moves the record there."""
+    """A migration was settled as failed (the VM was still on its source), and the guest then
+    resumes on the target with the generation only that migration gives it: the record
+    follows it there, and the source's copy is not the VM any more."""
     a = await cluster.start_agent("edge-a", cluster.test_uri("edge-a"), images, location=BERLIN)
     b = await cluster.start_agent("edge-b", cluster.test_uri("edge-b"), images, location=BERLIN)
     late = await _deploy(cluster, "late", pin=True)
-    controller = cluster.server.controller if cluster.server else None
-    assert controller is not None
-    record = controller.vms[late.id]
-    record.migrating_to = "edge-b"
-    await controller.store.put_vm(record)
+    await cluster.stop_controller()
+    await _mark_migrating(cluster, late, MigrationPhase.FAILED)
     vm_dir = tmp_path / "late"
     media = ImageCatalog(images).prepare("tiny", vm_dir)
     spec = VMSpec("late", "tiny", 1, 128)
     await asyncio.to_thread(a.hypervisor.delete, late.id)
     await asyncio.to_thread(
-        b.hypervisor.create, late.id, spec, late.generation, media, str(vm_dir / "c.log")
+        b.hypervisor.create, late.id, spec, late.generation + 1, media, str(vm_dir / "c.log")
     )
+    await cluster.start_controller()
 
     async def followed() -> bool:
         vm = await cluster.api.GetVM(epb.GetVMRequest(name_or_id="late"))
         return vm.node_id == "edge-b" and vm.state == pb.VM_STATE_RUNNING
 
     await eventually(followed, 10, "the record to follow the VM to edge-b")
-    assert controller.vms[late.id].migrating_to == ""
+    controller = cluster.server.controller if cluster.server else None
+    assert controller is not None
+    assert controller.view.vms[late.id].migrating_to == ""
     assert_kept_table_matches_records(cluster)
-    assert (await controller.store.load_vms())[0].node_id == "edge-b"
+    store = SQLiteStore(cluster.tmp / "controller" / "controller.db", create=False)
+    try:
+        stored = await store.load()
+    finally:
+        await store.close()
+    assert [(vm.node_id, vm.generation) for vm in stored.vms] == [("edge-b", late.generation + 1)]
+    assert b.hypervisor.get_vm(late.id) is not None

@@ -8,6 +8,7 @@ import json
 import re
 import statistics
 import subprocess
+import threading
 import urllib.request
 
 import grpc
@@ -258,10 +259,17 @@ def test_a_live_migrated_vm_keeps_its_address_and_the_route_follows_it(lab: Lab)
             # one anycast gateway MAC everywhere: the guest's ARP entry survives the move
             macs = {_bridge_mac(lab, site) for site in ("iot-munich", "mec-berlin")}
             assert len(macs) == 1 and macs.pop().startswith("02:4e:")
+            watched: list[api.Migration] = []
+            watch = stub.WatchMigration(api.GetMigrationRequest(vm="mover"), timeout=300)
+            watcher = threading.Thread(target=lambda: watched.extend(watch), daemon=True)
+            watcher.start()  # subscribed before the request: it waits for the next migration
             moved = stub.MigrateVM(
                 api.MigrateVMRequest(name_or_id="mover", target_node_id="mec-berlin"),
                 timeout=300,
             )
+            watcher.join(30)
+            assert not watcher.is_alive(), "WatchMigration did not end with the migration"
+            _assert_watched_in_order(watched, moved.migration.id)
             assert moved.vm.node_id == "mec-berlin" and moved.source_node_id == "iot-munich"
             assert moved.vm.address == vm.address
             assert moved.vm.state == pb.VM_STATE_RUNNING
@@ -288,6 +296,30 @@ def test_a_live_migrated_vm_keeps_its_address_and_the_route_follows_it(lab: Lab)
             f"migration: job {moved.elapsed_ms:.0f} ms, downtime {moved.downtime_ms:.0f} ms, "
             f"{moved.memory_bytes / 2**20:.1f} MiB, total {moved.total_ms:.0f} ms"
         )
+
+
+def _assert_watched_in_order(watched: list[api.Migration], migration_id: str) -> None:
+    """WatchMigration saw this migration's phases in order, with the source's job stats:
+    bytes remaining fall to 0."""
+    assert watched and {m.id for m in watched} == {migration_id}
+    order = [
+        api.MIGRATION_PHASE_PRE_CHECKS,
+        api.MIGRATION_PHASE_SNAPSHOT,
+        api.MIGRATION_PHASE_TRANSFER,
+        api.MIGRATION_PHASE_SWITCHOVER,
+        api.MIGRATION_PHASE_CLEANUP,
+        api.MIGRATION_PHASE_SUCCEEDED,
+    ]
+    seen = [m.phase for m in watched]
+    assert seen == sorted(seen, key=order.index), seen
+    assert seen[-1] == api.MIGRATION_PHASE_SUCCEEDED
+    assert api.MIGRATION_PHASE_TRANSFER in seen and api.MIGRATION_PHASE_SWITCHOVER in seen
+    transfer = [m for m in watched if m.phase == api.MIGRATION_PHASE_TRANSFER]
+    assert transfer[0].bytes_total > 0
+    remaining = [m.bytes_remaining for m in transfer]
+    assert remaining[0] > 0 and len(set(remaining)) > 1, remaining
+    assert watched[-1].bytes_remaining == 0
+    print(f"watched {len(watched)} updates; bytes remaining {remaining[0]} -> 0")
 
 
 def _site_pings(lab: Lab, site: str, ip: str) -> bool:

@@ -32,6 +32,7 @@ class AgentMessage(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     VM_EVENT_FIELD_NUMBER: _builtins.int
     PING_FIELD_NUMBER: _builtins.int
+    MIGRATION_PROGRESS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -42,6 +43,8 @@ class AgentMessage(_message.Message):
     def vm_event(self) -> Global___VMEvent: ...
     @_builtins.property
     def ping(self) -> Global___Ping: ...
+    @_builtins.property
+    def migration_progress(self) -> Global___MigrationProgress: ...
     def __init__(
         self,
         *,
@@ -50,12 +53,13 @@ class AgentMessage(_message.Message):
         result: Global___CommandResult | None = ...,
         vm_event: Global___VMEvent | None = ...,
         ping: Global___Ping | None = ...,
+        migration_progress: Global___MigrationProgress | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "heartbeat", b"heartbeat", "hello", b"hello", "ping", b"ping", "result", b"result", "vm_event", b"vm_event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "heartbeat", b"heartbeat", "hello", b"hello", "migration_progress", b"migration_progress", "ping", b"ping", "result", b"result", "vm_event", b"vm_event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "heartbeat", b"heartbeat", "hello", b"hello", "ping", b"ping", "result", b"result", "vm_event", b"vm_event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "heartbeat", b"heartbeat", "hello", b"hello", "migration_progress", b"migration_progress", "ping", b"ping", "result", b"result", "vm_event", b"vm_event"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "heartbeat", "result", "vm_event", "ping"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "heartbeat", "result", "vm_event", "ping", "migration_progress"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -112,7 +116,10 @@ class Hello(_message.Message):
     IMAGES_FIELD_NUMBER: _builtins.int
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     MESH_FIELD_NUMBER: _builtins.int
+    KNOWN_INSTALLATION_ID_FIELD_NUMBER: _builtins.int
     protocol_version: _builtins.int
+    known_installation_id: _builtins.str
+    """the controller installation this node first saw ("" = none)"""
     @_builtins.property
     def node(self) -> _types_pb2.NodeInfo: ...
     @_builtins.property
@@ -131,10 +138,11 @@ class Hello(_message.Message):
         images: _abc.Iterable[_types_pb2.ImageInfo] | None = ...,
         protocol_version: _builtins.int = ...,
         mesh: _types_pb2.MeshIdentity | None = ...,
+        known_installation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["mesh", b"mesh", "node", b"node"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "mesh", b"mesh", "node", b"node", "protocol_version", b"protocol_version", "vms", b"vms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "known_installation_id", b"known_installation_id", "mesh", b"mesh", "node", b"node", "protocol_version", b"protocol_version", "vms", b"vms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -393,6 +401,8 @@ class MigrateVM(_message.Message):
     MAX_DOWNTIME_MS_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
     POSTCOPY_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
+    MIGRATION_ID_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
     name: _builtins.str
     bandwidth_mbit: _builtins.int
@@ -403,6 +413,10 @@ class MigrateVM(_message.Message):
     """its VM-network address: the source withdraws its local route"""
     postcopy: _builtins.bool
     """switch to post-copy as soon as memory starts moving"""
+    generation: _builtins.int
+    """the generation the arriving copy gets (0 = the source's own)"""
+    migration_id: _builtins.str
+    """progress reports name it"""
     @_builtins.property
     def target(self) -> Global___MigrationTarget: ...
     def __init__(
@@ -415,14 +429,57 @@ class MigrateVM(_message.Message):
         max_downtime_ms: _builtins.int = ...,
         address: _builtins.str = ...,
         postcopy: _builtins.bool = ...,
+        generation: _builtins.int = ...,
+        migration_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "bandwidth_mbit", b"bandwidth_mbit", "max_downtime_ms", b"max_downtime_ms", "name", b"name", "postcopy", b"postcopy", "target", b"target", "vm_id", b"vm_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "bandwidth_mbit", b"bandwidth_mbit", "generation", b"generation", "max_downtime_ms", b"max_downtime_ms", "migration_id", b"migration_id", "name", b"name", "postcopy", b"postcopy", "target", b"target", "vm_id", b"vm_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MigrateVM: _TypeAlias = MigrateVM  # noqa: Y015
+
+@_typing.final
+class MigrationProgress(_message.Message):
+    """Sent up by the source while it runs a MigrateVM: its libvirt job's figures (bytes)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VM_ID_FIELD_NUMBER: _builtins.int
+    MIGRATION_ID_FIELD_NUMBER: _builtins.int
+    DATA_TOTAL_FIELD_NUMBER: _builtins.int
+    DATA_PROCESSED_FIELD_NUMBER: _builtins.int
+    DATA_REMAINING_FIELD_NUMBER: _builtins.int
+    MEMORY_DIRTY_RATE_FIELD_NUMBER: _builtins.int
+    POSTCOPY_FIELD_NUMBER: _builtins.int
+    vm_id: _builtins.str
+    migration_id: _builtins.str
+    data_total: _builtins.int
+    data_processed: _builtins.int
+    data_remaining: _builtins.int
+    memory_dirty_rate: _builtins.int
+    """bytes/s"""
+    postcopy: _builtins.bool
+    """the guest already runs on the destination"""
+    def __init__(
+        self,
+        *,
+        vm_id: _builtins.str = ...,
+        migration_id: _builtins.str = ...,
+        data_total: _builtins.int = ...,
+        data_processed: _builtins.int = ...,
+        data_remaining: _builtins.int = ...,
+        memory_dirty_rate: _builtins.int = ...,
+        postcopy: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_processed", b"data_processed", "data_remaining", b"data_remaining", "data_total", b"data_total", "memory_dirty_rate", b"memory_dirty_rate", "migration_id", b"migration_id", "postcopy", b"postcopy", "vm_id", b"vm_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigrationProgress: _TypeAlias = MigrationProgress  # noqa: Y015
 
 @_typing.final
 class RotateKey(_message.Message):
@@ -476,20 +533,28 @@ class Welcome(_message.Message):
     CONTROLLER_ID_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
     PROBE_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    INSTALLATION_ID_FIELD_NUMBER: _builtins.int
+    TAKE_OVER_FIELD_NUMBER: _builtins.int
     controller_id: _builtins.str
     heartbeat_interval_ms: _builtins.int
     probe_interval_ms: _builtins.int
     """how often the agent probes the controller (0 = its own)"""
+    installation_id: _builtins.str
+    """the controller installation (its state); "" = not said"""
+    take_over: _builtins.bool
+    """--new-installation: nodes of another installation join this one"""
     def __init__(
         self,
         *,
         controller_id: _builtins.str = ...,
         heartbeat_interval_ms: _builtins.int = ...,
         probe_interval_ms: _builtins.int = ...,
+        installation_id: _builtins.str = ...,
+        take_over: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["controller_id", b"controller_id", "heartbeat_interval_ms", b"heartbeat_interval_ms", "probe_interval_ms", b"probe_interval_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["controller_id", b"controller_id", "heartbeat_interval_ms", b"heartbeat_interval_ms", "installation_id", b"installation_id", "probe_interval_ms", b"probe_interval_ms", "take_over", b"take_over"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

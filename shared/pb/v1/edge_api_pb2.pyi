@@ -6,7 +6,9 @@ The client-facing API of the controller (used by the novacron CLI and other serv
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from shared.pb.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
@@ -18,6 +20,315 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _MigrationPhase:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MigrationPhaseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MigrationPhase.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MIGRATION_PHASE_UNSPECIFIED: _MigrationPhase.ValueType  # 0
+    MIGRATION_PHASE_PRE_CHECKS: _MigrationPhase.ValueType  # 1
+    """10 %"""
+    MIGRATION_PHASE_SNAPSHOT: _MigrationPhase.ValueType  # 2
+    """30 %"""
+    MIGRATION_PHASE_TRANSFER: _MigrationPhase.ValueType  # 3
+    """70 %"""
+    MIGRATION_PHASE_SWITCHOVER: _MigrationPhase.ValueType  # 4
+    """90 %: the VM lives on the target"""
+    MIGRATION_PHASE_CLEANUP: _MigrationPhase.ValueType  # 5
+    """100 %"""
+    MIGRATION_PHASE_SUCCEEDED: _MigrationPhase.ValueType  # 6
+    MIGRATION_PHASE_FAILED: _MigrationPhase.ValueType  # 7
+
+class MigrationPhase(_MigrationPhase, metaclass=_MigrationPhaseEnumTypeWrapper): ...
+
+MIGRATION_PHASE_UNSPECIFIED: MigrationPhase.ValueType  # 0
+MIGRATION_PHASE_PRE_CHECKS: MigrationPhase.ValueType  # 1
+"""10 %"""
+MIGRATION_PHASE_SNAPSHOT: MigrationPhase.ValueType  # 2
+"""30 %"""
+MIGRATION_PHASE_TRANSFER: MigrationPhase.ValueType  # 3
+"""70 %"""
+MIGRATION_PHASE_SWITCHOVER: MigrationPhase.ValueType  # 4
+"""90 %: the VM lives on the target"""
+MIGRATION_PHASE_CLEANUP: MigrationPhase.ValueType  # 5
+"""100 %"""
+MIGRATION_PHASE_SUCCEEDED: MigrationPhase.ValueType  # 6
+MIGRATION_PHASE_FAILED: MigrationPhase.ValueType  # 7
+Global___MigrationPhase: _TypeAlias = MigrationPhase  # noqa: Y015
+
+@_typing.final
+class PhaseTime(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHASE_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    phase: Global___MigrationPhase.ValueType
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        phase: Global___MigrationPhase.ValueType = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "phase", b"phase"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PhaseTime: _TypeAlias = PhaseTime  # noqa: Y015
+
+@_typing.final
+class Migration(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    VM_ID_FIELD_NUMBER: _builtins.int
+    VM_NAME_FIELD_NUMBER: _builtins.int
+    SOURCE_NODE_ID_FIELD_NUMBER: _builtins.int
+    TARGET_NODE_ID_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    PROGRESS_PCT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    MAX_DOWNTIME_MS_FIELD_NUMBER: _builtins.int
+    BANDWIDTH_MBIT_FIELD_NUMBER: _builtins.int
+    BYTES_TOTAL_FIELD_NUMBER: _builtins.int
+    BYTES_TRANSFERRED_FIELD_NUMBER: _builtins.int
+    BYTES_REMAINING_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    PHASES_FIELD_NUMBER: _builtins.int
+    DOWNTIME_MS_FIELD_NUMBER: _builtins.int
+    ELAPSED_MS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    FROM_GENERATION_FIELD_NUMBER: _builtins.int
+    TO_GENERATION_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    vm_id: _builtins.str
+    vm_name: _builtins.str
+    source_node_id: _builtins.str
+    target_node_id: _builtins.str
+    mode: _builtins.str
+    """"live" (pre-copy) or "postcopy" """
+    phase: Global___MigrationPhase.ValueType
+    progress_pct: _builtins.int
+    """the phase's share: 10, 30, 70, 90, 100"""
+    reason: _builtins.str
+    priority: _builtins.int
+    max_downtime_ms: _builtins.int
+    bandwidth_mbit: _builtins.int
+    bytes_total: _builtins.int
+    bytes_transferred: _builtins.int
+    bytes_remaining: _builtins.int
+    downtime_ms: _builtins.float
+    elapsed_ms: _builtins.float
+    error: _builtins.str
+    from_generation: _builtins.int
+    to_generation: _builtins.int
+    active: _builtins.bool
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def phases(self) -> _containers.RepeatedCompositeFieldContainer[Global___PhaseTime]: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        vm_id: _builtins.str = ...,
+        vm_name: _builtins.str = ...,
+        source_node_id: _builtins.str = ...,
+        target_node_id: _builtins.str = ...,
+        mode: _builtins.str = ...,
+        phase: Global___MigrationPhase.ValueType = ...,
+        progress_pct: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        priority: _builtins.int = ...,
+        max_downtime_ms: _builtins.int = ...,
+        bandwidth_mbit: _builtins.int = ...,
+        bytes_total: _builtins.int = ...,
+        bytes_transferred: _builtins.int = ...,
+        bytes_remaining: _builtins.int = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+        phases: _abc.Iterable[Global___PhaseTime] | None = ...,
+        downtime_ms: _builtins.float = ...,
+        elapsed_ms: _builtins.float = ...,
+        error: _builtins.str = ...,
+        from_generation: _builtins.int = ...,
+        to_generation: _builtins.int = ...,
+        active: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "bandwidth_mbit", b"bandwidth_mbit", "bytes_remaining", b"bytes_remaining", "bytes_total", b"bytes_total", "bytes_transferred", b"bytes_transferred", "downtime_ms", b"downtime_ms", "elapsed_ms", b"elapsed_ms", "error", b"error", "finished_at", b"finished_at", "from_generation", b"from_generation", "id", b"id", "max_downtime_ms", b"max_downtime_ms", "mode", b"mode", "phase", b"phase", "phases", b"phases", "priority", b"priority", "progress_pct", b"progress_pct", "reason", b"reason", "source_node_id", b"source_node_id", "started_at", b"started_at", "target_node_id", b"target_node_id", "to_generation", b"to_generation", "updated_at", b"updated_at", "vm_id", b"vm_id", "vm_name", b"vm_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Migration: _TypeAlias = Migration  # noqa: Y015
+
+@_typing.final
+class GetMigrationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIGRATION_ID_FIELD_NUMBER: _builtins.int
+    VM_FIELD_NUMBER: _builtins.int
+    migration_id: _builtins.str
+    """or"""
+    vm: _builtins.str
+    """a VM name or id: its latest migration"""
+    def __init__(
+        self,
+        *,
+        migration_id: _builtins.str = ...,
+        vm: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["migration_id", b"migration_id", "vm", b"vm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMigrationRequest: _TypeAlias = GetMigrationRequest  # noqa: Y015
+
+@_typing.final
+class ListMigrationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VM_FIELD_NUMBER: _builtins.int
+    vm: _builtins.str
+    """"" = all"""
+    def __init__(
+        self,
+        *,
+        vm: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["vm", b"vm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMigrationsRequest: _TypeAlias = ListMigrationsRequest  # noqa: Y015
+
+@_typing.final
+class ListMigrationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIGRATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def migrations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Migration]: ...
+    def __init__(
+        self,
+        *,
+        migrations: _abc.Iterable[Global___Migration] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["migrations", b"migrations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMigrationsResponse: _TypeAlias = ListMigrationsResponse  # noqa: Y015
+
+@_typing.final
+class Orphan(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    VM_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SEEN_AT_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    reason: _builtins.str
+    @_builtins.property
+    def vm(self) -> _types_pb2.VMStatus: ...
+    @_builtins.property
+    def seen_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        vm: _types_pb2.VMStatus | None = ...,
+        reason: _builtins.str = ...,
+        seen_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["seen_at", b"seen_at", "vm", b"vm"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "reason", b"reason", "seen_at", b"seen_at", "vm", b"vm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Orphan: _TypeAlias = Orphan  # noqa: Y015
+
+@_typing.final
+class ListOrphansRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOrphansRequest: _TypeAlias = ListOrphansRequest  # noqa: Y015
+
+@_typing.final
+class ListOrphansResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORPHANS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def orphans(self) -> _containers.RepeatedCompositeFieldContainer[Global___Orphan]: ...
+    def __init__(
+        self,
+        *,
+        orphans: _abc.Iterable[Global___Orphan] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["orphans", b"orphans"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOrphansResponse: _TypeAlias = ListOrphansResponse  # noqa: Y015
+
+@_typing.final
+class OrphanRef(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    VM_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    vm: _builtins.str
+    """its id or name on that node"""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        vm: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "vm", b"vm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrphanRef: _TypeAlias = OrphanRef  # noqa: Y015
 
 @_typing.final
 class PlaceVMRequest(_message.Message):
@@ -439,6 +750,7 @@ class MigrateVMResponse(_message.Message):
     DOWNTIME_MS_FIELD_NUMBER: _builtins.int
     MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     TOTAL_MS_FIELD_NUMBER: _builtins.int
+    MIGRATION_FIELD_NUMBER: _builtins.int
     source_node_id: _builtins.str
     target_reason: _builtins.str
     """why this target, when placement chose it"""
@@ -452,6 +764,8 @@ class MigrateVMResponse(_message.Message):
     """the whole operation, prepare to route switch, as the controller saw it"""
     @_builtins.property
     def vm(self) -> _types_pb2.VM: ...
+    @_builtins.property
+    def migration(self) -> Global___Migration: ...
     def __init__(
         self,
         *,
@@ -462,10 +776,11 @@ class MigrateVMResponse(_message.Message):
         downtime_ms: _builtins.float = ...,
         memory_bytes: _builtins.int = ...,
         total_ms: _builtins.float = ...,
+        migration: Global___Migration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["vm", b"vm"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["migration", b"migration", "vm", b"vm"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["downtime_ms", b"downtime_ms", "elapsed_ms", b"elapsed_ms", "memory_bytes", b"memory_bytes", "source_node_id", b"source_node_id", "target_reason", b"target_reason", "total_ms", b"total_ms", "vm", b"vm"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["downtime_ms", b"downtime_ms", "elapsed_ms", b"elapsed_ms", "memory_bytes", b"memory_bytes", "migration", b"migration", "source_node_id", b"source_node_id", "target_reason", b"target_reason", "total_ms", b"total_ms", "vm", b"vm"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -120,6 +120,36 @@ class EdgeAPIStub:
                 request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.GetNodeRequest.SerializeToString,
                 response_deserializer=shared_dot_pb_dot_v1_dot_types__pb2.Node.FromString,
                 _registered_method=True)
+        self.GetMigrationStatus = channel.unary_unary(
+                '/novacron.edge.v1.EdgeAPI/GetMigrationStatus',
+                request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.GetMigrationRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.Migration.FromString,
+                _registered_method=True)
+        self.ListMigrations = channel.unary_unary(
+                '/novacron.edge.v1.EdgeAPI/ListMigrations',
+                request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.ListMigrationsRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.ListMigrationsResponse.FromString,
+                _registered_method=True)
+        self.WatchMigration = channel.unary_stream(
+                '/novacron.edge.v1.EdgeAPI/WatchMigration',
+                request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.GetMigrationRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.Migration.FromString,
+                _registered_method=True)
+        self.ListOrphans = channel.unary_unary(
+                '/novacron.edge.v1.EdgeAPI/ListOrphans',
+                request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.ListOrphansRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.ListOrphansResponse.FromString,
+                _registered_method=True)
+        self.AdoptVM = channel.unary_unary(
+                '/novacron.edge.v1.EdgeAPI/AdoptVM',
+                request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.OrphanRef.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_v1_dot_types__pb2.VM.FromString,
+                _registered_method=True)
+        self.DeleteOrphan = channel.unary_unary(
+                '/novacron.edge.v1.EdgeAPI/DeleteOrphan',
+                request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.OrphanRef.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.Orphan.FromString,
+                _registered_method=True)
 
 
 class EdgeAPIServicer:
@@ -234,6 +264,47 @@ class EdgeAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMigrationStatus(self, request, context):
+        """Migrations are jobs with named phases, persisted: ask for one by id or by VM (its latest).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMigrations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchMigration(self, request, context):
+        """The migration's record each time it changes (phase, bytes transferred/remaining from the
+        source's libvirt job), until it has ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOrphans(self, request, context):
+        """VMs that nodes run and the controller has no record of: left running until adopted
+        (they become managed where they run) or deleted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdoptVM(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteOrphan(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EdgeAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -321,6 +392,36 @@ def add_EdgeAPIServicer_to_server(servicer, server):
                     servicer.RotateMeshKey,
                     request_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.GetNodeRequest.FromString,
                     response_serializer=shared_dot_pb_dot_v1_dot_types__pb2.Node.SerializeToString,
+            ),
+            'GetMigrationStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMigrationStatus,
+                    request_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.GetMigrationRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.Migration.SerializeToString,
+            ),
+            'ListMigrations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMigrations,
+                    request_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.ListMigrationsRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.ListMigrationsResponse.SerializeToString,
+            ),
+            'WatchMigration': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchMigration,
+                    request_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.GetMigrationRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.Migration.SerializeToString,
+            ),
+            'ListOrphans': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOrphans,
+                    request_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.ListOrphansRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.ListOrphansResponse.SerializeToString,
+            ),
+            'AdoptVM': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdoptVM,
+                    request_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.OrphanRef.FromString,
+                    response_serializer=shared_dot_pb_dot_v1_dot_types__pb2.VM.SerializeToString,
+            ),
+            'DeleteOrphan': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteOrphan,
+                    request_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.OrphanRef.FromString,
+                    response_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.Orphan.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -782,6 +883,168 @@ class EdgeAPI:
             '/novacron.edge.v1.EdgeAPI/RotateMeshKey',
             shared_dot_pb_dot_v1_dot_edge__api__pb2.GetNodeRequest.SerializeToString,
             shared_dot_pb_dot_v1_dot_types__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMigrationStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/novacron.edge.v1.EdgeAPI/GetMigrationStatus',
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.GetMigrationRequest.SerializeToString,
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.Migration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMigrations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/novacron.edge.v1.EdgeAPI/ListMigrations',
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.ListMigrationsRequest.SerializeToString,
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.ListMigrationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchMigration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/novacron.edge.v1.EdgeAPI/WatchMigration',
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.GetMigrationRequest.SerializeToString,
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.Migration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOrphans(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/novacron.edge.v1.EdgeAPI/ListOrphans',
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.ListOrphansRequest.SerializeToString,
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.ListOrphansResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdoptVM(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/novacron.edge.v1.EdgeAPI/AdoptVM',
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.OrphanRef.SerializeToString,
+            shared_dot_pb_dot_v1_dot_types__pb2.VM.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteOrphan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/novacron.edge.v1.EdgeAPI/DeleteOrphan',
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.OrphanRef.SerializeToString,
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.Orphan.FromString,
             options,
             channel_credentials,
             insecure,

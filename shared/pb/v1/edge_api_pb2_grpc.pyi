@@ -58,6 +58,19 @@ class EdgeAPIStub:
     CordonNode: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.CordonNodeRequest, _types_pb2.Node]
     RotateMeshKey: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.GetNodeRequest, _types_pb2.Node]
     """The node makes a new WireGuard key pair; every peer is updated with its new public key."""
+    GetMigrationStatus: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.GetMigrationRequest, _edge_api_pb2.Migration]
+    """Migrations are jobs with named phases, persisted: ask for one by id or by VM (its latest)."""
+    ListMigrations: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.ListMigrationsRequest, _edge_api_pb2.ListMigrationsResponse]
+    WatchMigration: _grpc.UnaryStreamMultiCallable[_edge_api_pb2.GetMigrationRequest, _edge_api_pb2.Migration]
+    """The migration's record each time it changes (phase, bytes transferred/remaining from the
+    source's libvirt job), until it has ended.
+    """
+    ListOrphans: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.ListOrphansRequest, _edge_api_pb2.ListOrphansResponse]
+    """VMs that nodes run and the controller has no record of: left running until adopted
+    (they become managed where they run) or deleted.
+    """
+    AdoptVM: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.OrphanRef, _types_pb2.VM]
+    DeleteOrphan: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.OrphanRef, _edge_api_pb2.Orphan]
 
 @_typing.type_check_only
 class EdgeAPIAsyncStub(EdgeAPIStub):
@@ -88,6 +101,19 @@ class EdgeAPIAsyncStub(EdgeAPIStub):
     CordonNode: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.CordonNodeRequest, _types_pb2.Node]  # type: ignore[assignment]
     RotateMeshKey: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.GetNodeRequest, _types_pb2.Node]  # type: ignore[assignment]
     """The node makes a new WireGuard key pair; every peer is updated with its new public key."""
+    GetMigrationStatus: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.GetMigrationRequest, _edge_api_pb2.Migration]  # type: ignore[assignment]
+    """Migrations are jobs with named phases, persisted: ask for one by id or by VM (its latest)."""
+    ListMigrations: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.ListMigrationsRequest, _edge_api_pb2.ListMigrationsResponse]  # type: ignore[assignment]
+    WatchMigration: _aio.UnaryStreamMultiCallable[_edge_api_pb2.GetMigrationRequest, _edge_api_pb2.Migration]  # type: ignore[assignment]
+    """The migration's record each time it changes (phase, bytes transferred/remaining from the
+    source's libvirt job), until it has ended.
+    """
+    ListOrphans: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.ListOrphansRequest, _edge_api_pb2.ListOrphansResponse]  # type: ignore[assignment]
+    """VMs that nodes run and the controller has no record of: left running until adopted
+    (they become managed where they run) or deleted.
+    """
+    AdoptVM: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.OrphanRef, _types_pb2.VM]  # type: ignore[assignment]
+    DeleteOrphan: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.OrphanRef, _edge_api_pb2.Orphan]  # type: ignore[assignment]
 
 class EdgeAPIServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -217,5 +243,54 @@ class EdgeAPIServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_types_pb2.Node, _abc.Awaitable[_types_pb2.Node]]:
         """The node makes a new WireGuard key pair; every peer is updated with its new public key."""
+
+    @_abc_1.abstractmethod
+    def GetMigrationStatus(
+        self,
+        request: _edge_api_pb2.GetMigrationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_edge_api_pb2.Migration, _abc.Awaitable[_edge_api_pb2.Migration]]:
+        """Migrations are jobs with named phases, persisted: ask for one by id or by VM (its latest)."""
+
+    @_abc_1.abstractmethod
+    def ListMigrations(
+        self,
+        request: _edge_api_pb2.ListMigrationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_edge_api_pb2.ListMigrationsResponse, _abc.Awaitable[_edge_api_pb2.ListMigrationsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def WatchMigration(
+        self,
+        request: _edge_api_pb2.GetMigrationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_edge_api_pb2.Migration], _abc.AsyncIterator[_edge_api_pb2.Migration]]:
+        """The migration's record each time it changes (phase, bytes transferred/remaining from the
+        source's libvirt job), until it has ended.
+        """
+
+    @_abc_1.abstractmethod
+    def ListOrphans(
+        self,
+        request: _edge_api_pb2.ListOrphansRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_edge_api_pb2.ListOrphansResponse, _abc.Awaitable[_edge_api_pb2.ListOrphansResponse]]:
+        """VMs that nodes run and the controller has no record of: left running until adopted
+        (they become managed where they run) or deleted.
+        """
+
+    @_abc_1.abstractmethod
+    def AdoptVM(
+        self,
+        request: _edge_api_pb2.OrphanRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.VM, _abc.Awaitable[_types_pb2.VM]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteOrphan(
+        self,
+        request: _edge_api_pb2.OrphanRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_edge_api_pb2.Orphan, _abc.Awaitable[_edge_api_pb2.Orphan]]: ...
 
 def add_EdgeAPIServicer_to_server(servicer: EdgeAPIServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

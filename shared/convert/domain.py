@@ -1,4 +1,4 @@
-"""The one place where protobuf messages become domain objects and back."""
+"""Protobuf <-> the domain types of shared.domain and shared.mesh (part of shared.convert)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,41 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from shared import domain as d
 from shared import mesh
 from shared.pb.v1 import types_pb2 as pb
+
+__all__ = [
+    "capacity_from_pb",
+    "capacity_to_pb",
+    "condition_to_pb",
+    "constraints_from_pb",
+    "constraints_to_pb",
+    "desired_state_to_pb",
+    "edge_type_from_pb",
+    "edge_type_to_pb",
+    "image_from_pb",
+    "image_to_pb",
+    "latency_from_pb",
+    "latency_to_pb",
+    "location_from_pb",
+    "location_to_pb",
+    "mesh_config_from_pb",
+    "mesh_config_to_pb",
+    "mesh_identity_from_pb",
+    "mesh_identity_to_pb",
+    "mesh_status_from_pb",
+    "mesh_status_to_pb",
+    "node_info_from_pb",
+    "node_info_to_pb",
+    "spec_from_pb",
+    "spec_to_pb",
+    "timestamp",
+    "timestamp_seconds",
+    "utilization_from_pb",
+    "utilization_to_pb",
+    "vm_state_from_pb",
+    "vm_state_to_pb",
+    "vm_status_from_pb",
+    "vm_status_to_pb",
+]
 
 _EDGE_TO_PB = {
     d.EdgeType.MEC: pb.EDGE_TYPE_MEC,

@@ -1,0 +1,208 @@
+"""What happens to the controller, as frozen values: API requests, agent traffic, timers.
+
+Every event carries `stimulus_id` (the id every change it causes is logged with) and `now`
+(the only clock the core knows). API requests are answered by a `Reply` to their stimulus id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.commands import CommandResult, MigrationProgress
+from shared.domain import ImageInfo, LatencyStats, NodeInfo, Utilization, VMSpec, VMStatus
+from shared.errors import NovaCronError
+from shared.mesh import MeshIdentity, MeshStatus
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    stimulus_id: str
+    now: float
+
+
+# ---------------------------------------------------------------- API requests (each replied)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeployRequested(Event):
+    spec: VMSpec
+    request_id: str = ""
+    timeout: float = 0.0  # 0 = the configured deploy timeout
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeployManyRequested(Event):
+    specs: tuple[VMSpec, ...]
+    request_id: str = ""
+    timeout: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteRequested(Event):
+    name_or_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PowerRequested(Event):
+    name_or_id: str
+    paused: bool  # True: suspend; False: resume
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsoleRequested(Event):
+    name_or_id: str
+    max_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MigrateRequested(Event):
+    name_or_id: str
+    target: str = ""
+    bandwidth_mbit: int = 0
+    max_downtime_ms: int = 0
+    timeout: float = 0.0
+    postcopy: bool = False
+    reason: str = ""
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CordonRequested(Event):
+    node_id: str
+    cordoned: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RotateKeyRequested(Event):
+    node_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdoptRequested(Event):
+    """Take an orphan (a VM a node runs that the controller has no record of) under management."""
+
+    node_id: str
+    vm_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteOrphanRequested(Event):
+    node_id: str
+    vm_id: str
+
+
+# ---------------------------------------------------------------- agent sessions
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentHello(Event):
+    node_id: str
+    session_id: str
+    info: NodeInfo
+    images: tuple[ImageInfo, ...] = ()
+    vms: tuple[VMStatus, ...] = ()
+    mesh: MeshIdentity | None = None
+    known_installation_id: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentHeartbeat(Event):
+    node_id: str
+    session_id: str
+    utilization: Utilization
+    latencies: tuple[LatencyStats, ...] = ()
+    mesh: MeshStatus | None = None
+    vms: tuple[VMStatus, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentVMStatus(Event):
+    """A lifecycle event: the VM's state on that node changed."""
+
+    node_id: str
+    session_id: str
+    status: VMStatus
+    lifecycle: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentResult(Event):
+    node_id: str
+    session_id: str
+    result: CommandResult
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentProgress(Event):
+    node_id: str
+    session_id: str
+    progress: MigrationProgress
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentDisconnected(Event):
+    node_id: str
+    session_id: str
+    reason: str = "disconnected"
+
+
+# ---------------------------------------------------------------- time and the runner
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tick(Event):
+    """Periodic: liveness (close silent sessions)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimerFired(Event):
+    key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandUndeliverable(Event):
+    """The runner could not hand a command to the node's session (it had just closed)."""
+
+    node_id: str
+    command_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PersistFailed(Event):
+    """The `Persist` of the event `failed_stimulus_id` was not written: the core has already
+    rolled that event back; it answers whoever waits on it."""
+
+    failed: Event
+    error: NovaCronError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Started(Event):
+    """The runner loaded the store: resume what the records say was under way."""
+
+
+__all__ = [
+    "AdoptRequested",
+    "AgentDisconnected",
+    "AgentHeartbeat",
+    "AgentHello",
+    "AgentProgress",
+    "AgentResult",
+    "AgentVMStatus",
+    "CommandUndeliverable",
+    "ConsoleRequested",
+    "CordonRequested",
+    "DeleteOrphanRequested",
+    "DeleteRequested",
+    "DeployManyRequested",
+    "DeployRequested",
+    "Event",
+    "MigrateRequested",
+    "PersistFailed",
+    "PowerRequested",
+    "RotateKeyRequested",
+    "Started",
+    "Tick",
+    "TimerFired",
+]

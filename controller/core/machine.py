@@ -1,0 +1,87 @@
+"""`ControllerCore`: every decision of the controller, as `handle(event) -> instructions`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+
+from controller.core import events as ev
+from controller.core.settle import SettleMixin
+from controller.core.state import Settings
+from controller.placement import ScoredEngine
+from controller.records import MigrationRecord, NodeRecord, Tombstone, VMRecord
+from shared.domain import VMState
+
+
+class ControllerCore(SettleMixin):
+    def __init__(self, settings: Settings, engine: ScoredEngine) -> None:
+        super().__init__(settings, engine)
+        self._handlers = {
+            ev.DeployRequested: self.on_deploy,
+            ev.DeployManyRequested: self.on_deploy_many,
+            ev.DeleteRequested: self.on_delete,
+            ev.PowerRequested: self.on_power,
+            ev.ConsoleRequested: self.on_console,
+            ev.MigrateRequested: self.on_migrate,
+            ev.CordonRequested: self.on_cordon,
+            ev.RotateKeyRequested: self.on_rotate_key,
+            ev.AdoptRequested: self.on_adopt,
+            ev.DeleteOrphanRequested: self.on_delete_orphan,
+            ev.AgentHello: self.on_hello,
+            ev.AgentHeartbeat: self.on_heartbeat,
+            ev.AgentVMStatus: self.on_vm_status,
+            ev.AgentResult: self.on_result,
+            ev.AgentProgress: self.on_progress,
+            ev.AgentDisconnected: self.on_disconnect,
+            ev.Tick: self.on_tick,
+            ev.TimerFired: self.on_timer,
+            ev.CommandUndeliverable: self.on_undeliverable,
+            ev.PersistFailed: self.on_persist_failed,
+            ev.Started: lambda event: None,
+        }
+        self._on_result = {
+            "create": self.on_create_result,
+            "delete": self.on_delete_result,
+            "power": self.on_power_result,
+            "console": self.on_console_result,
+            "mesh": self.on_mesh_result,
+            "rotate": self.on_rotate_result,
+            "reconcile_delete": self.on_reconcile_delete_result,
+            "delete_orphan": self.on_delete_orphan_result,
+            "mig_prepare": self.on_prepare_result,
+            "mig_migrate": self.on_migrate_result,
+            "mig_finish": self.on_finish_result,
+            "mig_unstage": self.on_unstage_result,
+        }
+
+    def load(
+        self,
+        nodes: Iterable[NodeRecord],
+        vms: Iterable[VMRecord],
+        migrations: Iterable[MigrationRecord] = (),
+        tombstones: Iterable[Tombstone] = (),
+        now: float = 0.0,
+    ) -> None:
+        """Start from persisted records (a restart). Until its node reports, a VM's observed
+        state is unknown; peer-set versions keep growing (they start from the clock)."""
+        state = self.state
+        for node in nodes:
+            state.nodes[node.node_id] = node
+            if node.mesh_address:
+                state.ipam.held[node.node_id] = node.mesh_address
+        for vm in vms:
+            if vm.state not in (VMState.FAILED, VMState.DELETING):
+                vm = replace(
+                    vm,
+                    state=VMState.UNKNOWN,
+                    state_reason="controller restarted; waiting for the node to report",
+                )
+            state.vms[vm.id] = vm
+            if vm.address:
+                state.vm_ipam.held[vm.id] = vm.address.split("/")[0]
+        for mig in migrations:
+            state.migrations[mig.id] = replace(mig, stimulus_id="")  # nobody waits any more
+        for stone in tombstones:
+            state.tombstones[stone.vm_id] = stone
+        state.counters["mesh_version"] = max(state.counters.get("mesh_version", 0), int(now * 1000))
+        state.fleet_changed()

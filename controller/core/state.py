@@ -1,0 +1,243 @@
+"""The fleet as the core knows it, and the read-only views the API and placement take of it.
+
+Durable records (nodes, VMs, migrations, tombstones) are frozen and replaced, never edited, so
+an event can be taken back (`controller.core.journal`). What lives only in memory (sessions,
+heartbeats, orphans, commands in flight) sits beside them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from controller.liveness import node_condition
+from controller.mesh import Ipam, gateway_of
+from controller.placement import NodeRow, NodeTable
+from controller.records import MigrationRecord, NodeRecord, Tombstone, VMRecord
+from shared.commands import AgentCommand
+from shared.domain import Capacity, Location, NodeCondition, VMStatus
+from shared.errors import NotFound, NovaCronError
+from shared.geo import haversine_km, rtt_estimate_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """The agent stream a node is connected by, and why it is not ready if it is not."""
+
+    session_id: str
+    store_error: str = ""  # its hello could not be persisted: not ready until it is
+
+
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    """A VM a node runs that the controller has no record of: left running until an operator
+    adopts or deletes it."""
+
+    node_id: str
+    status: VMStatus
+    seen_at: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A command sent and not yet answered. `purpose` tells the core what the answer means;
+    `vm_id`/`migration_id` what it is about; `waiters` the requests answered with it."""
+
+    command_id: str
+    node_id: str
+    session_id: str
+    command: AgentCommand
+    purpose: str
+    deadline: float
+    vm_id: str = ""
+    migration_id: str = ""
+    waiters: tuple[str, ...] = ()
+    doing: str = ""  # for messages: "creating", "deleting", ...
+    timeout: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """A request answered once every command in `commands` is answered (a batch deploy, a
+    key rotation waiting for every peer's new set)."""
+
+    stimulus_id: str
+    kind: str
+    commands: frozenset[str]
+    vm_ids: tuple[str, ...] = ()
+    node_id: str = ""
+    summary: str = ""
+
+
+@dataclass(slots=True)
+class Settings:
+    controller_id: str = "controller"
+    installation_id: str = ""
+    take_over: bool = False  # a new installation: agents remembering another one are taken over
+    heartbeat_interval: float = 5.0
+    probe_interval: float = 1.0
+    command_timeout: float = 30.0
+    deploy_timeout: float = 120.0
+    mesh_pool: str = "10.250.0.0/16"
+    vm_pool: str = "10.251.0.0/16"
+
+
+@dataclass(slots=True)
+class FleetState:
+    settings: Settings
+    nodes: dict[str, NodeRecord] = field(default_factory=dict)
+    vms: dict[str, VMRecord] = field(default_factory=dict)
+    migrations: dict[str, MigrationRecord] = field(default_factory=dict)
+    tombstones: dict[str, Tombstone] = field(default_factory=dict)
+    sessions: dict[str, Session] = field(default_factory=dict)
+    orphans: dict[tuple[str, str], Orphan] = field(default_factory=dict)
+    pending: dict[str, Pending] = field(default_factory=dict)
+    joins: dict[str, Join] = field(default_factory=dict)
+    unstaging: dict[str, NovaCronError] = field(default_factory=dict)  # migration -> its error
+    counters: dict[str, int] = field(default_factory=dict)  # "mesh_version", "seq"
+    ipam: Ipam = field(init=False)
+    vm_ipam: Ipam = field(init=False)
+    _table: NodeTable | None = None
+    _table_built: float = 0.0
+    _table_stale: bool = True
+
+    def __post_init__(self) -> None:
+        self.ipam = Ipam(self.settings.mesh_pool)
+        self.vm_ipam = Ipam(self.settings.vm_pool, reserved=(gateway_of(self.settings.vm_pool),))
+
+    # ------------------------------------------------------------ lookups
+
+    @property
+    def mesh_version(self) -> int:
+        return self.counters.get("mesh_version", 0)
+
+    def find_vm(self, name_or_id: str) -> VMRecord:
+        if not name_or_id:
+            raise NotFound("a VM name or id is required")
+        vm = self.vms.get(name_or_id)
+        if vm is not None:
+            return vm
+        for vm in self.vms.values():
+            if vm.spec.name == name_or_id:
+                return vm
+        matches = [vm for vm in self.vms.values() if vm.id.startswith(name_or_id)]
+        if len(matches) == 1:
+            return matches[0]
+        raise NotFound(f"VM {name_or_id!r} not found")
+
+    def get_node(self, node_id: str) -> NodeRecord:
+        node = self.nodes.get(node_id)
+        if node is None:
+            raise NotFound(f"node {node_id!r} not found")
+        return node
+
+    def migration_of(self, vm_id: str) -> MigrationRecord | None:
+        """The VM's active migration, if one is under way."""
+        for mig in self.migrations.values():
+            if mig.vm_id == vm_id and mig.active:
+                return mig
+        return None
+
+    def latest_migration(self, vm_id: str) -> MigrationRecord | None:
+        """The VM's active migration, else the one that ended last."""
+        found = [m for m in self.migrations.values() if m.vm_id == vm_id]
+        if not found:
+            return None
+        return max(found, key=lambda m: (m.active, m.started_at, m.finished_at))
+
+    def connected(self, node_id: str) -> bool:
+        return node_id in self.sessions
+
+    def condition(self, node: NodeRecord, now: float) -> tuple[NodeCondition, str]:
+        session = self.sessions.get(node.node_id)
+        if session is not None and session.store_error:
+            return NodeCondition.NOT_READY, session.store_error
+        return node_condition(
+            session is not None, node.last_heartbeat, now, self.settings.heartbeat_interval
+        )
+
+    def allocated(self, node_id: str) -> Capacity:
+        total = Capacity()
+        for vm in self.vms.values():
+            if node_id in (vm.node_id, vm.migrating_to) and vm.reserves_capacity:
+                total = total + vm.spec.capacity()
+        return total
+
+    def vms_on(self, node_id: str) -> list[VMRecord]:
+        return [vm for vm in self.vms.values() if vm.node_id == node_id]
+
+    def nearest(self, location: Location, n: int) -> list[tuple[NodeRecord, float, float]]:
+        """Nodes by distance: (node, km, physical-bound RTT estimate in ms)."""
+        found = []
+        for node in self.nodes.values():
+            loc = node.info.location
+            if loc is None:
+                continue
+            km = haversine_km(location.latitude, location.longitude, loc.latitude, loc.longitude)
+            found.append((node, km, rtt_estimate_ms(km, node.info.edge_type)))
+        found.sort(key=lambda f: (f[1], f[0].node_id))
+        return found[:n]
+
+    # ------------------------------------------------------------ the placement table
+
+    def fleet_changed(self) -> None:
+        """Nodes or bookings changed in a way the kept placement table does not reflect."""
+        self._table_stale = True
+
+    def node_table(self, now: float) -> NodeTable:
+        """The placement engine's view of the fleet, kept between decisions (the engine keeps
+        its per-table results, and building it costs ~0.1 s at 10k nodes). Rebuilt after any
+        change a deploy did not book into it itself, and at least every heartbeat interval
+        (for measured RTT, and nodes that went silent before their session closed)."""
+        if (
+            self._table is None
+            or self._table_stale
+            or now - self._table_built > self.settings.heartbeat_interval
+        ):
+            self._table, self._table_built = self.build_node_table(now), now
+            self._table_stale = False
+        return self._table
+
+    def kept_table(self) -> NodeTable | None:
+        """The kept table if it is current (a deploy books into it in place), else None."""
+        return None if self._table_stale else self._table
+
+    def build_node_table(self, now: float) -> NodeTable:
+        """The placement engine's view of the fleet, built from the records (capacity held by
+        every VM recorded on a node counts: that record is the reservation)."""
+        allocated: dict[str, Capacity] = {}
+        counts: dict[str, int] = {}
+        groups: dict[str, dict[str, int]] = {}
+        for vm in self.vms.values():
+            if not vm.reserves_capacity:
+                continue
+            for node_id in (vm.node_id, vm.migrating_to) if vm.migrating_to else (vm.node_id,):
+                allocated[node_id] = allocated.get(node_id, Capacity()) + vm.spec.capacity()
+                counts[node_id] = counts.get(node_id, 0) + 1
+            group = vm.spec.placement.spread_group
+            if group:
+                per_node = groups.setdefault(vm.node_id, {})
+                per_node[group] = per_node.get(group, 0) + 1
+        rows = []
+        for node in self.nodes.values():
+            condition, reason = self.condition(node, now)
+            info = node.info
+            rows.append(
+                NodeRow(
+                    node_id=node.node_id,
+                    ready=condition is NodeCondition.READY and not node.cordoned,
+                    not_ready_reason="cordoned" if node.cordoned else reason,
+                    capacity=info.capacity,
+                    allocated=allocated.get(node.node_id, Capacity()),
+                    vm_count=counts.get(node.node_id, 0),
+                    location=info.location,
+                    edge_type=info.edge_type,
+                    arch=info.arch,
+                    labels=info.labels,
+                    images=frozenset(i.name for i in node.images),
+                    cost_per_hour=info.cost_per_hour,
+                    rtt_ms=node.controller_rtt_ms(),
+                    groups=groups.get(node.node_id, {}),
+                )
+            )
+        return NodeTable(rows)

@@ -1,0 +1,149 @@
+"""The database's layout: file name, schema version, tables, column order and the statements
+that write them; a new database's schema, and the in-place upgrade of an older one."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from pathlib import Path
+
+import structlog
+
+from controller.store.errors import _UNCHANGED, StoreSchemaUnsupported
+
+log = structlog.get_logger(__name__)
+
+SCHEMA_VERSION = 3  # 2: vms.migrating_to; 3: migrations, tombstones, meta.installation_id
+DB_NAME = "controller.db"
+
+TABLES = (  # schema 3; IF NOT EXISTS so that an upgrade adds what an older schema lacks
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS nodes (
+        node_id TEXT PRIMARY KEY, info TEXT NOT NULL, images TEXT NOT NULL,
+        registered_at REAL NOT NULL, last_heartbeat REAL NOT NULL,
+        cordoned INTEGER NOT NULL DEFAULT 0, mesh TEXT NOT NULL DEFAULT '',
+        mesh_address TEXT NOT NULL DEFAULT '')""",
+    """CREATE TABLE IF NOT EXISTS vms (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, spec TEXT NOT NULL,
+        node_id TEXT NOT NULL, desired TEXT NOT NULL, state TEXT NOT NULL,
+        state_reason TEXT NOT NULL, generation INTEGER NOT NULL, created_at REAL NOT NULL,
+        updated_at REAL NOT NULL, request_id TEXT, placement_reason TEXT NOT NULL DEFAULT '',
+        address TEXT NOT NULL DEFAULT '', migrating_to TEXT NOT NULL DEFAULT '')""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS vms_request_id ON vms(request_id) WHERE request_id != ''",
+    """CREATE TABLE IF NOT EXISTS audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL,
+        action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS migrations (
+        id TEXT PRIMARY KEY, vm_id TEXT NOT NULL, vm_name TEXT NOT NULL, source TEXT NOT NULL,
+        target TEXT NOT NULL, phase TEXT NOT NULL, from_generation INTEGER NOT NULL,
+        to_generation INTEGER NOT NULL, mode TEXT NOT NULL, reason TEXT NOT NULL,
+        priority INTEGER NOT NULL, max_downtime_ms INTEGER NOT NULL,
+        bandwidth_mbit INTEGER NOT NULL, bytes_total INTEGER NOT NULL,
+        bytes_transferred INTEGER NOT NULL, bytes_remaining INTEGER NOT NULL,
+        started_at REAL NOT NULL, updated_at REAL NOT NULL, finished_at REAL NOT NULL,
+        switched_at REAL NOT NULL, phase_times TEXT NOT NULL, downtime_ms REAL NOT NULL,
+        elapsed_ms REAL NOT NULL, error TEXT NOT NULL, error_code TEXT NOT NULL,
+        stimulus_id TEXT NOT NULL, timeout_s REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS migrations_vm ON migrations(vm_id)",
+    """CREATE TABLE IF NOT EXISTS tombstones (
+        vm_id TEXT PRIMARY KEY, name TEXT NOT NULL, generation INTEGER NOT NULL,
+        deleted_at REAL NOT NULL)""",
+)
+
+MIGRATION_COLUMNS = (  # the migrations table, in MigrationRecord's field order
+    "id", "vm_id", "vm_name", "source", "target", "phase", "from_generation", "to_generation",
+    "mode", "reason", "priority", "max_downtime_ms", "bandwidth_mbit", "bytes_total",
+    "bytes_transferred", "bytes_remaining", "started_at", "updated_at", "finished_at",
+    "switched_at", "phase_times", "downtime_ms", "elapsed_ms", "error", "error_code",
+    "stimulus_id", "timeout_s",
+)  # fmt: skip
+
+VM_COLUMNS = (
+    "id, spec, node_id, desired, state, state_reason, generation, created_at, updated_at,"
+    " request_id, placement_reason, address, migrating_to"
+)
+NODE_COLUMNS = "info, images, registered_at, last_heartbeat, cordoned, mesh, mesh_address"
+PUT_VM = (
+    "INSERT INTO vms(name, " + VM_COLUMNS + ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT(id) DO UPDATE SET name=excluded.name, spec=excluded.spec,"
+    " node_id=excluded.node_id, desired=excluded.desired, state=excluded.state,"
+    " state_reason=excluded.state_reason, generation=excluded.generation,"
+    " updated_at=excluded.updated_at, placement_reason=excluded.placement_reason,"
+    " address=excluded.address, migrating_to=excluded.migrating_to"
+)
+PUT_NODE = (  # registered_at stays the first registration's
+    "INSERT INTO nodes(node_id, " + NODE_COLUMNS + ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT(node_id) DO UPDATE SET info=excluded.info, images=excluded.images,"
+    " last_heartbeat=excluded.last_heartbeat, cordoned=excluded.cordoned,"
+    " mesh=excluded.mesh, mesh_address=excluded.mesh_address"
+)
+PUT_MIGRATION = (
+    f"INSERT OR REPLACE INTO migrations({', '.join(MIGRATION_COLUMNS)})"
+    f" VALUES ({', '.join('?' * len(MIGRATION_COLUMNS))})"
+)
+PUT_TOMBSTONE = (
+    "INSERT OR REPLACE INTO tombstones(vm_id, name, generation, deleted_at) VALUES (?, ?, ?, ?)"
+)
+PUT_AUDIT = "INSERT INTO audit(at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)"
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def build(db: sqlite3.Connection) -> None:
+    """Schema `SCHEMA_VERSION` and a new installation id, in one transaction, into an empty `db`."""
+    db.execute("BEGIN IMMEDIATE")
+    for statement in TABLES:
+        db.execute(statement)
+    db.executemany(
+        "INSERT INTO meta(key, value) VALUES (?, ?)",
+        [("schema_version", str(SCHEMA_VERSION)), ("installation_id", new_id())],
+    )
+    db.execute("COMMIT")
+
+
+def schema_version(db: sqlite3.Connection, path: Path) -> int:
+    """The schema version of `db` (at `path`); refuses what this controller does not know."""
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+    row = (
+        db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if "meta" in tables
+        else None
+    )
+    if row is None:
+        raise StoreSchemaUnsupported(
+            f"{path}: a SQLite database, but not a NovaCron controller database (no"
+            f" schema_version); {_UNCHANGED}. Point --state-dir at the controller's state",
+            path=path,
+        )
+    version = int(row[0]) if str(row[0]).isdigit() else -1
+    if not 1 <= version <= SCHEMA_VERSION:
+        raise StoreSchemaUnsupported(
+            f"{path}: schema version {row[0]!r}, this controller understands 1 to"
+            f" {SCHEMA_VERSION}; refusing to touch it (written by a newer controller?);"
+            f" {_UNCHANGED}",
+            path=path,
+        )
+    return version
+
+
+def upgrade(db: sqlite3.Connection, path: Path, version: int) -> None:
+    """Schema 1 or 2 to 3, in place, in one transaction (SQLite's DDL is transactional)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {r[1] for r in db.execute("PRAGMA table_info(vms)")}
+        if columns and "migrating_to" not in columns:  # 1 -> 2
+            db.execute("ALTER TABLE vms ADD COLUMN migrating_to TEXT NOT NULL DEFAULT ''")
+        for statement in TABLES:  # 2 -> 3: migrations, tombstones (and any table missing)
+            db.execute(statement)
+        db.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('installation_id', ?)", (new_id(),)
+        )
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    log.info("upgraded the controller database", path=str(path), schema_from=version)
