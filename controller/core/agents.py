@@ -44,34 +44,37 @@ class AgentsMixin(MeshMixin):
         if node.mesh is not None:
             node = replace(node, mesh_address=self.hold_address("mesh", node_id))
         self.put_node(node)
-        self.journal.put(self.state.sessions, node_id, Session(event.session_id))
-        for key in [k for k in self.state.orphans if k[0] == node_id]:
-            self.journal.pop(self.state.orphans, key)
         self.welcome(node_id, event.session_id)
-        foreign = (
-            event.known_installation_id
-            and event.known_installation_id != self.settings.installation_id
-            and not self.settings.take_over
-        )
-        if foreign:
-            self.log.warning(
-                "node belongs to another installation: nothing on it is changed",
-                node_id=node_id,
-                its_installation=event.known_installation_id,
-                ours=self.settings.installation_id,
+        known = event.known_installation_id
+        if known and known != self.settings.installation_id and not self.settings.take_over:
+            reason = (
+                f"the node belongs to installation {known}, and this controller's state is a "
+                f"different one ({self.settings.installation_id}): restart the controller on "
+                "the state dir it had, or with --new-installation to take the node over (its "
+                "VMs are then shown as orphans, never deleted)"
             )
+            self.log.warning(
+                "node of another installation: nothing on it is changed",
+                node_id=node_id,
+                its_installation=known,
+            )
+            self.journal.put(self.state.sessions, node_id, Session(event.session_id, reason))
+            self._clear_orphans(node_id)
             for status in event.vms:
-                self.note_orphan(
-                    node_id,
-                    status,
-                    f"the node belongs to another installation ({event.known_installation_id})",
-                )
-        else:
-            self.reconcile(node_id, event.vms)
+                self.note_orphan(node_id, status, f"the node belongs to installation {known}")
+            return
+        self.journal.put(self.state.sessions, node_id, Session(event.session_id))
+        self._clear_orphans(node_id)
+        self.reconcile(node_id, event.vms)
         if node.mesh is not None:
             # A changed key or endpoint changes every member's peer set; otherwise only the
             # reconnecting node needs its own (it may have restarted and lost its tunnel).
             self.push_mesh() if mesh_changed else self.push_mesh(only=node_id)
+
+    def _clear_orphans(self, node_id: str) -> None:
+        """A hello reports everything the node has: its orphans are found again from it."""
+        for key in [k for k in self.state.orphans if k[0] == node_id]:
+            self.journal.pop(self.state.orphans, key)
 
     def on_heartbeat(self, event: ev.AgentHeartbeat) -> None:
         if not self._current(event.node_id, event.session_id):
@@ -84,8 +87,7 @@ class AgentsMixin(MeshMixin):
                 utilization=event.utilization,
                 latencies=event.latencies,
                 mesh_status=event.mesh if event.mesh is not None else node.mesh_status,
-            ),
-            durable=False,
+            )
         )
         for status in event.vms:
             self.observe_reported(event.node_id, status)
@@ -113,7 +115,7 @@ class AgentsMixin(MeshMixin):
         RUNNING on a node nobody can reach (a half-open TCP stream can last minutes)."""
         for node_id, session in list(self.state.sessions.items()):
             node = self.state.nodes.get(node_id)
-            if node is None or session.store_error:
+            if node is None or session.refused:
                 continue
             condition, reason = self.state.condition(node, self._now)
             if condition is NodeCondition.NOT_READY:
@@ -127,10 +129,18 @@ class AgentsMixin(MeshMixin):
         if isinstance(failed, ev.AgentHello):
             reason = f"its hello could not be stored: {event.error}"
             self.journal.put(
-                self.state.sessions, failed.node_id, Session(failed.session_id, store_error=reason)
+                self.state.sessions, failed.node_id, Session(failed.session_id, refused=reason)
             )
             self.state.fleet_changed()
             self.log.error("hello not stored", node_id=failed.node_id, error=str(event.error))
+        elif isinstance(failed, ev.AgentHeartbeat) and self._current(
+            failed.node_id, failed.session_id
+        ):  # what it changed could not be stored; that the node is alive stands
+            node = self.state.nodes[failed.node_id]
+            self.put_node(replace(node, last_heartbeat=failed.now, utilization=failed.utilization))
+            self.log.error(
+                "heartbeat's changes not stored", node_id=failed.node_id, error=str(event.error)
+            )
         elif isinstance(failed, REQUESTS):
             self.reply_error(failed.stimulus_id, event.error)
         else:

@@ -60,6 +60,38 @@ REQUESTS: tuple[type[ev.Event], ...] = (
 TOMBSTONE_NAMESPACE = uuid.UUID("6f1c2a52-8d0e-4c59-9a43-1f0e7c3b9d21")
 
 
+# Observed states a restart keeps (the others become UNKNOWN until the node reports).
+KEPT_STATES = frozenset({VMState.FAILED, VMState.DELETING})
+
+
+def _durable(vm: VMRecord) -> tuple[object, ...]:
+    """What of a VM record must survive a restart."""
+    kept = vm.state if vm.state in KEPT_STATES else None
+    return (
+        vm.spec,
+        vm.node_id,
+        vm.desired,
+        vm.generation,
+        vm.request_id,
+        vm.placement_reason,
+        vm.address,
+        vm.migrating_to,
+        kept,
+        vm.state_reason if kept else "",
+    )
+
+
+def _durable_node(node: NodeRecord) -> tuple[object, ...]:
+    return (
+        node.info,
+        node.images,
+        node.registered_at,
+        node.cordoned,
+        node.mesh,
+        node.mesh_address,
+    )
+
+
 class CoreBase:
     def __init__(self, settings: Settings, engine: ScoredEngine) -> None:
         self.state = FleetState(settings)
@@ -107,6 +139,8 @@ class CoreBase:
     # ------------------------------------------------------------ durable changes
 
     def put_vm(self, vm: VMRecord) -> VMRecord:
+        """Change a VM record; persisted unless only what is re-learnt from the nodes after a
+        restart changed (its observed state: a heartbeat costs no write)."""
         old = self.state.vms.get(vm.id)
         if (
             old is None
@@ -116,12 +150,13 @@ class CoreBase:
         ):
             self.state.fleet_changed()
         self.journal.put(self.state.vms, vm.id, vm)
-        self._out.forget.pop(vm.id, None)
-        self._out.vms[vm.id] = vm
+        if old is None or _durable(old) != _durable(vm) or vm.id in self._out.vms:
+            self._out.forget.pop(vm.id, None)
+            self._out.vms[vm.id] = vm
         return vm
 
     def set_vm_state(self, vm: VMRecord, state: VMState, reason: str, **changes: Any) -> VMRecord:
-        """The VM's observed state (and any other field), persisted and logged if it changed."""
+        """The VM's observed state (and any other field), logged if it changed."""
         current = self.state.vms.get(vm.id, vm)
         updated = replace(current, state=state, state_reason=reason, **changes)
         if updated == current:
@@ -146,7 +181,8 @@ class CoreBase:
             self.journal.pop(self.state.vm_ipam.held, vm.id)
         self.audit("vm.deleted", vm.id, f"name={vm.spec.name}")
 
-    def put_node(self, node: NodeRecord, *, durable: bool = True) -> NodeRecord:
+    def put_node(self, node: NodeRecord) -> NodeRecord:
+        """Change a node record; persisted when what a restart needs of it changed."""
         old = self.state.nodes.get(node.node_id)
         self.journal.put(self.state.nodes, node.node_id, node)
         if (
@@ -157,7 +193,7 @@ class CoreBase:
             or old.latencies != node.latencies
         ):
             self.state.fleet_changed()
-        if durable:
+        if old is None or _durable_node(old) != _durable_node(node):
             self._out.nodes[node.node_id] = node
         return node
 

@@ -67,7 +67,7 @@ class MeshMixin(VMOpsMixin):
         assert result is not None
         node = self.state.nodes.get(pending.node_id)
         if node is not None and result.mesh is not None:
-            self.put_node(replace(node, mesh_status=result.mesh), durable=False)
+            self.put_node(replace(node, mesh_status=result.mesh))
         if result.error is not None:
             self.log.warning(
                 "mesh config refused", node_id=pending.node_id, error=result.error.message

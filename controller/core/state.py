@@ -24,7 +24,7 @@ class Session:
     """The agent stream a node is connected by, and why it is not ready if it is not."""
 
     session_id: str
-    store_error: str = ""  # its hello could not be persisted: not ready until it is
+    refused: str = ""  # why it is not ready although connected (hello not stored, foreign)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +150,8 @@ class FleetState:
 
     def condition(self, node: NodeRecord, now: float) -> tuple[NodeCondition, str]:
         session = self.sessions.get(node.node_id)
-        if session is not None and session.store_error:
-            return NodeCondition.NOT_READY, session.store_error
+        if session is not None and session.refused:
+            return NodeCondition.NOT_READY, session.refused
         return node_condition(
             session is not None, node.last_heartbeat, now, self.settings.heartbeat_interval
         )

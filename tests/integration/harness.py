@@ -85,10 +85,13 @@ class Cluster:
             self.channel = grpc.aio.insecure_channel(self.address)
         return edge_api_pb2_grpc.EdgeAPIStub(self.channel)
 
-    async def start_controller(self) -> ControllerServer:
+    async def start_controller(
+        self, state_dir: Path | None = None, *, new_installation: bool = False
+    ) -> ControllerServer:
         config = ControllerConfig(
             listen=self.address,
-            state_dir=self.tmp / "controller",
+            state_dir=state_dir or self.tmp / "controller",
+            new_installation=new_installation,
             heartbeat_interval=Seconds(self.heartbeat_interval),
             command_timeout=Seconds(20.0),
             deploy_timeout=Seconds(60.0),

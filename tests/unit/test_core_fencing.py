@@ -37,7 +37,10 @@ def test_a_node_of_another_installation_is_left_alone() -> None:
     d.hello("n1", status(vm.id, "web", 1), status("x", "stranger"), installation="other")
     assert not d.commands(c.DeleteVM)
     reasons = {o.status.name: o.reason for o in d.core.state.orphans.values()}
-    assert "another installation" in reasons["stranger"]
+    assert "belongs to installation other" in reasons["stranger"]
+    condition, why = d.core.state.condition(d.node("n1"), d.now)
+    assert condition is NodeCondition.NOT_READY
+    assert "--new-installation" in why
 
 
 def test_an_orphan_can_be_adopted_or_deleted() -> None:
@@ -122,7 +125,7 @@ def test_a_hello_that_cannot_be_stored_leaves_the_node_not_ready_saying_why() ->
     node = d.core.state.nodes.get("n1")
     assert node is None  # not recorded; shown not ready once its next hello is stored
     session = d.core.state.sessions["n1"]
-    assert "could not be stored" in session.store_error
+    assert "could not be stored" in session.refused
     d.hello("n1")
     condition, _ = d.core.state.condition(d.node("n1"), d.now)
     assert condition is NodeCondition.READY
