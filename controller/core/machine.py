@@ -37,7 +37,7 @@ class ControllerCore(SettleMixin):
             ev.TimerFired: self.on_timer,
             ev.CommandUndeliverable: self.on_undeliverable,
             ev.PersistFailed: self.on_persist_failed,
-            ev.Started: lambda event: None,
+            ev.Started: self.on_started,
         }
         self._on_result = {
             "create": self.on_create_result,
@@ -53,6 +53,20 @@ class ControllerCore(SettleMixin):
             "mig_finish": self.on_finish_result,
             "mig_unstage": self.on_unstage_result,
         }
+
+    def on_started(self, event: ev.Started) -> None:
+        """After a restart: the migrations the records say were under way settle as their
+        nodes report (`controller.core.settle`); nothing is re-sent blindly."""
+        active = [m for m in self.state.migrations.values() if m.active]
+        for mig in active:
+            self.log.info(
+                "migration under way at restart",
+                migration_id=mig.id,
+                vm_id=mig.vm_id,
+                phase=mig.phase.value,
+                source=mig.source,
+                target=mig.target,
+            )
 
     def load(
         self,
