@@ -153,7 +153,10 @@ class DeployMixin(CoreBase):
             raise AlreadyExists(f"a VM named {name!r} already exists")
 
     def _require_image(self, image: str) -> None:
-        known = {i.name for node in self.state.nodes.values() for i in node.images}
+        nodes = self.state.nodes.values()
+        if any(i.name == image for node in nodes for i in node.images):  # stops at the first
+            return
+        known = {i.name for node in nodes for i in node.images}
         if image not in known:
             listing = ", ".join(sorted(known)) or "none"
             raise NotFound(f"image {image!r} not found on any node (known images: {listing})")
