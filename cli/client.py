@@ -6,8 +6,9 @@ the status code name and the server's message verbatim (the server is the author
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import TracebackType
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -40,6 +41,14 @@ _TRANSPORT_HINTS = (
     "connection reset",
     "empty address list",
 )
+
+
+class MigrationStream(Protocol):
+    """A WatchMigration call: iterate for records; cancel() ends it from this side."""
+
+    def __iter__(self) -> Iterator[api.Migration]: ...
+
+    def cancel(self) -> bool: ...
 
 
 def is_transport_failure(details: str) -> bool:
@@ -181,3 +190,30 @@ class EdgeClient:
 
     def rotate_mesh_key(self, node_id: str) -> types_pb2.Node:
         return self._call(self._stub.RotateMeshKey, api.GetNodeRequest(node_id=node_id))
+
+    # -- migrations and orphans ----------------------------------------------------------------
+
+    def get_migration(self, migration_id: str = "", vm: str = "") -> api.Migration:
+        req = api.GetMigrationRequest(migration_id=migration_id, vm=vm)
+        return self._call(self._stub.GetMigrationStatus, req)
+
+    def list_migrations(self, vm: str = "") -> list[api.Migration]:
+        resp = self._call(self._stub.ListMigrations, api.ListMigrationsRequest(vm=vm))
+        return list(resp.migrations)
+
+    def watch_migration(
+        self, vm: str = "", migration_id: str = "", timeout: float = 0
+    ) -> MigrationStream:
+        """Open WatchMigration; errors surface as grpc.RpcError while iterating (the caller
+        decides: `vm migrate` treats any of them as "no progress to show")."""
+        req = api.GetMigrationRequest(migration_id=migration_id, vm=vm)
+        return self._stub.WatchMigration(req, timeout=timeout or None)
+
+    def list_orphans(self) -> list[api.Orphan]:
+        return list(self._call(self._stub.ListOrphans, api.ListOrphansRequest()).orphans)
+
+    def adopt_vm(self, node_id: str, vm: str) -> types_pb2.VM:
+        return self._call(self._stub.AdoptVM, api.OrphanRef(node_id=node_id, vm=vm))
+
+    def delete_orphan(self, node_id: str, vm: str) -> api.Orphan:
+        return self._call(self._stub.DeleteOrphan, api.OrphanRef(node_id=node_id, vm=vm))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -11,10 +12,19 @@ from typing import TextIO, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from cli import placement, progress
+from cli import migration_watch, placement, progress
 from cli.client import EdgeClient
+from cli.migration_progress import MigrationProgress
+from cli.migration_views import migration_describe, migration_table
 from cli.render import dump, list_data, to_data
-from cli.views import node_describe, node_table, status_describe, vm_describe, vm_table
+from cli.views import (
+    node_describe,
+    node_table,
+    orphan_table,
+    status_describe,
+    vm_describe,
+    vm_table,
+)
 from shared.pb.v1 import edge_api_pb2 as api
 from shared.pb.v1 import types_pb2 as pb
 
@@ -143,7 +153,8 @@ def vm_migrate(ctx: Context, args: argparse.Namespace) -> int:
     )
     future, deadline = ctx.client.migrate_future(request)
     try:
-        progress.wait(future, f"migrating {args.vm}", ctx.err)
+        if ctx.fmt == "table":  # -o json/yaml: only the result
+            _migration_progress(ctx, args.vm, future, deadline)
         report = ctx.client.deploy_result(future, deadline)
     except KeyboardInterrupt:
         ctx.err.write(
@@ -171,6 +182,20 @@ def vm_migrate(ctx: Context, args: argparse.Namespace) -> int:
         return "\n".join(lines) + "\n"
 
     return _emit_one(ctx, report, as_table)
+
+
+def _migration_progress(
+    ctx: Context, vm: str, future: grpc.Future[api.MigrateVMResponse], deadline: float
+) -> None:
+    """Follow the migration through WatchMigration while MigrateVM runs: a bar redrawn in place
+    on a terminal, plain lines otherwise. Without the watch (an older controller answers
+    UNIMPLEMENTED, or the stream breaks) the spinner on stderr, as before it existed."""
+    bar = MigrationProgress(ctx.out.isatty(), shutil.get_terminal_size().columns)
+    watched = migration_watch.follow(
+        lambda: ctx.client.watch_migration(vm=vm, timeout=deadline), future, ctx.out, bar
+    )
+    if not watched:
+        progress.wait(future, f"migrating {vm}", ctx.err)
 
 
 def vm_list(ctx: Context, args: argparse.Namespace) -> int:
@@ -248,3 +273,46 @@ def node_rotate_key(ctx: Context, args: argparse.Namespace) -> int:
     node = ctx.client.rotate_mesh_key(args.node)
     key = node.mesh.public_key
     return _emit_one(ctx, node, lambda: f"node {node.info.node_id} rotated: public key {key}\n")
+
+
+# -- migrations --------------------------------------------------------------------------------
+
+
+def migration_list(ctx: Context, args: argparse.Namespace) -> int:
+    found = ctx.client.list_migrations(args.vm)
+    return _emit_list(ctx, found, lambda: migration_table(found, ctx.now), "migrations")
+
+
+def migration_get(ctx: Context, args: argparse.Namespace) -> int:
+    mig = ctx.client.get_migration(args.migration_id, args.vm)
+    return _emit_one(ctx, mig, lambda: migration_describe(mig, ctx.now))
+
+
+# -- orphans -----------------------------------------------------------------------------------
+
+
+def vm_orphans(ctx: Context, args: argparse.Namespace) -> int:
+    orphans = ctx.client.list_orphans()
+    return _emit_list(ctx, orphans, lambda: orphan_table(orphans, ctx.now), "orphans")
+
+
+def vm_adopt(ctx: Context, args: argparse.Namespace) -> int:
+    vm = ctx.client.adopt_vm(args.node, args.vm)
+    return _emit_one(
+        ctx,
+        vm,
+        lambda: (
+            f"VM {vm.spec.name} ({vm.id[:8]}) on node {vm.node_id} adopted: managed from "
+            f"now on, at generation {vm.generation}\n"
+        ),
+    )
+
+
+def vm_delete_orphan(ctx: Context, args: argparse.Namespace) -> int:
+    orphan = ctx.client.delete_orphan(args.node, args.vm)
+    vm = orphan.vm
+    return _emit_one(
+        ctx,
+        orphan,
+        lambda: f"orphan {vm.name or '-'} ({vm.vm_id[:8]}) destroyed on node {orphan.node_id}\n",
+    )

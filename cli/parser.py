@@ -11,12 +11,13 @@ import os
 
 from cli import args as types
 from cli import commands
-from cli.client import DEFAULT_CONTROLLER, DEFAULT_DEPLOY_WAIT, DEFAULT_TIMEOUT
+from cli.client import DEFAULT_CONTROLLER, DEFAULT_DEPLOY_WAIT
+from cli.parser_migration import add_migration_group, add_orphan_verbs
+from cli.parser_util import ENV_CONTROLLER, Formatter, global_options
+from cli.parser_util import group as _group
+from cli.parser_util import sub as _sub
 from cli.placement import add_placement_options
-from cli.render import FORMATS
 from cli.version import VERSION
-
-ENV_CONTROLLER = "NOVACRON_CONTROLLER"
 
 MAIN_EPILOG = f"""\
 output (-o):
@@ -38,82 +39,10 @@ examples:
   novacron node list
   novacron vm deploy web-1 --image alpine-3.20 --vcpus 1 --memory-mib 256
   novacron vm list -o json
+  novacron vm migrate web-1 --to mec-berlin-1
+  novacron migration list
   novacron --controller 10.0.0.5:7700 vm show web-1
 """
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, max_help_position=32)
-
-
-def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
-    """Add the global options; below the top level they default to SUPPRESS so an option
-    given before the command is not overwritten by the subcommand's default."""
-
-    def default(value: object) -> object:
-        return value if top else argparse.SUPPRESS
-
-    group = parser.add_argument_group("global options")
-    group.add_argument(
-        "--controller",
-        metavar="HOST:PORT",
-        type=types.controller,
-        default=default(None),
-        help=f"controller EdgeAPI address (env {ENV_CONTROLLER}, default {DEFAULT_CONTROLLER})",
-    )
-    group.add_argument(
-        "-o",
-        "--output",
-        choices=FORMATS,
-        default=default("table"),
-        help="output format: table (default), json, yaml",
-    )
-    group.add_argument(
-        "--timeout",
-        metavar="SECONDS",
-        type=types.positive_seconds,
-        default=default(DEFAULT_TIMEOUT),
-        help=f"deadline for each RPC (default {DEFAULT_TIMEOUT:g}); vm deploy adds its wait time",
-    )
-
-
-def _sub(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-    name: str,
-    help_text: str,
-    examples: str,
-    handler: commands.Handler,
-    aliases: tuple[str, ...] = (),
-) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        name,
-        aliases=list(aliases),
-        help=help_text,
-        description=help_text,
-        epilog="examples:\n" + examples,
-        formatter_class=_Formatter,
-    )
-    _global_options(parser, top=False)
-    parser.set_defaults(handler=handler)
-    return parser
-
-
-def _group(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-    name: str,
-    help_text: str,
-    examples: str,
-) -> argparse._SubParsersAction[argparse.ArgumentParser]:
-    parser = subparsers.add_parser(
-        name,
-        help=help_text,
-        description=help_text,
-        epilog="examples:\n" + examples,
-        formatter_class=_Formatter,
-    )
-    _global_options(parser, top=False)
-    return parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,10 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="novacron",
         description="Operate NovaCron Edge: nodes and VMs through the controller's EdgeAPI.",
         epilog=MAIN_EPILOG,
-        formatter_class=_Formatter,
+        formatter_class=Formatter,
     )
     parser.add_argument("--version", action="version", version=f"novacron {VERSION}")
-    _global_options(parser, top=True)
+    global_options(parser, top=True)
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     _sub(
@@ -184,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         "deploy and manage virtual machines",
         "  novacron vm deploy web-1 --image alpine-3.20 --vcpus 1 --memory-mib 256\n"
         "  novacron vm list --node gw-1\n"
-        "  novacron vm console web-1 --bytes 4096\n",
+        "  novacron vm console web-1 --bytes 4096\n"
+        "  novacron vm orphans\n",
     )
     deploy = _sub(
         vm,
@@ -285,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         vm,
         "migrate",
         "live-migrate a running VM to another node; its address follows it over the mesh "
-        "(a spinner shows progress on a terminal)",
+        "(progress: a bar on a terminal, otherwise a line per phase and per tenth of the bytes; "
+        "none with -o json or yaml)",
         "  novacron vm migrate web-1                 # to the best other node by placement\n"
         "  novacron vm migrate web-1 --to cloud-frankfurt --bandwidth-mbit 200\n",
         commands.vm_migrate,
@@ -330,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds the controller allows the migration (0 = its default)",
     )
 
+    add_orphan_verbs(vm)
+
     console = _sub(
         vm,
         "console",
@@ -345,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="how much of the tail to print (0 = controller default, 64 KiB)",
     )
+    add_migration_group(top)
+
     # -- placement --
     placement_group = _group(
         top,

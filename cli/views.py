@@ -201,6 +201,28 @@ def vm_describe(vm: pb.VM, now: float) -> str:
     )
 
 
+# -- orphans -----------------------------------------------------------------------------------
+
+ORPHAN_HEADERS = ("NODE", "NAME", "ID", "STATE", "GENERATION", "REASON", "SEEN")
+
+
+def orphan_row(orphan: api.Orphan, now: float) -> list[str]:
+    vm = orphan.vm
+    return [
+        orphan.node_id,
+        vm.name or "-",
+        short_id(vm.vm_id),
+        _enum(vm, "state"),
+        str(vm.generation),
+        orphan.reason or "-",
+        _age_of(orphan, "seen_at", now),
+    ]
+
+
+def orphan_table(orphans: Sequence[api.Orphan], now: float) -> str:
+    return table(ORPHAN_HEADERS, [orphan_row(o, now) for o in orphans])
+
+
 # -- status ------------------------------------------------------------------------------------
 
 

@@ -169,10 +169,15 @@ class CoreBase:
         return self.put_vm(updated)
 
     def forget_vm(self, vm: VMRecord) -> None:
-        """Drop the record; a tombstone remembers it was deleted, at which generation."""
+        """Drop the record; a tombstone remembers it was deleted, at the highest generation any
+        copy of it can have (a migration's arriving copy has one more)."""
         self.journal.pop(self.state.vms, vm.id)
         self.state.fleet_changed()
-        stone = Tombstone(vm.id, vm.spec.name, vm.generation, self._now)
+        generation = max(
+            [vm.generation]
+            + [m.to_generation for m in self.state.migrations.values() if m.vm_id == vm.id]
+        )
+        stone = Tombstone(vm.id, vm.spec.name, generation, self._now)
         self.journal.put(self.state.tombstones, vm.id, stone)
         self._out.vms.pop(vm.id, None)
         self._out.forget[vm.id] = None

@@ -7,7 +7,7 @@ from dataclasses import replace
 from controller.core import events as ev
 from controller.core.deploy import DeployMixin
 from controller.core.state import Orphan, Pending
-from controller.records import VMRecord
+from controller.records import MigrationPhase, VMRecord
 from shared.commands import ChangePower, CommandResult, DeleteVM, PowerAction, ReadConsole
 from shared.domain import DesiredState, VMSpec, VMState
 from shared.errors import (
@@ -28,6 +28,7 @@ class VMOpsMixin(DeployMixin):
             vm, VMState.DELETING, "deletion requested", desired=DesiredState.DELETED
         )
         self.audit("vm.delete", vm.id, f"name={vm.spec.name} node={vm.node_id}")
+        self.abandon_migration_of(vm)
         if not self.state.connected(vm.node_id):
             if never_created:  # the driver leaves nothing behind when a create fails
                 vm = replace(vm, state_reason="deleted (it had failed to deploy)")
@@ -50,6 +51,26 @@ class VMOpsMixin(DeployMixin):
             waiters=(event.stimulus_id,),
             doing="deleting",
         )
+
+    def abandon_migration_of(self, vm: VMRecord) -> None:
+        """A VM deleted while it migrates: the job ends, the target's copy goes too."""
+        mig = self.state.migration_of(vm.id)
+        if mig is None:
+            return
+        failed = replace(mig, phase=MigrationPhase.FAILED, error="the VM was deleted")
+        self.put_migration(replace(failed, finished_at=self._now))
+        self.put_vm(replace(self.state.vms[vm.id], migrating_to=""))
+        self.reply_error(
+            mig.stimulus_id, FailedPrecondition(f"VM {vm.spec.name!r} was deleted while migrating")
+        )
+        if self.state.connected(mig.target) and mig.target != vm.node_id:
+            self.send(
+                mig.target,
+                DeleteVM(vm.id, vm.spec.name, 0, vm.address),
+                purpose="mig_unstage",
+                vm_id=vm.id,
+                migration_id=mig.id,
+            )
 
     def on_delete_result(
         self, pending: Pending, result: CommandResult | None, lost: NovaCronError | None

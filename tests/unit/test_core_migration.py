@@ -254,3 +254,17 @@ def test_refusals_change_nothing(d: Driver) -> None:
     d.feed(ev.MigrateRequested, name_or_id="web", target="n2", stimulus_id="again")
     assert "already migrating" in str(d.reply("again").error)
     assert before[vm.id].generation == d.stored_vm(vm.id).generation == 1
+
+
+def test_deleting_a_migrating_vm_ends_the_job_and_fences_both_copies(d: Driver) -> None:
+    vm = d.deploy("web", "n1")
+    to_snapshot(d, vm.id)
+    d.feed(ev.DeleteRequested, name_or_id="web", stimulus_id="del")
+    assert "deleted while migrating" in str(d.reply("mig").error)
+    assert d.migration(vm.id).phase is P.FAILED
+    assert {s.node_id for s in d.commands(c.DeleteVM)} == {"n1", "n2"}
+    d.answer(d.sent(c.DeleteVM, "n1"))
+    stone = d.tombstone(vm.id)
+    assert stone is not None and stone.generation == 2  # the arriving copy's too
+    d.hello("n2", status(vm.id, "web", 2))  # it had landed after all: destroyed, no orphan
+    assert len(d.commands(c.DeleteVM)) == 3 and not d.core.state.orphans
