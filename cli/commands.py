@@ -150,6 +150,8 @@ def vm_migrate(ctx: Context, args: argparse.Namespace) -> int:
         max_downtime_ms=args.max_downtime_ms,
         timeout_seconds=args.wait_timeout,
         postcopy=args.postcopy,
+        reason=args.reason,
+        priority=args.priority,
     )
     future, deadline = ctx.client.migrate_future(request)
     try:

@@ -254,6 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
         "fails mid-way. The bandwidth cap applies to both phases",
     )
     migrate.add_argument(
+        "--reason",
+        default="",
+        help='why, kept on the migration record (e.g. "load_balancing"; default: how the '
+        "target was chosen)",
+    )
+    migrate.add_argument(
+        "--priority", type=int, default=0, help="kept on the migration record (0 = normal)"
+    )
+    migrate.add_argument(
         "--wait-timeout",
         type=types.non_negative_u32,
         default=0,

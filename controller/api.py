@@ -102,6 +102,8 @@ class EdgeAPIServicer(edge_api_pb2_grpc.EdgeAPIServicer):
             max_downtime_ms=request.max_downtime_ms,
             timeout=request.timeout_seconds,
             postcopy=request.postcopy,
+            reason=request.reason,
+            priority=request.priority,
         )
         return epb.MigrateVMResponse(
             vm=vm_to_pb(report.vm),

@@ -33,6 +33,7 @@ class AgentConnection:
         self._outbox: asyncio.Queue[apb.ControllerMessage | None] = asyncio.Queue()
         self._welcome: asyncio.Future[Welcome] = asyncio.get_running_loop().create_future()
         self.closed = False
+        self.reason = ""  # why it closed
 
     def send_command(self, instruction: SendCommand) -> bool:
         if self.closed:
@@ -141,7 +142,7 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
                     ev.AgentDisconnected,
                     node_id=node_id,
                     session_id=conn.session_id,
-                    reason=getattr(conn, "reason", "disconnected"),
+                    reason=conn.reason or "disconnected",
                 )
                 bound.info("agent disconnected")
         finally:

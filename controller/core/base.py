@@ -57,7 +57,7 @@ REQUESTS: tuple[type[ev.Event], ...] = (
     ev.DeleteOrphanRequested,
 )
 
-TOMBSTONE_NAMESPACE = uuid.UUID("6f1c2a52-8d0e-4c59-9a43-1f0e7c3b9d21")
+ID_NAMESPACE = uuid.UUID("6f1c2a52-8d0e-4c59-9a43-1f0e7c3b9d21")
 
 
 # Observed states a restart keeps (the others become UNKNOWN until the node reports).
@@ -237,7 +237,7 @@ class CoreBase:
         """An id derived from the stimulus (unique: stimulus ids are), so a replay of the same
         events gives the same ids."""
         self._seq += 1
-        return str(uuid.uuid5(TOMBSTONE_NAMESPACE, f"{self._stimulus}/{what}/{self._seq}"))
+        return str(uuid.uuid5(ID_NAMESPACE, f"{self._stimulus}/{what}/{self._seq}"))
 
     # ------------------------------------------------------------ actions
 

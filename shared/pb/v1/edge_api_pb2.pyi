@@ -707,6 +707,8 @@ class MigrateVMRequest(_message.Message):
     MAX_DOWNTIME_MS_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     POSTCOPY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     name_or_id: _builtins.str
     target_node_id: _builtins.str
     """"" = the best other node by placement"""
@@ -721,6 +723,10 @@ class MigrateVMRequest(_message.Message):
     runs on the target at once, faulting pages in. Avoids what a long pre-copy under TCG does
     to a busy guest (docs/migration.md); if the link fails mid-way the VM is lost.
     """
+    reason: _builtins.str
+    """why, kept on the migration record (e.g. "load_balancing")"""
+    priority: _builtins.int
+    """kept on the record, for the operator (0 = normal)"""
     def __init__(
         self,
         *,
@@ -730,10 +736,12 @@ class MigrateVMRequest(_message.Message):
         max_downtime_ms: _builtins.int = ...,
         timeout_seconds: _builtins.int = ...,
         postcopy: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        priority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth_mbit", b"bandwidth_mbit", "max_downtime_ms", b"max_downtime_ms", "name_or_id", b"name_or_id", "postcopy", b"postcopy", "target_node_id", b"target_node_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth_mbit", b"bandwidth_mbit", "max_downtime_ms", b"max_downtime_ms", "name_or_id", b"name_or_id", "postcopy", b"postcopy", "priority", b"priority", "reason", b"reason", "target_node_id", b"target_node_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
