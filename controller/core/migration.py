@@ -299,8 +299,7 @@ class MigrationMixin(AgentsMixin):
             error_code=error.code if error else "",
             downtime_ms=stats.downtime_ms if stats else mig.downtime_ms,
             elapsed_ms=stats.elapsed_ms if stats else mig.elapsed_ms,
-            bytes_remaining=0,
-            bytes_transferred=stats.memory_bytes if stats else mig.bytes_transferred,
+            bytes_remaining=0 if error is None else mig.bytes_remaining,
         )
         done = self.put_migration(done)
         name = vm.spec.name
