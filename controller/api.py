@@ -18,10 +18,11 @@ from controller.api_messages import (
     dry_run_spec,
     migration_to_pb,
     node_to_pb,
+    orphan_as_vm_pb,
     orphan_to_pb,
     vm_to_pb,
 )
-from controller.core import MigrationReport
+from controller.core import MigrationReport, Orphan
 from controller.core import events as ev
 from controller.records import MigrationRecord, NodeRecord, VMRecord
 from controller.runner import Runner
@@ -193,8 +194,11 @@ class EdgeAPIServicer(edge_api_pb2_grpc.EdgeAPIServicer):
 
     @rpc
     async def DeleteVM(self, request: epb.DeleteVMRequest, context: Ctx) -> epb.DeleteVMResponse:
-        vm = await self._vm(ev.DeleteRequested, name_or_id=request.name_or_id)
-        return epb.DeleteVMResponse(vm=vm)
+        """A VM by name or id; an orphan by its name or id too (when only one node has it)."""
+        gone = await self.runner.request(ev.DeleteRequested, name_or_id=request.name_or_id)
+        if isinstance(gone, Orphan):
+            return epb.DeleteVMResponse(vm=orphan_as_vm_pb(gone))
+        return epb.DeleteVMResponse(vm=vm_to_pb(gone))
 
     @rpc
     async def SuspendVM(self, request: epb.VMRef, context: Ctx) -> pb.VM:

@@ -142,3 +142,17 @@ def orphan_to_pb(o: Orphan) -> epb.Orphan:
         reason=o.reason,
         seen_at=convert.timestamp(o.seen_at),
     )
+
+
+def orphan_as_vm_pb(o: Orphan) -> pb.VM:
+    """A deleted orphan, shown as the VM it was (it had no record)."""
+    s = o.status
+    return pb.VM(
+        id=s.vm_id,
+        spec=pb.VMSpec(name=s.name, image=s.image, vcpus=s.vcpus, memory_mib=s.memory_mib),
+        node_id=o.node_id,
+        desired_state=pb.DESIRED_STATE_DELETED,
+        state=pb.VM_STATE_MISSING,
+        state_reason=f"orphan deleted from node {o.node_id}",
+        generation=s.generation,
+    )

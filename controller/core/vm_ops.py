@@ -22,7 +22,31 @@ from shared.errors import (
 
 class VMOpsMixin(DeployMixin):
     def on_delete(self, event: ev.DeleteRequested) -> None:
-        vm = self.state.find_vm(event.name_or_id)
+        try:
+            vm = self.state.find_vm(event.name_or_id)
+        except NotFound:
+            found = [
+                o
+                for o in self.state.orphans.values()
+                if event.name_or_id in (o.status.vm_id, o.status.name)
+            ]
+            if not found:
+                raise
+            if len(found) > 1:
+                nodes = ", ".join(sorted(o.node_id for o in found))
+                raise FailedPrecondition(
+                    f"orphan {event.name_or_id!r} runs on several nodes ({nodes}): "
+                    "`novacron vm delete-orphan NODE NAME` says which"
+                ) from None
+            self.on_delete_orphan(
+                ev.DeleteOrphanRequested(
+                    stimulus_id=event.stimulus_id,
+                    now=event.now,
+                    node_id=found[0].node_id,
+                    vm_id=found[0].status.vm_id,
+                )
+            )
+            return
         never_created = vm.state is VMState.FAILED
         vm = self.set_vm_state(
             vm, VMState.DELETING, "deletion requested", desired=DesiredState.DELETED

@@ -129,3 +129,17 @@ def test_a_hello_that_cannot_be_stored_leaves_the_node_not_ready_saying_why() ->
     d.hello("n1")
     condition, _ = d.core.state.condition(d.node("n1"), d.now)
     assert condition is NodeCondition.READY
+
+
+def test_vm_delete_finds_an_orphan_by_name_when_one_node_has_it() -> None:
+    d = Driver()
+    d.hello("n1", status("a", "lonely"))
+    d.hello("n2", status("b", "twin"))
+    d.hello("n3", status("c", "twin"))
+    d.feed(ev.DeleteRequested, name_or_id="twin", stimulus_id="ambiguous")
+    assert "several nodes (n2, n3)" in str(d.reply("ambiguous").error)
+    d.feed(ev.DeleteRequested, name_or_id="lonely", stimulus_id="del")
+    delete = d.sent(c.DeleteVM, "n1")
+    d.answer(delete)
+    assert d.reply("del").error is None
+    assert ("n1", "a") not in d.core.state.orphans
