@@ -161,9 +161,8 @@ class AgentsMixin(MeshMixin):
             )
             for waiter in pending.waiters:
                 self.reply_error(waiter, error)
-            mig = self.state.migrations.get(pending.migration_id)
-            if mig is not None and mig.stimulus_id:
-                self.reply_error(mig.stimulus_id, error)
+            if pending.migration_id:
+                self.answer_migration(pending.migration_id, error=error)
 
     def _current(self, node_id: str, session_id: str) -> bool:
         session = self.state.sessions.get(node_id)

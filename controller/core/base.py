@@ -289,6 +289,18 @@ class CoreBase:
         if to:
             self._out.actions.append(Reply(to, error=error))
 
+    def answer_migration(
+        self, migration_id: str, value: object = None, error: NovaCronError | None = None
+    ) -> None:
+        """Answer the request that started a migration, once (it may end long after)."""
+        caller = self.journal.pop(self.state.migration_callers, migration_id)
+        if caller is None:
+            return
+        if error is not None:
+            self.reply_error(caller, error)
+        else:
+            self.reply(caller, value)
+
     def close_session(self, node_id: str, session_id: str, reason: str) -> None:
         self._out.actions.append(CloseSession(node_id, session_id, reason))
 

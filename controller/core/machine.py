@@ -94,7 +94,7 @@ class ControllerCore(SettleMixin):
             if vm.address:
                 state.vm_ipam.held[vm.id] = vm.address.split("/")[0]
         for mig in migrations:
-            state.migrations[mig.id] = replace(mig, stimulus_id="")  # nobody waits any more
+            state.migrations[mig.id] = mig
         for stone in tombstones:
             state.tombstones[stone.vm_id] = stone
         state.counters["mesh_version"] = max(state.counters.get("mesh_version", 0), int(now * 1000))

@@ -90,6 +90,7 @@ class MigrationMixin(AgentsMixin):
             timeout_s=event.timeout,
         )
         mig = self.put_migration(mig)
+        self.journal.put(self.state.migration_callers, mig.id, event.stimulus_id)
         vm = self.set_vm_state(vm, vm.state, f"migrating to {target}", migrating_to=target)
         self.audit("vm.migrate", vm.id, f"name={name} from={source} to={target} id={mig.id}")
         fields = self.placed_fields(vm)
@@ -202,14 +203,13 @@ class MigrationMixin(AgentsMixin):
                     "settles when the nodes report",
                 )
                 kind = DeadlineExceeded if isinstance(lost, DeadlineExceeded) else Unavailable
-                self.reply_error(
-                    mig.stimulus_id,
-                    kind(
+                self.answer_migration(
+                    mig.id,
+                    error=kind(
                         f"{lost}; the migration of VM {name!r} may still complete: "
                         f"`novacron vm show {name}` tells where it runs once the nodes report"
                     ),
                 )
-                self.put_migration(replace(mig, stimulus_id=""))  # its caller has its answer
                 return
             self.log.warning("migration call failed after arrival", vm_id=vm.id, error=str(lost))
         elif result is not None and result.error is not None:
@@ -304,17 +304,17 @@ class MigrationMixin(AgentsMixin):
         done = self.put_migration(done)
         name = vm.spec.name
         if error is not None:
-            self.reply_error(
-                mig.stimulus_id,
-                type(error)(
+            self.answer_migration(
+                mig.id,
+                error=type(error)(
                     f"{error}; VM {name!r} is recorded on {mig.target!r}, where it ran last: "
                     f"`novacron vm show {name}` tells its state"
                 ),
             )
             return
         self.log.info("vm migrated", vm_id=vm.id, name=name, source=mig.source, target=mig.target)
-        self.reply(
-            mig.stimulus_id,
+        self.answer_migration(
+            mig.id,
             MigrationReport(
                 vm=vm,
                 migration=done,
@@ -351,7 +351,7 @@ class MigrationMixin(AgentsMixin):
             )  # the caller hears of the failure once the target has cleaned up
             self.journal.put(self.state.unstaging, mig.id, error)
         else:
-            self.reply_error(mig.stimulus_id, error)
+            self.answer_migration(mig.id, error=error)
 
     def on_unstage_result(
         self, pending: Pending, result: CommandResult | None, lost: NovaCronError | None
@@ -370,4 +370,4 @@ class MigrationMixin(AgentsMixin):
         error = self.journal.pop(self.state.unstaging, pending.migration_id)
         mig = self.state.migrations.get(pending.migration_id)
         if mig is not None and error is not None:
-            self.reply_error(mig.stimulus_id, error)
+            self.answer_migration(mig.id, error=error)

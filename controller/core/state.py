@@ -94,6 +94,7 @@ class FleetState:
     pending: dict[str, Pending] = field(default_factory=dict)
     joins: dict[str, Join] = field(default_factory=dict)
     unstaging: dict[str, NovaCronError] = field(default_factory=dict)  # migration -> its error
+    migration_callers: dict[str, str] = field(default_factory=dict)  # migration -> request
     counters: dict[str, int] = field(default_factory=dict)  # "mesh_version", "seq"
     ipam: Ipam = field(init=False)
     vm_ipam: Ipam = field(init=False)

@@ -84,9 +84,8 @@ class VMOpsMixin(DeployMixin):
         failed = replace(mig, phase=MigrationPhase.FAILED, error="the VM was deleted")
         self.put_migration(replace(failed, finished_at=self._now))
         self.put_vm(replace(self.state.vms[vm.id], migrating_to=""))
-        self.reply_error(
-            mig.stimulus_id, FailedPrecondition(f"VM {vm.spec.name!r} was deleted while migrating")
-        )
+        error = FailedPrecondition(f"VM {vm.spec.name!r} was deleted while migrating")
+        self.answer_migration(mig.id, error=error)
         if self.state.connected(mig.target) and mig.target != vm.node_id:
             self.send(
                 mig.target,

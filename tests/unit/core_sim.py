@@ -147,6 +147,7 @@ class SimWorld:
         self.generations: dict[str, int] = {}
         self._n = 0
         self.replies: list[tuple[str, Reply]] = []
+        self.answered: set[str] = set()
 
     # ------------------------------------------------------------ plumbing
 
@@ -217,6 +218,8 @@ class SimWorld:
             elif isinstance(ins, ArmTimer):
                 self.timers.append(ins)
             elif isinstance(ins, Reply):
+                assert ins.to not in self.answered, f"request {ins.to} answered twice"
+                self.answered.add(ins.to)
                 asked = self.waiting.pop(ins.to, "?")
                 answer = "ok" if ins.error is None else f"error {str(ins.error)[:80]}"
                 self.steps.append(f"    <- reply to {asked}: {answer}")
@@ -224,6 +227,11 @@ class SimWorld:
                 if asked.startswith("deploy") and ins.error is None:
                     assert isinstance(ins.value, VMRecord)
                     self.acked.setdefault(ins.value.id, ins.value.generation)
+                elif asked.startswith("batch") and ins.error is None:
+                    vms, _ = ins.value  # type: ignore[misc]
+                    for vm in vms:  # a batch answers every VM it admitted, running or not
+                        if vm.state is VMState.RUNNING:
+                            self.acked.setdefault(vm.id, vm.generation)
             elif isinstance(ins, Welcome):
                 agent = self.agents[ins.node_id]
                 if agent.session == ins.session_id:
@@ -397,11 +405,15 @@ class SimWorld:
         elif r < 0.722:
             self.restart_controller()
         elif r < 0.76:
-            self.advance(self.rng.choice((0.2, 0.5, 1.0, 3.0, 3.0, 20.0, 45.0)))
-        elif r < 0.84:
+            self.advance(self.rng.choice((0.2, 0.5, 1.0, 3.0, 3.0, 20.0, 45.0, 400.0)))
+        elif r < 0.82:
             name = self.rng.choice(names)
             spec = VMSpec(name, "tiny", 1, 128)
             self.request(ev.DeployRequested, f"deploy {name}", spec=spec, request_id=name)
+        elif r < 0.84:
+            batch = self.rng.sample(names, 2)
+            specs = tuple(VMSpec(n, "tiny", 1, 128) for n in batch)
+            self.request(ev.DeployManyRequested, f"batch {batch}", specs=specs)
         elif r < 0.87:
             name = self.rng.choice(names)
             self.request(ev.DeleteRequested, f"delete {name}", name_or_id=name)
@@ -490,4 +502,8 @@ class SimWorld:
         return True
 
     def story(self) -> str:
-        return f"seed {self.seed}:\n" + "\n".join(self.steps[-70:])
+        head = (
+            f"seed {self.seed} (reproduce: w = SimWorld({self.seed}); call w.step() and "
+            f"w.check() until it fails); its last steps:\n"
+        )
+        return head + "\n".join(self.steps[-70:])
