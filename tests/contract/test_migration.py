@@ -337,7 +337,9 @@ def test_running_guest_moves_and_back_keeping_its_identity(pair: Pair) -> None:
     watcher.start()
     t0 = time.monotonic()
     try:
-        a.driver.migrate(vm_id, target, generation=4)  # the arriving copy's generation
+        # capped, so the job lasts seconds on any machine (uncapped it took 1.7 s, and a loaded
+        # host once gave the watcher no reading before it ended): the arriving copy gets 4
+        a.driver.migrate(vm_id, target, bandwidth_mbit=200, generation=4)
     finally:
         moving.set()
         watcher.join()

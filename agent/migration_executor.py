@@ -1,0 +1,148 @@
+"""The live-migration commands of agent.executor.CommandExecutor: prepare (destination),
+migrate (source), finish (destination), and the route switch a lifecycle event triggers
+meanwhile. A mixin: CommandExecutor holds the state and the helpers it shares with its other
+commands (declared below for the type checker)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.fencing import Fence
+from agent.hypervisor.base import (
+    Hypervisor,
+    MigrationStats,
+    MigrationTarget,
+    NetworkAttachment,
+)
+from agent.images.catalog import ImageCatalog
+from agent.progress import ProgressSink, watch_migration
+from agent.vm_files import CONSOLE_FILE
+from agent.vmnet import VMNetwork
+from shared.commands import CreateVM, FinishMigration, Migrate, PrepareMigration
+from shared.domain import VMSpec, VMState, VMStatus
+from shared.errors import AlreadyExists, FailedPrecondition, NotFound
+
+
+class MigrationCommands:
+    """Live migration's commands, for CommandExecutor (which sets all of this up)."""
+
+    hypervisor: Hypervisor
+    catalog: ImageCatalog
+    vmnet: VMNetwork | None
+    on_progress: ProgressSink | None
+    progress_interval_s: float
+    migration_host: str
+    postcopy_cap_mbit: int
+    _incoming: dict[str, str]
+    _outgoing: dict[str, str]
+
+    if TYPE_CHECKING:  # CommandExecutor's
+
+        def vm_dir(self, vm_id: str) -> Path: ...
+
+        async def _fenced(
+            self, vm_id: str, generation: int, what: str, required: bool = False
+        ) -> tuple[VMStatus | None, Fence]: ...
+
+        async def _route_and_shape(self, vm_id: str, address: str, spec: VMSpec) -> None: ...
+
+        def _attachment(self, create: CreateVM) -> NetworkAttachment: ...
+
+    async def _prepare_migration(self, prepare: PrepareMigration) -> MigrationTarget:
+        """Stage the VM's media here and say where the source should send it."""
+        if not self.migration_host:
+            raise FailedPrecondition(
+                "this node accepts no live migrations (agent.migration_host is not set)"
+            )
+        held, _ = await self._fenced(prepare.vm_id, prepare.generation, "prepare_migration")
+        if held is not None:
+            raise AlreadyExists(f"VM {prepare.spec.name!r} already exists on this node")
+        if prepare.address:  # the bridge must be up before the VM arrives on it
+            self._attachment(
+                CreateVM(prepare.vm_id, prepare.spec, prepare.generation, address=prepare.address)
+            )
+        vm_dir = self.vm_dir(prepare.vm_id)
+        media = await asyncio.to_thread(self.catalog.prepare, prepare.spec.image, vm_dir)
+        if prepare.address:
+            self._incoming[prepare.vm_id] = prepare.address
+        host = self.migration_host
+        return MigrationTarget(
+            libvirt_uri=f"qemu+tcp://{host}/system",
+            data_uri=f"tcp://{host}",
+            kernel=media.kernel,
+            initrd=media.initrd,
+            disk=media.disk,  # an empty overlay on this node's base: the source fills it
+            console_log=str(vm_dir / CONSOLE_FILE),
+        )
+
+    async def _migrate(self, migrate: Migrate) -> None:
+        """Send the VM to the destination, reporting the job's progress meanwhile; once it
+        runs there, drop what it left here."""
+        if migrate.generation > 0:
+            await self._fenced(migrate.vm_id, migrate.generation, "migrate", required=True)
+        if migrate.address:
+            self._outgoing[migrate.vm_id] = migrate.address
+        try:
+            job = asyncio.ensure_future(
+                asyncio.to_thread(
+                    self.hypervisor.migrate,
+                    migrate.vm_id,
+                    migrate.target,
+                    migrate.bandwidth_mbit or (self.postcopy_cap_mbit if migrate.postcopy else 0),
+                    migrate.max_downtime_ms,
+                    postcopy=migrate.postcopy,
+                    generation=migrate.generation,
+                )
+            )
+            if self.on_progress is not None:
+                await watch_migration(
+                    job,
+                    self.hypervisor.migration_progress,
+                    self.on_progress,
+                    migrate.vm_id,
+                    migrate.migration_id,
+                    self.progress_interval_s,
+                )
+            await job
+        finally:
+            self._outgoing.pop(migrate.vm_id, None)
+        await asyncio.to_thread(self.catalog.release, self.vm_dir(migrate.vm_id))
+        if self.vmnet is not None:
+            await asyncio.to_thread(self.vmnet.unshape, migrate.vm_id)
+            if migrate.address:  # this node's traffic to the VM now goes into the mesh
+                await asyncio.to_thread(self.vmnet.detach, migrate.address)
+
+    def route_switch(self, status: VMStatus) -> Coroutine[Any, Any, None] | None:
+        """On a lifecycle event: the route change a live migration needs now, if any. The
+        destination routes the VM's address to its bridge as soon as the guest resumes there;
+        the source withdraws its route as soon as the guest has left."""
+        if self.vmnet is None:
+            return None
+        vmnet = self.vmnet
+        if status.vm_id in self._incoming and status.state is VMState.RUNNING:
+            address = self._incoming.pop(status.vm_id)
+            return asyncio.to_thread(vmnet.attach, address)
+        if status.vm_id in self._outgoing and status.state is VMState.STOPPED:
+            address = self._outgoing.pop(status.vm_id)
+            return asyncio.to_thread(vmnet.detach, address)
+        return None
+
+    async def _finish_migration(
+        self, finish: FinishMigration
+    ) -> tuple[VMStatus, MigrationStats | None]:
+        """The VM runs here now: its generation, its route, its cap, the job's figures."""
+        self._incoming.pop(finish.vm_id, None)
+        status, verdict = await self._fenced(finish.vm_id, finish.generation, "finish_migration")
+        if status is None:
+            raise NotFound(f"VM {finish.spec.name!r} has not arrived on this node")
+        if verdict is Fence.NEWER:
+            status = await asyncio.to_thread(
+                self.hypervisor.set_generation, finish.vm_id, finish.generation
+            )
+        if finish.address:
+            await self._route_and_shape(finish.vm_id, finish.address, finish.spec)
+        stats = await asyncio.to_thread(self.hypervisor.migration_stats, finish.vm_id)
+        return status, stats
