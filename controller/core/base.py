@@ -293,9 +293,10 @@ class CoreBase:
         self, migration_id: str, value: object = None, error: NovaCronError | None = None
     ) -> None:
         """Answer the request that started a migration, once (it may end long after)."""
-        caller = self.journal.pop(self.state.migration_callers, migration_id)
-        if caller is None:
+        found = self.journal.pop(self.state.migration_callers, migration_id)
+        if found is None:
             return
+        caller = found[0]
         if error is not None:
             self.reply_error(caller, error)
         else:

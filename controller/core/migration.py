@@ -90,7 +90,7 @@ class MigrationMixin(AgentsMixin):
             timeout_s=event.timeout,
         )
         mig = self.put_migration(mig)
-        self.journal.put(self.state.migration_callers, mig.id, event.stimulus_id)
+        self.journal.put(self.state.migration_callers, mig.id, (event.stimulus_id, reason))
         vm = self.set_vm_state(vm, vm.state, f"migrating to {target}", migrating_to=target)
         self.audit("vm.migrate", vm.id, f"name={name} from={source} to={target} id={mig.id}")
         fields = self.placed_fields(vm)
@@ -319,7 +319,7 @@ class MigrationMixin(AgentsMixin):
                 vm=vm,
                 migration=done,
                 source=mig.source,
-                target_reason=mig.reason,
+                target_reason=self.state.migration_callers.get(mig.id, ("", mig.reason))[1],
                 elapsed_ms=done.elapsed_ms,
                 downtime_ms=done.downtime_ms,
                 memory_bytes=stats.memory_bytes if stats else 0,

@@ -94,7 +94,8 @@ class FleetState:
     pending: dict[str, Pending] = field(default_factory=dict)
     joins: dict[str, Join] = field(default_factory=dict)
     unstaging: dict[str, NovaCronError] = field(default_factory=dict)  # migration -> its error
-    migration_callers: dict[str, str] = field(default_factory=dict)  # migration -> request
+    # migration -> (the request that started it, why its target was chosen)
+    migration_callers: dict[str, tuple[str, str]] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)  # "mesh_version", "seq"
     ipam: Ipam = field(init=False)
     vm_ipam: Ipam = field(init=False)
