@@ -75,6 +75,32 @@ class EdgeComputingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FailureDetectorConfig:
+    """`controller.failure_detector`: when a node is suspect, and when lost (phi-accrual over
+    its own heartbeat intervals; see controller/core/detector.py)."""
+
+    suspect_phi: float = 3.0
+    lost_phi: float = 8.0
+    min_std_heartbeats: float = 0.25  # floor on the learnt spread, in heartbeat intervals
+    acceptable_pause_heartbeats: float = 2.0  # silence that is no signal, in intervals
+    disconnect_lost_after: Seconds = Seconds(10.0)
+    window: int = 100
+
+    def __post_init__(self) -> None:
+        where = "controller.failure_detector"
+        if not 0 < self.suspect_phi < self.lost_phi:
+            raise ConfigError(f"{where}: need 0 < suspect_phi < lost_phi")
+        if self.min_std_heartbeats <= 0:
+            raise ConfigError(f"{where}.min_std_heartbeats: must be > 0")
+        if self.acceptable_pause_heartbeats < 0 or self.disconnect_lost_after < 0:
+            raise ConfigError(
+                f"{where}: acceptable_pause_heartbeats and disconnect_lost_after must be >= 0"
+            )
+        if self.window < 2:
+            raise ConfigError(f"{where}.window: must be >= 2")
+
+
+@dataclass(frozen=True, slots=True)
 class ControllerConfig:
     listen: str = "127.0.0.1:7700"
     state_dir: Path = Path("/var/lib/novacron/controller")
@@ -91,6 +117,7 @@ class ControllerConfig:
     mesh_pool: str = "10.250.0.0/16"  # overlay addresses for the WireGuard mesh
     vm_pool: str = "10.251.0.0/16"  # VM addresses, routed between sites over the mesh
     metrics_listen: str = "127.0.0.1:9470"  # Prometheus /metrics ("" = off)
+    failure_detector: FailureDetectorConfig = field(default_factory=FailureDetectorConfig)
     edge_computing: EdgeComputingConfig = field(default_factory=EdgeComputingConfig)
 
     def __post_init__(self) -> None:

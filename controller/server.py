@@ -12,8 +12,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controller.api import EdgeAPIServicer
-from controller.config import ControllerConfig
+from controller.config import ControllerConfig, FailureDetectorConfig
 from controller.core import ControllerCore, Settings
+from controller.core.detector import DetectorConfig
 from controller.metrics import MetricsServer
 from controller.placement import ScoredEngine
 from controller.runner import Runner
@@ -41,6 +42,17 @@ def node_identity_insecure(hello: apb.Hello) -> str:
     if not node_id:
         raise InvalidArgument("hello.node.node_id is required")
     return node_id
+
+
+def detector_config(c: FailureDetectorConfig) -> DetectorConfig:
+    return DetectorConfig(
+        suspect_phi=c.suspect_phi,
+        lost_phi=c.lost_phi,
+        min_std_heartbeats=c.min_std_heartbeats,
+        acceptable_pause_heartbeats=c.acceptable_pause_heartbeats,
+        disconnect_lost_after_s=c.disconnect_lost_after,
+        window=c.window,
+    )
 
 
 class ControllerServer:
@@ -72,6 +84,7 @@ class ControllerServer:
             deploy_timeout=self.config.deploy_timeout,
             mesh_pool=self.config.mesh_pool,
             vm_pool=self.config.vm_pool,
+            detector=detector_config(self.config.failure_detector),
         )
         core = ControllerCore(
             settings, ScoredEngine(self.config.edge_computing.placement_profile())

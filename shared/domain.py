@@ -40,7 +40,9 @@ class DesiredState(enum.StrEnum):
 
 class NodeCondition(enum.StrEnum):
     READY = "ready"
-    NOT_READY = "not_ready"
+    NOT_READY = "not_ready"  # connected, but refused (its hello not stored, another installation)
+    SUSPECT = "suspect"  # heartbeats late for its link, or its stream just closed
+    LOST = "lost"  # silent far beyond its link's spread, or disconnected for long
 
 
 @dataclass(frozen=True, slots=True)

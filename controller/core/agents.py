@@ -44,6 +44,7 @@ class AgentsMixin(MeshMixin):
         if node.mesh is not None:
             node = replace(node, mesh_address=self.hold_address("mesh", node_id))
         self.put_node(node)
+        self.state.heard_from(node_id, self._now, hello=True)
         self.welcome(node_id, event.session_id)
         known = event.known_installation_id
         if known and known != self.settings.installation_id and not self.settings.take_over:
@@ -80,6 +81,7 @@ class AgentsMixin(MeshMixin):
         if not self._current(event.node_id, event.session_id):
             return
         node = self.state.nodes[event.node_id]
+        self.state.heard_from(event.node_id, self._now)
         self.put_node(
             replace(
                 node,
@@ -104,6 +106,7 @@ class AgentsMixin(MeshMixin):
         if not self._current(event.node_id, event.session_id):
             return
         self.journal.pop(self.state.sessions, event.node_id)
+        self.state.disconnected_at[event.node_id] = self._now
         self.state.fleet_changed()
         self.fail_session_commands(event.node_id, event.session_id, event.reason)
         for vm in self.state.vms_on(event.node_id):
@@ -111,14 +114,15 @@ class AgentsMixin(MeshMixin):
                 self.set_vm_state(vm, VMState.UNKNOWN, f"node {event.node_id!r} disconnected")
 
     def on_tick(self, event: ev.Tick) -> None:
-        """End sessions whose heartbeats stopped, so their VMs turn UNKNOWN rather than stay
-        RUNNING on a node nobody can reach (a half-open TCP stream can last minutes)."""
+        """End the sessions of nodes the detector declares lost, so their VMs turn UNKNOWN
+        rather than stay RUNNING on a node nobody can reach (a half-open TCP stream can last
+        minutes). A merely suspect node keeps its session: on a lossy link it comes back."""
         for node_id, session in list(self.state.sessions.items()):
             node = self.state.nodes.get(node_id)
             if node is None or session.refused:
                 continue
             condition, reason = self.state.condition(node, self._now)
-            if condition is NodeCondition.NOT_READY:
+            if condition is NodeCondition.LOST:
                 self.log.warning("closing silent session", node_id=node_id, reason=reason)
                 self.close_session(node_id, session.session_id, reason)
 

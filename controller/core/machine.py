@@ -81,6 +81,7 @@ class ControllerCore(SettleMixin):
         state = self.state
         for node in nodes:
             state.nodes[node.node_id] = node
+            state.disconnected_at[node.node_id] = now  # not heard from since the restart
             if node.mesh_address:
                 state.ipam.held[node.node_id] = node.mesh_address
         for vm in vms:

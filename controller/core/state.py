@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from controller.liveness import node_condition
+from controller.core.detector import DetectorConfig, HeartbeatHistory, judge
 from controller.mesh import Ipam, gateway_of
 from controller.placement import NodeRow, NodeTable
 from controller.records import MigrationRecord, NodeRecord, Tombstone, VMRecord
@@ -17,6 +17,11 @@ from shared.commands import AgentCommand
 from shared.domain import Capacity, Location, NodeCondition, VMStatus
 from shared.errors import NotFound, NovaCronError
 from shared.geo import haversine_km, rtt_estimate_ms
+
+_UNPLACEABLE = {
+    NodeCondition.SUSPECT: "suspect: heartbeats late",
+    NodeCondition.LOST: "lost: no heartbeats",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +85,7 @@ class Settings:
     deploy_timeout: float = 120.0
     mesh_pool: str = "10.250.0.0/16"
     vm_pool: str = "10.251.0.0/16"
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
 
 
 @dataclass(slots=True)
@@ -97,6 +103,9 @@ class FleetState:
     # migration -> (the request that started it, why its target was chosen)
     migration_callers: dict[str, tuple[str, str]] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)  # "mesh_version", "seq"
+    # liveness, in memory: heartbeat arrivals per node, and when a node's stream closed
+    histories: dict[str, HeartbeatHistory] = field(default_factory=dict)
+    disconnected_at: dict[str, float] = field(default_factory=dict)
     ipam: Ipam = field(init=False)
     vm_ipam: Ipam = field(init=False)
     _table: NodeTable | None = None
@@ -154,9 +163,27 @@ class FleetState:
         session = self.sessions.get(node.node_id)
         if session is not None and session.refused:
             return NodeCondition.NOT_READY, session.refused
-        return node_condition(
-            session is not None, node.last_heartbeat, now, self.settings.heartbeat_interval
+        return judge(
+            self.histories.get(node.node_id),
+            session is not None,
+            self.disconnected_at.get(node.node_id, 0.0),
+            now,
+            self.settings.detector,
         )
+
+    def heard_from(self, node_id: str, at: float, *, hello: bool = False) -> None:
+        """A heartbeat (or a hello) arrived: the node's own interval history learns from it."""
+        history = self.histories.get(node_id)
+        if history is None:
+            history = HeartbeatHistory(
+                self.settings.heartbeat_interval, window=self.settings.detector.window
+            )
+            self.histories[node_id] = history
+        if hello:
+            history.reconnected(at)
+        else:
+            history.heard(at)
+        self.disconnected_at.pop(node_id, None)
 
     def allocated(self, node_id: str) -> Capacity:
         total = Capacity()
@@ -223,6 +250,10 @@ class FleetState:
         rows = []
         for node in self.nodes.values():
             condition, reason = self.condition(node, now)
+            if condition is not NodeCondition.READY:  # one stable line per kind, for summaries
+                reason = _UNPLACEABLE.get(condition, reason)
+                if node.node_id not in self.sessions:
+                    reason = "agent not connected"
             info = node.info
             rows.append(
                 NodeRow(

@@ -77,6 +77,8 @@ _DESIRED_TO_PB = {
 _CONDITION_TO_PB = {
     d.NodeCondition.READY: pb.NODE_CONDITION_READY,
     d.NodeCondition.NOT_READY: pb.NODE_CONDITION_NOT_READY,
+    d.NodeCondition.SUSPECT: pb.NODE_CONDITION_SUSPECT,
+    d.NodeCondition.LOST: pb.NODE_CONDITION_LOST,
 }
 
 

@@ -174,7 +174,7 @@ async def test_concurrent_deploys_never_oversubscribe(cluster: Cluster, images: 
     assert_kept_table_matches_records(cluster)
 
 
-async def test_nodes_go_not_ready_and_vms_unknown_when_agent_dies(
+async def test_nodes_go_suspect_and_vms_unknown_when_agent_dies(
     cluster: Cluster, images: Path
 ) -> None:
     await cluster.start_agent("edge-a", cluster.test_uri("edge-a"), images)
@@ -187,7 +187,9 @@ async def test_nodes_go_not_ready_and_vms_unknown_when_agent_dies(
 
     await eventually(unknown, 10, "the VM to turn unknown")
     node = await cluster.api.GetNode(epb.GetNodeRequest(node_id="edge-a"))
-    assert node.condition == pb.NODE_CONDITION_NOT_READY
+    # a closed stream is a strong signal: suspect at once, lost after disconnect_lost_after
+    assert node.condition == pb.NODE_CONDITION_SUSPECT, node.condition_reason
+    assert node.condition_reason.startswith("agent not connected for ")
     await expect_error(
         cluster.api.SuspendVM(epb.VMRef(name_or_id=vm.id)), grpc.StatusCode.FAILED_PRECONDITION
     )

@@ -83,6 +83,15 @@ def test_shipped_example_configs_load() -> None:
     assert agent.edge_type is EdgeType.MEC
     controller = load_controller_config(root / "controller.example.yaml", {})
     assert controller.insecure
+    assert controller.failure_detector.disconnect_lost_after == 10.0
+    assert controller.failure_detector.lost_phi == 8.0
+
+
+def test_a_bad_failure_detector_key_is_refused_by_path(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("controller:\n  failure_detector:\n    suspect_phi: 9\n    lost_phi: 8\n")
+    with pytest.raises(ConfigError, match="controller.failure_detector"):
+        load_controller_config(path, {})
 
 
 SPEC_EDGE_COMPUTING = """

@@ -116,12 +116,22 @@ class _NodeConditionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NodeCon
     NODE_CONDITION_UNSPECIFIED: _NodeCondition.ValueType  # 0
     NODE_CONDITION_READY: _NodeCondition.ValueType  # 1
     NODE_CONDITION_NOT_READY: _NodeCondition.ValueType  # 2
+    """connected but refused (hello not stored, another installation)"""
+    NODE_CONDITION_SUSPECT: _NodeCondition.ValueType  # 3
+    """heartbeats late for its link, or its stream just closed"""
+    NODE_CONDITION_LOST: _NodeCondition.ValueType  # 4
+    """silent far beyond its link's spread, or disconnected for long"""
 
 class NodeCondition(_NodeCondition, metaclass=_NodeConditionEnumTypeWrapper): ...
 
 NODE_CONDITION_UNSPECIFIED: NodeCondition.ValueType  # 0
 NODE_CONDITION_READY: NodeCondition.ValueType  # 1
 NODE_CONDITION_NOT_READY: NodeCondition.ValueType  # 2
+"""connected but refused (hello not stored, another installation)"""
+NODE_CONDITION_SUSPECT: NodeCondition.ValueType  # 3
+"""heartbeats late for its link, or its stream just closed"""
+NODE_CONDITION_LOST: NodeCondition.ValueType  # 4
+"""silent far beyond its link's spread, or disconnected for long"""
 Global___NodeCondition: _TypeAlias = NodeCondition  # noqa: Y015
 
 class _PlacementMode:

@@ -5,27 +5,9 @@ import random
 import pytest
 
 from agent.backoff import Backoff
-from controller.liveness import node_condition
 from controller.validation import validate_spec
-from shared.domain import NodeCondition, VMSpec
+from shared.domain import VMSpec
 from shared.errors import InvalidArgument
-
-
-def test_ready_while_heartbeats_arrive() -> None:
-    assert node_condition(True, 100.0, 114.0, 5.0) == (NodeCondition.READY, "")
-
-
-def test_not_ready_after_three_missed_heartbeats() -> None:
-    condition, reason = node_condition(True, 100.0, 116.0, 5.0)
-    assert condition is NodeCondition.NOT_READY
-    assert reason == "no heartbeat for 16.0s (limit 15.0s)"
-
-
-def test_not_ready_when_disconnected() -> None:
-    assert node_condition(False, 100.0, 100.0, 5.0) == (
-        NodeCondition.NOT_READY,
-        "agent not connected",
-    )
 
 
 def test_backoff_grows_to_cap_with_jitter_and_resets() -> None:
