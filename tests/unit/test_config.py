@@ -90,7 +90,7 @@ def test_shipped_example_configs_load() -> None:
 def test_a_bad_failure_detector_key_is_refused_by_path(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("controller:\n  failure_detector:\n    suspect_phi: 9\n    lost_phi: 8\n")
-    with pytest.raises(ConfigError, match="controller.failure_detector"):
+    with pytest.raises(ConfigError, match=r"controller\.failure_detector"):
         load_controller_config(path, {})
 
 
