@@ -129,6 +129,10 @@ class CoreBase:
                 self.reply_error(event.stimulus_id, exc)
             else:
                 self.log.warning("event refused", kind=type(event).__name__, error=str(exc))
+        except Exception:  # a bug: nothing of the event happened, the runner reports it
+            self.rollback()
+            self._out = Outbox()
+            raise
         return self._out.instructions()
 
     def rollback(self) -> None:

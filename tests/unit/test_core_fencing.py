@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from controller.core import events as ev
 from shared import commands as c
 from shared.domain import NodeCondition, VMSpec, VMState
@@ -143,3 +145,20 @@ def test_vm_delete_finds_an_orphan_by_name_when_one_node_has_it() -> None:
     d.answer(delete)
     assert d.reply("del").error is None
     assert ("n1", "a") not in d.core.state.orphans
+
+
+def test_a_bug_in_a_handler_takes_the_event_back() -> None:
+    d = Driver()
+    d.hello("n1")
+    core = d.core
+    original = core.create_on_node
+
+    def broken(*args: object, **kwargs: object) -> str:
+        raise RuntimeError("a bug after the VM was recorded")
+
+    core.create_on_node = broken  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        d.feed(ev.DeployRequested, spec=VMSpec("web", "tiny", 1, 128), stimulus_id="bug")
+    assert core.state.vms == {} and core.state.allocated("n1").memory_mib == 0
+    core.create_on_node = original  # type: ignore[method-assign]
+    assert d.deploy("web", "n1").generation == 1
