@@ -286,9 +286,9 @@ def test_a_live_migrated_vm_keeps_its_address_and_the_route_follows_it(lab: Lab)
             )
             wait_for(  # the guest itself runs on: its console log goes on at the destination
                 lambda: "heartbeat" in _vm_console(lab, "mover"),
-                # 10 s heartbeats; once in ~8 runs the first one on Berlin came after 30 s
-                # (the guest answered pings, so it ran): its timers lag after a 60 s pre-copy
-                # under TCG. A wedged guest still fails here.
+                # 10 s heartbeats; once in ~8 runs none came within 30 s although the guest
+                # answered pings on Berlin (cause not established; a 60 s pre-copy under TCG,
+                # see docs/migration.md). A wedged guest still fails here.
                 90,
                 "a console line from the guest on Berlin",
                 interval_s=1.0,
