@@ -138,19 +138,19 @@ async def test_round_trip_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "c.db"
     store = SQLiteStore(path)
     node, vm = a_node(), a_vm()
-    await store.put_node(node)
-    await store.put_vm(vm)
+    await store.apply(Persist(nodes=(node,)))
+    await store.apply(Persist(vms=(vm,)))
     vm = dataclasses.replace(vm, state=VMState.PAUSED)
-    await store.put_vm(vm)
-    await store.audit(AuditEntry(at=1.0, action="vm.deploy", target="id-1"))
+    await store.apply(Persist(vms=(vm,)))
+    await store.apply(Persist(audit=(AuditEntry(at=1.0, action="vm.deploy", target="id-1"),)))
     await store.close()
 
     reopened = SQLiteStore(path)
-    assert await reopened.load_nodes() == [node]
-    assert await reopened.load_vms() == [vm]
+    assert (await reopened.load()).nodes == [node]
+    assert (await reopened.load()).vms == [vm]
     assert [e.action for e in await reopened.audit_log()] == ["vm.deploy"]
-    await reopened.delete_vm("id-1")
-    assert await reopened.load_vms() == []
+    await reopened.apply(Persist(forget_vms=("id-1",)))
+    assert (await reopened.load()).vms == []
     await reopened.close()
 
 
@@ -331,12 +331,12 @@ async def test_a_schema_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
     db.close()
     for _ in range(2):
         store = SQLiteStore(path)
-        [vm] = await store.load_vms()
+        [vm] = (await store.load()).vms
         assert (vm.id, vm.spec.name, vm.node_id, vm.generation) == ("id-1", "web", "n1", 3)
         assert (vm.address, vm.placement_reason, vm.migrating_to) == ("10.251.0.5/32", "why", "")
-        await store.put_vm(dataclasses.replace(vm, migrating_to="n2"))
-        assert (await store.load_vms())[0].migrating_to == "n2"
-        await store.put_vm(vm)
+        await store.apply(Persist(vms=(dataclasses.replace(vm, migrating_to="n2"),)))
+        assert (await store.load()).vms[0].migrating_to == "n2"
+        await store.apply(Persist(vms=(vm,)))
         await store.close()
     assert _meta(path)["schema_version"] == str(SCHEMA_VERSION)
 
