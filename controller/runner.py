@@ -29,19 +29,13 @@ from controller.core.instructions import (
     Welcome,
 )
 from controller.records import MigrationRecord
+from controller.store import Store
 from controller.view import ControllerView
 from shared.errors import NovaCronError, Unavailable
 
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], float]
-
-
-class Store(Protocol):
-    name: str
-
-    async def apply(self, persist: Persist) -> None: ...
-    async def close(self) -> None: ...
 
 
 class Session(Protocol):

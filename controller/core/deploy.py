@@ -226,17 +226,30 @@ class DeployMixin(CoreBase):
     def on_create_result(
         self, pending: Pending, result: CommandResult | None, lost: NovaCronError | None
     ) -> None:
+        self.answer_vm_command(
+            pending, result, lost, "the VM was deleted while it was being created"
+        )
+
+    def answer_vm_command(
+        self,
+        pending: Pending,
+        result: CommandResult | None,
+        lost: NovaCronError | None,
+        gone: str,
+    ) -> None:
+        """A command about one VM was answered (or lost): record what the node said, then
+        answer whoever waits with the VM or the error."""
         vm = self.state.vms.get(pending.vm_id)
         if vm is None:
             for waiter in pending.waiters:
-                self.reply_error(waiter, NotFound("the VM was deleted while it was being created"))
+                self.reply_error(waiter, NotFound(gone))
             return
         error = self.command_failed(vm, pending, result, lost)
         if error is None and result is not None and result.vm is not None:
             vm = self.observe(vm, result.vm.state, result.vm.reason or "reported by node")
         for waiter in pending.waiters:
             if error is None:
-                self.reply(waiter, self.state.vms.get(vm.id, vm))
+                self.reply(waiter, vm)
             else:
                 self.reply_error(waiter, error)
 

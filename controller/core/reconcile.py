@@ -40,6 +40,14 @@ class Action:
     status: VMStatus | None = None
 
 
+_FOR_VERDICT = {
+    Verdict.LEAVING: ActionKind.LEAVING,
+    Verdict.ARRIVING: ActionKind.ARRIVED,
+    Verdict.STALE: ActionKind.DELETE,
+    Verdict.ORPHAN: ActionKind.ORPHAN,
+}
+
+
 def plan(
     node_id: str,
     desired: Iterable[VMRecord],
@@ -59,55 +67,11 @@ def plan(
         record = records.get(status.vm_id)
         mig = moves.get(status.vm_id)
         verdict, why = judge(node_id, status, record, stones.get(status.vm_id), mig)
-        if verdict is Verdict.LEAVING:
+        kind = _FOR_VERDICT.get(verdict)
+        if kind is not None:  # the copy is not simply the VM: what happens to it is its own
+            observed = None if kind is ActionKind.DELETE else status.state
             actions.append(
-                Action(
-                    ActionKind.LEAVING,
-                    status.vm_id,
-                    status.name,
-                    status.generation,
-                    status.state,
-                    why,
-                    status,
-                )
-            )
-            continue
-        if verdict is Verdict.ARRIVING:
-            actions.append(
-                Action(
-                    ActionKind.ARRIVED,
-                    status.vm_id,
-                    status.name,
-                    status.generation,
-                    status.state,
-                    why,
-                    status,
-                )
-            )
-            continue
-        if verdict is Verdict.STALE:
-            actions.append(
-                Action(
-                    ActionKind.DELETE,
-                    status.vm_id,
-                    status.name,
-                    status.generation,
-                    reason=why,
-                    status=status,
-                )
-            )
-            continue
-        if verdict is Verdict.ORPHAN:
-            actions.append(
-                Action(
-                    ActionKind.ORPHAN,
-                    status.vm_id,
-                    status.name,
-                    status.generation,
-                    status.state,
-                    why,
-                    status,
-                )
+                Action(kind, status.vm_id, status.name, status.generation, observed, why, status)
             )
             continue
         assert record is not None

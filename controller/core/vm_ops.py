@@ -151,19 +151,7 @@ class VMOpsMixin(DeployMixin):
     def on_power_result(
         self, pending: Pending, result: CommandResult | None, lost: NovaCronError | None
     ) -> None:
-        vm = self.state.vms.get(pending.vm_id)
-        if vm is None:
-            for waiter in pending.waiters:
-                self.reply_error(waiter, NotFound("the VM was deleted meanwhile"))
-            return
-        error = self.command_failed(vm, pending, result, lost)
-        if error is None and result is not None and result.vm is not None:
-            vm = self.observe(vm, result.vm.state, result.vm.reason or "reported by node")
-        for waiter in pending.waiters:
-            if error is None:
-                self.reply(waiter, vm)
-            else:
-                self.reply_error(waiter, error)
+        self.answer_vm_command(pending, result, lost, "the VM was deleted meanwhile")
 
     def on_console(self, event: ev.ConsoleRequested) -> None:
         vm = self.state.find_vm(event.name_or_id)
