@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lab import probe
-from lab.lab import Lab, LabError, LabStatus, teardown
+from lab.lab import Lab, LabError, LabStatus
 from lab.state import DEFAULT_STATE_DIR
+from lab.teardown import teardown
 from lab.topology import Site
 from shared.errors import ConfigError
 from shared.logging import configure_logging

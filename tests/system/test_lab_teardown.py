@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from lab import netns, pids
-from lab.lab import Lab, teardown
+from lab.lab import Lab
 from lab.state import STATE_FILE, LabState
+from lab.teardown import teardown
 from tests.conftest import require_backend
 from tests.system.conftest import lab_backend_problem, lab_state_dir
 

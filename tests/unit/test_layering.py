@@ -88,11 +88,11 @@ def test_the_controller_core_is_pure() -> None:
     assert not violations, violations
 
 
-def test_no_hand_written_agent_cli_controller_or_shared_module_is_over_400_lines() -> None:
+def test_no_hand_written_module_is_over_400_lines() -> None:
     """One job per module: past ~400 lines a module has picked up a second one."""
     too_long = [
         f"{path.relative_to(ROOT)}: {n} lines"
-        for package in ("agent", "cli", "controller", "shared")
+        for package in ("agent", "bench", "cli", "controller", "lab", "shared")
         for path in sorted((ROOT / package).rglob("*.py"))
         if "/pb/" not in str(path) and (n := len(path.read_text().splitlines())) > 420
     ]
