@@ -193,8 +193,11 @@ def _switch_to_postcopy(
             except libvirt.libvirtError as err:
                 log.debug("postcopy_not_yet", vm_id=vm_id, error=str(err))
                 continue
+            # QEMU acts on the request at its next iteration, and only while much is left:
+            # a job this close to converging finishes as pre-copy, which is just as sound.
+            # Failing after the request, the source's half is kept paused either way.
             state.switched.set()
-            log.info("vm_migration_postcopy", vm_id=vm_id)
+            log.info("vm_migration_postcopy_requested", vm_id=vm_id)
             return
 
     thread = threading.Thread(target=switch, name=f"postcopy-{vm_id}", daemon=True)
