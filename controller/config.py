@@ -9,7 +9,7 @@ from typing import Any
 
 from controller.placement import PlacementProfile
 from controller.placement.filters import FILTERS
-from shared.config import Seconds, build, env_overrides, read_yaml
+from shared.config import Seconds, SecondsOrNever, build, env_overrides, read_yaml
 from shared.domain import PlacementMode
 from shared.errors import ConfigError
 
@@ -101,6 +101,23 @@ class FailureDetectorConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FailoverConfig:
+    """`controller.failover`: the disconnect policy of a VM that names none, and the limit
+    on automatic failovers (see controller/core/disconnect.py and docs/failover.md)."""
+
+    replace_after: SecondsOrNever = SecondsOrNever(0.0)  # after its node is lost
+    stop_after: SecondsOrNever = SecondsOrNever(20.0)  # the agent pauses it on its own
+    clock_margin: Seconds = Seconds(2.0)  # added to stop_after before replacing
+    max_per_interval: int = 10  # automatic failovers started per interval, fleet-wide
+    interval: Seconds = Seconds(60.0)
+
+    def __post_init__(self) -> None:
+        where = "controller.failover"
+        if self.max_per_interval < 1 or self.interval <= 0:
+            raise ConfigError(f"{where}: max_per_interval must be >= 1 and interval > 0")
+
+
+@dataclass(frozen=True, slots=True)
 class ControllerConfig:
     listen: str = "127.0.0.1:7700"
     state_dir: Path = Path("/var/lib/novacron/controller")
@@ -118,6 +135,7 @@ class ControllerConfig:
     vm_pool: str = "10.251.0.0/16"  # VM addresses, routed between sites over the mesh
     metrics_listen: str = "127.0.0.1:9470"  # Prometheus /metrics ("" = off)
     failure_detector: FailureDetectorConfig = field(default_factory=FailureDetectorConfig)
+    failover: FailoverConfig = field(default_factory=FailoverConfig)
     edge_computing: EdgeComputingConfig = field(default_factory=EdgeComputingConfig)
 
     def __post_init__(self) -> None:

@@ -164,3 +164,28 @@ class Tombstone:
     name: str
     generation: int
     deleted_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverRecord:
+    """One VM recreated elsewhere because its node was lost: where from and to, why, and when
+    (the node was last heard from, declared lost, the VM re-placed, the target ran it)."""
+
+    id: str
+    vm_id: str
+    vm_name: str
+    source: str  # the lost node
+    target: str
+    reason: str  # "node lost: ..." or "operator: the node is dead"
+    from_generation: int
+    to_generation: int
+    last_heard_at: float  # the lost node, last heard from
+    lost_at: float  # declared lost (or dead)
+    started_at: float  # re-placed: the new generation recorded
+    running_at: float = 0.0  # the target reported it running
+    outcome: str = ""  # "" while under way, "running" or "failed"
+    error: str = ""
+
+    @property
+    def active(self) -> bool:
+        return not self.outcome

@@ -81,7 +81,9 @@ class Runner:
         self.clock = clock
         self.view = ControllerView(core, clock)
         self.started_at = clock()
-        self.tick_interval = tick_interval or core.settings.heartbeat_interval
+        # liveness and failover are judged on ticks: at most 1 s apart, so a failover due at
+        # `stop_after` + margin starts within a second of it
+        self.tick_interval = tick_interval or min(1.0, core.settings.heartbeat_interval)
         self._queue: asyncio.Queue[ev.Event] = asyncio.Queue()
         self._waiters: dict[str, asyncio.Future[Any]] = {}
         self._sessions: dict[str, Session] = {}  # session id -> session

@@ -15,6 +15,7 @@ from controller.api import EdgeAPIServicer
 from controller.config import ControllerConfig, FailureDetectorConfig
 from controller.core import ControllerCore, Settings
 from controller.core.detector import DetectorConfig
+from controller.core.disconnect import FailoverSettings
 from controller.metrics import MetricsServer
 from controller.placement import ScoredEngine
 from controller.runner import Runner
@@ -85,11 +86,25 @@ class ControllerServer:
             mesh_pool=self.config.mesh_pool,
             vm_pool=self.config.vm_pool,
             detector=detector_config(self.config.failure_detector),
+            failover=FailoverSettings(
+                replace_after_s=self.config.failover.replace_after,
+                stop_after_s=self.config.failover.stop_after,
+                clock_margin_s=self.config.failover.clock_margin,
+                max_per_interval=self.config.failover.max_per_interval,
+                interval_s=self.config.failover.interval,
+            ),
         )
         core = ControllerCore(
             settings, ScoredEngine(self.config.edge_computing.placement_profile())
         )
-        core.load(stored.nodes, stored.vms, stored.migrations, stored.tombstones, now=time.time())
+        core.load(
+            stored.nodes,
+            stored.vms,
+            stored.migrations,
+            stored.tombstones,
+            now=time.time(),
+            failovers=stored.failovers,
+        )
         log.info(
             "state loaded",
             nodes=len(stored.nodes),

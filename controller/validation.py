@@ -44,6 +44,10 @@ def validate_spec(spec: VMSpec) -> None:
         if not _LABEL_KEY.match(key):
             raise InvalidArgument(f"label key {key!r} is invalid")
     validate_constraints(spec.placement)
+    for name in ("replace_after_s", "stop_after_s"):
+        value = getattr(spec.disconnect, name)
+        if value is not None and not value >= 0:  # NaN fails too
+            raise InvalidArgument(f"disconnect.{name} must be >= 0 seconds (or never), got {value}")
 
 
 def validate_constraints(c: PlacementConstraints) -> None:

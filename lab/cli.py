@@ -36,6 +36,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ex = sub.add_parser("exec", help="run a command inside a site (netns + libvirtd mount ns)")
     ex.add_argument("site")
     ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+    for name, text in (
+        ("fail", "power loss: WAN link down, SIGKILL the site's agent, libvirtd and guests"),
+        ("partition", "cut the site's WAN link only (its processes keep running)"),
+        ("restore", "link up, restart the site's libvirtd and agent if needed, wait for READY"),
+    ):
+        fault = sub.add_parser(name, help=text)
+        fault.add_argument("site")
+    # the last one is restore's
+    fault.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for READY")
+    fault.add_argument("--no-wait", action="store_true", help="do not wait for READY")
     sub.add_parser("down", help="remove everything the lab created (idempotent)")
     return p.parse_args(argv)
 
@@ -62,7 +72,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def render_status(st: LabStatus) -> str:
-    rows = [("SITE", "TYPE", "CITY", "ADDRESS", "AGENT", "DELAY", "JITTER", "LOSS", "BW", "VMS")]
+    cols = ("SITE", "TYPE", "CITY", "ADDRESS", "STATE", "AGENT", "DELAY", "JITTER", "LOSS", "BW")
+    rows = [(*cols, "VMS")]
     for s in st.sites:
         w = s.site.wan
         agent = "-" if s.site.id == "controller" else (s.node.condition if s.node else "absent")
@@ -73,6 +84,7 @@ def render_status(st: LabStatus) -> str:
                 s.site.edge_type.value,
                 f"{s.site.city} {s.site.country}",
                 s.site.address,
+                s.condition,
                 agent,
                 f"{w.delay_ms:g}ms",
                 f"{w.jitter_ms:g}ms",
@@ -137,6 +149,15 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return 127  # not reached
 
 
+def cmd_fault(args: argparse.Namespace) -> int:
+    lab = _attached(args.state_dir)
+    if args.command == "restore":
+        print(lab.restore(args.site, timeout_s=args.timeout, wait_ready=not args.no_wait))
+    else:
+        print(lab.fail(args.site) if args.command == "fail" else lab.partition(args.site))
+    return 0
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     removed = teardown(args.state_dir)
     for item in removed:
@@ -153,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": cmd_status,
         "verify": cmd_verify,
         "exec": cmd_exec,
+        "fail": cmd_fault,
+        "partition": cmd_fault,
+        "restore": cmd_fault,
         "down": cmd_down,
     }
     try:

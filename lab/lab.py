@@ -3,6 +3,7 @@
     lab = Lab(load_topology("small"), Path("/tmp/nclab"))
     lab.up()                      # sites, WAN, libvirtds, controller, agents; waits until READY
     lab.controller_address        # "10.213.255.254:7700", reachable from the host
+    lab.fail("mec-berlin")        # power loss; also partition, restore (lab/faults.py)
     lab.down()                    # idempotent; also cleans up after a crash
 
 Each site is a network namespace `nclab-<site>` attached to the WAN router by a TUN device, with a
@@ -32,6 +33,8 @@ import yaml
 
 from agent.images.builder import build_tiny_image
 from lab import netns, pids
+from lab.errors import LabError as LabError  # re-exported: callers import it from here
+from lab.faults import UP, Faults
 from lab.libvirtd import PrivateLibvirtd
 from lab.processes import BIN, Daemon, start_daemon
 from lab.state import DEFAULT_STATE_DIR, STATE_FILE, LabState, ProcessRecord
@@ -53,15 +56,12 @@ WAN_NETNS = "nclab-wan"
 _TOOLS = ("ip", "nsenter", "unshare", "libvirtd", "qemu-system-x86_64")
 
 
-class LabError(RuntimeError):
-    """The lab could not be brought up or used; the message says why and what to do."""
-
-
 @dataclass(frozen=True, slots=True)
 class SiteStatus:
     site: Site
     node: NodeView | None  # None: the controller does not know it
     vms: tuple[VMView, ...]
+    condition: str = UP  # up, failed or partitioned (lab.faults)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +73,7 @@ class LabStatus:
     wan_stats: dict[str, object]
 
 
-class Lab:
+class Lab(Faults):
     """One lab on this host. Only one can be up at a time (the subnet and names are fixed)."""
 
     def __init__(
@@ -356,6 +356,7 @@ class Lab:
                 site=s,
                 node=by_id.get(s.id),
                 vms=tuple(v for v in vms if v.node_id == s.id),
+                condition=self.state.conditions.get(s.id, UP),
             )
             for s in self.topology.all_sites
         )

@@ -30,6 +30,7 @@ class LabState:
     routes: list[str] = field(default_factory=list)
     processes: list[ProcessRecord] = field(default_factory=list)
     libvirtd: dict[str, str] = field(default_factory=dict)  # site -> base dir
+    conditions: dict[str, str] = field(default_factory=dict)  # site -> failed/partitioned; else up
     ready: bool = False
 
     def save(self, state_dir: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import os
 import re
 import types
@@ -23,6 +24,8 @@ from shared.errors import ConfigError
 T = TypeVar("T")
 Seconds = NewType("Seconds", float)
 """A duration field: accepts 5, 2.5, "100ms", "30s", "5m" in files, env and flags."""
+SecondsOrNever = NewType("SecondsOrNever", float)
+"""A duration that may also be `never` (infinity)."""
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -112,6 +115,10 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
     if hint is Seconds:
         return Seconds(parse_duration(value, where))
+    if hint is SecondsOrNever:
+        if isinstance(value, str) and value.strip().lower() == "never":
+            return SecondsOrNever(math.inf)
+        return SecondsOrNever(parse_duration(value, where))
     if hint is float:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number, got {value!r}")

@@ -6,6 +6,7 @@ Protobuf types stop at the RPC adapters and `shared.convert`; everything else us
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
 
@@ -115,6 +116,27 @@ class PlacementConstraints:
     mode: PlacementMode | None = None  # None = the profile's
 
 
+NEVER = math.inf  # a disconnect policy's "never"
+
+
+@dataclass(frozen=True, slots=True)
+class DisconnectPolicy:
+    """What happens to a VM when its node is lost (Nomad's `disconnect` block), in seconds.
+    None takes the controller's default; `NEVER` (infinity) means never: wait for the node, or
+    keep running without the controller."""
+
+    replace_after_s: float | None = None  # after the node is lost, recreate it elsewhere
+    stop_after_s: float | None = None  # the agent pauses it after this long on its own
+
+    @property
+    def replaces(self) -> bool:
+        return self.replace_after_s is not None and not math.isinf(self.replace_after_s)
+
+    @property
+    def stops(self) -> bool:
+        return self.stop_after_s is not None and not math.isinf(self.stop_after_s)
+
+
 @dataclass(frozen=True, slots=True)
 class VMSpec:
     name: str
@@ -125,6 +147,7 @@ class VMSpec:
     disk_gib: int = 0
     placement: PlacementConstraints = field(default_factory=PlacementConstraints)
     bandwidth_mbps: int = 0  # cap on the VM's NIC, each direction (0 = none)
+    disconnect: DisconnectPolicy = field(default_factory=DisconnectPolicy)
 
     def capacity(self) -> Capacity:
         return Capacity(vcpus=self.vcpus, memory_mib=self.memory_mib, storage_gib=self.disk_gib)

@@ -45,6 +45,7 @@ class AgentsMixin(MeshMixin):
             node = replace(node, mesh_address=self.hold_address("mesh", node_id))
         self.put_node(node)
         self.state.heard_from(node_id, self._now, hello=True)
+        self.node_back(node_id)
         self.welcome(node_id, event.session_id)
         known = event.known_installation_id
         if known and known != self.settings.installation_id and not self.settings.take_over:
@@ -125,6 +126,7 @@ class AgentsMixin(MeshMixin):
             if condition is NodeCondition.LOST:
                 self.log.warning("closing silent session", node_id=node_id, reason=reason)
                 self.close_session(node_id, session.session_id, reason)
+        self.fail_over_lost_nodes()
 
     def on_persist_failed(self, event: ev.PersistFailed) -> None:
         """An event's records could not be written; it was taken back. Its requester hears
@@ -301,7 +303,11 @@ class AgentsMixin(MeshMixin):
         self.observe(vm, status.state, status.reason or "reported by node")
 
     def _creating_ids(self) -> set[str]:
-        return {p.vm_id for p in self.state.pending.values() if p.purpose == "create"}
+        return {
+            p.vm_id
+            for p in self.state.pending.values()
+            if p.purpose in ("create", "failover_create")
+        }
 
     # provided by the migration mixin
     def migration_target_reported(self, node_id: str, status: VMStatus) -> None:

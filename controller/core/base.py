@@ -30,6 +30,7 @@ from controller.placement import ScoredEngine
 from controller.records import (
     NON_RESERVING_STATES,
     AuditEntry,
+    FailoverRecord,
     MigrationRecord,
     NodeRecord,
     Tombstone,
@@ -52,6 +53,7 @@ REQUESTS: tuple[type[ev.Event], ...] = (
     ev.ConsoleRequested,
     ev.MigrateRequested,
     ev.CordonRequested,
+    ev.FailOverRequested,
     ev.RotateKeyRequested,
     ev.AdoptRequested,
     ev.DeleteOrphanRequested,
@@ -221,6 +223,11 @@ class CoreBase:
         self.journal.put(self.state.migrations, mig.id, mig)
         self._out.migrations[mig.id] = mig
         return mig
+
+    def put_failover(self, record: FailoverRecord) -> FailoverRecord:
+        self.journal.put(self.state.failovers, record.id, record)
+        self._out.failovers[record.id] = record
+        return record
 
     def audit(self, action: str, target: str, detail: str, actor: str = "api") -> None:
         self._out.audit.append(AuditEntry(self._now, action, target, detail, actor))

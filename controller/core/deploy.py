@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from controller.core import events as ev
 from controller.core.base import CoreBase
+from controller.core.disconnect import resolve
 from controller.core.state import Join, Pending
 from controller.mesh import gateway_of
 from controller.placement import BatchPlacer, Explanation
@@ -32,9 +33,14 @@ class DeployMixin(CoreBase):
         """The decision DeployVM would take now, with its explanation (no reservation)."""
         return self.engine.decide(self.state.node_table(now), self.engine.request(spec), k)
 
+    def resolved(self, spec: VMSpec) -> VMSpec:
+        """`spec` with its disconnect policy filled in from the defaults: the stored spec
+        says what applies to the VM (and the agent learns its stop_after from it)."""
+        return replace(spec, disconnect=resolve(spec.disconnect, self.settings.failover))
+
     def on_deploy(self, event: ev.DeployRequested) -> None:
-        spec = event.spec
-        validate_spec(spec)
+        validate_spec(event.spec)
+        spec = self.resolved(event.spec)
         timeout = event.timeout or self.settings.deploy_timeout
         if event.request_id:
             for vm in self.state.vms.values():
@@ -53,7 +59,7 @@ class DeployMixin(CoreBase):
     def on_deploy_many(self, event: ev.DeployManyRequested) -> None:
         """Plan several VMs together (the batch placer), admit all of them or none, then
         create them concurrently; answered once every create is answered."""
-        specs = event.specs
+        specs = tuple(self.resolved(spec) for spec in event.specs)
         if not specs:
             raise InvalidArgument("no VMs to deploy")
         if len(specs) > MAX_BATCH:
@@ -270,7 +276,7 @@ class DeployMixin(CoreBase):
         assert result is not None
         if result.error is None:
             return None
-        if pending.purpose == "create":
+        if pending.purpose in ("create", "failover_create"):
             self.set_vm_state(vm, VMState.FAILED, result.error.message)
         return result.error.to_exception(f"node {node!r} failed {pending.doing} VM {name!r}")
 

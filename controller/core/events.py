@@ -73,6 +73,15 @@ class CordonRequested(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FailOverRequested(Event):
+    """HandleEdgeFailure: replace a node's VMs now; `node_is_dead` vouches that the node is
+    powered off, so its copies count as stopped."""
+
+    node_id: str
+    node_is_dead: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RotateKeyRequested(Event):
     node_id: str
 

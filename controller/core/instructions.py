@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from controller.records import AuditEntry, MigrationRecord, NodeRecord, Tombstone, VMRecord
+from controller.records import (
+    AuditEntry,
+    FailoverRecord,
+    MigrationRecord,
+    NodeRecord,
+    Tombstone,
+    VMRecord,
+)
 from shared.commands import Envelope
 from shared.errors import NovaCronError
 
@@ -22,6 +29,7 @@ class Persist:
     nodes: tuple[NodeRecord, ...] = ()
     migrations: tuple[MigrationRecord, ...] = ()
     tombstones: tuple[Tombstone, ...] = ()
+    failovers: tuple[FailoverRecord, ...] = ()
     audit: tuple[AuditEntry, ...] = ()
 
     def __bool__(self) -> bool:
@@ -31,6 +39,7 @@ class Persist:
             or self.nodes
             or self.migrations
             or self.tombstones
+            or self.failovers
             or self.audit
         )
 
@@ -90,6 +99,7 @@ class Outbox:
     nodes: dict[str, NodeRecord] = field(default_factory=dict)
     migrations: dict[str, MigrationRecord] = field(default_factory=dict)
     tombstones: dict[str, Tombstone] = field(default_factory=dict)
+    failovers: dict[str, FailoverRecord] = field(default_factory=dict)
     audit: list[AuditEntry] = field(default_factory=list)
     actions: list[Instruction] = field(default_factory=list)
 
@@ -100,6 +110,7 @@ class Outbox:
             nodes=tuple(self.nodes.values()),
             migrations=tuple(self.migrations.values()),
             tombstones=tuple(self.tombstones.values()),
+            failovers=tuple(self.failovers.values()),
             audit=tuple(self.audit),
         )
         return ([persist] if persist else []) + self.actions

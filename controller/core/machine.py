@@ -9,7 +9,7 @@ from controller.core import events as ev
 from controller.core.settle import SettleMixin
 from controller.core.state import Settings
 from controller.placement import ScoredEngine
-from controller.records import MigrationRecord, NodeRecord, Tombstone, VMRecord
+from controller.records import FailoverRecord, MigrationRecord, NodeRecord, Tombstone, VMRecord
 from shared.domain import VMState
 
 
@@ -24,6 +24,7 @@ class ControllerCore(SettleMixin):
             ev.ConsoleRequested: self.on_console,
             ev.MigrateRequested: self.on_migrate,
             ev.CordonRequested: self.on_cordon,
+            ev.FailOverRequested: self.on_fail_over,
             ev.RotateKeyRequested: self.on_rotate_key,
             ev.AdoptRequested: self.on_adopt,
             ev.DeleteOrphanRequested: self.on_delete_orphan,
@@ -41,6 +42,7 @@ class ControllerCore(SettleMixin):
         }
         self._on_result = {
             "create": self.on_create_result,
+            "failover_create": self.on_failover_create_result,
             "delete": self.on_delete_result,
             "power": self.on_power_result,
             "console": self.on_console_result,
@@ -75,10 +77,12 @@ class ControllerCore(SettleMixin):
         migrations: Iterable[MigrationRecord] = (),
         tombstones: Iterable[Tombstone] = (),
         now: float = 0.0,
+        failovers: Iterable[FailoverRecord] = (),
     ) -> None:
         """Start from persisted records (a restart). Until its node reports, a VM's observed
         state is unknown; peer-set versions keep growing (they start from the clock)."""
         state = self.state
+        state.started_at = now
         for node in nodes:
             state.nodes[node.node_id] = node
             state.disconnected_at[node.node_id] = now  # not heard from since the restart
@@ -96,6 +100,8 @@ class ControllerCore(SettleMixin):
                 state.vm_ipam.held[vm.id] = vm.address.split("/")[0]
         for mig in migrations:
             state.migrations[mig.id] = mig
+        for record in failovers:
+            state.failovers[record.id] = record
         for stone in tombstones:
             state.tombstones[stone.vm_id] = stone
         state.counters["mesh_version"] = max(state.counters.get("mesh_version", 0), int(now * 1000))

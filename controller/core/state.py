@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from controller.core.detector import DetectorConfig, HeartbeatHistory, judge
+from controller.core.disconnect import FailoverSettings
 from controller.mesh import Ipam, gateway_of
 from controller.placement import NodeRow, NodeTable
-from controller.records import MigrationRecord, NodeRecord, Tombstone, VMRecord
+from controller.records import FailoverRecord, MigrationRecord, NodeRecord, Tombstone, VMRecord
 from shared.commands import AgentCommand
 from shared.domain import Capacity, Location, NodeCondition, VMStatus
 from shared.errors import NotFound, NovaCronError
@@ -86,6 +87,7 @@ class Settings:
     mesh_pool: str = "10.250.0.0/16"
     vm_pool: str = "10.251.0.0/16"
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+    failover: FailoverSettings = field(default_factory=FailoverSettings)
 
 
 @dataclass(slots=True)
@@ -95,6 +97,7 @@ class FleetState:
     vms: dict[str, VMRecord] = field(default_factory=dict)
     migrations: dict[str, MigrationRecord] = field(default_factory=dict)
     tombstones: dict[str, Tombstone] = field(default_factory=dict)
+    failovers: dict[str, FailoverRecord] = field(default_factory=dict)
     sessions: dict[str, Session] = field(default_factory=dict)
     orphans: dict[tuple[str, str], Orphan] = field(default_factory=dict)
     pending: dict[str, Pending] = field(default_factory=dict)
@@ -106,6 +109,11 @@ class FleetState:
     # liveness, in memory: heartbeat arrivals per node, and when a node's stream closed
     histories: dict[str, HeartbeatHistory] = field(default_factory=dict)
     disconnected_at: dict[str, float] = field(default_factory=dict)
+    started_at: float = 0.0  # the core's start: nothing was heard of any node before it
+    # failover, in memory: when nodes were found lost or declared dead, and why VMs wait
+    lost_at: dict[str, float] = field(default_factory=dict)
+    declared_dead: dict[str, float] = field(default_factory=dict)
+    failover_waiting: dict[str, str] = field(default_factory=dict)
     ipam: Ipam = field(init=False)
     vm_ipam: Ipam = field(init=False)
     _table: NodeTable | None = None
@@ -184,6 +192,12 @@ class FleetState:
         else:
             history.heard(at)
         self.disconnected_at.pop(node_id, None)
+
+    def last_heard(self, node_id: str) -> float:
+        """When the node was last heard from; after a restart, no earlier than the start (its
+        agent may have heard the old controller until then)."""
+        history = self.histories.get(node_id)
+        return max(history.last_at if history is not None else 0.0, self.started_at)
 
     def allocated(self, node_id: str) -> Capacity:
         total = Capacity()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from controller.core import events as ev
-from controller.core.deploy import DeployMixin
+from controller.core.failover import FailoverMixin
 from controller.core.state import Orphan, Pending
 from controller.records import MigrationPhase, VMRecord
 from shared.commands import ChangePower, CommandResult, DeleteVM, PowerAction, ReadConsole
@@ -20,7 +20,7 @@ from shared.errors import (
 )
 
 
-class VMOpsMixin(DeployMixin):
+class VMOpsMixin(FailoverMixin):
     def on_delete(self, event: ev.DeleteRequested) -> None:
         try:
             vm = self.state.find_vm(event.name_or_id)

@@ -13,10 +13,11 @@ from controller.store.errors import _UNCHANGED, StoreSchemaUnsupported
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 3  # 2: vms.migrating_to; 3: migrations, tombstones, meta.installation_id
+SCHEMA_VERSION = 4  # 2: vms.migrating_to; 3: migrations, tombstones, meta.installation_id;
+# 4: failovers
 DB_NAME = "controller.db"
 
-TABLES = (  # schema 3; IF NOT EXISTS so that an upgrade adds what an older schema lacks
+TABLES = (  # schema 4; IF NOT EXISTS so that an upgrade adds what an older schema lacks
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS nodes (
         node_id TEXT PRIMARY KEY, info TEXT NOT NULL, images TEXT NOT NULL,
@@ -48,6 +49,22 @@ TABLES = (  # schema 3; IF NOT EXISTS so that an upgrade adds what an older sche
     """CREATE TABLE IF NOT EXISTS tombstones (
         vm_id TEXT PRIMARY KEY, name TEXT NOT NULL, generation INTEGER NOT NULL,
         deleted_at REAL NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS failovers (
+        id TEXT PRIMARY KEY, vm_id TEXT NOT NULL, vm_name TEXT NOT NULL, source TEXT NOT NULL,
+        target TEXT NOT NULL, reason TEXT NOT NULL, from_generation INTEGER NOT NULL,
+        to_generation INTEGER NOT NULL, last_heard_at REAL NOT NULL, lost_at REAL NOT NULL,
+        started_at REAL NOT NULL, running_at REAL NOT NULL, outcome TEXT NOT NULL,
+        error TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS failovers_vm ON failovers(vm_id)",
+)
+
+FAILOVER_COLUMNS = (  # the failovers table, in FailoverRecord's field order
+    "id", "vm_id", "vm_name", "source", "target", "reason", "from_generation",
+    "to_generation", "last_heard_at", "lost_at", "started_at", "running_at", "outcome", "error",
+)  # fmt: skip
+PUT_FAILOVER = (
+    f"INSERT OR REPLACE INTO failovers({', '.join(FAILOVER_COLUMNS)})"
+    f" VALUES ({', '.join('?' * len(FAILOVER_COLUMNS))})"
 )
 
 MIGRATION_COLUMNS = (  # the migrations table, in MigrationRecord's field order
@@ -129,13 +146,13 @@ def schema_version(db: sqlite3.Connection, path: Path) -> int:
 
 
 def upgrade(db: sqlite3.Connection, path: Path, version: int) -> None:
-    """Schema 1 or 2 to 3, in place, in one transaction (SQLite's DDL is transactional)."""
+    """Schema 1, 2 or 3 to 4, in place, in one transaction (SQLite's DDL is transactional)."""
     db.execute("BEGIN IMMEDIATE")
     try:
         columns = {r[1] for r in db.execute("PRAGMA table_info(vms)")}
         if columns and "migrating_to" not in columns:  # 1 -> 2
             db.execute("ALTER TABLE vms ADD COLUMN migrating_to TEXT NOT NULL DEFAULT ''")
-        for statement in TABLES:  # 2 -> 3: migrations, tombstones (and any table missing)
+        for statement in TABLES:  # 2 -> 3: migrations, tombstones; 3 -> 4: failovers
             db.execute(statement)
         db.execute(
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('installation_id', ?)", (new_id(),)

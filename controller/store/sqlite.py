@@ -20,14 +20,21 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 
 from controller.core.instructions import Persist
-from controller.records import AuditEntry, MigrationRecord, NodeRecord, Tombstone, VMRecord
+from controller.records import (
+    AuditEntry,
+    FailoverRecord,
+    MigrationRecord,
+    NodeRecord,
+    Tombstone,
+    VMRecord,
+)
 from controller.store import codecs, schema
 from controller.store.errors import (
     _UNCHANGED,
@@ -37,7 +44,7 @@ from controller.store.errors import (
     StoreMissing,
     _store_error,
 )
-from controller.store.schema import MIGRATION_COLUMNS, SCHEMA_VERSION
+from controller.store.schema import FAILOVER_COLUMNS, MIGRATION_COLUMNS, SCHEMA_VERSION
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +60,7 @@ class StoredState:
     migrations: list[MigrationRecord]
     tombstones: list[Tombstone]
     installation_id: str
+    failovers: list[FailoverRecord] = field(default_factory=list)
 
 
 class Store(Protocol):
@@ -230,12 +238,13 @@ class SQLiteStore:
                 raise self._error(exc, "read the database") from exc
 
     async def load(self) -> StoredState:
-        nodes, vms, migrations, tombstones = await asyncio.to_thread(
+        nodes, vms, migrations, tombstones, failovers = await asyncio.to_thread(
             self._read,
             f"SELECT {schema.NODE_COLUMNS} FROM nodes ORDER BY node_id",
             f"SELECT {schema.VM_COLUMNS} FROM vms ORDER BY created_at, id",
             f"SELECT {', '.join(MIGRATION_COLUMNS)} FROM migrations ORDER BY started_at, id",
             "SELECT vm_id, name, generation, deleted_at FROM tombstones ORDER BY deleted_at, vm_id",
+            f"SELECT {', '.join(FAILOVER_COLUMNS)} FROM failovers ORDER BY started_at, id",
         )
         return StoredState(
             nodes=[codecs.node_from_row(r) for r in nodes],
@@ -243,6 +252,7 @@ class SQLiteStore:
             migrations=[codecs.migration_from_row(r) for r in migrations],
             tombstones=[Tombstone(*r) for r in tombstones],
             installation_id=self.installation_id,
+            failovers=[FailoverRecord(*r) for r in failovers],
         )
 
     async def load_nodes(self) -> list[NodeRecord]:
@@ -304,6 +314,10 @@ class SQLiteStore:
             (
                 schema.PUT_TOMBSTONE,
                 [(t.vm_id, t.name, t.generation, t.deleted_at) for t in persist.tombstones],
+            ),
+            (
+                schema.PUT_FAILOVER,
+                [tuple(getattr(f, c) for c in FAILOVER_COLUMNS) for f in persist.failovers],
             ),
             (
                 schema.PUT_AUDIT,

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from shared import commands as c
 from shared.convert.domain import (
-    mesh_config_from_pb,
-    mesh_config_to_pb,
-    mesh_status_from_pb,
-    mesh_status_to_pb,
     spec_from_pb,
     spec_to_pb,
     timestamp,
     timestamp_seconds,
     vm_status_from_pb,
     vm_status_to_pb,
+)
+from shared.convert.mesh import (
+    mesh_config_from_pb,
+    mesh_config_to_pb,
+    mesh_status_from_pb,
+    mesh_status_to_pb,
 )
 from shared.errors import Internal, InvalidArgument
 from shared.pb.v1 import agent_pb2 as apb

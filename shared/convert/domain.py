@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from shared import domain as d
-from shared import mesh
 from shared.pb.v1 import types_pb2 as pb
 
 __all__ = [
@@ -25,12 +25,6 @@ __all__ = [
     "latency_to_pb",
     "location_from_pb",
     "location_to_pb",
-    "mesh_config_from_pb",
-    "mesh_config_to_pb",
-    "mesh_identity_from_pb",
-    "mesh_identity_to_pb",
-    "mesh_status_from_pb",
-    "mesh_status_to_pb",
     "node_info_from_pb",
     "node_info_to_pb",
     "spec_from_pb",
@@ -217,7 +211,17 @@ def spec_to_pb(s: d.VMSpec) -> pb.VMSpec:
         disk_gib=s.disk_gib,
         placement=constraints_to_pb(s.placement),
         bandwidth_mbps=s.bandwidth_mbps,
+        disconnect=pb.DisconnectPolicy(
+            replace_after_s=s.disconnect.replace_after_s, stop_after_s=s.disconnect.stop_after_s
+        ),
     )
+
+
+_DISCONNECT = ("replace_after_s", "stop_after_s")  # DisconnectPolicy's fields, in order
+
+
+def _optional(message: Any, name: str) -> float | None:
+    return float(getattr(message, name)) if message.HasField(name) else None
 
 
 def spec_from_pb(s: pb.VMSpec) -> d.VMSpec:
@@ -230,6 +234,7 @@ def spec_from_pb(s: pb.VMSpec) -> d.VMSpec:
         disk_gib=s.disk_gib,
         placement=constraints_from_pb(s.placement),
         bandwidth_mbps=s.bandwidth_mbps,
+        disconnect=d.DisconnectPolicy(*(_optional(s.disconnect, f) for f in _DISCONNECT)),
     )
 
 
@@ -321,93 +326,4 @@ def latency_from_pb(s: pb.LatencyStats) -> d.LatencyStats:
         jitter_ms=s.jitter_ms,
         loss_pct=s.loss_pct,
         samples=s.samples,
-    )
-
-
-def mesh_identity_to_pb(m: mesh.MeshIdentity) -> pb.MeshIdentity:
-    return pb.MeshIdentity(public_key=m.public_key, endpoint=m.endpoint, behind_nat=m.behind_nat)
-
-
-def mesh_identity_from_pb(m: pb.MeshIdentity) -> mesh.MeshIdentity:
-    return mesh.MeshIdentity(m.public_key, m.endpoint, m.behind_nat)
-
-
-def mesh_config_to_pb(c: mesh.MeshConfig) -> pb.MeshConfig:
-    return pb.MeshConfig(
-        version=c.version,
-        address=c.address,
-        vm_pool=c.vm_pool,
-        vm_gateway=c.vm_gateway,
-        peers=[
-            pb.MeshPeer(
-                node_id=p.node_id,
-                public_key=p.public_key,
-                endpoint=p.endpoint,
-                allowed_ips=p.allowed_ips,
-                persistent_keepalive_s=p.persistent_keepalive_s,
-                address=p.address,
-            )
-            for p in c.peers
-        ],
-    )
-
-
-def mesh_config_from_pb(c: pb.MeshConfig) -> mesh.MeshConfig:
-    return mesh.MeshConfig(
-        version=c.version,
-        address=c.address,
-        vm_pool=c.vm_pool,
-        vm_gateway=c.vm_gateway,
-        peers=tuple(
-            mesh.MeshPeer(
-                node_id=p.node_id,
-                public_key=p.public_key,
-                endpoint=p.endpoint,
-                allowed_ips=tuple(p.allowed_ips),
-                persistent_keepalive_s=p.persistent_keepalive_s,
-                address=p.address,
-            )
-            for p in c.peers
-        ),
-    )
-
-
-def mesh_status_to_pb(s: mesh.MeshStatus) -> pb.MeshStatus:
-    return pb.MeshStatus(
-        applied_version=s.applied_version,
-        public_key=s.public_key,
-        address=s.address,
-        error=s.error,
-        peers=[
-            pb.MeshPeerStatus(
-                node_id=p.node_id,
-                public_key=p.public_key,
-                endpoint=p.endpoint,
-                last_handshake_age_s=p.last_handshake_age_s,
-                rx_bytes=p.rx_bytes,
-                tx_bytes=p.tx_bytes,
-                up=p.up,
-            )
-            for p in s.peers
-        ],
-    )
-
-
-def mesh_status_from_pb(s: pb.MeshStatus) -> mesh.MeshStatus:
-    return mesh.MeshStatus(
-        applied_version=s.applied_version,
-        public_key=s.public_key,
-        address=s.address,
-        error=s.error,
-        peers=tuple(
-            mesh.MeshPeerStatus(
-                node_id=p.node_id,
-                public_key=p.public_key,
-                endpoint=p.endpoint,
-                last_handshake_age_s=p.last_handshake_age_s,
-                rx_bytes=p.rx_bytes,
-                tx_bytes=p.tx_bytes,
-            )
-            for p in s.peers
-        ),
     )

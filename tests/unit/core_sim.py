@@ -26,7 +26,7 @@ from controller.core.instructions import (
     Welcome,
 )
 from controller.placement import ScoredEngine
-from controller.records import MigrationRecord, NodeRecord, Tombstone, VMRecord
+from controller.records import FailoverRecord, MigrationRecord, NodeRecord, Tombstone, VMRecord
 from shared import commands as c
 from shared.domain import (
     Capacity,
@@ -50,6 +50,7 @@ class Copy:
     generation: int
     state: VMState
     name: str
+    stop_after: float | None = None  # from the spec it was created with (agent self-fencing)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class SimAgent:
     staged: set[str] = field(default_factory=set)
     session: str = ""  # "" = not connected
     welcomed: bool = False
+    confirmed_at: float = 0.0  # the controller last heard it (its hello or a heartbeat)
 
     def info(self) -> NodeInfo:
         return NodeInfo(
@@ -137,6 +139,7 @@ class SimWorld:
         self.nodes: dict[str, NodeRecord] = {}
         self.migrations: dict[str, MigrationRecord] = {}
         self.tombstones: dict[str, Tombstone] = {}
+        self.failovers: dict[str, FailoverRecord] = {}
         self.core = self._new_core()
         self.down: list[tuple[str, c.Envelope, str]] = []  # (node, command, session)
         self.up: list[ev.Event] = []
@@ -166,6 +169,7 @@ class SimWorld:
             self.migrations.values(),
             self.tombstones.values(),
             now=self.now,
+            failovers=self.failovers.values(),
         )
         return core
 
@@ -175,6 +179,10 @@ class SimWorld:
 
     def feed(self, event: ev.Event) -> None:
         self.steps.append(describe(event))
+        if isinstance(event, ev.AgentHello | ev.AgentHeartbeat):
+            agent = self.agents[event.node_id]
+            if agent.session == event.session_id:  # delivered: the agent's contact is confirmed
+                agent.confirmed_at = self.now
         instructions = self.core.handle(event)
         if instructions and isinstance(instructions[0], Persist):
             if self.rng.random() < self.persist_failures and not isinstance(
@@ -205,6 +213,8 @@ class SimWorld:
             self.migrations[mig.id] = mig
         for stone in p.tombstones:
             self.tombstones[stone.vm_id] = stone
+        for record in p.failovers:
+            self.failovers[record.id] = record
 
     def run(self, instructions: list[Instruction]) -> None:
         for ins in instructions:
@@ -290,7 +300,8 @@ class SimWorld:
             held = agent.vms.get(vm_id)
             if error is None and (held is None or held.generation < cmd.generation):
                 state = VMState.PAUSED if cmd.start_paused else VMState.RUNNING
-                agent.vms[vm_id] = Copy(cmd.generation, state, cmd.spec.name)
+                stop_after = cmd.spec.disconnect.stop_after_s
+                agent.vms[vm_id] = Copy(cmd.generation, state, cmd.spec.name, stop_after)
         elif isinstance(cmd, c.DeleteVM):
             error = agent.refuse_stale(vm_id, cmd.generation)
             if error is None:
@@ -322,7 +333,7 @@ class SimWorld:
                 error = c.CommandError("INTERNAL", "libvirt: migration failed; rolled back")
             else:  # libvirt moves it: the copy that arrives carries the new generation
                 del agent.vms[vm_id]
-                dest.vms[vm_id] = Copy(cmd.generation, VMState.RUNNING, held.name)
+                dest.vms[vm_id] = Copy(cmd.generation, VMState.RUNNING, held.name, held.stop_after)
                 dest.staged.discard(vm_id)
                 if dest.session and dest.welcomed:
                     status = dest.status(vm_id)
@@ -429,11 +440,29 @@ class SimWorld:
     def advance(self, seconds: float) -> None:
         self.now += seconds
         self.steps.append(f"clock +{seconds}s")
+        self.self_fence()
         due = sorted((t for t in self.timers if t.at <= self.now), key=lambda t: t.at)
         self.timers = [t for t in self.timers if t.at > self.now]
         for timer in due:
             self.feed(ev.TimerFired(stimulus_id=self.sid("timer"), now=self.now, key=timer.key))
         self.feed(ev.Tick(stimulus_id=self.sid("tick"), now=self.now))
+
+    def self_fence(self) -> None:
+        """The agents' rule (agent/self_fence.py): `stop_after` without a confirmed contact
+        with the controller, a running copy pauses itself, and the agent starts a new
+        session. It acts before the controller's tick at the same instant: it is the
+        controller that adds the margin."""
+        for agent in self.agents.values():
+            fenced = False
+            for vm_id, copy in agent.vms.items():
+                alone = self.now - agent.confirmed_at
+                stop_after = copy.stop_after
+                if copy.state is VMState.RUNNING and stop_after is not None and alone >= stop_after:
+                    copy.state = VMState.PAUSED
+                    fenced = True
+                    self.steps.append(f"  {agent.node_id} self-fences {vm_id}")
+            if fenced:
+                self.disconnect(agent.node_id, "self-fenced: no contact with the controller")
 
     def restart_controller(self) -> None:
         """Kill the controller: everything in memory is gone; it starts from the store."""
@@ -454,6 +483,7 @@ class SimWorld:
         assert durable(self.vms) == durable(core.vms), "store and core disagree on VMs"
         assert self.migrations == core.migrations, "store and core disagree on migrations"
         assert self.tombstones == core.tombstones, "store and core disagree on tombstones"
+        assert self.failovers == core.failovers, "store and core disagree on failovers"
         # no acknowledged VM is ever lost
         for vm_id in self.acked:
             if vm_id not in self.deleted:
@@ -470,6 +500,14 @@ class SimWorld:
                     running.setdefault((vm_id, copy.generation), []).append(agent.node_id)
         for (vm_id, gen), where in running.items():
             assert len(where) == 1, f"{vm_id} runs at generation {gen} on {where}"
+        # a failover never runs a VM beside its original: at most one copy is running
+        runs: dict[str, list[str]] = {}
+        for agent in self.agents.values():
+            for vm_id, copy in agent.vms.items():
+                if copy.state is VMState.RUNNING:
+                    runs.setdefault(vm_id, []).append(f"{agent.node_id}@{copy.generation}")
+        for vm_id, where in runs.items():
+            assert len(where) == 1, f"{vm_id} runs on {where} at once"
         # never commanded to run at the same generation on another node than its record
         for node, env, _ in self.down:
             cmd = env.command

@@ -430,7 +430,7 @@ def test_a_write_ahead_log_without_its_database_is_refused(tmp_path: Path) -> No
     assert not path.exists()
 
 
-@pytest.mark.parametrize("version", ["4", "99", "two"])
+@pytest.mark.parametrize("version", ["5", "99", "two"])
 def test_an_unknown_schema_version_is_refused_untouched(tmp_path: Path, version: str) -> None:
     path = tmp_path / "controller.db"
     _write_schema_2(path)

@@ -391,6 +391,7 @@ class VMSpec(_message.Message):
     DISK_GIB_FIELD_NUMBER: _builtins.int
     PLACEMENT_FIELD_NUMBER: _builtins.int
     BANDWIDTH_MBPS_FIELD_NUMBER: _builtins.int
+    DISCONNECT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     image: _builtins.str
     vcpus: _builtins.int
@@ -402,6 +403,10 @@ class VMSpec(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def placement(self) -> Global___PlacementConstraints: ...
+    @_builtins.property
+    def disconnect(self) -> Global___DisconnectPolicy:
+        """unset = the controller's defaults"""
+
     def __init__(
         self,
         *,
@@ -413,14 +418,51 @@ class VMSpec(_message.Message):
         disk_gib: _builtins.int = ...,
         placement: Global___PlacementConstraints | None = ...,
         bandwidth_mbps: _builtins.int = ...,
+        disconnect: Global___DisconnectPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["placement", b"placement"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["disconnect", b"disconnect", "placement", b"placement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth_mbps", b"bandwidth_mbps", "disk_gib", b"disk_gib", "image", b"image", "labels", b"labels", "memory_mib", b"memory_mib", "name", b"name", "placement", b"placement", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth_mbps", b"bandwidth_mbps", "disconnect", b"disconnect", "disk_gib", b"disk_gib", "image", b"image", "labels", b"labels", "memory_mib", b"memory_mib", "name", b"name", "placement", b"placement", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VMSpec: _TypeAlias = VMSpec  # noqa: Y015
+
+@_typing.final
+class DisconnectPolicy(_message.Message):
+    """What happens to a VM when its node is lost (Nomad's `disconnect` block). Seconds; an unset
+    field takes the controller's default; Infinity means never. The controller fills both in
+    when it admits the VM, so the stored spec says what applies.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLACE_AFTER_S_FIELD_NUMBER: _builtins.int
+    STOP_AFTER_S_FIELD_NUMBER: _builtins.int
+    replace_after_s: _builtins.float
+    """after the node is declared lost, recreate the VM elsewhere (Infinity: wait for the node)"""
+    stop_after_s: _builtins.float
+    """the node's agent pauses the VM after this long without the controller (Infinity: never)"""
+    def __init__(
+        self,
+        *,
+        replace_after_s: _builtins.float | None = ...,
+        stop_after_s: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_replace_after_s", b"_replace_after_s", "_stop_after_s", b"_stop_after_s", "replace_after_s", b"replace_after_s", "stop_after_s", b"stop_after_s"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_replace_after_s", b"_replace_after_s", "_stop_after_s", b"_stop_after_s", "replace_after_s", b"replace_after_s", "stop_after_s", b"stop_after_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__replace_after_s: _TypeAlias = _typing.Literal["replace_after_s"]  # noqa: Y015
+    _WhichOneofArgType__replace_after_s: _TypeAlias = _typing.Literal["_replace_after_s", b"_replace_after_s"]  # noqa: Y015
+    _WhichOneofReturnType__stop_after_s: _TypeAlias = _typing.Literal["stop_after_s"]  # noqa: Y015
+    _WhichOneofArgType__stop_after_s: _TypeAlias = _typing.Literal["_stop_after_s", b"_stop_after_s"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__replace_after_s) -> _WhichOneofReturnType__replace_after_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stop_after_s) -> _WhichOneofReturnType__stop_after_s | None: ...
+
+Global___DisconnectPolicy: _TypeAlias = DisconnectPolicy  # noqa: Y015
 
 @_typing.final
 class ImageInfo(_message.Message):
