@@ -73,7 +73,9 @@ def _condition(lab: Lab, site: str) -> int:
 
 
 def _received(lab: Lab, src: str, dst: str) -> int:
-    return probe.ping(lab.topology.site(src), lab.topology.site(dst), count=5, interval_s=0.2).received
+    return probe.ping(
+        lab.topology.site(src), lab.topology.site(dst), count=5, interval_s=0.2
+    ).received
 
 
 def _lab_cli(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
@@ -104,13 +106,13 @@ def test_partition_cuts_the_link_and_restore_heals_it_with_the_same_processes(la
             with pytest.raises(TimeoutError):
                 stream.recv(16)  # the established stream is cut
             assert _received(lab, WITNESS, TARGET) == 0
-            wait_for(lambda: _condition(lab, TARGET) != pb.NODE_CONDITION_READY, 30, "suspect")
+            wait_for(lambda: _condition(lab, TARGET) != pb.NODE_CONDITION_READY, 30, "suspect", 0.2)
             assert pids.alive(agent) and pids.alive(libvirtd)  # nothing was killed
         finally:
             lab.restore(TARGET, wait_ready=False)
         stream.settimeout(30)  # TCP retransmits what waited, on its own backoff
         assert stream.recv(16) == b"during"
-        wait_for(lambda: _condition(lab, TARGET) == pb.NODE_CONDITION_READY, 60, "READY again")
+        wait_for(lambda: _condition(lab, TARGET) == pb.NODE_CONDITION_READY, 60, "READY again", 0.2)
         assert (_agent_pid(lab, TARGET), _libvirtd_pid(lab, TARGET)) == (agent, libvirtd)
         assert lab.condition(TARGET) == UP
     finally:
@@ -142,10 +144,10 @@ def test_fail_kills_the_site_and_restore_brings_it_back_as_the_same_node(lab: La
         assert unknown.returncode == 1 and f"{TARGET}, {WITNESS}" in unknown.stderr, unknown
         with pytest.raises(LabError, match="restore"):
             lab.partition(TARGET)
-        wait_for(lambda: _condition(lab, TARGET) != pb.NODE_CONDITION_READY, 30, "suspect")
+        wait_for(lambda: _condition(lab, TARGET) != pb.NODE_CONDITION_READY, 30, "suspect", 0.2)
     finally:
         lab.restore(TARGET, wait_ready=False)
-    wait_for(lambda: _condition(lab, TARGET) == pb.NODE_CONDITION_READY, 60, "READY again")
+    wait_for(lambda: _condition(lab, TARGET) == pb.NODE_CONDITION_READY, 60, "READY again", 0.2)
     assert _agent_pid(lab, TARGET) != victims["agent"] and _exists(_agent_pid(lab, TARGET))
     conn = libvirt.open(lab.libvirt_uri(TARGET))
     try:

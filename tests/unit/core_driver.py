@@ -44,7 +44,13 @@ def node_info(node_id: str) -> NodeInfo:
 class Driver:
     now: float = 1000.0
     store: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {"vms": {}, "nodes": {}, "migrations": {}, "tombstones": {}}
+        default_factory=lambda: {
+            "vms": {},
+            "nodes": {},
+            "migrations": {},
+            "tombstones": {},
+            "failovers": {},
+        }
     )
     core: ControllerCore = field(init=False)
     out: list[Instruction] = field(default_factory=list)
@@ -63,6 +69,7 @@ class Driver:
             self.store["migrations"].values(),
             self.store["tombstones"].values(),
             now=self.now,
+            failovers=self.store["failovers"].values(),
         )
         return core
 
@@ -104,6 +111,8 @@ class Driver:
             self.store["migrations"][mig.id] = mig
         for stone in p.tombstones:
             self.store["tombstones"][stone.vm_id] = stone
+        for record in p.failovers:
+            self.store["failovers"][record.id] = record
 
     # ------------------------------------------------------------ agents
 
