@@ -49,6 +49,21 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def seconds_or_never(text: str) -> float:
+    """Seconds (>= 0), or `never`."""
+    if text.strip().lower() == "never":
+        return float("inf")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds or 'never', got {text!r}"
+        ) from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds or 'never', got {text!r}")
+    return value
+
+
 def label(text: str) -> tuple[str, str]:
     """`key=value`; the key must be non-empty, the value may be empty."""
     key, sep, value = text.partition("=")

@@ -188,6 +188,10 @@ class EdgeClient:
         req = api.CordonNodeRequest(node_id=node_id, cordoned=cordoned)
         return self._call(self._stub.CordonNode, req)
 
+    def fail_over(self, node_id: str, node_is_dead: bool) -> api.HandleEdgeFailureResponse:
+        req = api.HandleEdgeFailureRequest(node_id=node_id, node_is_dead=node_is_dead)
+        return self._call(self._stub.HandleEdgeFailure, req)
+
     def rotate_mesh_key(self, node_id: str) -> types_pb2.Node:
         return self._call(self._stub.RotateMeshKey, api.GetNodeRequest(node_id=node_id))
 

@@ -18,6 +18,7 @@ from cli.migration_progress import MigrationProgress
 from cli.migration_views import migration_describe, migration_table
 from cli.render import dump, list_data, to_data
 from cli.views import (
+    failover_outcomes,
     node_describe,
     node_table,
     orphan_table,
@@ -97,6 +98,10 @@ def vm_deploy(ctx: Context, args: argparse.Namespace) -> int:
         )
         if constraints.ByteSize():
             spec.placement.CopyFrom(constraints)
+        if args.replace_after is not None:
+            spec.disconnect.replace_after_s = args.replace_after
+        if args.stop_after is not None:
+            spec.disconnect.stop_after_s = args.stop_after
         specs.append(spec)
     what = args.name if args.count == 1 else f"{names[0]}..{names[-1]}"
     # On stderr so stdout stays clean for -o json; the id makes a retry idempotent.
@@ -269,6 +274,11 @@ def node_cordon(ctx: Context, args: argparse.Namespace) -> int:
 def node_uncordon(ctx: Context, args: argparse.Namespace) -> int:
     node = ctx.client.cordon(args.node, cordoned=False)
     return _emit_one(ctx, node, lambda: f"node {node.info.node_id} uncordoned\n")
+
+
+def node_fail_over(ctx: Context, args: argparse.Namespace) -> int:
+    answer = ctx.client.fail_over(args.node, node_is_dead=args.node_is_dead)
+    return _emit_one(ctx, answer, lambda: failover_outcomes(answer))
 
 
 def node_rotate_key(ctx: Context, args: argparse.Namespace) -> int:

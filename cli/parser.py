@@ -105,6 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub = _sub(node, verb, what, f"  novacron node {verb} mec-berlin-1\n", handler)
         sub.add_argument("node", metavar="NODE", type=types.non_empty, help="node id")
+    fail_over = _sub(
+        node,
+        "fail-over",
+        "recreate a suspect or lost node's VMs elsewhere now (each VM once its stop_after has "
+        "passed since the node was last heard, or at once with --node-is-dead)",
+        "  novacron node fail-over gw-7\n"
+        "  # the site is known to be down (power cut): do not wait for stop_after\n"
+        "  novacron node fail-over gw-7 --node-is-dead\n",
+        commands.node_fail_over,
+    )
+    fail_over.add_argument("node", metavar="NODE", type=types.non_empty, help="node id")
+    fail_over.add_argument(
+        "--node-is-dead",
+        action="store_true",
+        help="you vouch that the node is powered off: its VMs count as stopped",
+    )
 
     # -- vm --
     vm = _group(
@@ -176,6 +192,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="cap on the VM's network, each direction (0 = none)",
     )
     add_placement_options(deploy)
+    deploy.add_argument(
+        "--replace-after",
+        type=types.seconds_or_never,
+        metavar="S|never",
+        help="when its node is lost: recreate the VM elsewhere S seconds later, or never "
+        "(wait for the node); default: the controller's controller.failover.replace_after",
+    )
+    deploy.add_argument(
+        "--stop-after",
+        type=types.seconds_or_never,
+        metavar="S|never",
+        help="its node's agent pauses the VM after S seconds without the controller, so a "
+        "replacement never runs beside it (never: keep running; then only an operator's "
+        "`node fail-over --node-is-dead` replaces it); default: controller.failover.stop_after",
+    )
     deploy.add_argument(
         "--wait-timeout",
         type=types.non_negative_u32,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import cast
 
@@ -197,8 +198,56 @@ def vm_describe(vm: pb.VM, now: float) -> str:
             ("Created", _timestamp(vm, "created_at", now)),
             ("Updated", _timestamp(vm, "updated_at", now)),
             ("Labels", dict(vm.spec.labels)),
+            ("If its node is lost", _disconnect(vm.spec.disconnect)),
+            ("Failover time", vm.expected_failover or NONE),
+            *([("Failover waits", vm.failover_waiting)] if vm.failover_waiting else []),
+            ("Failovers", [_failover_line(f, now) for f in vm.failovers] or NONE),
         ]
     )
+
+
+def _never(seconds: float) -> str:
+    return "never" if math.isinf(seconds) else f"{seconds:g}s"
+
+
+def _disconnect(policy: pb.DisconnectPolicy) -> str:
+    replace = _never(policy.replace_after_s) if policy.HasField("replace_after_s") else "default"
+    stop = _never(policy.stop_after_s) if policy.HasField("stop_after_s") else "no"
+    return f"replace after {replace}; its agent pauses it after {stop} alone"
+
+
+def _failover_line(f: pb.Failover, now: float) -> str:
+    started = f.started_at.ToDatetime().timestamp()
+    took = ""
+    if f.HasField("running_at"):
+        running = f.running_at.ToDatetime().timestamp()
+        took = (
+            f", running {running - f.lost_at.ToDatetime().timestamp():.1f}s after lost, "
+            f"{running - f.last_heard_at.ToDatetime().timestamp():.1f}s after last heard"
+        )
+    outcome = f.outcome or "under way"
+    if f.error:
+        outcome += f": {f.error}"
+    return (
+        f"{f.source_node_id} -> {f.target_node_id} (generation {f.from_generation} -> "
+        f"{f.to_generation}) {age(now - started)} ago: {outcome}{took}; {f.reason}"
+    )
+
+
+def failover_outcomes(answer: api.HandleEdgeFailureResponse) -> str:
+    if not answer.outcomes:
+        return f"node {answer.node_id}: no VMs to fail over\n"
+    lines = []
+    replaced = 0
+    for o in answer.outcomes:
+        if o.target_node_id:
+            replaced += 1
+            lines.append(f"{o.vm_name}: recreated on {o.target_node_id}")
+        else:
+            lines.append(f"{o.vm_name}: waits: {o.waiting}")
+    total = len(answer.outcomes)
+    lines.append(f"node {answer.node_id}: {replaced} of {total} VMs replaced")
+    return "\n".join(lines) + "\n"
 
 
 # -- orphans -----------------------------------------------------------------------------------

@@ -20,10 +20,12 @@ from controller.api_messages import (
     node_to_pb,
     orphan_as_vm_pb,
     orphan_to_pb,
+    vm_detail_to_pb,
     vm_to_pb,
 )
 from controller.core import MigrationReport, Orphan
 from controller.core import events as ev
+from controller.core.failover import FailoverOutcome
 from controller.records import MigrationRecord, NodeRecord, VMRecord
 from controller.runner import Runner
 from shared import convert
@@ -183,14 +185,14 @@ class EdgeAPIServicer(edge_api_pb2_grpc.EdgeAPIServicer):
 
     @rpc
     async def GetVM(self, request: epb.GetVMRequest, context: Ctx) -> pb.VM:
-        return vm_to_pb(self.v.find_vm(request.name_or_id))
+        return vm_detail_to_pb(self.v, self.v.find_vm(request.name_or_id))
 
     @rpc
     async def ListVMs(self, request: epb.ListVMsRequest, context: Ctx) -> epb.ListVMsResponse:
         vms = sorted(self.v.vms.values(), key=lambda v: v.spec.name)
         if request.node_id:
             vms = [vm for vm in vms if vm.node_id == request.node_id]
-        return epb.ListVMsResponse(vms=[vm_to_pb(vm) for vm in vms])
+        return epb.ListVMsResponse(vms=[vm_detail_to_pb(self.v, vm) for vm in vms])
 
     @rpc
     async def DeleteVM(self, request: epb.DeleteVMRequest, context: Ctx) -> epb.DeleteVMResponse:
@@ -281,6 +283,23 @@ class EdgeAPIServicer(edge_api_pb2_grpc.EdgeAPIServicer):
     async def CordonNode(self, request: epb.CordonNodeRequest, context: Ctx) -> pb.Node:
         return await self._node(
             ev.CordonRequested, node_id=request.node_id, cordoned=request.cordoned
+        )
+
+    @rpc
+    async def HandleEdgeFailure(
+        self, request: epb.HandleEdgeFailureRequest, context: Ctx
+    ) -> epb.HandleEdgeFailureResponse:
+        outcomes: list[FailoverOutcome] = await self.runner.request(
+            ev.FailOverRequested, node_id=request.node_id, node_is_dead=request.node_is_dead
+        )
+        return epb.HandleEdgeFailureResponse(
+            node_id=request.node_id,
+            outcomes=[
+                epb.FailoverOutcome(
+                    vm_id=o.vm_id, vm_name=o.name, target_node_id=o.target, waiting=o.waiting
+                )
+                for o in outcomes
+            ],
         )
 
     @rpc

@@ -7,7 +7,13 @@ from dataclasses import replace
 
 from controller.core import Orphan
 from controller.placement import Explanation
-from controller.records import MigrationPhase, MigrationRecord, NodeRecord, VMRecord
+from controller.records import (
+    FailoverRecord,
+    MigrationPhase,
+    MigrationRecord,
+    NodeRecord,
+    VMRecord,
+)
 from controller.validation import validate_spec
 from controller.view import ControllerView
 from shared import convert
@@ -33,6 +39,37 @@ def vm_to_pb(vm: VMRecord) -> pb.VM:
         placement_reason=vm.placement_reason,
         address=vm.address,
     )
+
+
+def vm_detail_to_pb(v: ControllerView, vm: VMRecord) -> pb.VM:
+    """The VM with what only the controller's current view knows: its failovers, whether it
+    waits for one, and how long one would take."""
+    msg = vm_to_pb(vm)
+    msg.failovers.extend(failover_to_pb(r) for r in v.failovers(vm.id))
+    msg.failover_waiting = v.failover_waiting(vm.id)
+    msg.expected_failover = v.expected_failover(vm)
+    return msg
+
+
+def failover_to_pb(r: FailoverRecord) -> pb.Failover:
+    msg = pb.Failover(
+        id=r.id,
+        vm_id=r.vm_id,
+        vm_name=r.vm_name,
+        source_node_id=r.source,
+        target_node_id=r.target,
+        reason=r.reason,
+        from_generation=r.from_generation,
+        to_generation=r.to_generation,
+        last_heard_at=convert.timestamp(r.last_heard_at),
+        lost_at=convert.timestamp(r.lost_at),
+        started_at=convert.timestamp(r.started_at),
+        outcome=r.outcome,
+        error=r.error,
+    )
+    if r.running_at:
+        msg.running_at.CopyFrom(convert.timestamp(r.running_at))
+    return msg
 
 
 def decision_to_pb(d: Explanation) -> epb.PlacementDecision:

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from controller.core import ControllerCore, Orphan
+from controller.core.disconnect import detection_s, expected_failover, in_force
 from controller.placement import Explanation, NodeTable
-from controller.records import MigrationRecord, NodeRecord, VMRecord
+from controller.records import FailoverRecord, MigrationRecord, NodeRecord, VMRecord
 from shared.domain import Capacity, Location, NodeCondition, VMSpec
 from shared.errors import NotFound
 
@@ -88,6 +89,26 @@ class ControllerView:
         if not found:
             raise NotFound(f"VM {vm!r} has no migration")
         return found[0]
+
+    def failovers(self, vm_id: str) -> list[FailoverRecord]:
+        found = [r for r in self.core.state.failovers.values() if r.vm_id == vm_id]
+        return sorted(found, key=lambda r: r.started_at)
+
+    def failover_waiting(self, vm_id: str) -> str:
+        return self.core.state.failover_waiting.get(vm_id, "")
+
+    def expected_failover(self, vm: VMRecord) -> str:
+        """How long after its node is lost `vm` runs elsewhere, on that node's learnt link."""
+        settings = self.core.settings
+        detector = settings.detector
+        history = self.core.state.histories.get(vm.node_id)
+        detection = detection_s(detector, history, settings.heartbeat_interval)
+        return expected_failover(
+            in_force(vm.spec.disconnect, settings.failover),
+            detection,
+            detector.disconnect_lost_after_s,
+            settings.failover.clock_margin_s,
+        )
 
     def _vm_id(self, name_or_id: str) -> str:
         try:

@@ -593,6 +593,81 @@ class FindNearestNodesResponse(_message.Message):
 Global___FindNearestNodesResponse: _TypeAlias = FindNearestNodesResponse  # noqa: Y015
 
 @_typing.final
+class HandleEdgeFailureRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    NODE_IS_DEAD_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    node_is_dead: _builtins.bool
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        node_is_dead: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "node_is_dead", b"node_is_dead"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandleEdgeFailureRequest: _TypeAlias = HandleEdgeFailureRequest  # noqa: Y015
+
+@_typing.final
+class FailoverOutcome(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VM_ID_FIELD_NUMBER: _builtins.int
+    VM_NAME_FIELD_NUMBER: _builtins.int
+    TARGET_NODE_ID_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
+    vm_id: _builtins.str
+    vm_name: _builtins.str
+    target_node_id: _builtins.str
+    """replaced there ("" = not replaced)"""
+    waiting: _builtins.str
+    """why not (yet)"""
+    def __init__(
+        self,
+        *,
+        vm_id: _builtins.str = ...,
+        vm_name: _builtins.str = ...,
+        target_node_id: _builtins.str = ...,
+        waiting: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["target_node_id", b"target_node_id", "vm_id", b"vm_id", "vm_name", b"vm_name", "waiting", b"waiting"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FailoverOutcome: _TypeAlias = FailoverOutcome  # noqa: Y015
+
+@_typing.final
+class HandleEdgeFailureResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___FailoverOutcome]: ...
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        outcomes: _abc.Iterable[Global___FailoverOutcome] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandleEdgeFailureResponse: _TypeAlias = HandleEdgeFailureResponse  # noqa: Y015
+
+@_typing.final
 class CordonNodeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

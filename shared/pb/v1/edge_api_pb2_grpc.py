@@ -120,6 +120,11 @@ class EdgeAPIStub:
                 request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.GetNodeRequest.SerializeToString,
                 response_deserializer=shared_dot_pb_dot_v1_dot_types__pb2.Node.FromString,
                 _registered_method=True)
+        self.HandleEdgeFailure = channel.unary_unary(
+                '/novacron.edge.v1.EdgeAPI/HandleEdgeFailure',
+                request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.HandleEdgeFailureRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.HandleEdgeFailureResponse.FromString,
+                _registered_method=True)
         self.GetMigrationStatus = channel.unary_unary(
                 '/novacron.edge.v1.EdgeAPI/GetMigrationStatus',
                 request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.GetMigrationRequest.SerializeToString,
@@ -264,6 +269,15 @@ class EdgeAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HandleEdgeFailure(self, request, context):
+        """Replace a suspect or lost node's VMs elsewhere now (replace_after and the rate limit
+        skipped). node_is_dead: the operator vouches it is powered off, so the originals count as
+        stopped; without it each VM's stop_after must have passed since the node was last heard.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetMigrationStatus(self, request, context):
         """Migrations are jobs with named phases, persisted: ask for one by id or by VM (its latest).
         """
@@ -392,6 +406,11 @@ def add_EdgeAPIServicer_to_server(servicer, server):
                     servicer.RotateMeshKey,
                     request_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.GetNodeRequest.FromString,
                     response_serializer=shared_dot_pb_dot_v1_dot_types__pb2.Node.SerializeToString,
+            ),
+            'HandleEdgeFailure': grpc.unary_unary_rpc_method_handler(
+                    servicer.HandleEdgeFailure,
+                    request_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.HandleEdgeFailureRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.HandleEdgeFailureResponse.SerializeToString,
             ),
             'GetMigrationStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMigrationStatus,
@@ -883,6 +902,33 @@ class EdgeAPI:
             '/novacron.edge.v1.EdgeAPI/RotateMeshKey',
             shared_dot_pb_dot_v1_dot_edge__api__pb2.GetNodeRequest.SerializeToString,
             shared_dot_pb_dot_v1_dot_types__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HandleEdgeFailure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/novacron.edge.v1.EdgeAPI/HandleEdgeFailure',
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.HandleEdgeFailureRequest.SerializeToString,
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.HandleEdgeFailureResponse.FromString,
             options,
             channel_credentials,
             insecure,

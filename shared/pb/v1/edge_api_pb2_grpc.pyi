@@ -58,6 +58,11 @@ class EdgeAPIStub:
     CordonNode: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.CordonNodeRequest, _types_pb2.Node]
     RotateMeshKey: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.GetNodeRequest, _types_pb2.Node]
     """The node makes a new WireGuard key pair; every peer is updated with its new public key."""
+    HandleEdgeFailure: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.HandleEdgeFailureRequest, _edge_api_pb2.HandleEdgeFailureResponse]
+    """Replace a suspect or lost node's VMs elsewhere now (replace_after and the rate limit
+    skipped). node_is_dead: the operator vouches it is powered off, so the originals count as
+    stopped; without it each VM's stop_after must have passed since the node was last heard.
+    """
     GetMigrationStatus: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.GetMigrationRequest, _edge_api_pb2.Migration]
     """Migrations are jobs with named phases, persisted: ask for one by id or by VM (its latest)."""
     ListMigrations: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.ListMigrationsRequest, _edge_api_pb2.ListMigrationsResponse]
@@ -101,6 +106,11 @@ class EdgeAPIAsyncStub(EdgeAPIStub):
     CordonNode: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.CordonNodeRequest, _types_pb2.Node]  # type: ignore[assignment]
     RotateMeshKey: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.GetNodeRequest, _types_pb2.Node]  # type: ignore[assignment]
     """The node makes a new WireGuard key pair; every peer is updated with its new public key."""
+    HandleEdgeFailure: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.HandleEdgeFailureRequest, _edge_api_pb2.HandleEdgeFailureResponse]  # type: ignore[assignment]
+    """Replace a suspect or lost node's VMs elsewhere now (replace_after and the rate limit
+    skipped). node_is_dead: the operator vouches it is powered off, so the originals count as
+    stopped; without it each VM's stop_after must have passed since the node was last heard.
+    """
     GetMigrationStatus: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.GetMigrationRequest, _edge_api_pb2.Migration]  # type: ignore[assignment]
     """Migrations are jobs with named phases, persisted: ask for one by id or by VM (its latest)."""
     ListMigrations: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.ListMigrationsRequest, _edge_api_pb2.ListMigrationsResponse]  # type: ignore[assignment]
@@ -243,6 +253,17 @@ class EdgeAPIServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_types_pb2.Node, _abc.Awaitable[_types_pb2.Node]]:
         """The node makes a new WireGuard key pair; every peer is updated with its new public key."""
+
+    @_abc_1.abstractmethod
+    def HandleEdgeFailure(
+        self,
+        request: _edge_api_pb2.HandleEdgeFailureRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_edge_api_pb2.HandleEdgeFailureResponse, _abc.Awaitable[_edge_api_pb2.HandleEdgeFailureResponse]]:
+        """Replace a suspect or lost node's VMs elsewhere now (replace_after and the rate limit
+        skipped). node_is_dead: the operator vouches it is powered off, so the originals count as
+        stopped; without it each VM's stop_after must have passed since the node was last heard.
+        """
 
     @_abc_1.abstractmethod
     def GetMigrationStatus(

@@ -740,6 +740,9 @@ class VM(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PLACEMENT_REASON_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
+    FAILOVERS_FIELD_NUMBER: _builtins.int
+    FAILOVER_WAITING_FIELD_NUMBER: _builtins.int
+    EXPECTED_FAILOVER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     node_id: _builtins.str
     desired_state: Global___DesiredState.ValueType
@@ -751,12 +754,20 @@ class VM(_message.Message):
     """why the controller chose node_id"""
     address: _builtins.str
     """on the VM network; reachable from VMs on every site"""
+    failover_waiting: _builtins.str
+    """its node is lost and the VM waits to be replaced: why"""
+    expected_failover: _builtins.str
+    """how long after its node is lost it runs elsewhere"""
     @_builtins.property
     def spec(self) -> Global___VMSpec: ...
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def failovers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Failover]:
+        """oldest first (GetVM and ListVMs)"""
+
     def __init__(
         self,
         *,
@@ -772,14 +783,90 @@ class VM(_message.Message):
         request_id: _builtins.str = ...,
         placement_reason: _builtins.str = ...,
         address: _builtins.str = ...,
+        failovers: _abc.Iterable[Global___Failover] | None = ...,
+        failover_waiting: _builtins.str = ...,
+        expected_failover: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "spec", b"spec", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "created_at", b"created_at", "desired_state", b"desired_state", "generation", b"generation", "id", b"id", "node_id", b"node_id", "placement_reason", b"placement_reason", "request_id", b"request_id", "spec", b"spec", "state", b"state", "state_reason", b"state_reason", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "created_at", b"created_at", "desired_state", b"desired_state", "expected_failover", b"expected_failover", "failover_waiting", b"failover_waiting", "failovers", b"failovers", "generation", b"generation", "id", b"id", "node_id", b"node_id", "placement_reason", b"placement_reason", "request_id", b"request_id", "spec", b"spec", "state", b"state", "state_reason", b"state_reason", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VM: _TypeAlias = VM  # noqa: Y015
+
+@_typing.final
+class Failover(_message.Message):
+    """One failover of a VM: recreated on target because source was lost."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    VM_ID_FIELD_NUMBER: _builtins.int
+    VM_NAME_FIELD_NUMBER: _builtins.int
+    SOURCE_NODE_ID_FIELD_NUMBER: _builtins.int
+    TARGET_NODE_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    FROM_GENERATION_FIELD_NUMBER: _builtins.int
+    TO_GENERATION_FIELD_NUMBER: _builtins.int
+    LAST_HEARD_AT_FIELD_NUMBER: _builtins.int
+    LOST_AT_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    RUNNING_AT_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    vm_id: _builtins.str
+    vm_name: _builtins.str
+    source_node_id: _builtins.str
+    target_node_id: _builtins.str
+    reason: _builtins.str
+    from_generation: _builtins.int
+    to_generation: _builtins.int
+    outcome: _builtins.str
+    """"" under way, "running", "failed" """
+    error: _builtins.str
+    @_builtins.property
+    def last_heard_at(self) -> _timestamp_pb2.Timestamp:
+        """the source, last heard from"""
+
+    @_builtins.property
+    def lost_at(self) -> _timestamp_pb2.Timestamp:
+        """declared lost (or dead)"""
+
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """re-placed at the new generation"""
+
+    @_builtins.property
+    def running_at(self) -> _timestamp_pb2.Timestamp:
+        """the target reported it running (unset: not yet)"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        vm_id: _builtins.str = ...,
+        vm_name: _builtins.str = ...,
+        source_node_id: _builtins.str = ...,
+        target_node_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        from_generation: _builtins.int = ...,
+        to_generation: _builtins.int = ...,
+        last_heard_at: _timestamp_pb2.Timestamp | None = ...,
+        lost_at: _timestamp_pb2.Timestamp | None = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        running_at: _timestamp_pb2.Timestamp | None = ...,
+        outcome: _builtins.str = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_heard_at", b"last_heard_at", "lost_at", b"lost_at", "running_at", b"running_at", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "from_generation", b"from_generation", "id", b"id", "last_heard_at", b"last_heard_at", "lost_at", b"lost_at", "outcome", b"outcome", "reason", b"reason", "running_at", b"running_at", "source_node_id", b"source_node_id", "started_at", b"started_at", "target_node_id", b"target_node_id", "to_generation", b"to_generation", "vm_id", b"vm_id", "vm_name", b"vm_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Failover: _TypeAlias = Failover  # noqa: Y015
 
 @_typing.final
 class MeshIdentity(_message.Message):
