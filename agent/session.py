@@ -18,6 +18,7 @@ import structlog
 from agent import __version__
 from agent.backoff import Backoff
 from agent.config import AgentConfig
+from agent.contact import ControllerContact
 from agent.executor import CommandExecutor
 from agent.hypervisor.base import Hypervisor
 from agent.images.catalog import ImageCatalog
@@ -27,6 +28,7 @@ from agent.mesh import MeshManager
 from agent.peer_probe import PeerProber
 from agent.qos import postcopy_cap_mbit
 from agent.resources import ResourceSampler
+from agent.self_fence import SelfFence
 from shared import convert
 from shared.commands import MigrationProgress
 from shared.domain import Capacity, LatencyStats, NodeInfo, VMStatus
@@ -86,6 +88,8 @@ class AgentSession:
         )
         self.connected = asyncio.Event()
         self.sessions = 0
+        self.contact = ControllerContact(config.state_dir)
+        self.self_fence = SelfFence(hypervisor, self.contact, on_fenced=self.restart_session)
         self._outbox: asyncio.Queue[apb.AgentMessage | None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -152,6 +156,7 @@ class AgentSession:
     async def run_forever(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.hypervisor.subscribe(self._on_vm_event)
+        self._spawn(self.self_fence.run_forever())
         if self.mesh is not None:
             await self.peer_prober.start()
         backoff = Backoff(cap=self.config.reconnect_max)
@@ -178,6 +183,8 @@ class AgentSession:
         """One session, until the stream ends."""
         outbox: asyncio.Queue[apb.AgentMessage | None] = asyncio.Queue()
         outbox.put_nowait(await asyncio.to_thread(self.hello))
+        self.contact.sent_report()
+        hello_at = self.contact.now()
         async with grpc.aio.insecure_channel(
             self.config.controller, options=CHANNEL_OPTIONS
         ) as channel:
@@ -197,6 +204,7 @@ class AgentSession:
                             self.installation.welcome, welcome.installation_id, welcome.take_over
                         )
                         self._outbox = outbox
+                        self.contact.welcomed(hello_at)
                         self.sessions += 1
                         self.connected.set()
                         self.log.info(
@@ -211,7 +219,9 @@ class AgentSession:
                         self._spawn(self._run_command(message.command, outbox))
                     elif kind == "pong":
                         self.controller_probe.answered(message.pong.seq)
+                        self.contact.ponged(message.pong.seq)
             finally:
+                self.contact.session_ended()
                 self.connected.clear()
                 self._outbox = None
                 outbox.put_nowait(None)
@@ -221,6 +231,13 @@ class AgentSession:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
                 call.cancel()
+
+    def restart_session(self) -> None:
+        """After self-fencing: end the session, so the next one's hello makes the controller
+        decide about the paused VMs (resume them, or destroy them as replaced)."""
+        if self._outbox is not None:  # ends our half of the stream; the controller then ends
+            self.log.warning("restarting the session after self-fencing")
+            self._outbox.put_nowait(None)  # its half (or keepalive ends a dead link)
 
     async def close(self) -> None:
         self.peer_prober.close()
@@ -258,6 +275,7 @@ class AgentSession:
             if self.mesh is not None:
                 self.peer_prober.set_peers(self._reachable_peers(message.heartbeat.mesh))
             outbox.put_nowait(message)
+            self.contact.sent_report()
             await asyncio.sleep(self.heartbeat_interval)
 
     def _reachable_peers(self, status: pb.MeshStatus) -> dict[str, str]:
@@ -276,6 +294,7 @@ class AgentSession:
         while True:
             seq = self.controller_probe.next_probe()
             outbox.put_nowait(apb.AgentMessage(ping=apb.Ping(seq=seq)))
+            self.contact.sent_ping(seq)
             self.peer_prober.probe_all()
             await asyncio.sleep(probe_gap(self.probe_interval, rng))
 

@@ -106,7 +106,8 @@ class FailoverConfig:
     on automatic failovers (see controller/core/disconnect.py and docs/failover.md)."""
 
     replace_after: SecondsOrNever = SecondsOrNever(0.0)  # after its node is lost
-    stop_after: SecondsOrNever = SecondsOrNever(20.0)  # the agent pauses it on its own
+    # the agent pauses it on its own; also through a controller outage that long
+    stop_after: SecondsOrNever = SecondsOrNever(30.0)
     clock_margin: Seconds = Seconds(2.0)  # added to stop_after before replacing
     max_per_interval: int = 10  # automatic failovers started per interval, fleet-wide
     interval: Seconds = Seconds(60.0)

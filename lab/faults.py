@@ -1,7 +1,8 @@
 """Failure injection on a running lab: a site's power loss, a WAN cut, and the way back.
 
 - `fail SITE`: the site's WAN link goes down first, then every process of the site is SIGKILLed
-  at once and its libvirtd's run dir (a tmpfs /run on a real host) is emptied. The site's
+  at once, and what a reboot loses is dropped: the kernel state its agent made (the uplink's
+  qdisc, bridge, tunnels) and its libvirtd's run dir (a tmpfs /run on a real host). The site's
   processes are those in its network namespace: only the lab starts processes there (agent and
   libvirtd through nsenter; QEMU and wireguard-go as their children), so nothing else is touched.
   Link first, so that no dying word (a VM-crashed event, a FIN) reaches the controller: it
@@ -78,7 +79,8 @@ class Faults:
         self._save()
         ifname = _set_link(self, site, up=False)
         killed = _kill_site(self, site)
-        shutil.rmtree(self.libvirtd(site.id).dir("run"), ignore_errors=True)
+        _forget_kernel_state(site, ifname)
+        shutil.rmtree(self.libvirtd(site.id).dir("run"), ignore_errors=True)  # /run is a tmpfs
         what = ", ".join(f"{name} ({pid})" for pid, name in sorted(killed.items())) or "nothing"
         return f"{site.id} failed: WAN link {ifname} down; SIGKILLed {what}"
 
@@ -113,6 +115,8 @@ class Faults:
             done.append(f"agent started ({_agent_pid(self, site)})")
         self.state.conditions.pop(site.id, None)
         self._save()
+        if was == UP and len(done) == 1:
+            return f"{site.id} is up, its libvirtd and agent running: nothing to restore"
         if wait_ready:
             _wait_ready(self, site, timeout_s)
             done.append("READY at the controller")
@@ -175,6 +179,16 @@ def _kill_site(lab: _Lab, site: Site) -> dict[int, str]:
         d.process.wait(KILL_TIMEOUT_S)  # a child of ours when this process ran `up`: no zombie
         lab._daemons.remove(d)
     return killed
+
+
+def _forget_kernel_state(site: Site, wan_ifname: str) -> None:
+    """What the site's kernel held goes with the power, as on a reboot: the agent's qdisc on the
+    uplink, its bridge and tunnels (their routes go with them). Only the lab's WAN device stays."""
+    netns.tc("-n", site.netns, "qdisc", "del", "dev", wan_ifname, "root", check=False)
+    for line in netns.ip("-n", site.netns, "-o", "link", "show").splitlines():
+        name = line.split(":", 2)[1].strip().split("@")[0] if line.count(":") >= 2 else ""
+        if name and name not in ("lo", wan_ifname):
+            netns.ip("-n", site.netns, "link", "delete", name, check=False)
 
 
 def _restart_agent(lab: _Lab, site: Site) -> None:

@@ -22,13 +22,21 @@ MGMT_NS_IF = "nclab-mgmt-c"
 
 
 class NetnsError(RuntimeError):
-    """An `ip` command failed; the message carries the command and its error."""
+    """An `ip` or `tc` command failed; the message carries the command and its error."""
 
 
 def ip(*args: str, check: bool = True) -> str:
-    done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    return _run("ip", args, check)
+
+
+def tc(*args: str, check: bool = True) -> str:
+    return _run("tc", args, check)
+
+
+def _run(tool: str, args: Sequence[str], check: bool) -> str:
+    done = subprocess.run([tool, *args], capture_output=True, text=True, check=False)
     if check and done.returncode != 0:
-        raise NetnsError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+        raise NetnsError(f"{tool} {' '.join(args)}: {done.stderr.strip()}")
     return done.stdout
 
 

@@ -173,6 +173,7 @@ class VMStatus:
     vcpus: int = 0
     memory_mib: int = 0
     reason: str = ""
+    stop_after_s: float | None = None  # the agent's own: its disconnect policy (not sent)
 
 
 @dataclass(frozen=True, slots=True)

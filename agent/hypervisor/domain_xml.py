@@ -7,6 +7,7 @@ domains and recover (vm_id, generation, image) from libvirt alone after a restar
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import uuid
 import xml.etree.ElementTree as ET
@@ -39,6 +40,14 @@ class VMMetadata:
     generation: int
     image: str = ""
     labels: dict[str, str] = field(default_factory=dict)
+    stop_after_s: float | None = None  # self-fencing (agent/self_fence.py); None = never
+
+
+def metadata_of(vm_id: str, spec: VMSpec, generation: int) -> VMMetadata:
+    stop_after = spec.disconnect.stop_after_s
+    if stop_after is not None and (math.isinf(stop_after) or stop_after < 0):
+        stop_after = None
+    return VMMetadata(vm_id, spec.name, generation, spec.image, dict(spec.labels), stop_after)
 
 
 def domain_name(vm_name: str) -> str:
@@ -88,7 +97,7 @@ def build_domain_xml(
     ET.SubElement(dom, "name").text = domain_name(spec.name)
     ET.SubElement(dom, "uuid").text = vm_id
     ET.SubElement(dom, "title").text = f"NovaCron VM {spec.name}"
-    dom.append(_metadata_element(VMMetadata(vm_id, spec.name, generation, spec.image, spec.labels)))
+    dom.append(_metadata_element(metadata_of(vm_id, spec, generation)))
     ET.SubElement(dom, "memory", unit="MiB").text = str(spec.memory_mib)
     ET.SubElement(dom, "vcpu").text = str(spec.vcpus)
 
@@ -191,6 +200,8 @@ def _metadata_element(meta: VMMetadata) -> ET.Element:
     ET.SubElement(vm, f"{{{NAMESPACE}}}name").text = meta.name
     ET.SubElement(vm, f"{{{NAMESPACE}}}generation").text = str(meta.generation)
     ET.SubElement(vm, f"{{{NAMESPACE}}}image").text = meta.image
+    if meta.stop_after_s is not None:
+        ET.SubElement(vm, f"{{{NAMESPACE}}}stop_after").text = repr(meta.stop_after_s)
     simple = {k: v for k, v in meta.labels.items() if _LABEL_RE.match(k) and len(v) <= 256}
     if simple:
         labels = ET.SubElement(vm, f"{{{NAMESPACE}}}labels")
@@ -230,7 +241,16 @@ def parse_metadata(domain_xml: str) -> VMMetadata | None:
         if el.get("key")
     }
     image = (vm.findtext(f"{{{NAMESPACE}}}image") or "").strip()
-    return VMMetadata(vm_id, name, generation, image, labels)
+    stop_after: float | None = None
+    text = (vm.findtext(f"{{{NAMESPACE}}}stop_after") or "").strip()
+    if text:
+        try:
+            stop_after = float(text)
+        except ValueError:
+            stop_after = None
+        if stop_after is not None and not 0 <= stop_after < math.inf:
+            stop_after = None
+    return VMMetadata(vm_id, name, generation, image, labels, stop_after)
 
 
 ET.register_namespace(PREFIX, NAMESPACE)

@@ -256,4 +256,5 @@ class LibvirtConnection:
             vcpus=int(info[3]),
             memory_mib=int(info[1]) // 1024,
             reason=why,
+            stop_after_s=meta.stop_after_s,
         )

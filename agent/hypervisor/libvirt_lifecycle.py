@@ -65,7 +65,7 @@ class LibvirtLifecycle(LibvirtConnection):
         self._check_name_free(vm_id, spec.name)
         with _mapped("define", vm_id):
             dom = self._conn.defineXML(xml)
-        meta = VMMetadata(vm_id, spec.name, generation, spec.image, dict(spec.labels))
+        meta = domain_xml.metadata_of(vm_id, spec, generation)
         self._remember(meta)
         if existing is not None and dom.isActive():
             # a running VM keeps its live config until restart; its identity moves on now

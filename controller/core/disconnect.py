@@ -22,11 +22,13 @@ from shared.domain import NEVER, DisconnectPolicy
 @dataclass(frozen=True, slots=True)
 class FailoverSettings:
     """`controller.failover`: the policy a VM gets when it says nothing, and the storm limit.
-    Defaults at a 5 s heartbeat: a silent node is lost after ~22 s, its VMs' originals are
-    paused 20 s after it was last heard and replaced from 22 s on; about 22 s in all."""
+    Defaults at a 5 s heartbeat: a silent node is lost after ~22 s, its VMs' originals pause
+    themselves 30 s after it was last heard, and are replaced from 32 s on. The price of a
+    finite stop_after: a controller outage that long pauses those VMs too (until their agent
+    reconnects); `never` keeps them running, and then only an operator replaces them."""
 
     replace_after_s: float = 0.0  # after the node is lost
-    stop_after_s: float = 20.0  # the agent pauses a VM this long without the controller
+    stop_after_s: float = 30.0  # the agent pauses a VM this long without the controller
     clock_margin_s: float = 2.0  # added to stop_after before the controller replaces
     max_per_interval: int = 10  # automatic failovers started per interval, fleet-wide
     interval_s: float = 60.0

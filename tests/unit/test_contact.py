@@ -1,0 +1,84 @@
+"""The agent's confirmed contact with the controller: the clock self-fencing runs on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from agent.contact import CONTACT_FILE, ControllerContact
+
+
+class Clock:
+    def __init__(self, mono: float = 100.0, wall: float = 1_700_000_000.0) -> None:
+        self.mono, self.wall = mono, wall
+
+    def advance(self, seconds: float) -> None:
+        self.mono += seconds
+        self.wall += seconds
+
+
+def contact(tmp_path: Path | None, clock: Clock) -> ControllerContact:
+    return ControllerContact(tmp_path, lambda: clock.mono, lambda: clock.wall)
+
+
+def test_a_pong_confirms_the_heartbeat_sent_before_its_ping_not_the_ping() -> None:
+    clock = Clock()
+    c = contact(None, clock)
+    start = clock.mono
+    clock.advance(1.0)
+    c.sent_report()  # heartbeat at start + 1
+    clock.advance(3.0)
+    c.sent_ping(7)  # queued after it, at start + 4
+    clock.advance(0.5)
+    c.ponged(7)
+    assert c.confirmed_at == start + 1.0  # what the controller provably heard
+    assert c.alone_s() == 3.5
+
+
+def test_a_pong_for_a_ping_sent_before_any_report_confirms_nothing_new() -> None:
+    clock = Clock()
+    c = contact(None, clock)
+    before = c.confirmed_at
+    c.sent_ping(1)
+    clock.advance(1.0)
+    c.ponged(1)
+    c.ponged(99)  # unknown seq: ignored
+    assert c.confirmed_at == before
+
+
+def test_the_hello_is_confirmed_by_the_welcome_and_a_new_session_starts_clean() -> None:
+    clock = Clock()
+    c = contact(None, clock)
+    clock.advance(10.0)
+    c.sent_report()
+    hello_at = c.now()
+    clock.advance(2.0)
+    c.welcomed(hello_at)
+    assert c.alone_s() == 2.0
+    c.sent_ping(3)
+    c.session_ended()
+    clock.advance(1.0)
+    c.ponged(3)  # an answer from the old session confirms nothing
+    assert c.confirmed_at == hello_at
+
+
+def test_a_restarted_agent_counts_from_the_contact_it_saved(tmp_path: Path) -> None:
+    clock = Clock()
+    c = contact(tmp_path, clock)
+    clock.advance(1.0)
+    c.sent_report()
+    c.sent_ping(1)
+    clock.advance(0.2)
+    c.ponged(1)
+    saved = json.loads((tmp_path / CONTACT_FILE).read_text())["confirmed_wall"]
+    assert abs(saved - (clock.wall - 0.2)) < 1e-6
+    clock.advance(30.0)  # the agent was down 30 s; its process clock starts anew
+    clock.mono = 5.0
+    again = contact(tmp_path, clock)
+    assert abs(again.alone_s() - 30.2) < 1e-6
+
+
+def test_an_unreadable_saved_contact_counts_from_now(tmp_path: Path) -> None:
+    (tmp_path / CONTACT_FILE).write_text("{not json")
+    clock = Clock()
+    assert contact(tmp_path, clock).alone_s() == 0.0
