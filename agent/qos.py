@@ -38,7 +38,9 @@ class UplinkClasses:
             )
 
     def commands(self) -> list[list[str]]:
-        """The `tc` invocations, idempotent (`replace`), in order."""
+        """The `tc` invocations, in order, onto a device without our qdisc (`apply` removes
+        an earlier one first: this kernel refuses `qdisc replace` of an existing htb root,
+        "Change operation not supported", so an agent restarted without a reboot failed)."""
         dev = ["dev", self.ifname]
         link, bulk = self.link_mbit, self.migration_mbit
         control = max(link * 0.1, 1.0)  # guaranteed to the control plane
@@ -46,7 +48,7 @@ class UplinkClasses:
         cls = ["tc", "class", "replace", *dev, "parent", "1:1", "classid"]
         filt = ["tc", "filter", "replace", *dev, "parent", "1:", "protocol", "ip"]
         return [
-            ["tc", "qdisc", "replace", *dev, "root", "handle", "1:", "htb", "default", "20"],
+            ["tc", "qdisc", "add", *dev, "root", "handle", "1:", "htb", "default", "20"],
             ["tc", "class", "replace", *dev, "parent", "1:", "classid", "1:1",
              "htb", "rate", f"{link:g}mbit"],
             [*cls, "1:10", "htb", "rate", f"{control:g}mbit", "ceil", f"{link:g}mbit", "prio", "0"],
@@ -65,6 +67,8 @@ class UplinkClasses:
         ]  # fmt: skip
 
     def apply(self) -> None:
+        # no root qdisc yet (a fresh boot) is fine: "Cannot delete qdisc with handle of zero"
+        subprocess.run(["tc", "qdisc", "del", "dev", self.ifname, "root"], capture_output=True)
         for argv in self.commands():
             done = subprocess.run(argv, capture_output=True, text=True)
             if done.returncode != 0:

@@ -62,6 +62,9 @@ class SelfFence:
             if alone < stop_after:
                 self._soonest = min(self._soonest, stop_after)
                 continue
+            alone = self.contact.alone_s()  # again: a welcome may have come during the listing
+            if alone < stop_after:
+                continue
             try:
                 self.hypervisor.suspend(vm.vm_id)
             except NovaCronError as err:

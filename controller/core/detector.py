@@ -89,18 +89,32 @@ def judge(
     now: float,
     config: DetectorConfig,
 ) -> tuple[NodeCondition, str]:
-    """The node's condition at `now`, with the reason when it is not READY."""
-    if not connected:
-        since = max(0.0, now - disconnected_at)
-        if since >= config.disconnect_lost_after_s:
-            return NodeCondition.LOST, f"agent not connected for {since:.1f}s"
-        return NodeCondition.SUSPECT, (
-            f"agent not connected for {since:.1f}s (lost after {config.disconnect_lost_after_s:g}s)"
-        )
+    """The node's condition at `now`, with the reason when it is not READY. A closed stream
+    never makes a node less lost than its silence already does: closing a silent session
+    (the tick does, for a lost node) must not set it back to suspect."""
+    silence = _by_silence(history, now, config)
+    if connected:
+        return silence
+    since = max(0.0, now - disconnected_at)
+    if since >= config.disconnect_lost_after_s:
+        return NodeCondition.LOST, f"agent not connected for {since:.1f}s"
+    if silence[0] is NodeCondition.LOST:
+        return NodeCondition.LOST, f"agent not connected for {since:.1f}s; {silence[1]}"
+    return NodeCondition.SUSPECT, (
+        f"agent not connected for {since:.1f}s (lost after {config.disconnect_lost_after_s:g}s)"
+    )
+
+
+def _by_silence(
+    history: HeartbeatHistory | None, now: float, config: DetectorConfig
+) -> tuple[NodeCondition, str]:
     if history is None or not history.last_at:
         return NodeCondition.READY, ""
     learnt, std = history.stats()
     beat = history.expected_interval_s
+    # The agent beats every `beat` seconds; a shorter learnt mean is only queueing (a busy
+    # agent or controller delivers several at once), and would make the next pause look long.
+    learnt = max(learnt, beat)
     pause = config.acceptable_pause_heartbeats * beat
     std = max(std, config.min_std_heartbeats * beat)
     silence = max(0.0, now - history.last_at)

@@ -116,13 +116,14 @@ def expected_failover(
         return "only when an operator declares its node dead (no stop_after)"
     assert policy.replace_after_s is not None and policy.stop_after_s is not None
     stopped = policy.stop_after_s + margin_s
+    closed = min(detection, disconnect_lost_after)  # a closed stream, or its silence
 
     def after(lost: float) -> float:
         return max(lost + policy.replace_after_s, stopped)  # type: ignore[operator]
 
     return (
         f"~{after(detection):.0f}s after its node falls silent, "
-        f"~{after(disconnect_lost_after):.0f}s after its stream closes "
-        f"(lost after ~{detection:.0f}s / {disconnect_lost_after:g}s, replace_after "
+        f"~{after(closed):.0f}s after its stream closes "
+        f"(lost after ~{detection:.0f}s / {closed:g}s, replace_after "
         f"{policy.replace_after_s:g}s, stop_after {policy.stop_after_s:g}s + margin {margin_s:g}s)"
     )

@@ -42,4 +42,7 @@ def lab(tiny_image_dir: Path) -> Iterator[Lab]:
         the_lab.up(timeout_s=90)
         yield the_lab
     finally:
+        keep = os.environ.get("NOVACRON_KEEP_LAB_LOGS")
+        if keep:  # the daemons' logs, for a failure to be read after the lab is gone
+            shutil.copytree(the_lab.state_dir / "logs", Path(keep), dirs_exist_ok=True)
         the_lab.down()

@@ -135,7 +135,37 @@ class Servicer(edge_api_pb2_grpc.EdgeAPIServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, "node gw-9 is offline")
         if request.name_or_id not in ("web-1", VM_ID):
             context.abort(grpc.StatusCode.NOT_FOUND, f"vm {request.name_or_id!r} not found")
-        return make_vm()
+        vm = make_vm()
+        if request.name_or_id == VM_ID:  # one that failed over once
+            vm.spec.disconnect.replace_after_s, vm.spec.disconnect.stop_after_s = 0.0, 5.0
+            vm.expected_failover = "~22s after its node falls silent"
+            vm.failovers.add(
+                source_node_id="gw-2",
+                target_node_id="gw-1",
+                from_generation=1,
+                to_generation=2,
+                reason="node lost: agent not connected for 10.0s",
+                last_heard_at=_ts(70),
+                lost_at=_ts(65),
+                started_at=_ts(63),
+                running_at=_ts(61),
+                outcome="running",
+            )
+        return vm
+
+    def HandleEdgeFailure(
+        self, request: api.HandleEdgeFailureRequest, context: Any
+    ) -> api.HandleEdgeFailureResponse:
+        self.requests.append(request)
+        if request.node_id == "gw-1":
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "node 'gw-1' is ready")
+        return api.HandleEdgeFailureResponse(
+            node_id=request.node_id,
+            outcomes=[
+                api.FailoverOutcome(vm_name="web-1", target_node_id="gw-1"),
+                api.FailoverOutcome(vm_name="db-1", waiting="cannot be placed: 0/2 nodes fit"),
+            ],
+        )
 
     def ListVMs(self, request: api.ListVMsRequest, context: Any) -> api.ListVMsResponse:
         self.requests.append(request)
@@ -348,6 +378,50 @@ def test_vm_show_suspend_resume_delete(
     assert controller.servicer.requests[-1] == api.DeleteVMRequest(name_or_id="web-1")
     assert run(controller, "vm", "delete", "web-1") == 0
     assert "deletion pending" in capsys.readouterr().out
+
+
+def test_vm_show_gives_the_disconnect_policy_and_failovers(
+    controller: Controller, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(controller, "vm", "show", VM_ID) == 0
+    out = capsys.readouterr().out
+    assert "replace after 0s; its agent pauses it after 5s alone" in out
+    assert "~22s after its node falls silent" in out
+    assert "gw-2 -> gw-1 (generation 1 -> 2)" in out
+    assert "running 4.0s after lost, 9.0s after last heard" in out
+
+
+def test_deploy_sends_the_disconnect_policy(controller: Controller) -> None:
+    assert run(controller, *DEPLOY, "--replace-after", "never", "--stop-after", "2.5") == 0
+    sent = controller.servicer.requests[-1]
+    assert isinstance(sent, api.DeployVMRequest)
+    assert sent.spec.disconnect.replace_after_s == float("inf")
+    assert sent.spec.disconnect.stop_after_s == 2.5
+    assert run(controller, *DEPLOY) == 0  # unset: the controller's defaults
+    sent = controller.servicer.requests[-1]
+    assert not sent.spec.HasField("disconnect")
+
+
+def test_deploy_refuses_a_negative_stop_after(
+    controller: Controller, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(controller, *DEPLOY, "--stop-after", "-1") == 2
+    assert "must be >= 0 seconds or 'never'" in capsys.readouterr().err
+
+
+def test_node_fail_over_lists_each_vm(
+    controller: Controller, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(controller, "node", "fail-over", "gw-2", "--node-is-dead") == 0
+    assert controller.servicer.requests[-1] == api.HandleEdgeFailureRequest(
+        node_id="gw-2", node_is_dead=True
+    )
+    out = capsys.readouterr().out
+    assert "web-1: recreated on gw-1" in out
+    assert "db-1: waits: cannot be placed: 0/2 nodes fit" in out
+    assert "node gw-2: 1 of 2 VMs replaced" in out
+    assert run(controller, "node", "fail-over", "gw-1") != 0
+    assert "is ready" in capsys.readouterr().err
 
 
 def test_vm_console(controller: Controller, capsys: pytest.CaptureFixture[str]) -> None:

@@ -85,6 +85,20 @@ def test_shipped_example_configs_load() -> None:
     assert controller.insecure
     assert controller.failure_detector.disconnect_lost_after == 10.0
     assert controller.failure_detector.lost_phi == 8.0
+    assert (controller.failover.replace_after, controller.failover.stop_after) == (0.0, 30.0)
+
+
+def test_failover_durations_take_never_and_bad_values_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("controller:\n  failover:\n    replace_after: never\n    stop_after: 5s\n")
+    failover = load_controller_config(path, {}).failover
+    assert failover.replace_after == float("inf") and failover.stop_after == 5.0
+    path.write_text("controller:\n  failover:\n    stop_after: soon\n")
+    with pytest.raises(ConfigError, match=r"controller\.failover\.stop_after"):
+        load_controller_config(path, {})
+    path.write_text("controller:\n  failover:\n    max_per_interval: 0\n")
+    with pytest.raises(ConfigError, match=r"controller\.failover"):
+        load_controller_config(path, {})
 
 
 def test_a_bad_failure_detector_key_is_refused_by_path(tmp_path: Path) -> None:

@@ -71,6 +71,28 @@ def test_a_closed_stream_is_suspect_at_once_and_lost_after_the_grace() -> None:
     assert judge(history, False, 100.0, 110.0, CONFIG)[0] is LOST
 
 
+def test_closing_a_lost_nodes_session_does_not_make_it_suspect_again() -> None:
+    """The tick closes a lost node's silent session; the closed stream must not reset it to
+    "suspect, lost in 10 s" (seen in the lab: a power cut then took 10 s longer to fail over)."""
+    history = punctual(interval=1.0)
+    lost = history.last_at + first_at(history, LOST)
+    assert lost - history.last_at < 10
+    condition, why = judge(history, False, lost, lost + 0.1, CONFIG)
+    assert condition is LOST and why.startswith("agent not connected for 0.1s; no heartbeat")
+
+
+def test_heartbeats_delivered_in_bursts_do_not_shorten_the_limit() -> None:
+    """A busy agent or controller may deliver several heartbeats at once: the learnt mean
+    is floored at the announced interval, so the pause after a burst is no alarm."""
+    history, t = HeartbeatHistory(1.0), 0.0
+    for _ in range(20):  # four at once every 4 s
+        t += 4.0
+        for k in range(4):
+            history.heard(t + k * 0.001)
+    assert history.stats()[0] < 1.0
+    assert first_at(history, LOST) >= first_at(punctual(interval=1.0), LOST)
+
+
 def test_a_reconnect_gap_is_not_an_interval() -> None:
     history = punctual()
     history.reconnected(10_000.0)

@@ -8,7 +8,7 @@ from shared.errors import InvalidArgument
 
 def test_uplink_classes_put_control_first_and_cap_migration() -> None:
     cmds = [" ".join(c) for c in UplinkClasses("eth0", 1000, 300).commands()]
-    assert cmds[0] == "tc qdisc replace dev eth0 root handle 1: htb default 20"
+    assert cmds[0] == "tc qdisc add dev eth0 root handle 1: htb default 20"
     assert any("classid 1:10 htb rate 100mbit ceil 1000mbit prio 0" in c for c in cmds)
     assert any("classid 1:30 htb rate 300mbit ceil 300mbit prio 2" in c for c in cmds)
     assert any("match ip dport 7700 0xffff flowid 1:10" in c for c in cmds)
