@@ -21,6 +21,7 @@ from agent.config import AgentConfig
 from agent.contact import ControllerContact
 from agent.executor import CommandExecutor
 from agent.hypervisor.base import Hypervisor
+from agent.hypervisor_watch import HypervisorWatch
 from agent.images.catalog import ImageCatalog
 from agent.installation import InstallationGuard
 from agent.latency import LatencyWindow, Prober, probe_gap
@@ -90,6 +91,8 @@ class AgentSession:
         self.sessions = 0
         self.contact = ControllerContact(config.state_dir)
         self.self_fence = SelfFence(hypervisor, self.contact, on_fenced=self.restart_session)
+        self.hypervisor_watch = HypervisorWatch(hypervisor, on_back=self.restart_session)
+        self._info: NodeInfo | None = None  # the last one read, for a hello without libvirt
         self._outbox: asyncio.Queue[apb.AgentMessage | None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -99,6 +102,14 @@ class AgentSession:
     # ------------------------------------------------------------------ inventory
 
     def node_info(self) -> NodeInfo:
+        try:
+            self._info = self._read_node_info()
+        except NovaCronError:
+            if self._info is None:
+                raise
+        return self._info
+
+    def _read_node_info(self) -> NodeInfo:
         host = self.hypervisor.host_info()
         cap = self.config.capacity
         capacity = Capacity(
@@ -120,11 +131,20 @@ class AgentSession:
         )
 
     def hello(self) -> apb.AgentMessage:
-        """Blocking (libvirt, disk): built off the event loop."""
+        """Blocking (libvirt, disk): built off the event loop. Without libvirt it says so
+        and lists nothing, which the controller does not take for "no VMs"."""
+        problem = self.hypervisor.problem()
+        vms: list[VMStatus] = []
+        if not problem:
+            try:
+                vms = self.hypervisor.list_vms()
+            except NovaCronError as err:
+                problem = str(err)
         return apb.AgentMessage(
             hello=apb.Hello(
+                hypervisor_problem=problem,
                 node=convert.node_info_to_pb(self.node_info()),
-                vms=[convert.vm_status_to_pb(v) for v in self.hypervisor.list_vms()],
+                vms=[convert.vm_status_to_pb(v) for v in vms],
                 images=[convert.image_to_pb(i) for i in self.catalog.list()],
                 protocol_version=PROTOCOL_VERSION,
                 mesh=convert.mesh_identity_to_pb(self.mesh.identity()) if self.mesh else None,
@@ -132,7 +152,9 @@ class AgentSession:
             )
         )
 
-    def heartbeat(self, latencies: list[LatencyStats], vms: list[VMStatus]) -> apb.AgentMessage:
+    def heartbeat(
+        self, latencies: list[LatencyStats], vms: list[VMStatus], problem: str = ""
+    ) -> apb.AgentMessage:
         """Blocking (psutil, WireGuard): built off the event loop, with the latencies read on
         it (the probe windows belong to the loop) and the VM list passed in (see _heartbeats)."""
         self._seq += 1
@@ -141,7 +163,8 @@ class AgentSession:
                 seq=self._seq,
                 sent_at=convert.timestamp(time.time()),
                 utilization=convert.utilization_to_pb(self.sampler.sample()),
-                vms=[convert.vm_status_to_pb(v) for v in vms],
+                vms=[] if problem else [convert.vm_status_to_pb(v) for v in vms],
+                hypervisor_problem=problem,
                 latencies=[convert.latency_to_pb(s) for s in latencies],
                 mesh=convert.mesh_status_to_pb(self.mesh.status()) if self.mesh else None,
             )
@@ -157,6 +180,7 @@ class AgentSession:
         self._loop = asyncio.get_running_loop()
         self.hypervisor.subscribe(self._on_vm_event)
         self._spawn(self.self_fence.run_forever())
+        self._spawn(self.hypervisor_watch.run_forever())
         if self.mesh is not None:
             await self.peer_prober.start()
         backoff = Backoff(cap=self.config.reconnect_max)
@@ -169,7 +193,7 @@ class AgentSession:
                 self.log.warning(
                     "session failed", code=exc.code().name, details=exc.details() or ""
                 )
-            except (OSError, ConnectionError) as exc:
+            except (OSError, ConnectionError, NovaCronError) as exc:  # e.g. no libvirt yet
                 self.log.warning("session failed", error=str(exc))
             if time.monotonic() - started > 2 * self.heartbeat_interval:
                 backoff.reset()  # a session that lived is not a failure streak
@@ -259,9 +283,13 @@ class AgentSession:
     async def _heartbeats(self, outbox: asyncio.Queue[apb.AgentMessage | None]) -> None:
         """A heartbeat never waits for libvirt: listing a domain that is being destroyed or
         migrated blocks for seconds, and a late heartbeat makes the controller give up on the
-        node. The listing runs beside; a beat carries the latest finished one."""
+        node. The listing runs beside; a beat carries the latest finished one. Beats keep a
+        fixed rate (the work of one is not added to the interval): the controller's detector
+        learns the link's jitter from them, and this process's own delays are not the link's."""
         vms: list[VMStatus] = []
         listing: asyncio.Future[list[VMStatus]] | None = None
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
             if listing is None or listing.done():
                 if listing is not None and listing.exception() is None:
@@ -271,12 +299,15 @@ class AgentSession:
                     vms = await asyncio.wait_for(
                         asyncio.shield(listing), self.heartbeat_interval / 2
                     )
-            message = await asyncio.to_thread(self.heartbeat, self.latencies(), vms)
+            problem = await asyncio.to_thread(self.hypervisor.problem)
+            message = await asyncio.to_thread(self.heartbeat, self.latencies(), vms, problem)
             if self.mesh is not None:
                 self.peer_prober.set_peers(self._reachable_peers(message.heartbeat.mesh))
             outbox.put_nowait(message)
             self.contact.sent_report()
-            await asyncio.sleep(self.heartbeat_interval)
+            self._ping(outbox)  # its pong confirms this beat: self-fencing counts from it
+            due = max(due + self.heartbeat_interval, loop.time())
+            await asyncio.sleep(due - loop.time())
 
     def _reachable_peers(self, status: pb.MeshStatus) -> dict[str, str]:
         """Peers with a live tunnel, by node id -> overlay address (what probes go to)."""
@@ -292,11 +323,14 @@ class AgentSession:
         tunnel. Rounds are spaced randomly around the interval (`probe_gap`)."""
         rng = random.Random()
         while True:
-            seq = self.controller_probe.next_probe()
-            outbox.put_nowait(apb.AgentMessage(ping=apb.Ping(seq=seq)))
-            self.contact.sent_ping(seq)
+            self._ping(outbox)
             self.peer_prober.probe_all()
             await asyncio.sleep(probe_gap(self.probe_interval, rng))
+
+    def _ping(self, outbox: asyncio.Queue[apb.AgentMessage | None]) -> None:
+        seq = self.controller_probe.next_probe()
+        outbox.put_nowait(apb.AgentMessage(ping=apb.Ping(seq=seq)))
+        self.contact.sent_ping(seq)
 
     async def _run_command(
         self, command: apb.Command, outbox: asyncio.Queue[apb.AgentMessage | None]

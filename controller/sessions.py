@@ -80,6 +80,7 @@ def hello_event(conn: AgentConnection, hello: apb.Hello) -> dict[str, object]:
         "vms": tuple(convert.vm_status_from_pb(v) for v in hello.vms),
         "mesh": convert.mesh_identity_from_pb(hello.mesh) if hello.HasField("mesh") else None,
         "known_installation_id": hello.known_installation_id,
+        "hypervisor_problem": hello.hypervisor_problem,
     }
 
 
@@ -178,6 +179,7 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
                 latencies=tuple(convert.latency_from_pb(s) for s in hb.latencies),
                 mesh=convert.mesh_status_from_pb(hb.mesh) if hb.HasField("mesh") else None,
                 vms=tuple(convert.vm_status_from_pb(v) for v in hb.vms),
+                hypervisor_problem=hb.hypervisor_problem,
                 **ids,
             )
         elif kind == "result":

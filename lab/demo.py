@@ -4,7 +4,8 @@ placed near their users, driven through the `novacron` CLI as an operator would.
 Brings the lab up, shows the sites, deploys tiny QEMU guests near given user locations and
 prints where each landed and why, explains one decision in full, waits for every guest's first
 console line, pings a guest across the mesh, live-migrates it to the cloud while pinging it,
-shows the lab, deletes the VMs and tears everything down, even on failure.
+cuts a site's power and times its VM's failover (`lab.demo_failover`), shows the lab, deletes
+the VMs and tears everything down, even on failure.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from lab.cli import render_status
+from lab.demo_failover import run_failover
 from lab.lab import Lab, LabError
 from lab.processes import BIN, wait_until
 
@@ -141,6 +143,8 @@ def run(lab: Lab) -> None:
         pinged, _ = pinger.communicate(timeout=10)
     summary = [line for line in pinged.splitlines() if "packets transmitted" in line]
     print(f"paris -> {vm_ip} during the move: {summary[0] if summary else pinged[-200:]}")
+
+    run_failover(lab, address, say, cli)
 
     say("The lab as it stands")
     print(render_status(lab.status()), end="")

@@ -83,7 +83,9 @@ class Lab(Faults):
         *,
         images_dir: Path | str | None = None,
         progress: Callable[[str], None] | None = None,
+        heartbeat_s: float = 1.0,
     ) -> None:
+        self.heartbeat = f"{heartbeat_s:g}s"  # the agents' (and the detector's) beat
         self.topology = topology if isinstance(topology, Topology) else load_topology(topology)
         self.state_dir = Path(state_dir).absolute()
         self.images_dir = Path(images_dir or DEFAULT_IMAGES_DIR).absolute()
@@ -274,7 +276,7 @@ class Lab(Faults):
             str(BIN / "novacron-controller"), "--insecure",
             "--listen", f"0.0.0.0:{CONTROLLER_PORT}",
             "--state-dir", str(self.state_dir / "controller"),
-            "--heartbeat-interval", "1s", "--log-format", "json",
+            "--heartbeat-interval", self.heartbeat, "--log-format", "json",
             "--metrics-listen", f"{topo.mgmt_controller_ip}:{METRICS_PORT}",
         ]  # fmt: skip
         self._spawn("controller", netns.nsenter(topo.controller.netns, argv))
@@ -302,7 +304,7 @@ class Lab(Faults):
                 },
                 "state_dir": str(sdir / "agent"),
                 "images_dir": str(self.images_dir),
-                "heartbeat_interval": "1s",
+                "heartbeat_interval": self.heartbeat,
                 "insecure": True,
                 # the edge mesh: WireGuard between sites, across the emulated WAN
                 "mesh": {"enabled": True, "endpoint_host": site.address, "listen_port": 51820},

@@ -144,4 +144,13 @@ class Hypervisor(Protocol):
         """Deliver lifecycle events of managed VMs to `callback` until close()."""
         ...
 
+    def problem(self) -> str:
+        """Why the hypervisor cannot be used now (its daemon went away), or ""."""
+        ...
+
+    def reconnect(self) -> None:
+        """Connect again after `problem()`: subscriptions renewed, domains read again.
+        Unavailable while the daemon is still away."""
+        ...
+
     def close(self) -> None: ...

@@ -53,6 +53,13 @@ _SHUTOFF_REASONS = {
     libvirt.VIR_DOMAIN_SHUTOFF_FAILED: "failed",
 }
 
+_CLOSE_REASONS = {
+    libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "socket error",
+    libvirt.VIR_CONNECT_CLOSE_REASON_EOF: "libvirtd closed the connection",
+    libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "keepalive timed out",
+    libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT: "closed by us",
+}
+
 _event_lock = threading.Lock()
 _event_thread: threading.Thread | None = None
 
@@ -126,14 +133,9 @@ class LibvirtConnection:
         self._callback_id: int | None = None
         self._known: dict[str, VMMetadata] = {}  # vm_id -> metadata, for "undefined" events
         self._closed = False
-        try:
-            self._conn: Any = libvirt.open(uri)
-        except libvirt.libvirtError as err:
-            raise Unavailable(f"cannot connect to libvirt at {uri}: {err}") from err
+        self._lost = ""  # why the connection closed under us ("" = it did not)
+        self._conn: Any = self._open()
         self._is_test = str(self._conn.getType()).upper() == "TEST"
-        if not self._is_test:
-            with contextlib.suppress(libvirt.libvirtError):  # notice a dead daemon in ~15 s
-                self._conn.setKeepAlive(5, 3)
         self._arch = str(self._conn.getInfo()[0])
         if self._is_test:
             self.virt_type = "test"
@@ -142,6 +144,65 @@ class LibvirtConnection:
         else:
             self.virt_type = virt_type
         log.info("libvirt_connected", uri=uri, virt_type=self.virt_type, arch=self._arch)
+
+    # -- the connection, and getting it back --------------------------------------------------
+
+    def _open(self) -> Any:
+        try:
+            conn = libvirt.open(self._uri)
+        except libvirt.libvirtError as err:
+            raise Unavailable(f"cannot connect to libvirt at {self._uri}: {err}") from err
+        if str(conn.getType()).upper() != "TEST":
+            with contextlib.suppress(libvirt.libvirtError):  # notice a dead daemon in ~15 s
+                conn.setKeepAlive(5, 3)
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.registerCloseCallback(self._on_close, None)
+        return conn
+
+    def _on_close(self, _conn: Any, reason: int, _opaque: Any) -> None:
+        """libvirt's event thread: the daemon went away (killed, restarted, keepalive)."""
+        why = _CLOSE_REASONS.get(reason, f"closed ({reason})")
+        with self._lock:
+            self._lost = why
+            self._callback_id = None  # died with the connection
+        log.warning("libvirt_connection_lost", uri=self._uri, reason=why)
+
+    def problem(self) -> str:
+        """Why libvirt cannot be used now ("" = it can)."""
+        if self._closed:
+            return "the hypervisor connection is closed"
+        if not self._lost:
+            try:
+                alive = bool(self._conn.isAlive())
+            except libvirt.libvirtError:
+                alive = False
+            if alive:
+                return ""
+            self._lost = self._lost or "connection closed"
+        return f"libvirtd at {self._uri} unreachable ({self._lost}); reconnecting"
+
+    def reconnect(self) -> None:
+        """A new connection after libvirtd came back: event callbacks registered again and
+        our domains read again. Raises Unavailable while it is still away."""
+        if not self.problem():
+            return
+        conn = self._open()
+        old = self._conn
+        with self._lock:
+            self._conn, self._lost, self._callback_id = conn, "", None
+            callbacks = list(self._callbacks)
+        with contextlib.suppress(libvirt.libvirtError):
+            old.close()
+        if callbacks:
+            with _mapped("subscribe"):
+                self._callback_id = conn.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
+                )
+        found = self.list_vms()  # our domains, named again for their events
+        log.info("libvirt_reconnected", uri=self._uri, vms=len(found))
+
+    def _on_lifecycle(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
+        raise NotImplementedError  # the events part (agent.hypervisor.libvirt_events)
 
     # -- queries ---------------------------------------------------------------------------
 

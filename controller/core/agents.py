@@ -66,6 +66,8 @@ class AgentsMixin(MeshMixin):
                 self.note_orphan(node_id, status, f"the node belongs to installation {known}")
             return
         self.journal.put(self.state.sessions, node_id, Session(event.session_id))
+        if self._hypervisor_problem(node_id, event.hypervisor_problem):
+            return  # nothing to compare against: nothing is changed on the node
         self._clear_orphans(node_id)
         self.reconcile(node_id, event.vms)
         if node.mesh is not None:
@@ -92,8 +94,28 @@ class AgentsMixin(MeshMixin):
                 mesh_status=event.mesh if event.mesh is not None else node.mesh_status,
             )
         )
+        if self._hypervisor_problem(event.node_id, event.hypervisor_problem):
+            return
         for status in event.vms:
             self.observe_reported(event.node_id, status)
+
+    def _hypervisor_problem(self, node_id: str, problem: str) -> bool:
+        """Note whether the node can read its hypervisor; while it cannot, its VMs are
+        unknown (QEMU may well run on without libvirtd) and the node takes no new VMs."""
+        known = self.state.hypervisor_problems.get(node_id, "")
+        if problem == known:
+            return bool(problem)
+        self.state.fleet_changed()
+        if not problem:
+            self.journal.pop(self.state.hypervisor_problems, node_id)
+            self.log.info("node's hypervisor is back", node_id=node_id)
+            return False
+        self.journal.put(self.state.hypervisor_problems, node_id, problem)
+        self.log.warning("node cannot read its hypervisor", node_id=node_id, problem=problem)
+        for vm in self.state.vms_on(node_id):
+            if vm.state not in (VMState.FAILED, VMState.DELETING):
+                self.set_vm_state(vm, VMState.UNKNOWN, f"node {node_id!r}: {problem}")
+        return True
 
     def on_vm_status(self, event: ev.AgentVMStatus) -> None:
         if not self._current(event.node_id, event.session_id):
@@ -107,6 +129,8 @@ class AgentsMixin(MeshMixin):
         if not self._current(event.node_id, event.session_id):
             return
         self.journal.pop(self.state.sessions, event.node_id)
+        if event.node_id in self.state.hypervisor_problems:  # the next hello says again
+            self.journal.pop(self.state.hypervisor_problems, event.node_id)
         self.state.disconnected_at[event.node_id] = self._now
         self.state.fleet_changed()
         self.fail_session_commands(event.node_id, event.session_id, event.reason)

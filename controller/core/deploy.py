@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from controller.core import events as ev
 from controller.core.base import CoreBase
-from controller.core.disconnect import resolve
+from controller.core.disconnect import min_stop_after, resolve
 from controller.core.state import Join, Pending
 from controller.mesh import gateway_of
 from controller.placement import BatchPlacer, Explanation
@@ -36,7 +36,16 @@ class DeployMixin(CoreBase):
     def resolved(self, spec: VMSpec) -> VMSpec:
         """`spec` with its disconnect policy filled in from the defaults: the stored spec
         says what applies to the VM (and the agent learns its stop_after from it)."""
-        return replace(spec, disconnect=resolve(spec.disconnect, self.settings.failover))
+        policy = resolve(spec.disconnect, self.settings.failover)
+        floor = min_stop_after(self.settings.heartbeat_interval)
+        if policy.stops and policy.stop_after_s is not None and policy.stop_after_s < floor:
+            raise InvalidArgument(
+                f"disconnect.stop_after {policy.stop_after_s:g}s is too short for this "
+                f"controller's {self.settings.heartbeat_interval:g}s heartbeat: a healthy node "
+                f"confirms its contact only about every heartbeat, so the VM would pause "
+                f"itself on a merely slow link; use at least {floor:g}s (or never)"
+            )
+        return replace(spec, disconnect=policy)
 
     def on_deploy(self, event: ev.DeployRequested) -> None:
         validate_spec(event.spec)

@@ -34,6 +34,13 @@ class FailoverSettings:
     interval_s: float = 60.0
 
 
+def min_stop_after(heartbeat_interval: float) -> float:
+    """The shortest `stop_after` that a healthy node on a slow link never reaches: its agent
+    confirms contact once per heartbeat (the pong of the ping sent after it: a round trip
+    later, more with a retransmission on a lossy link), so two heartbeats and a second."""
+    return 2 * heartbeat_interval + 1.0
+
+
 def resolve(asked: DisconnectPolicy, defaults: FailoverSettings) -> DisconnectPolicy:
     """The policy that applies, every field filled in. A VM that waits for its node keeps
     running without the controller unless it asks to stop."""

@@ -112,6 +112,7 @@ class AgentHello(Event):
     vms: tuple[VMStatus, ...] = ()
     mesh: MeshIdentity | None = None
     known_installation_id: str = ""
+    hypervisor_problem: str = ""  # set: `vms` says nothing (libvirtd unreachable)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,6 +123,7 @@ class AgentHeartbeat(Event):
     latencies: tuple[LatencyStats, ...] = ()
     mesh: MeshStatus | None = None
     vms: tuple[VMStatus, ...] = ()
+    hypervisor_problem: str = ""  # set: `vms` says nothing (libvirtd unreachable)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

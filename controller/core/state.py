@@ -114,6 +114,8 @@ class FleetState:
     lost_at: dict[str, float] = field(default_factory=dict)
     declared_dead: dict[str, float] = field(default_factory=dict)
     failover_waiting: dict[str, str] = field(default_factory=dict)
+    # nodes connected but unable to read their hypervisor (libvirtd restarting), and why
+    hypervisor_problems: dict[str, str] = field(default_factory=dict)
     ipam: Ipam = field(init=False)
     vm_ipam: Ipam = field(init=False)
     _table: NodeTable | None = None
@@ -171,6 +173,9 @@ class FleetState:
         session = self.sessions.get(node.node_id)
         if session is not None and session.refused:
             return NodeCondition.NOT_READY, session.refused
+        problem = self.hypervisor_problems.get(node.node_id, "")
+        if session is not None and problem:
+            return NodeCondition.NOT_READY, f"hypervisor unavailable: {problem}"
         return judge(
             self.histories.get(node.node_id),
             session is not None,

@@ -13,7 +13,7 @@ from controller.core.failover import FailoverOutcome
 from controller.records import FailoverRecord
 from shared import commands as c
 from shared.domain import NEVER, DisconnectPolicy, VMSpec, VMState
-from shared.errors import FailedPrecondition
+from shared.errors import FailedPrecondition, InvalidArgument
 from tests.unit.core_driver import Driver, status
 
 MARGIN = FailoverSettings().clock_margin_s
@@ -99,9 +99,9 @@ def test_a_vm_placement_cannot_put_elsewhere_waits_with_the_reasons() -> None:
     d = Driver()
     d.hello("n1")
     d.hello("n2")
-    vm_id = deploy(d, "pin-db", "n1", stop_after_s=1.0)
+    vm_id = deploy(d, "pin-db", "n1", stop_after_s=11.0)
     heard = lose_n1(d)
-    tick(d, heard + 11.0)
+    tick(d, heard + 14.0)
     waiting = d.core.state.failover_waiting[vm_id]
     assert waiting.startswith("cannot be placed:") and "label" in waiting, waiting
     vm = d.stored_vm(vm_id)
@@ -136,6 +136,18 @@ def test_a_vm_that_cannot_be_proven_stopped_waits_until_the_node_is_declared_dea
     assert failovers(d)[0].reason == "operator: the node is dead"
 
 
+def test_a_stop_after_a_healthy_node_could_reach_is_refused() -> None:
+    """A healthy agent confirms its contact about once per heartbeat (5 s here): a VM asking
+    to pause after 3 s alone would pause on a merely slow link."""
+    d = Driver()
+    d.hello("n1")
+    spec = VMSpec("web", "tiny", 1, 128, disconnect=DisconnectPolicy(stop_after_s=3.0))
+    d.feed(ev.DeployRequested, spec=spec, stimulus_id="short")
+    error = d.reply("short").error
+    assert isinstance(error, InvalidArgument) and "use at least 11s (or never)" in str(error)
+    assert not d.commands(c.CreateVM)
+
+
 def test_an_operator_failover_of_a_ready_node_is_refused() -> None:
     d = Driver()
     d.hello("n1")
@@ -151,17 +163,17 @@ def test_failovers_are_rate_limited_and_the_rest_wait_their_turn() -> None:
     d = Driver()
     d.core.state.settings.failover = FailoverSettings(max_per_interval=2, interval_s=30.0)
     d.hello("n1")
-    ids = [deploy(d, f"web-{i}", "n1", stop_after_s=1.0) for i in range(3)]
+    ids = [deploy(d, f"web-{i}", "n1", stop_after_s=11.0) for i in range(3)]
     d.hello("n2")
     heard = lose_n1(d)
-    tick(d, heard + 11.0)
+    tick(d, heard + 14.0)
     moved = [i for i in ids if d.stored_vm(i).node_id == "n2"]
     (held,) = [i for i in ids if i not in moved]
     assert len(moved) == 2
     assert d.core.state.failover_waiting[held].startswith("rate limited: 2 failovers")
-    tick(d, heard + 25.0)  # still inside the interval
+    tick(d, heard + 40.0)  # still inside the interval
     assert d.stored_vm(held).node_id == "n1"
-    tick(d, heard + 42.0)
+    tick(d, heard + 45.0)
     assert d.stored_vm(held).node_id == "n2" and held not in d.core.state.failover_waiting
 
 

@@ -117,9 +117,14 @@ class Hello(_message.Message):
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     MESH_FIELD_NUMBER: _builtins.int
     KNOWN_INSTALLATION_ID_FIELD_NUMBER: _builtins.int
+    HYPERVISOR_PROBLEM_FIELD_NUMBER: _builtins.int
     protocol_version: _builtins.int
     known_installation_id: _builtins.str
     """the controller installation this node first saw ("" = none)"""
+    hypervisor_problem: _builtins.str
+    """The node's hypervisor cannot be read (libvirtd down, reconnecting): `vms` is then empty
+    and says nothing; the controller changes nothing on the node until it is "" again.
+    """
     @_builtins.property
     def node(self) -> _types_pb2.NodeInfo: ...
     @_builtins.property
@@ -139,10 +144,11 @@ class Hello(_message.Message):
         protocol_version: _builtins.int = ...,
         mesh: _types_pb2.MeshIdentity | None = ...,
         known_installation_id: _builtins.str = ...,
+        hypervisor_problem: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["mesh", b"mesh", "node", b"node"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "known_installation_id", b"known_installation_id", "mesh", b"mesh", "node", b"node", "protocol_version", b"protocol_version", "vms", b"vms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hypervisor_problem", b"hypervisor_problem", "images", b"images", "known_installation_id", b"known_installation_id", "mesh", b"mesh", "node", b"node", "protocol_version", b"protocol_version", "vms", b"vms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -158,7 +164,10 @@ class Heartbeat(_message.Message):
     VMS_FIELD_NUMBER: _builtins.int
     LATENCIES_FIELD_NUMBER: _builtins.int
     MESH_FIELD_NUMBER: _builtins.int
+    HYPERVISOR_PROBLEM_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
+    hypervisor_problem: _builtins.str
+    """as in Hello: `vms` is empty and says nothing"""
     @_builtins.property
     def sent_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -180,10 +189,11 @@ class Heartbeat(_message.Message):
         vms: _abc.Iterable[_types_pb2.VMStatus] | None = ...,
         latencies: _abc.Iterable[_types_pb2.LatencyStats] | None = ...,
         mesh: _types_pb2.MeshStatus | None = ...,
+        hypervisor_problem: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["mesh", b"mesh", "sent_at", b"sent_at", "utilization", b"utilization"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["latencies", b"latencies", "mesh", b"mesh", "sent_at", b"sent_at", "seq", b"seq", "utilization", b"utilization", "vms", b"vms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hypervisor_problem", b"hypervisor_problem", "latencies", b"latencies", "mesh", b"mesh", "sent_at", b"sent_at", "seq", b"seq", "utilization", b"utilization", "vms", b"vms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
