@@ -11,6 +11,7 @@ import os
 
 from cli import args as types
 from cli import commands
+from cli import drain as drain_cmd
 from cli.client import DEFAULT_CONTROLLER, DEFAULT_DEPLOY_WAIT
 from cli.parser_migration import add_migration_group, add_orphan_verbs
 from cli.parser_util import ENV_CONTROLLER, Formatter, global_options
@@ -105,6 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub = _sub(node, verb, what, f"  novacron node {verb} mec-berlin-1\n", handler)
         sub.add_argument("node", metavar="NODE", type=types.non_empty, help="node id")
+    drain = _sub(
+        node,
+        "drain",
+        "cordon a node and live-migrate its VMs off through placement, a few at a time; "
+        "follows the moves until done (exit 1 if a VM could not move)",
+        "  novacron node drain mec-berlin-1\n  novacron node drain gw-7 --parallel 2 --no-wait\n",
+        drain_cmd.node_drain,
+    )
+    drain.add_argument("node", metavar="NODE", type=types.non_empty, help="node id")
+    drain.add_argument(
+        "--parallel", type=types.positive_u32, default=1, metavar="N",
+        help="migrations at a time (default 1; at most 16)",
+    )  # fmt: skip
+    drain.add_argument(
+        "--no-wait", action="store_true", help="start the drain and return; see `node show`"
+    )
     fail_over = _sub(
         node,
         "fail-over",

@@ -140,8 +140,21 @@ def node_describe(node: pb.Node, now: float) -> str:
             ("Latency (RTT)", [latency_line(s) for s in node.latencies]),
             ("Mesh", mesh_lines(node)),
             ("Cordoned", "yes" if node.cordoned else "no"),
+            *([("Drain", drain_lines(node.drain))] if node.HasField("drain") else []),
         ]
     )
+
+
+def drain_lines(d: pb.Drain) -> list[str]:
+    state = "done" if d.HasField("finished_at") else "under way"
+    lines = [
+        f"{state}: {len(d.moved)} moved, {len(d.active)} moving, {len(d.queued)} queued, "
+        f"{len(d.failed)} not moved ({d.parallel} at a time)"
+    ]
+    lines += [f"{name}: moved to {to}" for name, to in sorted(d.moved.items())]
+    lines += [f"{name}: moving" for name in d.active]
+    lines += [f"{name}: not moved: {why}" for name, why in sorted(d.failed.items())]
+    return lines
 
 
 def latency_line(s: pb.LatencyStats) -> str:

@@ -303,5 +303,12 @@ class EdgeAPIServicer(edge_api_pb2_grpc.EdgeAPIServicer):
         )
 
     @rpc
+    async def DrainNode(self, request: epb.DrainNodeRequest, context: Ctx) -> pb.Node:
+        await self.runner.request(
+            ev.DrainRequested, node_id=request.node_id, parallel=request.parallel
+        )
+        return node_to_pb(self.v, self.v.get_node(request.node_id))
+
+    @rpc
     async def RotateMeshKey(self, request: epb.GetNodeRequest, context: Ctx) -> pb.Node:
         return await self._node(ev.RotateKeyRequested, node_id=request.node_id)

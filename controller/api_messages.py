@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from controller.core import Orphan
+from controller.core.drain import Drain
 from controller.placement import Explanation
 from controller.records import (
     FailoverRecord,
@@ -130,6 +131,27 @@ def node_to_pb(view: ControllerView, node: NodeRecord) -> pb.Node:
         msg.mesh.CopyFrom(convert.mesh_status_to_pb(node.mesh_status))
     if node.last_heartbeat:
         msg.last_heartbeat.CopyFrom(convert.timestamp(node.last_heartbeat))
+    drain = view.drain(node.node_id)
+    if drain is not None:
+        msg.drain.CopyFrom(drain_to_pb(view, drain))
+    return msg
+
+
+def drain_to_pb(view: ControllerView, d: Drain) -> pb.Drain:
+    def name(vm_id: str) -> str:
+        vm = view.vms.get(vm_id)
+        return vm.spec.name if vm is not None else vm_id
+
+    msg = pb.Drain(
+        parallel=d.parallel,
+        queued=[name(v) for v in d.queued],
+        active=[name(v) for v, _ in d.active],
+        moved=dict(d.moved),
+        failed=dict(d.failed),
+        started_at=convert.timestamp(d.started_at),
+    )
+    if d.finished_at:
+        msg.finished_at.CopyFrom(convert.timestamp(d.finished_at))
     return msg
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from controller.core import ControllerCore, Orphan
 from controller.core.disconnect import detection_s, expected_failover, in_force
+from controller.core.drain import Drain
 from controller.placement import Explanation, NodeTable
 from controller.records import FailoverRecord, MigrationRecord, NodeRecord, VMRecord
 from shared.domain import Capacity, Location, NodeCondition, VMSpec
@@ -93,6 +94,9 @@ class ControllerView:
     def failovers(self, vm_id: str) -> list[FailoverRecord]:
         found = [r for r in self.core.state.failovers.values() if r.vm_id == vm_id]
         return sorted(found, key=lambda r: r.started_at)
+
+    def drain(self, node_id: str) -> Drain | None:
+        return self.core.state.drains.get(node_id)
 
     def failover_waiting(self, vm_id: str) -> str:
         return self.core.state.failover_waiting.get(vm_id, "")

@@ -151,6 +151,7 @@ class AgentsMixin(MeshMixin):
                 self.log.warning("closing silent session", node_id=node_id, reason=reason)
                 self.close_session(node_id, session.session_id, reason)
         self.fail_over_lost_nodes()
+        self.advance_drains()
 
     def on_persist_failed(self, event: ev.PersistFailed) -> None:
         """An event's records could not be written; it was taken back. Its requester hears
@@ -332,6 +333,9 @@ class AgentsMixin(MeshMixin):
             for p in self.state.pending.values()
             if p.purpose in ("create", "failover_create")
         }
+
+    def advance_drains(self) -> None:  # provided by the drain mixin
+        raise NotImplementedError
 
     # provided by the migration mixin
     def migration_target_reported(self, node_id: str, status: VMStatus) -> None:

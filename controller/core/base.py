@@ -54,6 +54,7 @@ REQUESTS: tuple[type[ev.Event], ...] = (
     ev.MigrateRequested,
     ev.CordonRequested,
     ev.FailOverRequested,
+    ev.DrainRequested,
     ev.RotateKeyRequested,
     ev.AdoptRequested,
     ev.DeleteOrphanRequested,

@@ -82,6 +82,14 @@ class FailOverRequested(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DrainRequested(Event):
+    """DrainNode: cordon the node and live-migrate its VMs off, `parallel` at a time."""
+
+    node_id: str
+    parallel: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RotateKeyRequested(Event):
     node_id: str
 

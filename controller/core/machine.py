@@ -6,14 +6,14 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from controller.core import events as ev
-from controller.core.settle import SettleMixin
+from controller.core.drain import DrainMixin
 from controller.core.state import Settings
 from controller.placement import ScoredEngine
 from controller.records import FailoverRecord, MigrationRecord, NodeRecord, Tombstone, VMRecord
 from shared.domain import VMState
 
 
-class ControllerCore(SettleMixin):
+class ControllerCore(DrainMixin):
     def __init__(self, settings: Settings, engine: ScoredEngine) -> None:
         super().__init__(settings, engine)
         self._handlers = {
@@ -25,6 +25,7 @@ class ControllerCore(SettleMixin):
             ev.MigrateRequested: self.on_migrate,
             ev.CordonRequested: self.on_cordon,
             ev.FailOverRequested: self.on_fail_over,
+            ev.DrainRequested: self.on_drain,
             ev.RotateKeyRequested: self.on_rotate_key,
             ev.AdoptRequested: self.on_adopt,
             ev.DeleteOrphanRequested: self.on_delete_orphan,

@@ -153,6 +153,15 @@ class Servicer(edge_api_pb2_grpc.EdgeAPIServicer):
             )
         return vm
 
+    def DrainNode(self, request: api.DrainNodeRequest, context: Any) -> pb.Node:
+        self.requests.append(request)
+        node = make_node(request.node_id)
+        node.drain.parallel = request.parallel
+        node.drain.active.append("web-1")
+        node.drain.failed["db-1"] = "no other node can take VM 'db-1'"
+        node.drain.started_at.CopyFrom(_ts(5))
+        return node
+
     def HandleEdgeFailure(
         self, request: api.HandleEdgeFailureRequest, context: Any
     ) -> api.HandleEdgeFailureResponse:
@@ -203,7 +212,14 @@ class Servicer(edge_api_pb2_grpc.EdgeAPIServicer):
         self.requests.append(request)
         if request.node_id != "gw-1":
             context.abort(grpc.StatusCode.NOT_FOUND, f"node {request.node_id!r} not found")
-        return make_node()
+        node = make_node()
+        if any(isinstance(r, api.DrainNodeRequest) for r in self.requests):  # it has ended
+            node.drain.parallel = 2
+            node.drain.moved["web-1"] = "gw-2"
+            node.drain.failed["db-1"] = "no other node can take VM 'db-1'"
+            node.drain.started_at.CopyFrom(_ts(5))
+            node.drain.finished_at.CopyFrom(_ts(1))
+        return node
 
     def GetStatus(self, request: api.GetStatusRequest, context: Any) -> api.Status:
         self.requests.append(request)
@@ -645,3 +661,16 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert "examples:" in out and "--request-id" in out
     assert main(["--help"]) == 0
     assert "lowercase" in capsys.readouterr().out  # the enum convention is documented
+
+
+def test_node_drain_follows_the_moves_until_done(
+    controller: Controller, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("cli.drain.POLL_S", 0.0)
+    assert run(controller, "node", "drain", "gw-1", "--parallel", "2") == 1  # one did not move
+    assert controller.servicer.requests[0] == api.DrainNodeRequest(node_id="gw-1", parallel=2)
+    out = capsys.readouterr().out
+    assert "draining gw-1 (cordoned): 1 VM to move, 2 at a time" in out
+    assert "web-1: moving" in out and "web-1: moved to gw-2" in out
+    assert "db-1: not moved: no other node can take VM 'db-1'" in out
+    assert "gw-1 drained in" in out and "1 moved, 1 did not" in out

@@ -593,6 +593,29 @@ class FindNearestNodesResponse(_message.Message):
 Global___FindNearestNodesResponse: _TypeAlias = FindNearestNodesResponse  # noqa: Y015
 
 @_typing.final
+class DrainNodeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    PARALLEL_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    parallel: _builtins.int
+    """migrations at a time (0 = 1)"""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        parallel: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "parallel", b"parallel"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainNodeRequest: _TypeAlias = DrainNodeRequest  # noqa: Y015
+
+@_typing.final
 class HandleEdgeFailureRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -125,6 +125,11 @@ class EdgeAPIStub:
                 request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.HandleEdgeFailureRequest.SerializeToString,
                 response_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.HandleEdgeFailureResponse.FromString,
                 _registered_method=True)
+        self.DrainNode = channel.unary_unary(
+                '/novacron.edge.v1.EdgeAPI/DrainNode',
+                request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.DrainNodeRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_v1_dot_types__pb2.Node.FromString,
+                _registered_method=True)
         self.GetMigrationStatus = channel.unary_unary(
                 '/novacron.edge.v1.EdgeAPI/GetMigrationStatus',
                 request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.GetMigrationRequest.SerializeToString,
@@ -278,6 +283,14 @@ class EdgeAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DrainNode(self, request, context):
+        """Cordon the node and live-migrate its VMs off through placement, `parallel` at a time.
+        Answered at once with the plan; progress is the node's `drain` (GetNode).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetMigrationStatus(self, request, context):
         """Migrations are jobs with named phases, persisted: ask for one by id or by VM (its latest).
         """
@@ -411,6 +424,11 @@ def add_EdgeAPIServicer_to_server(servicer, server):
                     servicer.HandleEdgeFailure,
                     request_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.HandleEdgeFailureRequest.FromString,
                     response_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.HandleEdgeFailureResponse.SerializeToString,
+            ),
+            'DrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainNode,
+                    request_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.DrainNodeRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_v1_dot_types__pb2.Node.SerializeToString,
             ),
             'GetMigrationStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMigrationStatus,
@@ -929,6 +947,33 @@ class EdgeAPI:
             '/novacron.edge.v1.EdgeAPI/HandleEdgeFailure',
             shared_dot_pb_dot_v1_dot_edge__api__pb2.HandleEdgeFailureRequest.SerializeToString,
             shared_dot_pb_dot_v1_dot_edge__api__pb2.HandleEdgeFailureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/novacron.edge.v1.EdgeAPI/DrainNode',
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.DrainNodeRequest.SerializeToString,
+            shared_dot_pb_dot_v1_dot_types__pb2.Node.FromString,
             options,
             channel_credentials,
             insecure,

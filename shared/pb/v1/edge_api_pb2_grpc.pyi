@@ -63,6 +63,10 @@ class EdgeAPIStub:
     skipped). node_is_dead: the operator vouches it is powered off, so the originals count as
     stopped; without it each VM's stop_after must have passed since the node was last heard.
     """
+    DrainNode: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.DrainNodeRequest, _types_pb2.Node]
+    """Cordon the node and live-migrate its VMs off through placement, `parallel` at a time.
+    Answered at once with the plan; progress is the node's `drain` (GetNode).
+    """
     GetMigrationStatus: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.GetMigrationRequest, _edge_api_pb2.Migration]
     """Migrations are jobs with named phases, persisted: ask for one by id or by VM (its latest)."""
     ListMigrations: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.ListMigrationsRequest, _edge_api_pb2.ListMigrationsResponse]
@@ -110,6 +114,10 @@ class EdgeAPIAsyncStub(EdgeAPIStub):
     """Replace a suspect or lost node's VMs elsewhere now (replace_after and the rate limit
     skipped). node_is_dead: the operator vouches it is powered off, so the originals count as
     stopped; without it each VM's stop_after must have passed since the node was last heard.
+    """
+    DrainNode: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.DrainNodeRequest, _types_pb2.Node]  # type: ignore[assignment]
+    """Cordon the node and live-migrate its VMs off through placement, `parallel` at a time.
+    Answered at once with the plan; progress is the node's `drain` (GetNode).
     """
     GetMigrationStatus: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.GetMigrationRequest, _edge_api_pb2.Migration]  # type: ignore[assignment]
     """Migrations are jobs with named phases, persisted: ask for one by id or by VM (its latest)."""
@@ -263,6 +271,16 @@ class EdgeAPIServicer(metaclass=_abc_1.ABCMeta):
         """Replace a suspect or lost node's VMs elsewhere now (replace_after and the rate limit
         skipped). node_is_dead: the operator vouches it is powered off, so the originals count as
         stopped; without it each VM's stop_after must have passed since the node was last heard.
+        """
+
+    @_abc_1.abstractmethod
+    def DrainNode(
+        self,
+        request: _edge_api_pb2.DrainNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Node, _abc.Awaitable[_types_pb2.Node]]:
+        """Cordon the node and live-migrate its VMs off through placement, `parallel` at a time.
+        Answered at once with the plan; progress is the node's `drain` (GetNode).
         """
 
     @_abc_1.abstractmethod

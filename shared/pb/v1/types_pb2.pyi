@@ -669,6 +669,7 @@ class Node(_message.Message):
     MESH_FIELD_NUMBER: _builtins.int
     MESH_ADDRESS_FIELD_NUMBER: _builtins.int
     MESH_VERSION_FIELD_NUMBER: _builtins.int
+    DRAIN_FIELD_NUMBER: _builtins.int
     condition: Global___NodeCondition.ValueType
     condition_reason: _builtins.str
     vm_count: _builtins.int
@@ -698,6 +699,10 @@ class Node(_message.Message):
     def mesh(self) -> Global___MeshStatus:
         """as the node's agent last reported it"""
 
+    @_builtins.property
+    def drain(self) -> Global___Drain:
+        """its latest drain (unset: none since the controller started)"""
+
     def __init__(
         self,
         *,
@@ -715,14 +720,110 @@ class Node(_message.Message):
         mesh: Global___MeshStatus | None = ...,
         mesh_address: _builtins.str = ...,
         mesh_version: _builtins.int = ...,
+        drain: Global___Drain | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "info", b"info", "last_heartbeat", b"last_heartbeat", "mesh", b"mesh", "registered_at", b"registered_at", "utilization", b"utilization"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "drain", b"drain", "info", b"info", "last_heartbeat", b"last_heartbeat", "mesh", b"mesh", "registered_at", b"registered_at", "utilization", b"utilization"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "condition", b"condition", "condition_reason", b"condition_reason", "cordoned", b"cordoned", "images", b"images", "info", b"info", "last_heartbeat", b"last_heartbeat", "latencies", b"latencies", "mesh", b"mesh", "mesh_address", b"mesh_address", "mesh_version", b"mesh_version", "registered_at", b"registered_at", "utilization", b"utilization", "vm_count", b"vm_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "condition", b"condition", "condition_reason", b"condition_reason", "cordoned", b"cordoned", "drain", b"drain", "images", b"images", "info", b"info", "last_heartbeat", b"last_heartbeat", "latencies", b"latencies", "mesh", b"mesh", "mesh_address", b"mesh_address", "mesh_version", b"mesh_version", "registered_at", b"registered_at", "utilization", b"utilization", "vm_count", b"vm_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Node: _TypeAlias = Node  # noqa: Y015
+
+@_typing.final
+class Drain(_message.Message):
+    """Moving everything off a node: live migrations through placement, `parallel` at a time."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MovedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class FailedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    PARALLEL_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    MOVED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    parallel: _builtins.int
+    @_builtins.property
+    def queued(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """VM names still to move"""
+
+    @_builtins.property
+    def active(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """VM names moving now"""
+
+    @_builtins.property
+    def moved(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """VM name -> the node it moved to"""
+
+    @_builtins.property
+    def failed(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """VM name -> why it did not move"""
+
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp:
+        """unset while under way"""
+
+    def __init__(
+        self,
+        *,
+        parallel: _builtins.int = ...,
+        queued: _abc.Iterable[_builtins.str] | None = ...,
+        active: _abc.Iterable[_builtins.str] | None = ...,
+        moved: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        failed: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "failed", b"failed", "finished_at", b"finished_at", "moved", b"moved", "parallel", b"parallel", "queued", b"queued", "started_at", b"started_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Drain: _TypeAlias = Drain  # noqa: Y015
 
 @_typing.final
 class VM(_message.Message):
