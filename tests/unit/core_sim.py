@@ -432,6 +432,13 @@ class SimWorld:
             name = self.rng.choice(names)
             paused = self.rng.random() < 0.5
             self.request(ev.PowerRequested, f"power {name}", name_or_id=name, paused=paused)
+        elif r < 0.92:
+            node = self.rng.choice(NODES)
+            parallel = self.rng.choice((1, 2))
+            self.request(ev.DrainRequested, f"drain {node}", node_id=node, parallel=parallel)
+        elif r < 0.935:
+            node = self.rng.choice(NODES)
+            self.request(ev.CordonRequested, f"uncordon {node}", node_id=node, cordoned=False)
         else:
             name = self.rng.choice(names)
             target = self.rng.choice(("", *NODES))
