@@ -63,6 +63,7 @@ from shared.mesh import MeshStatus
 log = structlog.get_logger(__name__)
 
 REMEMBERED_RESULTS = 1024
+NETWORK_WAIT_S = 15.0  # for the mesh config, before a VM with a NIC is started
 NODE_COMMANDS = (ApplyMesh, RotateKey)  # about the node, not one VM
 
 
@@ -179,6 +180,8 @@ class CommandExecutor(MigrationCommands):
             await self._fenced(
                 command.vm_id, command.generation, command_name(command), required=True
             )
+            if command.action is PowerAction.START:
+                await self._network_ready(command_name(command))
             op = {
                 PowerAction.SUSPEND: hv.suspend,
                 PowerAction.RESUME: hv.resume,
@@ -200,6 +203,17 @@ class CommandExecutor(MigrationCommands):
         status, stats = await self._finish_migration(command)
         return CommandResult(command_id, vm=status, migration_stats=stats)
 
+    async def _network_ready(self, what: str) -> None:
+        """A domain's NIC needs the VM bridge, which exists only once the mesh config arrived:
+        after a reboot the controller's start can come before it (the hello's reconcile)."""
+        if self.vmnet is None or self.vmnet.ready:
+            return
+        if not await asyncio.to_thread(self.vmnet.wait_ready, NETWORK_WAIT_S):
+            raise FailedPrecondition(
+                f"{what}: the VM network is not configured yet (no mesh config in "
+                f"{NETWORK_WAIT_S:g}s)"
+            )
+
     async def _fenced(
         self, vm_id: str, generation: int, what: str, required: bool = False
     ) -> tuple[VMStatus | None, Fence]:
@@ -210,6 +224,8 @@ class CommandExecutor(MigrationCommands):
         return held, fence(held.generation if held else None, generation, what)
 
     async def _create(self, create: CreateVM) -> VMStatus:
+        if create.address:
+            await self._network_ready("create")
         spec = create.spec
         vm_dir = self.vm_dir(create.vm_id)
         existing, verdict = await self._fenced(create.vm_id, create.generation, "create")

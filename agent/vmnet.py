@@ -30,6 +30,7 @@ class VMNetwork:
         self.bridge = bridge
         self.gateway = ""
         self._lock = threading.Lock()
+        self._configured = threading.Event()
 
     @property
     def ready(self) -> bool:
@@ -52,7 +53,12 @@ class VMNetwork:
             Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
             _ip("route", "replace", pool, "dev", mesh_ifname, "proto", ROUTE_PROTO)
             self.gateway = gateway
+            self._configured.set()
             log.info("vm network ready", bridge=self.bridge, pool=pool, gateway=gateway)
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Block until configured (the controller pushes the mesh right after a hello)."""
+        return self._configured.wait(timeout_s)
 
     def attach(self, address: str) -> None:
         """Traffic for this local VM goes to the bridge, not into the mesh."""

@@ -1,9 +1,10 @@
-"""Failover on the lab, judged by each site's own libvirtd: a failed site's VMs run elsewhere,
-each exactly once, constraints kept; a partitioned site's VMs pause themselves; the returning
-site's stale copies are destroyed."""
+"""Failover and drain on the lab, judged by each site's own libvirtd: a failed site's VMs run
+elsewhere, each exactly once, constraints kept; a partitioned site's VMs pause themselves; the
+returning site's stale copies are destroyed; a drained site's VMs move off live."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import pytest
 
 from agent.hypervisor import domain_xml
 from lab.lab import Lab
+from lab.processes import BIN
 from shared.pb.v1 import edge_api_pb2 as api
 from shared.pb.v1 import edge_api_pb2_grpc
 from shared.pb.v1 import types_pb2 as pb
@@ -147,3 +149,30 @@ def test_a_partitioned_sites_vms_pause_themselves_and_one_copy_survives(lab: Lab
         assert vm(lab, name).node_id == OTHER
     finally:
         delete(lab, name)
+
+
+def test_a_drain_moves_vms_off_live_and_lists_what_cannot_move(lab: Lab) -> None:
+    """One VM moves (live, over Munich's 20 Mbit/s link); one pinned to Berlin by a label
+    cannot, and is listed with placement's reason. Munich (2 vCPUs) has room for one."""
+    movable, pinned = _unique("dr"), _unique("drpin")
+    deploy_on_site(lab, {movable: False, pinned: True})
+    try:
+        drained = subprocess.run(
+            [str(BIN / "novacron"), "--controller", lab.controller_address,
+             "node", "drain", SITE, "--parallel", "2"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        out = drained.stdout + drained.stderr
+        assert drained.returncode == 1, out  # one did not move
+        assert f"{movable}: moved to {OTHER}" in out and "1 moved, 1 did not" in out
+        assert f"{pinned}: not moved: no other node can take VM" in out, out
+        assert copies(lab, OTHER, movable) == [("running", 2)]  # the same guest, moved live
+        assert not copies(lab, SITE, movable)
+        assert copies(lab, SITE, pinned) == [("running", 1)]  # left where it was, running
+        with edge_api(lab) as stub:
+            node = stub.GetNode(api.GetNodeRequest(node_id=SITE), timeout=10)
+            assert node.cordoned and list(node.drain.moved) == [movable]
+    finally:
+        with edge_api(lab) as stub:
+            stub.CordonNode(api.CordonNodeRequest(node_id=SITE, cordoned=False), timeout=10)
+        delete(lab, movable, pinned)
