@@ -142,15 +142,18 @@ class AgentsMixin(MeshMixin):
         """End the sessions of nodes the detector declares lost, so their VMs turn UNKNOWN
         rather than stay RUNNING on a node nobody can reach (a half-open TCP stream can last
         minutes). A merely suspect node keeps its session: on a lossy link it comes back."""
+        conditions = {  # judged once for the tick: sessions and failover both use them
+            node_id: self.state.condition(node, self._now)
+            for node_id, node in self.state.nodes.items()
+        }
         for node_id, session in list(self.state.sessions.items()):
-            node = self.state.nodes.get(node_id)
-            if node is None or session.refused:
+            if node_id not in conditions or session.refused:
                 continue
-            condition, reason = self.state.condition(node, self._now)
+            condition, reason = conditions[node_id]
             if condition is NodeCondition.LOST:
                 self.log.warning("closing silent session", node_id=node_id, reason=reason)
                 self.close_session(node_id, session.session_id, reason)
-        self.fail_over_lost_nodes()
+        self.fail_over_lost_nodes(conditions)
         self.advance_drains()
 
     def on_persist_failed(self, event: ev.PersistFailed) -> None:

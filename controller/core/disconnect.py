@@ -131,6 +131,6 @@ def expected_failover(
     return (
         f"~{after(detection):.0f}s after its node falls silent, "
         f"~{after(closed):.0f}s after its stream closes "
-        f"(lost after ~{detection:.0f}s / {closed:g}s, replace_after "
+        f"(lost after ~{detection:.0f}s / ~{closed:.0f}s, replace_after "
         f"{policy.replace_after_s:g}s, stop_after {policy.stop_after_s:g}s + margin {margin_s:g}s)"
     )

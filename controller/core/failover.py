@@ -63,11 +63,11 @@ class FailoverMixin(DeployMixin):
         outcomes = self.fail_over_node(node.node_id, reason, asked=True)
         self.reply(event.stimulus_id, outcomes)
 
-    def fail_over_lost_nodes(self) -> None:
-        """The tick's part: note when nodes became lost, and replace what is due."""
-        for node in list(self.state.nodes.values()):
-            node_id = node.node_id
-            condition, why = self.state.condition(node, self._now)
+    def fail_over_lost_nodes(self, conditions: dict[str, tuple[NodeCondition, str]]) -> None:
+        """The tick's part: note when nodes became lost, and replace what is due.
+        `conditions`: every node's, judged once for the tick."""
+        lost = []
+        for node_id, (condition, why) in conditions.items():
             if condition is not NodeCondition.LOST and node_id not in self.state.declared_dead:
                 if node_id in self.state.lost_at:
                     self.journal.pop(self.state.lost_at, node_id)
@@ -75,8 +75,15 @@ class FailoverMixin(DeployMixin):
             if node_id not in self.state.lost_at:
                 self.journal.put(self.state.lost_at, node_id, self._now)
                 self.log.warning("node lost", node_id=node_id, reason=why)
-            if self.state.vms_on(node_id):
-                self.fail_over_node(node_id, f"node lost: {why}" if why else "node lost")
+            lost.append((node_id, f"node lost: {why}" if why else "node lost"))
+        if not lost:
+            return
+        by_node: dict[str, list[VMRecord]] = {}  # one pass over the VMs, not one per node
+        for vm in self.state.vms.values():
+            by_node.setdefault(vm.node_id, []).append(vm)
+        for node_id, reason in lost:
+            if by_node.get(node_id):
+                self.fail_over_node(node_id, reason, vms=by_node[node_id])
 
     def node_back(self, node_id: str) -> None:
         """The node said hello: it is neither lost nor dead any more."""
@@ -85,14 +92,20 @@ class FailoverMixin(DeployMixin):
                 self.journal.pop(marks, node_id)
 
     def fail_over_node(
-        self, node_id: str, reason: str, *, asked: bool = False
+        self,
+        node_id: str,
+        reason: str,
+        *,
+        asked: bool = False,
+        vms: list[VMRecord] | None = None,
     ) -> list[FailoverOutcome]:
         outcomes = []
         dead = node_id in self.state.declared_dead
         lost_at = self.state.lost_at.get(node_id, self._now)
         last_heard = self.state.last_heard(node_id)
         margin = self.settings.failover.clock_margin_s
-        for vm in sorted(self.state.vms_on(node_id), key=lambda v: v.spec.name):
+        on_node = vms if vms is not None else self.state.vms_on(node_id)
+        for vm in sorted(on_node, key=lambda v: v.spec.name):
             if vm.desired not in _MOVABLE:
                 continue
             policy = in_force(vm.spec.disconnect, self.settings.failover)
@@ -215,8 +228,9 @@ class FailoverMixin(DeployMixin):
             self.put_failover(replace(record, outcome="failed", error=result.error.message))
 
     def observe(self, vm: VMRecord, state: VMState, reason: str) -> VMRecord:
+        before = self.state.vms.get(vm.id, vm).state
         updated = super().observe(vm, state, reason)
-        if state is VMState.RUNNING:
+        if state is VMState.RUNNING and before is not VMState.RUNNING:  # not every heartbeat
             record = self.active_failover(vm.id)
             if record is not None and record.target == updated.node_id:
                 self.put_failover(replace(record, running_at=self._now, outcome="running"))
