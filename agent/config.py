@@ -110,6 +110,8 @@ class AgentConfig:
     heartbeat_interval: Seconds = Seconds(5.0)
     probe_interval: Seconds = Seconds(1.0)  # latency probes to the controller
     reconnect_max: Seconds = Seconds(30.0)
+    # no controller this long after start: restore the node from the cached desired state
+    offline_grace: Seconds = Seconds(10.0)
     insecure: bool = False
     log_level: str = "info"
 
@@ -125,7 +127,7 @@ class AgentConfig:
             raise ConfigError(f"agent.virt_type: {self.virt_type!r} is not auto, qemu or kvm")
         if not self.cost_per_hour >= 0:
             raise ConfigError(f"agent.cost_per_hour: must be >= 0, got {self.cost_per_hour}")
-        for name in ("heartbeat_interval", "probe_interval", "reconnect_max"):
+        for name in ("heartbeat_interval", "probe_interval", "reconnect_max", "offline_grace"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"agent.{name}: must be > 0")
         if self.migration_host:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import structlog
 
+from agent.desired_cache import DesiredStateCache
 from agent.fencing import Fence, StaleGeneration, fence
 from agent.hypervisor.base import Hypervisor, NetworkAttachment, mac_for
 from agent.images.catalog import ImageCatalog
@@ -83,6 +84,7 @@ class CommandExecutor(MigrationCommands):
         on_progress: ProgressSink | None = None,
         progress_interval_s: float = PROGRESS_INTERVAL_S,
         on_key_rotated: Callable[[], None] | None = None,
+        desired: DesiredStateCache | None = None,
     ) -> None:
         self.hypervisor = hypervisor
         self.vmnet = vmnet
@@ -91,6 +93,7 @@ class CommandExecutor(MigrationCommands):
         self.on_progress = on_progress
         self.progress_interval_s = progress_interval_s
         self.on_key_rotated = on_key_rotated
+        self.desired = desired
         self.migration_host = migration_host
         self.postcopy_cap_mbit = postcopy_cap_mbit  # agent.qos.postcopy_cap_mbit
         # live migrations under way: VM id -> its VM-network address, to route on arrival
@@ -144,6 +147,8 @@ class CommandExecutor(MigrationCommands):
                 raise InvalidArgument(f"{command_name(command)}: vm_id is required")
             async with self._vm_locks.setdefault(vm_id, asyncio.Lock()):
                 result = await self._dispatch(envelope.id, command)
+                if self.desired is not None:  # for a reboot while offline (agent/offline.py)
+                    await asyncio.to_thread(self.desired.record, command, result)
             bound.info("command done")
             return result
         except NovaCronError as exc:

@@ -19,6 +19,7 @@ from agent import __version__
 from agent.backoff import Backoff
 from agent.config import AgentConfig
 from agent.contact import ControllerContact
+from agent.desired_cache import DesiredStateCache
 from agent.executor import CommandExecutor
 from agent.hypervisor.base import Hypervisor
 from agent.hypervisor_watch import HypervisorWatch
@@ -26,6 +27,7 @@ from agent.images.catalog import ImageCatalog
 from agent.installation import InstallationGuard
 from agent.latency import LatencyWindow, Prober, probe_gap
 from agent.mesh import MeshManager
+from agent.offline import OfflineRestore
 from agent.peer_probe import PeerProber
 from agent.qos import postcopy_cap_mbit
 from agent.resources import ResourceSampler
@@ -67,6 +69,7 @@ class AgentSession:
         self.sampler = sampler or ResourceSampler(config.state_dir)
         self.mesh = mesh
         self.installation = InstallationGuard(config.state_dir)
+        self.desired = DesiredStateCache(config.state_dir)
         self.peer_prober = PeerProber()
         self.executor = CommandExecutor(
             hypervisor,
@@ -81,6 +84,7 @@ class AgentSession:
             installation=self.installation,
             on_progress=self._send_progress,
             on_key_rotated=self._key_rotated,
+            desired=self.desired,
         )
         self.heartbeat_interval: float = config.heartbeat_interval
         self.probe_interval: float = config.probe_interval
@@ -92,6 +96,7 @@ class AgentSession:
         self.contact = ControllerContact(config.state_dir)
         self.self_fence = SelfFence(hypervisor, self.contact, on_fenced=self.restart_session)
         self.hypervisor_watch = HypervisorWatch(hypervisor, on_back=self.restart_session)
+        self.offline = OfflineRestore(hypervisor, self.desired, self.contact, mesh)
         self._info: NodeInfo | None = None  # the last one read, for a hello without libvirt
         self._outbox: asyncio.Queue[apb.AgentMessage | None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -181,6 +186,7 @@ class AgentSession:
         self.hypervisor.subscribe(self._on_vm_event)
         self._spawn(self.self_fence.run_forever())
         self._spawn(self.hypervisor_watch.run_forever())
+        self._spawn(self.offline.after_grace(self.connected, self.config.offline_grace))
         if self.mesh is not None:
             await self.peer_prober.start()
         backoff = Backoff(cap=self.config.reconnect_max)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import Cluster
+from tests.integration.libvirtd_faults import own_libvirtd  # noqa: F401 (a fixture)
 
 
 @pytest.fixture

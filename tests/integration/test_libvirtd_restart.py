@@ -6,11 +6,8 @@ throughout: its process is the witness, and `virsh list` on the restarted daemon
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,51 +16,9 @@ from lab.libvirtd import PrivateLibvirtd
 from lab.processes import free_port, node_ready, start_agent, start_controller, wait_until
 from shared.pb.v1 import edge_api_pb2 as epb
 from shared.pb.v1 import types_pb2 as pb
-from tests.conftest import qemu_backend_problem, require_backend
 from tests.integration.harness import Cluster, eventually
+from tests.integration.libvirtd_faults import alive, kill, qemu_pid, restart
 from tests.integration.test_state_faults import deploy, virsh_names
-
-
-@pytest.fixture
-def own_libvirtd() -> Iterator[PrivateLibvirtd]:
-    """A daemon of this test alone: it is killed (the session-wide one must not be)."""
-    problem = qemu_backend_problem()
-    require_backend(not problem, problem)
-    base = Path(tempfile.mkdtemp(prefix="nc-lvk-", dir="/tmp"))
-    daemon = PrivateLibvirtd(base)
-    try:
-        daemon.start()
-        yield daemon
-    finally:
-        if daemon.pid is None or not _alive(daemon.pid):
-            restart(daemon)  # so that stop() removes the guests it still has
-        daemon.stop()
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie waiting for a reaper is not)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, IndexError):
-        return False
-    return fields[0] != "Z"
-
-
-def kill(daemon: PrivateLibvirtd) -> None:
-    assert daemon.pid is not None
-    os.kill(daemon.pid, signal.SIGKILL)
-    wait_until(lambda: not _alive(daemon.pid or 0), 10, "libvirtd gone")  # init reaps it
-
-
-def restart(daemon: PrivateLibvirtd) -> None:
-    daemon._pid = None  # the old one is dead: read the new one from its pid file
-    daemon.pid_file.unlink(missing_ok=True)
-    daemon.start()
-
-
-def qemu_pid(daemon: PrivateLibvirtd, name: str) -> int:
-    return int((daemon.dir("run") / "qemu" / f"nc-{name}.pid").read_text().strip())
 
 
 @pytest.mark.qemu
@@ -88,7 +43,7 @@ async def test_the_agent_gets_libvirt_back_by_itself(
         )
 
     await eventually(degraded, 30, "the node not ready and its VM unknown")
-    assert _alive(guest), "QEMU must run on without libvirtd"
+    assert alive(guest), "QEMU must run on without libvirtd"
     spec = pb.VMSpec(name="not-now", image="tiny", vcpus=1, memory_mib=128)
     with pytest.raises(Exception, match="nodes fit"):  # placement skips the node
         await cluster.api.DeployVM(epb.DeployVMRequest(spec=spec))
