@@ -21,10 +21,12 @@ from agent.qos import UplinkClasses, route_device
 from agent.session import AgentSession
 from agent.vmnet import VMNetwork
 from agent.wireguard import InterfaceConfig, UserspaceWireGuard, interface_name
-from shared.errors import ConfigError, NovaCronError, Unavailable
+from shared.errors import ConfigError, InvalidArgument, NovaCronError, Unavailable
 from shared.logging import configure_logging
 
 log = structlog.get_logger(__name__)
+
+QOS_RETRY_S = 5.0
 
 
 def _labels(values: list[str] | None) -> dict[str, str] | None:
@@ -121,15 +123,33 @@ async def start_mesh(config: AgentConfig) -> MeshManager:
 
 
 def apply_qos(config: AgentConfig) -> None:
-    """Blocking (`ip`, `tc`). A node configured for QoS that cannot apply it refuses to start:
-    running without the classes would let a migration starve the control plane."""
-    host = config.controller.rpartition(":")[0].strip("[]")
-    try:
-        address = socket.gethostbyname(host)
-    except OSError as exc:
-        raise ConfigError(f"agent.qos: cannot resolve the controller {host!r}: {exc}") from None
-    ifname = config.qos.uplink or route_device(address)
+    """Blocking (`ip`, `tc`). Bad classes refuse the start: running without them would let a
+    migration starve the control plane. An uplink not found yet (no route to the controller,
+    no DNS: a gateway booting offline) is Unavailable: the agent starts, and retries."""
+    UplinkClasses("uplink", config.qos.link_mbit, config.qos.migration_mbit)  # valid at all?
+    ifname = config.qos.uplink
+    if not ifname:
+        host = config.controller.rpartition(":")[0].strip("[]")
+        try:
+            address = socket.gethostbyname(host)
+        except OSError as exc:
+            raise Unavailable(f"agent.qos: cannot resolve the controller {host!r}: {exc}") from None
+        try:
+            ifname = route_device(address)
+        except InvalidArgument as exc:
+            raise Unavailable(f"agent.qos: {exc}") from None
     UplinkClasses(ifname, config.qos.link_mbit, config.qos.migration_mbit).apply()
+
+
+async def keep_applying_qos(config: AgentConfig) -> None:
+    """Until the uplink is found (the link comes back): offline, the agent runs without."""
+    while True:
+        try:
+            await asyncio.to_thread(apply_qos, config)
+            return
+        except Unavailable as exc:
+            log.warning("uplink qos not applied yet", error=str(exc), retry_s=QOS_RETRY_S)
+        await asyncio.sleep(QOS_RETRY_S)
 
 
 async def run(config: AgentConfig) -> None:
@@ -139,8 +159,13 @@ async def run(config: AgentConfig) -> None:
         )
     log.warning("INSECURE MODE: the controller connection is neither encrypted nor authenticated")
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    qos: asyncio.Task[None] | None = None
     if config.qos.enabled:
-        await asyncio.to_thread(apply_qos, config)
+        try:
+            await asyncio.to_thread(apply_qos, config)
+        except Unavailable as exc:
+            log.warning("uplink qos not applied: starting without, retrying", error=str(exc))
+            qos = asyncio.create_task(keep_applying_qos(config))
     hypervisor = await open_hypervisor(config)
     mesh = await start_mesh(config) if config.mesh.enabled else None
     session = AgentSession(config, hypervisor, ImageCatalog(config.images_dir), mesh=mesh)
@@ -153,6 +178,8 @@ async def run(config: AgentConfig) -> None:
     except asyncio.CancelledError:
         log.info("agent stopping")
     finally:
+        if qos is not None:
+            qos.cancel()
         await session.close()
         await asyncio.to_thread(hypervisor.close)
         if mesh is not None:

@@ -43,7 +43,10 @@ def running_on(lab: Lab, site: str, name: str) -> bool:
     try:
         for dom in conn.listAllDomains(0):
             if dom.name() == domain_xml.domain_name(name):
-                return bool(dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING)
+                try:
+                    return bool(dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING)
+                except libvirt.libvirtError:  # gone between the listing and the look
+                    return False
         return False
     finally:
         conn.close()

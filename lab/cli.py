@@ -46,6 +46,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     # the last one is restore's
     fault.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for READY")
     fault.add_argument("--no-wait", action="store_true", help="do not wait for READY")
+    fault.add_argument(
+        "--link-down",
+        action="store_true",
+        help="power back, uplink still down: restart the daemons only (a reboot while offline)",
+    )
     sub.add_parser("down", help="remove everything the lab created (idempotent)")
     return p.parse_args(argv)
 
@@ -152,7 +157,12 @@ def cmd_exec(args: argparse.Namespace) -> int:
 def cmd_fault(args: argparse.Namespace) -> int:
     lab = _attached(args.state_dir)
     if args.command == "restore":
-        print(lab.restore(args.site, timeout_s=args.timeout, wait_ready=not args.no_wait))
+        print(
+            lab.restore(
+                args.site, timeout_s=args.timeout, wait_ready=not args.no_wait,
+                link=not args.link_down,
+            )
+        )  # fmt: skip
     else:
         print(lab.fail(args.site) if args.command == "fail" else lab.partition(args.site))
     return 0

@@ -97,11 +97,20 @@ class Faults:
         ifname = _set_link(self, site, up=False)
         return f"{site.id} partitioned: WAN link {ifname} down, its processes keep running"
 
-    def restore(self: _Lab, site_id: str, timeout_s: float = 60.0, wait_ready: bool = True) -> str:
-        """Link up; libvirtd and agent restarted if not running; wait until the node is READY."""
+    def restore(
+        self: _Lab,
+        site_id: str,
+        timeout_s: float = 60.0,
+        wait_ready: bool = True,
+        *,
+        link: bool = True,
+    ) -> str:
+        """Link up; libvirtd and agent restarted if not running; wait until the node is READY.
+        `link=False`: the power comes back but the uplink stays down (a reboot while offline):
+        the daemons restart, the site stays partitioned."""
         site = _edge_site(self, site_id)
         was = self.state.conditions.get(site.id, UP)
-        done = [f"WAN link {_set_link(self, site, up=True)} up"]
+        done = [f"WAN link {_set_link(self, site, up=True)} up" if link else "WAN link left down"]
         daemon = self.libvirtd(site.id)
         if _pid_in_site(_read_pid(daemon.pid_file), site) is None:
             shutil.rmtree(daemon.dir("run"), ignore_errors=True)  # stale pid file, socket, guests
@@ -113,7 +122,11 @@ class Faults:
         if _agent_pid(self, site) is None:
             _restart_agent(self, site)
             done.append(f"agent started ({_agent_pid(self, site)})")
-        self.state.conditions.pop(site.id, None)
+        if link:
+            self.state.conditions.pop(site.id, None)
+        else:
+            self.state.conditions[site.id] = PARTITIONED
+            wait_ready = False  # it cannot reach the controller
         self._save()
         if was == UP and len(done) == 1:
             return f"{site.id} is up, its libvirtd and agent running: nothing to restore"

@@ -42,30 +42,41 @@ def copies(lab: Lab, site_id: str, name: str) -> list[tuple[str, int]]:
         for dom in conn.listAllDomains(0):
             if dom.name() != domain_xml.domain_name(name):
                 continue
-            meta = domain_xml.parse_metadata(dom.XMLDesc(0))
+            try:
+                meta = domain_xml.parse_metadata(dom.XMLDesc(0))
+                code = dom.state()[0]
+            except libvirt.libvirtError as err:
+                if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue  # destroyed between the listing and the look (a stale copy)
+                raise
             state = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED: "paused"}
-            found.append((state.get(dom.state()[0], "other"), meta.generation if meta else 0))
+            found.append((state.get(code, "other"), meta.generation if meta else 0))
         return found
     finally:
         conn.close()
 
 
-def deploy(stub: edge_api_pb2_grpc.EdgeAPIStub, name: str, *, pinned: bool = False) -> pb.VM:
+def deploy(
+    stub: edge_api_pb2_grpc.EdgeAPIStub, name: str, *, pinned: bool = False, waits: bool = False
+) -> pb.VM:
     spec = pb.VMSpec(name=name, image="tiny", vcpus=1, memory_mib=128)
-    spec.disconnect.stop_after_s = STOP_AFTER_S
+    if waits:  # replace_after never: it waits for its node (and so never stops on its own)
+        spec.disconnect.replace_after_s = float("inf")
+    else:
+        spec.disconnect.stop_after_s = STOP_AFTER_S
     spec.placement.countries.append("DE")  # residency: both sites qualify
     if pinned:
         spec.placement.required_labels["tier"] = "edge"  # only the failing site has it
     return stub.DeployVM(api.DeployVMRequest(spec=spec, request_id=name), timeout=120)
 
 
-def deploy_on_site(lab: Lab, names: dict[str, bool]) -> None:
+def deploy_on_site(lab: Lab, names: dict[str, bool], *, waits: bool = False) -> None:
     """Deploy onto SITE (OTHER cordoned meanwhile, so placement has one choice)."""
     with edge_api(lab) as stub:
         stub.CordonNode(api.CordonNodeRequest(node_id=OTHER, cordoned=True), timeout=10)
         try:
             for name, pinned in names.items():
-                vm = deploy(stub, name, pinned=pinned)
+                vm = deploy(stub, name, pinned=pinned, waits=waits)
                 assert vm.node_id == SITE and vm.state == pb.VM_STATE_RUNNING
         finally:
             stub.CordonNode(api.CordonNodeRequest(node_id=OTHER, cordoned=False), timeout=10)
@@ -149,6 +160,32 @@ def test_a_partitioned_sites_vms_pause_themselves_and_one_copy_survives(lab: Lab
         assert vm(lab, name).node_id == OTHER
     finally:
         delete(lab, name)
+
+
+def test_a_reboot_while_offline_runs_the_vm_again_before_the_link_returns(lab: Lab) -> None:
+    """Partition, then a power cut (guests, libvirtd, agent killed), then power back with the
+    uplink still down: the agent starts the VM from its cache on its own; when the link
+    returns, the controller finds exactly that copy, at the generation it placed."""
+    name = _unique("off")
+    deploy_on_site(lab, {name: False}, waits=True)
+    try:
+        lab.partition(SITE)
+        lab.fail(SITE)
+        lab.restore(SITE, link=False)  # the reboot, offline
+        wait_for(
+            lambda: copies(lab, SITE, name) == [("running", 1)],
+            90,
+            f"{name} running again from the agent's cache, the link still down",
+            interval_s=0.5,
+        )
+        assert lab.condition(SITE) == "partitioned"
+    finally:
+        lab.restore(SITE)
+    wait_for(lambda: vm(lab, name).state == pb.VM_STATE_RUNNING, 60, f"{name} seen running", 0.2)
+    shown = vm(lab, name)
+    assert (shown.node_id, shown.generation) == (SITE, 1) and not shown.failovers
+    assert copies(lab, SITE, name) == [("running", 1)] and not copies(lab, OTHER, name)
+    delete(lab, name)
 
 
 def test_a_drain_moves_vms_off_live_and_lists_what_cannot_move(lab: Lab) -> None:

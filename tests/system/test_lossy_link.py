@@ -1,0 +1,42 @@
+"""The short CI version of `bench/lossy_soak.py` (10 minutes, figures in docs/benchmarks.md):
+90 s of a 30 % loss uplink at the default 5 s heartbeat and failover policy. The node is never
+declared lost, its VM never failed over, and its own libvirtd shows it never paused."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.lossy_soak import HEARTBEAT_S, LOSSY, soak
+from lab.lab import Lab
+from tests.conftest import require_backend
+from tests.system.conftest import lab_backend_problem, lab_state_dir
+
+pytestmark = pytest.mark.lab
+
+SOAK_S = 90.0
+
+
+@pytest.fixture(scope="module")
+def lossy_lab(tiny_image_dir: Path) -> Iterator[Lab]:
+    problem = lab_backend_problem()
+    require_backend(not problem, problem)
+    lab = Lab("lossy", lab_state_dir(), images_dir=tiny_image_dir, heartbeat_s=HEARTBEAT_S)
+    try:
+        lab.up(timeout_s=180)
+        yield lab
+    finally:
+        lab.down()
+
+
+def test_a_30_percent_loss_link_raises_no_false_alarm(lossy_lab: Lab) -> None:
+    result = soak(lossy_lab, SOAK_S)
+    print(f"\n{SOAK_S:g} s at 30 % loss: {result}")
+    samples = result["samples"]
+    assert isinstance(samples, dict)
+    assert samples[LOSSY].get("lost", 0) == 0, result
+    assert result["failovers"] == 0 and result["vm_node"] == LOSSY, result
+    assert result["on_its_site"] == "running", result  # it never paused itself
+    assert set(result["vm_states"]) == {"running"}, result  # not even for a sample
