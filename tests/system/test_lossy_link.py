@@ -4,6 +4,8 @@ declared lost, its VM never failed over, and its own libvirtd shows it never pau
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +30,9 @@ def lossy_lab(tiny_image_dir: Path) -> Iterator[Lab]:
         lab.up(timeout_s=180)
         yield lab
     finally:
+        keep = os.environ.get("NOVACRON_KEEP_LAB_LOGS")
+        if keep:  # as the small lab's fixture does
+            shutil.copytree(lab.state_dir / "logs", Path(keep), dirs_exist_ok=True)
         lab.down()
 
 
