@@ -136,12 +136,14 @@ async def test_a_reboot_while_offline_restarts_the_vm_and_reconnects_cleanly(
     offline = AgentSession(config, hypervisor, ImageCatalog(tiny_image_dir))
     task = asyncio.create_task(offline.run_forever())
     try:
-        await eventually(
-            lambda: _true(virsh_states(own_libvirtd.uri).get("nc-gateway-app") == "running"),
+        await eventually(  # the restore's own record too: it notes a start once it returned
+            lambda: _true(
+                virsh_states(own_libvirtd.uri).get("nc-gateway-app") == "running"
+                and offline.offline.started == [vm.id]
+            ),
             60,
             "the VM running again from the cache, with no controller",
         )
-        assert offline.offline.started == [vm.id]
         assert not offline.connected.is_set()
     finally:
         task.cancel()
