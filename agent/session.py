@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import platform
 import random
+import socket
 import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import grpc
 import structlog
 
+from agent import __version__
 from agent.backoff import Backoff
 from agent.config import AgentConfig
 from agent.contact import ControllerContact
@@ -24,7 +27,6 @@ from agent.images.catalog import ImageCatalog
 from agent.installation import InstallationGuard
 from agent.latency import LatencyWindow, Prober, probe_gap
 from agent.mesh import MeshManager
-from agent.node_info import NodeInfoReader
 from agent.offline import OfflineRestore
 from agent.peer_probe import PeerProber
 from agent.qos import postcopy_cap_mbit
@@ -32,7 +34,7 @@ from agent.resources import ResourceSampler
 from agent.self_fence import SelfFence
 from shared import convert
 from shared.commands import MigrationProgress
-from shared.domain import LatencyStats, VMStatus
+from shared.domain import Capacity, LatencyStats, NodeInfo, VMStatus
 from shared.errors import NovaCronError
 from shared.pb.v1 import agent_pb2 as apb
 from shared.pb.v1 import agent_pb2_grpc
@@ -98,15 +100,43 @@ class AgentSession:
         self.self_fence = SelfFence(hypervisor, self.contact, on_fenced=self.restart_session)
         self.hypervisor_watch = HypervisorWatch(hypervisor, on_back=self.restart_session)
         self.offline = OfflineRestore(hypervisor, self.desired, self.contact, mesh)
-        self.node_info = NodeInfoReader(config, hypervisor, self.sampler)
+        self._info: NodeInfo | None = None  # the last one read, for a hello without libvirt
         self._outbox: asyncio.Queue[apb.AgentMessage | None] | None = None
-        self._end_session = asyncio.Event()  # set: end the current session (restart_session)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._seq = 0
         self.log = log.bind(node_id=config.node_id)
 
     # ------------------------------------------------------------------ inventory
+
+    def node_info(self) -> NodeInfo:
+        try:
+            self._info = self._read_node_info()
+        except NovaCronError:
+            if self._info is None:
+                raise
+        return self._info
+
+    def _read_node_info(self) -> NodeInfo:
+        host = self.hypervisor.host_info()
+        cap = self.config.capacity
+        capacity = Capacity(
+            vcpus=cap.vcpus or host.capacity.vcpus,
+            memory_mib=cap.memory_mib or host.capacity.memory_mib,
+            storage_gib=cap.storage_gib or self.sampler.storage_gib(),
+        )
+        return NodeInfo(
+            node_id=self.config.node_id,
+            hostname=socket.gethostname(),
+            arch=host.arch or platform.machine(),
+            edge_type=self.config.edge_type,
+            capacity=capacity,
+            location=self.config.location.to_domain() if self.config.location else None,
+            labels=dict(self.config.labels),
+            hypervisor=host.hypervisor,
+            agent_version=__version__,
+            cost_per_hour=self.config.cost_per_hour,
+        )
 
     def hello(self) -> apb.AgentMessage:
         """Blocking (libvirt, disk): built off the event loop. Without libvirt it says so
@@ -121,7 +151,7 @@ class AgentSession:
         return apb.AgentMessage(
             hello=apb.Hello(
                 hypervisor_problem=problem,
-                node=convert.node_info_to_pb(self.node_info.read()),
+                node=convert.node_info_to_pb(self.node_info()),
                 vms=[convert.vm_status_to_pb(v) for v in vms],
                 images=[convert.image_to_pb(i) for i in self.catalog.list()],
                 protocol_version=PROTOCOL_VERSION,
@@ -194,18 +224,35 @@ class AgentSession:
             stub = agent_pb2_grpc.AgentSessionStub(channel)
             call = stub.Connect(self._drain(outbox))
             background: list[asyncio.Task[None]] = []
-            self._end_session = asyncio.Event()
-            receiver = asyncio.create_task(self._receive(call, outbox, background, hello_at))
-            ender = asyncio.create_task(self._end_session.wait())
             try:
-                await asyncio.wait({receiver, ender}, return_when=asyncio.FIRST_COMPLETED)
-                if receiver.done():
-                    receiver.result()  # the stream ended (or failed: raised here)
-                else:  # ended by us: at once, not after the controller's trailers arrive
-                    self.log.warning("ending the session")
-                    receiver.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await receiver
+                async for message in call:
+                    kind = message.WhichOneof("body")
+                    if kind == "welcome":
+                        welcome = message.welcome
+                        if welcome.heartbeat_interval_ms:
+                            self.heartbeat_interval = welcome.heartbeat_interval_ms / 1000
+                        if welcome.probe_interval_ms:
+                            self.probe_interval = welcome.probe_interval_ms / 1000
+                        await asyncio.to_thread(
+                            self.installation.welcome, welcome.installation_id, welcome.take_over
+                        )
+                        self._outbox = outbox
+                        self.contact.welcomed(hello_at)
+                        self.sessions += 1
+                        self.connected.set()
+                        self.log.info(
+                            "connected",
+                            controller_id=message.welcome.controller_id,
+                            installation_id=welcome.installation_id,
+                            heartbeat_interval_s=self.heartbeat_interval,
+                        )
+                        background.append(asyncio.create_task(self._heartbeats(outbox)))
+                        background.append(asyncio.create_task(self._probes(outbox)))
+                    elif kind == "command":
+                        self._spawn(self._run_command(message.command, outbox))
+                    elif kind == "pong":
+                        self.controller_probe.answered(message.pong.seq)
+                        self.contact.ponged(message.pong.seq)
             finally:
                 self.contact.session_ended()
                 self.connected.clear()
@@ -216,57 +263,14 @@ class AgentSession:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
-                ends: tuple[asyncio.Task[Any], ...] = (receiver, ender)
-                for task in ends:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
                 call.cancel()
 
-    async def _receive(
-        self,
-        call: Any,
-        outbox: asyncio.Queue[apb.AgentMessage | None],
-        background: list[asyncio.Task[None]],
-        hello_at: float,
-    ) -> None:
-        async for message in call:
-            kind = message.WhichOneof("body")
-            if kind == "welcome":
-                welcome = message.welcome
-                if welcome.heartbeat_interval_ms:
-                    self.heartbeat_interval = welcome.heartbeat_interval_ms / 1000
-                if welcome.probe_interval_ms:
-                    self.probe_interval = welcome.probe_interval_ms / 1000
-                await asyncio.to_thread(
-                    self.installation.welcome, welcome.installation_id, welcome.take_over
-                )
-                self._outbox = outbox
-                self.contact.welcomed(hello_at)
-                self.sessions += 1
-                self.connected.set()
-                self.log.info(
-                    "connected",
-                    controller_id=message.welcome.controller_id,
-                    installation_id=welcome.installation_id,
-                    heartbeat_interval_s=self.heartbeat_interval,
-                )
-                background.append(asyncio.create_task(self._heartbeats(outbox)))
-                background.append(asyncio.create_task(self._probes(outbox)))
-            elif kind == "command":
-                self._spawn(self._run_command(message.command, outbox))
-            elif kind == "pong":
-                self.controller_probe.answered(message.pong.seq)
-                self.contact.ponged(message.pong.seq)
-
     def restart_session(self) -> None:
-        """After self-fencing or getting libvirt back: end the session, so the next one's hello
-        makes the controller decide (resume paused VMs, destroy replaced ones, compare the
-        inventory). At once, locally: on a stalled link, waiting for the controller's end of
-        the stream would wait out its retransmissions (seen: tens of seconds at 30 % loss)."""
-        if self._outbox is not None:
-            self.log.warning("restarting the session")
-            self._end_session.set()
+        """After self-fencing: end the session, so the next one's hello makes the controller
+        decide about the paused VMs (resume them, or destroy them as replaced)."""
+        if self._outbox is not None:  # ends our half of the stream; the controller then ends
+            self.log.warning("restarting the session after self-fencing")
+            self._outbox.put_nowait(None)  # its half (or keepalive ends a dead link)
 
     async def close(self) -> None:
         self.peer_prober.close()
