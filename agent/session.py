@@ -304,6 +304,7 @@ class AgentSession:
                 if listing is not None and listing.exception() is None:
                     vms = listing.result()
                 listing = asyncio.ensure_future(asyncio.to_thread(self.hypervisor.list_vms))
+                listing.add_done_callback(_retrieve)  # a session may end before it does
                 with contextlib.suppress(TimeoutError, NovaCronError):
                     vms = await asyncio.wait_for(
                         asyncio.shield(listing), self.heartbeat_interval / 2
@@ -397,3 +398,9 @@ class AgentSession:
     def _send_event(self, message: apb.AgentMessage) -> None:
         if self._outbox is not None:
             self._outbox.put_nowait(message)
+
+
+def _retrieve(future: asyncio.Future[list[VMStatus]]) -> None:
+    """Mark a background listing's error as seen (it is retried on the next beat)."""
+    if not future.cancelled():
+        future.exception()

@@ -23,11 +23,14 @@ class Daemon:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def log_tail(self, lines: int = 20) -> str:
+    def log_tail(self, lines: int = 20, skip: str = "") -> str:
+        """The log's last `lines`, leaving out lines containing `skip` (e.g. heartbeats)."""
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            text = self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+        kept = [line for line in text.splitlines() if not skip or skip not in line]
+        return "\n".join(kept[-lines:])
 
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM, then SIGKILL after `timeout`; only ever the process we started."""
@@ -115,12 +118,17 @@ def node_ready(address: str, node_id: str | None = None) -> bool:
 def wait_until(
     check: Callable[[], bool], timeout: float, what: str, daemons: Sequence[Daemon] = ()
 ) -> None:
-    """Poll `check` until true; fail early, with its log, if a daemon we wait on died."""
+    """Poll `check` until true; fail early, with its log, if a daemon we wait on died; on a
+    timeout, show the daemons' logs."""
     deadline = time.monotonic() + timeout
     while not check():
         for d in daemons:
             if not d.alive():
                 raise RuntimeError(f"{d.name} exited while waiting for {what}:\n{d.log_tail()}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
+            logs = "".join(
+                f"\n--- {d.name}, last lines but heartbeats:\n{d.log_tail(30, 'heartbeat')}"
+                for d in daemons
+            )
+            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}{logs}")
         time.sleep(0.2)

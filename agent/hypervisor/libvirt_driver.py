@@ -6,8 +6,9 @@ default event loop, run by one daemon thread per process and shared by every ins
 `LibvirtHypervisor` is assembled from one part per job, each over the shared connection:
 agent.hypervisor.libvirt_connection (the connection, libvirt's event loop, error mapping, finding
 and reading our domains), libvirt_lifecycle (create, power, generation, delete), libvirt_events
-(lifecycle events to subscribers) and libvirt_migration (live migration and its job's stats, with
-the domain XML it needs in migration_xml). This module adds what it reports about the host.
+(lifecycle events to subscribers), libvirt_migration (live migration and its job's stats, with
+the domain XML it needs in migration_xml) and libvirt_offline_migration (cold and snapshot
+migration). This module adds what it reports about the host.
 """
 
 from __future__ import annotations
@@ -27,19 +28,27 @@ from agent.hypervisor.libvirt_migration import LibvirtMigration
 from agent.hypervisor.libvirt_migration import _mib_per_s as _mib_per_s
 from agent.hypervisor.libvirt_migration import _migration_progress as _migration_progress
 from agent.hypervisor.libvirt_migration import _migration_stats as _migration_stats
+from agent.hypervisor.libvirt_offline_migration import LibvirtOfflineMigration
 from agent.hypervisor.migration_xml import _migrated_disks as _migrated_disks
 from agent.hypervisor.migration_xml import _migration_problem as _migration_problem
 from agent.hypervisor.migration_xml import _retarget_xml as _retarget_xml
+from shared.commands import MigrationProgress
 from shared.domain import Capacity
 
 
-class LibvirtHypervisor(LibvirtLifecycle, LibvirtMigration, LibvirtEvents):
+class LibvirtHypervisor(
+    LibvirtLifecycle, LibvirtMigration, LibvirtOfflineMigration, LibvirtEvents
+):
     """`Hypervisor` over one libvirt connection.
 
     virt_type: "auto" picks 'test' for the test driver, 'kvm' only when a probe proves KVM works
     on this host, else 'qemu' (TCG); "qemu" or "kvm" force it. storage_path, if given, is the
     directory whose filesystem size is reported as storage capacity (the image directory).
     """
+
+    def migration_progress(self, vm_id: str) -> MigrationProgress | None:
+        """A cold or snapshot migration's bytes sent, else the live job's figures."""
+        return self.offline_progress(vm_id) or LibvirtMigration.migration_progress(self, vm_id)
 
     def host_info(self) -> HostInfo:
         with _mapped("host_info"):

@@ -190,6 +190,24 @@ class ImageCatalog:
             disk=disk,
         )
 
+    def adopt_overlay(self, name: str, vm_dir: Path | str, incoming: Path) -> None:
+        """Make `incoming`, a VM's overlay copied from another node (its backing file names
+        that node's base), this VM's disk here: rebased onto this node's base of `name` (the
+        same image, so only the recorded path changes: `qemu-img rebase -u`)."""
+        manifest = self.manifest(name)
+        if manifest.disk is None:
+            raise FailedPrecondition(f"image {name!r} has no disk to put {incoming} on")
+        proc = subprocess.run(
+            [qemu_img(), "rebase", "-u", "-F", "qcow2", "-b", str(manifest.disk), str(incoming)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise Internal(f"qemu-img rebase {incoming}: {proc.stderr.strip()}")
+        os.replace(incoming, Path(vm_dir) / OVERLAY)
+        log.info("overlay_adopted", base=str(manifest.disk), disk=str(Path(vm_dir) / OVERLAY))
+
     def release(self, vm_dir: Path | str) -> None:
         """Remove a VM's own files (overlay, console log). Missing is fine."""
         vm_dir = Path(vm_dir)

@@ -83,7 +83,9 @@ def test_an_agent_stopped_for_40s_recovers_its_libvirt_connection_and_session(
             time.sleep(40)  # the fault itself lasts 40 s (not a wait for something to happen)
         finally:
             os.kill(agent.process.pid, signal.SIGCONT)
-        wait_until(lambda: node_ready(address, "edge-s"), 90, "edge-s ready again", [agent])
+        wait_until(
+            lambda: node_ready(address, "edge-s"), 90, "edge-s ready again", [agent, controller]
+        )
         assert agent.alive()
         log = agent.log_path.read_text()
         assert "libvirt_connection_lost" in log and "libvirt_reconnected" in log, log[-3000:]
