@@ -25,6 +25,7 @@ from shared.commands import (
     CreateVM,
     DeleteVM,
     FinishMigration,
+    LandMigration,
     Migrate,
     PowerAction,
 )
@@ -80,7 +81,7 @@ class DesiredStateCache:
             log.error("desired state not cached", path=str(self.path), error=str(err))
 
     def _record(self, command: AgentCommand) -> None:
-        if isinstance(command, CreateVM | FinishMigration):
+        if isinstance(command, CreateVM | FinishMigration | LandMigration):
             start_paused = isinstance(command, CreateVM) and command.start_paused
             stop_after = command.spec.disconnect.stop_after_s
             self._put(
@@ -98,7 +99,8 @@ class DesiredStateCache:
                     "UPDATE vms SET desired = ? WHERE vm_id = ?",
                     (_POWER[command.action], command.vm_id),
                 )
-        elif isinstance(command, DeleteVM | Migrate):  # gone from here
+        elif isinstance(command, DeleteVM | Migrate):  # gone from here (cold/snapshot: it may
+            # run on the target already, so this node must not start its stopped copy)
             with self._lock:
                 self._db.execute("DELETE FROM vms WHERE vm_id = ?", (command.vm_id,))
         elif isinstance(command, ApplyMesh):

@@ -33,6 +33,7 @@ from agent.mesh import MeshManager
 from agent.migration_executor import MigrationCommands
 from agent.progress import PROGRESS_INTERVAL_S, ProgressSink
 from agent.vm_files import CONSOLE_FILE as CONSOLE_FILE
+from agent.vm_files import SAVE_FILE
 from agent.vmnet import VMNetwork
 from shared.commands import (
     AgentCommand,
@@ -43,6 +44,7 @@ from shared.commands import (
     CreateVM,
     DeleteVM,
     Envelope,
+    LandMigration,
     Migrate,
     PowerAction,
     PrepareMigration,
@@ -187,6 +189,10 @@ class CommandExecutor(MigrationCommands):
             )
             if command.action is PowerAction.START:
                 await self._network_ready(command_name(command))
+            saved = self.vm_dir(command.vm_id) / SAVE_FILE
+            if command.action is PowerAction.START and saved.exists():  # a snapshot migration's
+                status = await asyncio.to_thread(hv.restore_saved, command.vm_id, str(saved))
+                return CommandResult(command_id, vm=status)  # source: it goes on where it was
             op = {
                 PowerAction.SUSPEND: hv.suspend,
                 PowerAction.RESUME: hv.resume,
@@ -205,6 +211,8 @@ class CommandExecutor(MigrationCommands):
         if isinstance(command, Migrate):
             await self._migrate(command)
             return CommandResult(command_id)
+        if isinstance(command, LandMigration):
+            return CommandResult(command_id, vm=await self._land_migration(command))
         status, stats = await self._finish_migration(command)
         return CommandResult(command_id, vm=status, migration_stats=stats)
 

@@ -19,11 +19,13 @@ from agent.hypervisor.base import (
 )
 from agent.images.catalog import ImageCatalog
 from agent.progress import ProgressSink, watch_migration
-from agent.vm_files import CONSOLE_FILE
+from agent.vm_files import CONSOLE_FILE, INCOMING_DISK
 from agent.vmnet import VMNetwork
-from shared.commands import CreateVM, FinishMigration, Migrate, PrepareMigration
+from shared.commands import CreateVM, FinishMigration, LandMigration, Migrate, PrepareMigration
 from shared.domain import VMSpec, VMState, VMStatus
 from shared.errors import AlreadyExists, FailedPrecondition, NotFound
+
+DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
 
 
 class MigrationCommands:
@@ -48,6 +50,8 @@ class MigrationCommands:
         ) -> tuple[VMStatus | None, Fence]: ...
 
         async def _route_and_shape(self, vm_id: str, address: str, spec: VMSpec) -> None: ...
+
+        async def _network_ready(self, what: str) -> None: ...
 
         def _attachment(self, create: CreateVM) -> NetworkAttachment: ...
 
@@ -80,9 +84,12 @@ class MigrationCommands:
 
     async def _migrate(self, migrate: Migrate) -> None:
         """Send the VM to the destination, reporting the job's progress meanwhile; once it
-        runs there, drop what it left here."""
+        runs there, drop what it left here. Cold and snapshot: see _send_offline."""
         if migrate.generation > 0:
             await self._fenced(migrate.vm_id, migrate.generation, "migrate", required=True)
+        if migrate.mode != "live":
+            await self._send_offline(migrate)
+            return
         if migrate.address:
             self._outgoing[migrate.vm_id] = migrate.address
         try:
@@ -114,6 +121,49 @@ class MigrationCommands:
             await asyncio.to_thread(self.vmnet.unshape, migrate.vm_id)
             if migrate.address:  # this node's traffic to the VM now goes into the mesh
                 await asyncio.to_thread(self.vmnet.detach, migrate.address)
+
+    async def _send_offline(self, migrate: Migrate) -> None:
+        """Stop (or save) the guest and put its files into the target's staged directory,
+        reporting the bytes sent. This node keeps its stopped copy, its files and its route:
+        should the target fail to run it, it runs here again (the controller deletes it
+        once the target runs it)."""
+        job = asyncio.ensure_future(
+            asyncio.to_thread(
+                self.hypervisor.send_offline,
+                migrate.vm_id,
+                migrate.target,
+                migrate.mode,
+                migrate.generation,
+                migrate.shutdown_timeout_s or DEFAULT_SHUTDOWN_TIMEOUT_S,
+            )
+        )
+        if self.on_progress is not None:
+            await watch_migration(
+                job,
+                self.hypervisor.migration_progress,
+                self.on_progress,
+                migrate.vm_id,
+                migrate.migration_id,
+                self.progress_interval_s,
+            )
+        await job
+
+    async def _land_migration(self, land: LandMigration) -> VMStatus:
+        """Cold or snapshot, on the destination: the source's files are in the staged
+        directory; adopt its disk onto this node's base, define the VM and run it."""
+        held, _ = await self._fenced(land.vm_id, land.generation, "land_migration")
+        if held is not None and held.generation == land.generation:
+            return held  # landed already (a retried command)
+        if held is not None:
+            raise AlreadyExists(f"VM {land.spec.name!r} already exists on this node")
+        await self._network_ready("land_migration")
+        vm_dir = self.vm_dir(land.vm_id)
+        incoming = vm_dir / INCOMING_DISK
+        if incoming.exists():
+            await asyncio.to_thread(self.catalog.adopt_overlay, land.spec.image, vm_dir, incoming)
+        return await asyncio.to_thread(
+            self.hypervisor.land, land.vm_id, str(vm_dir), land.generation
+        )
 
     def route_switch(self, status: VMStatus) -> Coroutine[Any, Any, None] | None:
         """On a lifecycle event: the route change a live migration needs now, if any. The

@@ -120,11 +120,27 @@ class Migrate:
     max_downtime_ms: int = 0  # 0 = libvirt's default
     address: str = ""  # its VM-network address: the source withdraws its local route
     postcopy: bool = False
+    # "live"; or "cold" / "snapshot": the guest stops (shut down / saved) and its files go
+    # into the target's staged directory; the call returns then, before the target runs it
+    mode: str = "live"
+    shutdown_timeout_s: float = 0.0  # cold: ACPI shutdown this long, then forced (0 = 30 s)
 
 
 @dataclass(frozen=True, slots=True)
 class FinishMigration:
     """On the destination once the VM runs there: its route, its cap, the job's figures."""
+
+    vm_id: str
+    spec: VMSpec
+    generation: int
+    address: str = ""
+    gateway: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LandMigration:
+    """On the destination of a cold or snapshot migration, once the source's files are in:
+    define the VM and run it (restored from its save file, or booted)."""
 
     vm_id: str
     spec: VMSpec
@@ -143,6 +159,7 @@ AgentCommand = (
     | PrepareMigration
     | Migrate
     | FinishMigration
+    | LandMigration
 )
 
 
@@ -168,6 +185,7 @@ _NAMES: dict[type, str] = {
     PrepareMigration: "prepare_migration",
     Migrate: "migrate",
     FinishMigration: "finish_migration",
+    LandMigration: "land_migration",
 }
 
 

@@ -123,6 +123,29 @@ class Hypervisor(Protocol):
         own; older than this copy's: StaleGeneration); a copy left here keeps its own."""
         ...
 
+    def send_offline(
+        self,
+        vm_id: str,
+        target: MigrationTarget,
+        mode: str,
+        generation: int = 0,
+        shutdown_timeout_s: float = 30.0,
+    ) -> None:
+        """Cold ("cold": shut down, forced after the timeout) or snapshot ("snapshot": saved
+        with memory and device state) migration's part here: stop the guest and put its files
+        into the target's staged directory. The copy here stays defined and startable; on
+        failure it runs again as it did and the error says so."""
+        ...
+
+    def land(self, vm_id: str, vm_dir: str, generation: int) -> VMStatus:
+        """The target's part: define the VM whose files arrived in `vm_dir` (its disk already
+        adopted) and run it, restored from its save file or booted; nothing left on failure."""
+        ...
+
+    def restore_saved(self, vm_id: str, save_path: str) -> VMStatus:
+        """Run a stopped VM from the save file a snapshot migration left (then removed)."""
+        ...
+
     def migration_progress(self, vm_id: str) -> MigrationProgress | None:
         """On the source while `migrate` runs (from another thread): the job's figures so far,
         with migration_id "" (None when no job runs, it has no figures yet, or the driver has no

@@ -36,9 +36,7 @@ from shared.commands import MigrationProgress
 from shared.domain import Capacity
 
 
-class LibvirtHypervisor(
-    LibvirtLifecycle, LibvirtMigration, LibvirtOfflineMigration, LibvirtEvents
-):
+class LibvirtHypervisor(LibvirtLifecycle, LibvirtMigration, LibvirtOfflineMigration, LibvirtEvents):
     """`Hypervisor` over one libvirt connection.
 
     virt_type: "auto" picks 'test' for the test driver, 'kvm' only when a probe proves KVM works

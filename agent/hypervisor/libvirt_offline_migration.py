@@ -13,7 +13,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,9 @@ class LibvirtOfflineMigration(LibvirtConnection):
         if mode not in OFFLINE_MODES:
             raise InvalidArgument(f"migrate {vm_id}: unknown offline mode {mode!r}")
         if not target.libvirt_uri or not target.console_log:
-            raise InvalidArgument(f"migrate {vm_id}: the target gives no libvirt URI or VM directory")
+            raise InvalidArgument(
+                f"migrate {vm_id}: the target gives no libvirt URI or VM directory"
+            )
         dom = self._require(vm_id)
         with _mapped("migrate", vm_id):
             meta = self._meta(dom)
@@ -107,7 +109,9 @@ class LibvirtOfflineMigration(LibvirtConnection):
             save.unlink(missing_ok=True)
             with _mapped("save", vm_id):
                 paused = dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
-                flags = libvirt.VIR_DOMAIN_SAVE_PAUSED if paused else libvirt.VIR_DOMAIN_SAVE_RUNNING
+                flags = (
+                    libvirt.VIR_DOMAIN_SAVE_PAUSED if paused else libvirt.VIR_DOMAIN_SAVE_RUNNING
+                )
                 dom.saveFlags(str(save), None, flags)
             log.info("vm_saved", vm_id=vm_id, path=str(save), bytes=save.stat().st_size)
             return
@@ -170,10 +174,8 @@ class LibvirtOfflineMigration(LibvirtConnection):
                     _send(remote, pool, name, path.stat().st_size, _chunks(path), progress)
         finally:
             progress.done()
-            try:
+            with suppress(libvirt.libvirtError):
                 remote.close()
-            except libvirt.libvirtError:
-                pass
 
     def land(self, vm_id: str, vm_dir: str, generation: int) -> VMStatus:
         """On the target: define the VM that arrived in `vm_dir` and run it, from its save
@@ -194,9 +196,10 @@ class LibvirtOfflineMigration(LibvirtConnection):
                 f"land {vm_id}: the definition that arrived is not generation {generation}"
             )
         save = directory / INCOMING_SAVE
+        restored = save.is_file()
         try:
             with _mapped("start", vm_id):
-                if save.is_file():
+                if restored:
                     restore = (directory / INCOMING_RESTORE).read_text()
                     self._conn.restoreFlags(str(save), restore, 0)
                 else:
@@ -206,7 +209,7 @@ class LibvirtOfflineMigration(LibvirtConnection):
             raise
         for name in (INCOMING_DEFINE, INCOMING_RESTORE, INCOMING_SAVE):
             (directory / name).unlink(missing_ok=True)
-        log.info("vm_landed", vm_id=vm_id, restored=save.exists(), generation=generation)
+        log.info("vm_landed", vm_id=vm_id, restored=restored, generation=generation)
         return self._require_status(self._require(vm_id), vm_id)
 
     @staticmethod
@@ -259,8 +262,7 @@ def _staging_pool(conn: Any, vm_id: str, directory: Path) -> Iterator[Any]:
         except libvirt.libvirtError:
             pass
         pool = conn.storagePoolCreateXML(
-            f"<pool type='dir'><name>{name}</name>"
-            f"<target><path>{directory}</path></target></pool>",
+            f"<pool type='dir'><name>{name}</name><target><path>{directory}</path></target></pool>",
             0,
         )
     try:
@@ -276,10 +278,8 @@ def _send(
     conn: Any, pool: Any, name: str, size: int, chunks: Iterator[bytes], progress: _Progress
 ) -> None:
     with _mapped("upload", name):
-        try:
+        with suppress(libvirt.libvirtError):
             pool.storageVolLookupByName(name).delete(0)
-        except libvirt.libvirtError:
-            pass
         vol = pool.createXML(
             f"<volume><name>{name}</name><capacity>0</capacity>"
             "<target><format type='raw'/></target></volume>",
@@ -296,10 +296,8 @@ def _send(
                     progress.add(n)
             stream.finish()
         except BaseException:
-            try:
+            with suppress(libvirt.libvirtError):
                 stream.abort()
-            except libvirt.libvirtError:
-                pass
             raise
 
 

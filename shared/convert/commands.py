@@ -160,10 +160,15 @@ def envelope_to_pb(envelope: c.Envelope) -> apb.Command:
                 postcopy=command.postcopy,
                 generation=command.generation,
                 migration_id=command.migration_id,
+                mode="" if command.mode == "live" else command.mode,
+                shutdown_timeout_s=command.shutdown_timeout_s,
             )
         )
-    elif isinstance(command, c.FinishMigration):
-        msg.finish_migration.CopyFrom(
+    elif isinstance(command, c.FinishMigration | c.LandMigration):
+        which = (
+            msg.finish_migration if isinstance(command, c.FinishMigration) else msg.land_migration
+        )
+        which.CopyFrom(
             apb.CreateVM(
                 vm_id=command.vm_id,
                 spec=spec_to_pb(command.spec),
@@ -237,10 +242,13 @@ def _command_from_pb(msg: apb.Command) -> c.AgentCommand:
             max_downtime_ms=g.max_downtime_ms,
             address=g.address,
             postcopy=g.postcopy,
+            mode=g.mode or "live",
+            shutdown_timeout_s=g.shutdown_timeout_s,
         )
-    if action == "finish_migration":
-        f = msg.finish_migration
-        return c.FinishMigration(
+    if action in ("finish_migration", "land_migration"):
+        f = msg.finish_migration if action == "finish_migration" else msg.land_migration
+        kind = c.FinishMigration if action == "finish_migration" else c.LandMigration
+        return kind(
             vm_id=f.vm_id,
             spec=spec_from_pb(f.spec),
             generation=f.generation,

@@ -413,6 +413,8 @@ class MigrateVM(_message.Message):
     POSTCOPY_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
     MIGRATION_ID_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    SHUTDOWN_TIMEOUT_S_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
     name: _builtins.str
     bandwidth_mbit: _builtins.int
@@ -427,6 +429,12 @@ class MigrateVM(_message.Message):
     """the generation the arriving copy gets (0 = the source's own)"""
     migration_id: _builtins.str
     """progress reports name it"""
+    mode: _builtins.str
+    """"" or "live"; "cold" (shut down, files copied) or "snapshot" (saved with its memory,
+    files copied): the call returns once the files are in the target's staged directory
+    """
+    shutdown_timeout_s: _builtins.float
+    """cold: graceful shutdown this long, then forced (0 = 30 s)"""
     @_builtins.property
     def target(self) -> Global___MigrationTarget: ...
     def __init__(
@@ -441,10 +449,12 @@ class MigrateVM(_message.Message):
         postcopy: _builtins.bool = ...,
         generation: _builtins.int = ...,
         migration_id: _builtins.str = ...,
+        mode: _builtins.str = ...,
+        shutdown_timeout_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "bandwidth_mbit", b"bandwidth_mbit", "generation", b"generation", "max_downtime_ms", b"max_downtime_ms", "migration_id", b"migration_id", "name", b"name", "postcopy", b"postcopy", "target", b"target", "vm_id", b"vm_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "bandwidth_mbit", b"bandwidth_mbit", "generation", b"generation", "max_downtime_ms", b"max_downtime_ms", "migration_id", b"migration_id", "mode", b"mode", "name", b"name", "postcopy", b"postcopy", "shutdown_timeout_s", b"shutdown_timeout_s", "target", b"target", "vm_id", b"vm_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -679,6 +689,7 @@ class Command(_message.Message):
     PREPARE_MIGRATION_FIELD_NUMBER: _builtins.int
     MIGRATE_FIELD_NUMBER: _builtins.int
     FINISH_MIGRATION_FIELD_NUMBER: _builtins.int
+    LAND_MIGRATION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     @_builtins.property
     def deadline(self) -> _timestamp_pb2.Timestamp: ...
@@ -708,6 +719,10 @@ class Command(_message.Message):
     def finish_migration(self) -> Global___CreateVM:
         """on the destination once the VM runs there: its route, cap"""
 
+    @_builtins.property
+    def land_migration(self) -> Global___CreateVM:
+        """cold/snapshot, on the destination: define and run it"""
+
     def __init__(
         self,
         *,
@@ -725,12 +740,13 @@ class Command(_message.Message):
         prepare_migration: Global___PrepareMigration | None = ...,
         migrate: Global___MigrateVM | None = ...,
         finish_migration: Global___CreateVM | None = ...,
+        land_migration: Global___CreateVM | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "create", b"create", "deadline", b"deadline", "delete", b"delete", "finish_migration", b"finish_migration", "mesh_config", b"mesh_config", "migrate", b"migrate", "prepare_migration", b"prepare_migration", "read_console", b"read_console", "resume", b"resume", "rotate_key", b"rotate_key", "start", b"start", "stop", b"stop", "suspend", b"suspend"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "create", b"create", "deadline", b"deadline", "delete", b"delete", "finish_migration", b"finish_migration", "land_migration", b"land_migration", "mesh_config", b"mesh_config", "migrate", b"migrate", "prepare_migration", b"prepare_migration", "read_console", b"read_console", "resume", b"resume", "rotate_key", b"rotate_key", "start", b"start", "stop", b"stop", "suspend", b"suspend"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "create", b"create", "deadline", b"deadline", "delete", b"delete", "finish_migration", b"finish_migration", "id", b"id", "mesh_config", b"mesh_config", "migrate", b"migrate", "prepare_migration", b"prepare_migration", "read_console", b"read_console", "resume", b"resume", "rotate_key", b"rotate_key", "start", b"start", "stop", b"stop", "suspend", b"suspend"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "create", b"create", "deadline", b"deadline", "delete", b"delete", "finish_migration", b"finish_migration", "id", b"id", "land_migration", b"land_migration", "mesh_config", b"mesh_config", "migrate", b"migrate", "prepare_migration", b"prepare_migration", "read_console", b"read_console", "resume", b"resume", "rotate_key", b"rotate_key", "start", b"start", "stop", b"stop", "suspend", b"suspend"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["create", "delete", "suspend", "resume", "start", "stop", "read_console", "mesh_config", "rotate_key", "prepare_migration", "migrate", "finish_migration"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["create", "delete", "suspend", "resume", "start", "stop", "read_console", "mesh_config", "rotate_key", "prepare_migration", "migrate", "finish_migration", "land_migration"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 
