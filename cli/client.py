@@ -192,10 +192,9 @@ class EdgeClient:
         req = api.HandleEdgeFailureRequest(node_id=node_id, node_is_dead=node_is_dead)
         return self._call(self._stub.HandleEdgeFailure, req)
 
-    def drain(self, node_id: str, parallel: int) -> types_pb2.Node:
-        return self._call(
-            self._stub.DrainNode, api.DrainNodeRequest(node_id=node_id, parallel=parallel)
-        )
+    def drain(self, node_id: str, parallel: int, cold: bool = False) -> types_pb2.Node:
+        request = api.DrainNodeRequest(node_id=node_id, parallel=parallel, cold=cold)
+        return self._call(self._stub.DrainNode, request)
 
     def rotate_mesh_key(self, node_id: str) -> types_pb2.Node:
         return self._call(self._stub.RotateMeshKey, api.GetNodeRequest(node_id=node_id))

@@ -147,6 +147,9 @@ def _await_deploy(
         return None
 
 
+_OFFLINE_WORD = {"cold": "off (it booted on the target)", "snapshot": "paused"}
+
+
 def vm_migrate(ctx: Context, args: argparse.Namespace) -> int:
     request = api.MigrateVMRequest(
         name_or_id=args.vm,
@@ -157,6 +160,7 @@ def vm_migrate(ctx: Context, args: argparse.Namespace) -> int:
         postcopy=args.postcopy,
         reason=args.reason,
         priority=args.priority,
+        mode=args.mode,
     )
     future, deadline = ctx.client.migrate_future(request)
     try:
@@ -172,12 +176,15 @@ def vm_migrate(ctx: Context, args: argparse.Namespace) -> int:
 
     def as_table() -> str:
         vm = report.vm
-        figures = (
-            f"guest paused {report.downtime_ms:.0f} ms, {report.memory_bytes / 2**20:.1f} MiB "
-            f"of memory sent in {report.elapsed_ms / 1000:.1f} s"
-            if report.elapsed_ms or not args.postcopy
-            else "post-copy: libvirt reports no pause or memory figures"
-        )
+        if args.mode != "live":
+            figures = f"{args.mode}: the guest was {_OFFLINE_WORD[args.mode]} meanwhile"
+        elif report.elapsed_ms or not args.postcopy:
+            figures = (
+                f"guest paused {report.downtime_ms:.0f} ms, {report.memory_bytes / 2**20:.1f} "
+                f"MiB of memory sent in {report.elapsed_ms / 1000:.1f} s"
+            )
+        else:
+            figures = "post-copy: libvirt reports no pause or memory figures"
         lines = [
             f"{vm.spec.name} migrated {report.source_node_id} -> {vm.node_id} "
             f"in {report.total_ms / 1000:.1f} s ({figures})",

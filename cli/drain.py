@@ -16,13 +16,13 @@ POLL_S = 1.0
 def node_drain(
     ctx: Context, args: argparse.Namespace, sleep: Callable[[float], None] = time.sleep
 ) -> int:
-    node = ctx.client.drain(args.node, args.parallel)
+    node = ctx.client.drain(args.node, args.parallel, args.cold)
     drain = node.drain
     if ctx.fmt == "table":
         n = len(drain.queued) + len(drain.active)
         ctx.out.write(
             f"draining {args.node} (cordoned): {n} VM{'' if n == 1 else 's'} to move, "
-            f"{args.parallel} at a time\n"
+            f"{args.parallel} at a time{', cold' if args.cold else ''}\n"
         )
     said: set[str] = set()
     _report(ctx, drain, said)

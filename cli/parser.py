@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         "drain",
         "cordon a node and live-migrate its VMs off through placement, a few at a time; "
         "follows the moves until done (exit 1 if a VM could not move)",
-        "  novacron node drain mec-berlin-1\n  novacron node drain gw-7 --parallel 2 --no-wait\n",
+        "  novacron node drain mec-berlin-1\n  novacron node drain gw-7 --parallel 2 --no-wait\n"
+        "  novacron node drain gw-7 --cold\n",
         drain_cmd.node_drain,
     )
     drain.add_argument("node", metavar="NODE", type=types.non_empty, help="node id")
@@ -119,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--parallel", type=types.positive_u32, default=1, metavar="N",
         help="migrations at a time (default 1; at most 16)",
     )  # fmt: skip
+    drain.add_argument(
+        "--cold",
+        action="store_true",
+        help="cold migrations (the guests shut down and boot on their new node): for guests "
+        "that live migration cannot move, e.g. busy ones on a slow link",
+    )
     drain.add_argument(
         "--no-wait", action="store_true", help="start the drain and return; see `node show`"
     )
@@ -300,6 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
         "memory from the paused source; safe for a busy guest on a slow link (a long pre-copy "
         "under TCG can corrupt it, see docs/migration.md), but the VM is lost if the link "
         "fails mid-way. The bandwidth cap applies to both phases",
+    )
+    migrate.add_argument(
+        "--mode",
+        choices=("live", "cold", "snapshot"),
+        default="live",
+        help="live (default): the guest runs throughout; cold: shut down (ACPI, forced after "
+        "controller.cold_shutdown_timeout), disk copied, booted on the target; snapshot: saved "
+        "with its memory and device state, copied, restored on the target where it was (the "
+        "guest is paused meanwhile). Until the target runs it, the source keeps a startable "
+        "copy, and any failure runs it there again",
     )
     migrate.add_argument(
         "--reason",

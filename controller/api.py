@@ -107,6 +107,7 @@ class EdgeAPIServicer(edge_api_pb2_grpc.EdgeAPIServicer):
             postcopy=request.postcopy,
             reason=request.reason,
             priority=request.priority,
+            mode=request.mode or "live",
         )
         return epb.MigrateVMResponse(
             vm=vm_to_pb(report.vm),
@@ -305,7 +306,10 @@ class EdgeAPIServicer(edge_api_pb2_grpc.EdgeAPIServicer):
     @rpc
     async def DrainNode(self, request: epb.DrainNodeRequest, context: Ctx) -> pb.Node:
         await self.runner.request(
-            ev.DrainRequested, node_id=request.node_id, parallel=request.parallel
+            ev.DrainRequested,
+            node_id=request.node_id,
+            parallel=request.parallel,
+            cold=request.cold,
         )
         return node_to_pb(self.v, self.v.get_node(request.node_id))
 

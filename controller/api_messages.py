@@ -149,6 +149,7 @@ def drain_to_pb(view: ControllerView, d: Drain) -> pb.Drain:
         moved=dict(d.moved),
         failed=dict(d.failed),
         started_at=convert.timestamp(d.started_at),
+        cold=d.cold,
     )
     if d.finished_at:
         msg.finished_at.CopyFrom(convert.timestamp(d.finished_at))

@@ -126,6 +126,8 @@ class ControllerConfig:
     probe_interval: Seconds = Seconds(1.0)  # agents' latency probes to the controller
     command_timeout: Seconds = Seconds(30.0)
     deploy_timeout: Seconds = Seconds(120.0)
+    # cold migration: how long a guest gets to shut down (ACPI) before it is forced off
+    cold_shutdown_timeout: Seconds = Seconds(30.0)
     insecure: bool = False
     # This state dir starts a new installation: agents that remember another installation are
     # taken over (their VMs shown as orphans, never deleted).
@@ -140,7 +142,13 @@ class ControllerConfig:
     edge_computing: EdgeComputingConfig = field(default_factory=EdgeComputingConfig)
 
     def __post_init__(self) -> None:
-        for name in ("heartbeat_interval", "probe_interval", "command_timeout", "deploy_timeout"):
+        for name in (
+            "heartbeat_interval",
+            "probe_interval",
+            "command_timeout",
+            "deploy_timeout",
+            "cold_shutdown_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"controller.{name}: must be > 0")
         for name in ("mesh_pool", "vm_pool"):

@@ -154,6 +154,14 @@ class MigrationRecord:
         """The one fact that decides where the VM lives: it switched over to the target."""
         return self.switched_at > 0
 
+    @property
+    def offline(self) -> bool:
+        """Cold or snapshot: the guest stops while it moves (controller.core.offline_migration)."""
+        return self.mode in OFFLINE_MODES
+
+
+OFFLINE_MODES = ("cold", "snapshot")
+
 
 @dataclass(frozen=True, slots=True)
 class Tombstone:

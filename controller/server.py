@@ -86,6 +86,7 @@ class ControllerServer:
             probe_interval=self.config.probe_interval,
             command_timeout=self.config.command_timeout,
             deploy_timeout=self.config.deploy_timeout,
+            cold_shutdown_timeout=self.config.cold_shutdown_timeout,
             mesh_pool=self.config.mesh_pool,
             vm_pool=self.config.vm_pool,
             detector=detector_config(self.config.failure_detector),

@@ -70,6 +70,7 @@ class AgentsMixin(MeshMixin):
             return  # nothing to compare against: nothing is changed on the node
         self._clear_orphans(node_id)
         self.reconcile(node_id, event.vms)
+        self.landings_not_reported(node_id, {s.vm_id for s in event.vms})
         if node.mesh is not None:
             # A changed key or endpoint changes every member's peer set; otherwise only the
             # reconnecting node needs its own (it may have restarted and lost its tunnel).
@@ -340,7 +341,10 @@ class AgentsMixin(MeshMixin):
     def advance_drains(self) -> None:  # provided by the drain mixin
         raise NotImplementedError
 
-    # provided by the migration mixin
+    # provided by the migration mixins
+    def landings_not_reported(self, node_id: str, reported: set[str]) -> None:
+        raise NotImplementedError
+
     def migration_target_reported(self, node_id: str, status: VMStatus) -> None:
         raise NotImplementedError
 

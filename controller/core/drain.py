@@ -30,6 +30,7 @@ class Drain:
     moved: tuple[tuple[str, str], ...] = ()  # (VM name, to node)
     failed: tuple[tuple[str, str], ...] = ()  # (VM name, why): could not move, or failed
     finished_at: float = 0.0
+    cold: bool = False  # cold migrations (the guests reboot on their new node)
 
     @property
     def done(self) -> bool:
@@ -48,7 +49,7 @@ class DrainMixin(SettleMixin):
             return
         if not node.cordoned:
             self.put_node(replace(node, cordoned=True))
-        self.audit("node.drain", node.node_id, f"parallel={parallel}")
+        self.audit("node.drain", node.node_id, f"parallel={parallel} cold={event.cold}")
         queued, failed = [], []
         for vm in sorted(self.state.vms_on(node.node_id), key=lambda v: v.spec.name):
             why = _unmovable(vm)
@@ -56,7 +57,14 @@ class DrainMixin(SettleMixin):
                 failed.append((vm.spec.name, why))
             else:
                 queued.append(vm.id)
-        drain = Drain(node.node_id, self._now, parallel, tuple(queued), failed=tuple(failed))
+        drain = Drain(
+            node.node_id,
+            self._now,
+            parallel,
+            tuple(queued),
+            failed=tuple(failed),
+            cold=event.cold,
+        )
         self.journal.put(self.state.drains, node.node_id, drain)
         self.log.info("draining", node_id=node.node_id, vms=len(queued), cannot=len(failed))
         drain = self.advance_drain(node.node_id)
@@ -85,7 +93,7 @@ class DrainMixin(SettleMixin):
             if vm is None or vm.node_id != node_id:
                 continue  # deleted or moved meanwhile: nothing left to do for it
             try:
-                mig_id = self._start_move(vm, node_id)
+                mig_id = self._start_move(vm, node_id, drain.cold)
             except NovaCronError as exc:
                 failed.append((vm.spec.name, str(exc)))
                 continue
@@ -105,8 +113,9 @@ class DrainMixin(SettleMixin):
         self.journal.put(self.state.drains, node_id, drain)
         return drain
 
-    def _start_move(self, vm: VMRecord, node_id: str) -> str:
-        """One live migration through placement, like `vm migrate` without a target."""
+    def _start_move(self, vm: VMRecord, node_id: str, cold: bool) -> str:
+        """One migration through placement (live, or cold), like `vm migrate` without a
+        target."""
         before = set(self.state.migrations)
         self.on_migrate(
             ev.MigrateRequested(
@@ -114,6 +123,7 @@ class DrainMixin(SettleMixin):
                 now=self._now,
                 name_or_id=vm.id,
                 reason=f"drain of {node_id}",
+                mode="cold" if cold else "live",
             )
         )
         (mig_id,) = set(self.state.migrations) - before

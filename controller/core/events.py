@@ -64,6 +64,7 @@ class MigrateRequested(Event):
     postcopy: bool = False
     reason: str = ""
     priority: int = 0
+    mode: str = "live"  # or "cold" / "snapshot" (controller.core.offline_migration)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,6 +88,7 @@ class DrainRequested(Event):
 
     node_id: str
     parallel: int = 1
+    cold: bool = False  # cold migrations instead of live ones
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

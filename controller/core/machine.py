@@ -55,6 +55,9 @@ class ControllerCore(DrainMixin):
             "mig_migrate": self.on_migrate_result,
             "mig_finish": self.on_finish_result,
             "mig_unstage": self.on_unstage_result,
+            "mig_land": self.on_land_result,
+            "mig_release_source": self.on_source_command_result,
+            "mig_restart_source": self.on_source_command_result,
         }
 
     def on_started(self, event: ev.Started) -> None:

@@ -52,6 +52,9 @@ class MigrationReport:
     total_ms: float
 
 
+MODES = ("live", "cold", "snapshot")
+
+
 class MigrationMixin(AgentsMixin):
     def on_migrate(self, event: ev.MigrateRequested) -> None:
         vm = self.state.find_vm(event.name_or_id)
@@ -61,6 +64,12 @@ class MigrationMixin(AgentsMixin):
             raise FailedPrecondition(f"VM {name!r} is already migrating to {vm.migrating_to!r}")
         if vm.id in self._creating_ids() or vm.desired is DesiredState.DELETED:
             raise FailedPrecondition(f"VM {name!r} is being created or deleted")
+        if event.mode not in MODES:
+            raise InvalidArgument(f"unknown migration mode {event.mode!r}: {', '.join(MODES)}")
+        if event.postcopy and event.mode != "live":
+            raise InvalidArgument(
+                f"post-copy is a kind of live migration; not with --mode {event.mode}"
+            )
         if vm.state not in (VMState.RUNNING, VMState.PAUSED):
             raise FailedPrecondition(
                 f"VM {name!r} is {vm.state.value}; only a running or paused VM can be migrated"
@@ -79,7 +88,7 @@ class MigrationMixin(AgentsMixin):
             phase=MigrationPhase.PRE_CHECKS,
             from_generation=vm.generation,
             to_generation=vm.generation + 1,
-            mode="postcopy" if event.postcopy else "live",
+            mode="postcopy" if event.postcopy else event.mode,
             reason=event.reason or reason,
             priority=event.priority,
             max_downtime_ms=event.max_downtime_ms,
@@ -158,6 +167,8 @@ class MigrationMixin(AgentsMixin):
                 max_downtime_ms=mig.max_downtime_ms,
                 address=vm.address,
                 postcopy=mig.mode == "postcopy",
+                mode=mig.mode if mig.offline else "live",
+                shutdown_timeout_s=self.settings.cold_shutdown_timeout,
             ),
             purpose="mig_migrate",
             timeout=mig.timeout_s or self.settings.deploy_timeout,
@@ -221,6 +232,10 @@ class MigrationMixin(AgentsMixin):
             # recorded there, where its running half is, and the caller hears the failure
             self.log.warning("migration call failed after arrival", vm_id=vm.id, error=str(error))
             mig = self.put_migration(replace(mig, error=str(error), error_code=error.code))
+        if mig.offline and not mig.arrived:  # the files are in: land it there
+            self.put_migration(replace(mig, bytes_remaining=0))
+            self.land(mig)
+            return
         if not mig.arrived:
             mig = self.switch_over(mig, "the source's job completed")
         self._clean_up(mig)
@@ -269,6 +284,8 @@ class MigrationMixin(AgentsMixin):
         vm = self.state.vms[mig.vm_id]
         vm = self.set_vm_state(vm, vm.state, vm.state_reason, migrating_to="")
         mig = self.put_migration(replace(mig, phase=MigrationPhase.CLEANUP))
+        if mig.offline:
+            self.release_source(mig)
         if not self.state.connected(mig.target):
             self._finish(mig, vm, None, None)
             return
@@ -327,9 +344,22 @@ class MigrationMixin(AgentsMixin):
             ),
         )
 
+    # provided by the offline migration mixin
+    def land(self, mig: MigrationRecord) -> None:
+        raise NotImplementedError
+
+    def release_source(self, mig: MigrationRecord) -> None:
+        raise NotImplementedError
+
+    def restart_source(self, mig: MigrationRecord) -> None:
+        raise NotImplementedError
+
     def _fail_before_arrival(self, mig: MigrationRecord, error: NovaCronError) -> None:
-        """Nothing moved: the VM keeps running on its source; what the target staged goes."""
+        """Nothing moved: the VM keeps running on its source (cold or snapshot: it is started
+        there again); what the target staged goes."""
         vm = self.state.vms[mig.vm_id]
+        if mig.offline:
+            self.restart_source(mig)
         self.set_vm_state(vm, vm.state, f"migration to {mig.target} failed", migrating_to="")
         self.put_migration(
             replace(

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from controller.core.migration import MigrationMixin
+from controller.core.offline_migration import OfflineMigrationMixin
 from controller.records import MigrationPhase, MigrationRecord
 from shared.domain import VMState, VMStatus
+from shared.errors import FailedPrecondition
 
 
-class SettleMixin(MigrationMixin):
+class SettleMixin(OfflineMigrationMixin):
     def _live_command(self, mig: MigrationRecord) -> bool:
         return any(p.migration_id == mig.id for p in self.state.pending.values())
 
@@ -30,6 +31,14 @@ class SettleMixin(MigrationMixin):
         restarted, or the call was lost): the migration did not finish."""
         mig = self.state.migration_of(status.vm_id)
         if mig is None or mig.arrived or self._live_command(mig):
+            return
+        if mig.offline and status.state is VMState.STOPPED:
+            if mig.phase is MigrationPhase.SWITCHOVER:
+                return  # the target may be running it: its report decides
+            # stopped for a cold/snapshot move that nobody drives any more: it runs there again
+            self._fail_before_arrival(
+                mig, FailedPrecondition(f"did not finish: {node_id} holds the stopped VM")
+            )
             return
         if status.state not in (VMState.RUNNING, VMState.PAUSED):
             return

@@ -88,6 +88,7 @@ class Settings:
     probe_interval: float = 1.0
     command_timeout: float = 30.0
     deploy_timeout: float = 120.0
+    cold_shutdown_timeout: float = 30.0  # cold migration: ACPI shutdown this long, then forced
     mesh_pool: str = "10.250.0.0/16"
     vm_pool: str = "10.251.0.0/16"
     detector: DetectorConfig = field(default_factory=DetectorConfig)

@@ -136,6 +136,12 @@ class VMOpsMixin(FailoverMixin):
             raise FailedPrecondition(
                 f"cannot {verb} VM {vm.spec.name!r}: node {vm.node_id!r} is not connected"
             )
+        moving = self.state.migration_of(vm.id)
+        if moving is not None and moving.offline:  # stopped while it moves: nothing to change
+            raise FailedPrecondition(
+                f"cannot {verb} VM {vm.spec.name!r}: it is stopped for its {moving.mode} "
+                f"migration to {moving.target!r}; try again once it runs there"
+            )
         vm = self.put_vm(replace(vm, desired=desired, updated_at=self._now))
         self.audit(f"vm.{verb}", vm.id, f"name={vm.spec.name}")
         action = PowerAction.SUSPEND if event.paused else PowerAction.RESUME

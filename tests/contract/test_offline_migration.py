@@ -20,15 +20,13 @@ from agent.vm_files import INCOMING_DISK, SAVE_FILE
 from shared.domain import VMState
 from shared.errors import NovaCronError, Unavailable
 from tests.conftest import wait_for
-from tests.contract.test_migration import (  # noqa: F401 - the fixtures
+from tests.contract.migration_pair import (
     HEARTBEAT_TIMEOUT_S,
     Node,
     Pair,
     _booted,
     _qemu_alive,
     _unique,
-    nodes,
-    pair,
 )
 
 pytestmark = pytest.mark.qemu

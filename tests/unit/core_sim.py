@@ -58,6 +58,7 @@ class SimAgent:
     node_id: str
     vms: dict[str, Copy] = field(default_factory=dict)
     staged: set[str] = field(default_factory=set)
+    incoming: dict[str, Copy] = field(default_factory=dict)  # cold/snapshot files, not landed
     session: str = ""  # "" = not connected
     welcomed: bool = False
     confirmed_at: float = 0.0  # the controller last heard it (its hello or a heartbeat)
@@ -307,14 +308,23 @@ class SimWorld:
             if error is None:
                 agent.vms.pop(vm_id, None)
                 agent.staged.discard(vm_id)
+                agent.incoming.pop(vm_id, None)
         elif isinstance(cmd, c.ChangePower):
             error = agent.refuse_stale(vm_id, cmd.generation)
             held = agent.vms.get(vm_id)
             if error is None and held is None:
                 error = c.CommandError("NOT_FOUND", "no such VM here")
-            elif error is None and held is not None:
-                paused = cmd.action is c.PowerAction.SUSPEND
-                held.state = VMState.PAUSED if paused else VMState.RUNNING
+            elif error is None and held is not None:  # as libvirt does
+                stopped = held.state is VMState.STOPPED
+                if cmd.action is c.PowerAction.START:
+                    held.state = VMState.RUNNING if stopped else held.state
+                elif cmd.action is c.PowerAction.STOP:
+                    held.state = VMState.STOPPED
+                elif stopped:
+                    error = c.CommandError("FAILED_PRECONDITION", "the vm is stopped")
+                else:
+                    paused = cmd.action is c.PowerAction.SUSPEND
+                    held.state = VMState.PAUSED if paused else VMState.RUNNING
         elif isinstance(cmd, c.ReadConsole):
             extra["console"] = "login:"
         elif isinstance(cmd, c.PrepareMigration):
@@ -323,6 +333,26 @@ class SimWorld:
             else:
                 agent.staged.add(vm_id)
                 extra["migration_target"] = c.MigrationTarget(f"qemu+tcp://{node_id}", "tcp://x")
+        elif isinstance(cmd, c.Migrate) and cmd.mode != "live":
+            target = cmd.target.libvirt_uri.removeprefix("qemu+tcp://")
+            held, dest = agent.vms.get(vm_id), self.agents.get(target)
+            if held is None or dest is None:
+                error = c.CommandError("NOT_FOUND", "no such VM here")
+            elif self.rng.random() < 0.3:  # stopped, the upload failed: it runs here again
+                error = c.CommandError("UNAVAILABLE", "upload failed; the vm runs here again")
+            else:  # stopped here (kept, startable), its files in the target's directory
+                held.state = VMState.STOPPED
+                dest.incoming[vm_id] = Copy(cmd.generation, VMState.RUNNING, held.name,
+                                            held.stop_after)  # fmt: skip
+        elif isinstance(cmd, c.LandMigration):
+            arrived = agent.incoming.get(vm_id)
+            if arrived is None or vm_id in agent.vms:
+                error = c.CommandError("NOT_FOUND", "nothing arrived")
+            elif self.rng.random() < 0.2:
+                error = c.CommandError("INTERNAL", "restore failed")
+            else:
+                agent.vms[vm_id] = agent.incoming.pop(vm_id)
+                agent.staged.discard(vm_id)
         elif isinstance(cmd, c.Migrate):
             target = cmd.target.libvirt_uri.removeprefix("qemu+tcp://")
             held = agent.vms.get(vm_id)
@@ -442,7 +472,14 @@ class SimWorld:
         else:
             name = self.rng.choice(names)
             target = self.rng.choice(("", *NODES))
-            self.request(ev.MigrateRequested, f"migrate {name}", name_or_id=name, target=target)
+            mode = self.rng.choice(("live", "live", "cold", "snapshot"))
+            self.request(
+                ev.MigrateRequested,
+                f"migrate {name} ({mode})",
+                name_or_id=name,
+                target=target,
+                mode=mode,
+            )
 
     def advance(self, seconds: float) -> None:
         self.now += seconds

@@ -16,6 +16,7 @@ from shared.commands import (
     DeleteVM,
     Envelope,
     FinishMigration,
+    LandMigration,
     Migrate,
     MigrationProgress,
     MigrationStats,
@@ -107,6 +108,15 @@ COMMANDS: list[AgentCommand] = [
     ),
     Migrate(VM_ID, "web-1", MigrationTarget("qemu+tcp://h/system", "tcp://h"), 0),
     FinishMigration(VM_ID, SPEC, 5, address="10.251.0.5/32", gateway="10.251.255.254"),
+    LandMigration(VM_ID, SPEC, 6, address="10.251.0.5/32", gateway="10.251.255.254"),
+    Migrate(
+        VM_ID,
+        "web-1",
+        MigrationTarget("qemu+tcp://h/system", "tcp://h", console_log="/v/x/console.log"),
+        4,
+        mode="snapshot",
+        shutdown_timeout_s=12.5,
+    ),
 ]
 
 

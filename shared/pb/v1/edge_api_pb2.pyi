@@ -116,7 +116,7 @@ class Migration(_message.Message):
     source_node_id: _builtins.str
     target_node_id: _builtins.str
     mode: _builtins.str
-    """"live" (pre-copy) or "postcopy" """
+    """"live" (pre-copy), "postcopy", "cold" or "snapshot" """
     phase: Global___MigrationPhase.ValueType
     progress_pct: _builtins.int
     """the phase's share: 10, 30, 70, 90, 100"""
@@ -598,18 +598,22 @@ class DrainNodeRequest(_message.Message):
 
     NODE_ID_FIELD_NUMBER: _builtins.int
     PARALLEL_FIELD_NUMBER: _builtins.int
+    COLD_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     parallel: _builtins.int
     """migrations at a time (0 = 1)"""
+    cold: _builtins.bool
+    """cold migrations instead of live ones (the guests reboot)"""
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
         parallel: _builtins.int = ...,
+        cold: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "parallel", b"parallel"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cold", b"cold", "node_id", b"node_id", "parallel", b"parallel"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -807,6 +811,7 @@ class MigrateVMRequest(_message.Message):
     POSTCOPY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
     name_or_id: _builtins.str
     target_node_id: _builtins.str
     """"" = the best other node by placement"""
@@ -825,6 +830,11 @@ class MigrateVMRequest(_message.Message):
     """why, kept on the migration record (e.g. "load_balancing")"""
     priority: _builtins.int
     """kept on the record, for the operator (0 = normal)"""
+    mode: _builtins.str
+    """"" or "live"; "cold": shut down (graceful, then forced), disk copied, booted on the
+    target; "snapshot": saved with its memory and device state, copied, restored on the
+    target where it was. Until the target runs it the source keeps a startable copy.
+    """
     def __init__(
         self,
         *,
@@ -836,10 +846,11 @@ class MigrateVMRequest(_message.Message):
         postcopy: _builtins.bool = ...,
         reason: _builtins.str = ...,
         priority: _builtins.int = ...,
+        mode: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth_mbit", b"bandwidth_mbit", "max_downtime_ms", b"max_downtime_ms", "name_or_id", b"name_or_id", "postcopy", b"postcopy", "priority", b"priority", "reason", b"reason", "target_node_id", b"target_node_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth_mbit", b"bandwidth_mbit", "max_downtime_ms", b"max_downtime_ms", "mode", b"mode", "name_or_id", b"name_or_id", "postcopy", b"postcopy", "priority", b"priority", "reason", b"reason", "target_node_id", b"target_node_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -783,7 +783,10 @@ class Drain(_message.Message):
     FAILED_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
+    COLD_FIELD_NUMBER: _builtins.int
     parallel: _builtins.int
+    cold: _builtins.bool
+    """cold migrations (the guests reboot where they go)"""
     @_builtins.property
     def queued(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """VM names still to move"""
@@ -816,10 +819,11 @@ class Drain(_message.Message):
         failed: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
+        cold: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "failed", b"failed", "finished_at", b"finished_at", "moved", b"moved", "parallel", b"parallel", "queued", b"queued", "started_at", b"started_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "cold", b"cold", "failed", b"failed", "finished_at", b"finished_at", "moved", b"moved", "parallel", b"parallel", "queued", b"queued", "started_at", b"started_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,213 @@
+"""Cold and snapshot migration in the core: the phases, and a failure at each of them leaves
+the VM running on its source (started there again once the source had stopped it). The core
+alone, driven by hand (tests/unit/core_driver.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from controller.core import MigrationReport
+from controller.core import events as ev
+from controller.records import MigrationPhase
+from shared import commands as c
+from shared.domain import VMState
+from shared.errors import FailedPrecondition, Internal, InvalidArgument, Unavailable
+from tests.unit.core_driver import Driver, status
+
+P = MigrationPhase
+TARGET = c.MigrationTarget("qemu+tcp://n2/system", "tcp://n2", console_log="/v/x/console.log")
+MODES = ["cold", "snapshot"]
+
+
+@pytest.fixture
+def d() -> Driver:
+    driver = Driver()
+    driver.hello("n1")
+    driver.hello("n2")
+    return driver
+
+
+def start(d: Driver, vm_id: str, mode: str) -> c.Migrate:
+    d.feed(ev.MigrateRequested, name_or_id=vm_id, target="n2", mode=mode, stimulus_id="mig")
+    d.answer(d.sent(c.PrepareMigration, "n2"), migration_target=TARGET)
+    cmd = d.sent(c.Migrate, "n1").envelope.command
+    assert isinstance(cmd, c.Migrate)
+    return cmd
+
+
+def restarted_on_source(d: Driver, vm_id: str) -> None:
+    start_cmd = d.sent(c.ChangePower, "n1").envelope.command
+    assert isinstance(start_cmd, c.ChangePower)
+    assert (start_cmd.action, start_cmd.generation) == (c.PowerAction.START, 1)
+    assert (d.vm(vm_id).node_id, d.vm(vm_id).generation, d.vm(vm_id).migrating_to) == (
+        "n1",
+        1,
+        "",
+    )
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_phases_in_order_and_the_source_copy_goes_at_the_end(d: Driver, mode: str) -> None:
+    vm = d.deploy("web", "n1")
+    migrate = start(d, vm.id, mode)
+    assert (migrate.mode, migrate.generation, migrate.postcopy) == (mode, 2, False)
+    assert migrate.shutdown_timeout_s == 30.0  # controller.cold_shutdown_timeout
+    mig = d.migration(vm.id)
+    assert (mig.mode, mig.phase) == (mode, P.SNAPSHOT)
+    d.report("n1", status(vm.id, "web", 1, VMState.STOPPED))  # stopped as it leaves: no restart
+    assert not d.commands(c.ChangePower)
+
+    d.answer(d.sent(c.Migrate, "n1"))  # the files are in the target's staged directory
+    land = d.sent(c.LandMigration, "n2").envelope.command
+    assert isinstance(land, c.LandMigration) and land.generation == 2
+    assert d.vm(vm.id).node_id == "n1"  # not moved before the target runs it
+    assert not d.commands(c.DeleteVM)
+
+    d.answer(d.sent(c.LandMigration, "n2"), vm=status(vm.id, "web", 2))
+    assert (d.vm(vm.id).node_id, d.vm(vm.id).generation) == ("n2", 2)
+    release = d.sent(c.DeleteVM, "n1").envelope.command  # the source's stopped copy goes
+    assert isinstance(release, c.DeleteVM) and release.generation == 1
+    d.answer(d.sent(c.DeleteVM, "n1"))
+    d.answer(d.sent(c.FinishMigration, "n2"), vm=status(vm.id, "web", 2))
+    mig = d.migration(vm.id)
+    assert mig.phase is P.SUCCEEDED
+    assert [p for p, _ in mig.phase_times] == [
+        "pre_checks",
+        "snapshot",
+        "switchover",
+        "cleanup",
+        "succeeded",
+    ]
+    assert isinstance(d.reply("mig").value, MigrationReport)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_target_refusing_in_pre_checks_leaves_the_vm_running(d: Driver, mode: str) -> None:
+    vm = d.deploy("web", "n1")
+    d.feed(ev.MigrateRequested, name_or_id=vm.id, target="n2", mode=mode, stimulus_id="mig")
+    d.answer(d.sent(c.PrepareMigration, "n2"), error=c.CommandError("FAILED_PRECONDITION", "no"))
+    assert d.migration(vm.id).phase is P.FAILED
+    d.answer(d.sent(c.DeleteVM, "n2"))
+    assert isinstance(d.reply("mig").error, FailedPrecondition)
+    assert d.vm(vm.id).node_id == "n1"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_source_failing_to_stop_or_send_runs_it_there_again(d: Driver, mode: str) -> None:
+    vm = d.deploy("web", "n1")
+    start(d, vm.id, mode)
+    error = c.CommandError("UNAVAILABLE", "upload: target unreachable; the vm runs here again")
+    d.answer(d.sent(c.Migrate, "n1"), error=error)
+    assert d.migration(vm.id).phase is P.FAILED
+    restarted_on_source(d, vm.id)  # idempotent when its agent already did
+    d.answer(d.sent(c.ChangePower, "n1"), vm=status(vm.id, "web", 1))
+    d.answer(d.sent(c.DeleteVM, "n2"))  # the target's staging goes
+    reply = d.reply("mig")
+    assert isinstance(reply.error, Unavailable)
+    assert str(reply.error).endswith("keeps running on 'n1'")
+    assert d.vm(vm.id).state is VMState.RUNNING
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_target_failing_to_land_it_runs_it_on_the_source_again(d: Driver, mode: str) -> None:
+    vm = d.deploy("web", "n1")
+    start(d, vm.id, mode)
+    d.answer(d.sent(c.Migrate, "n1"))
+    d.answer(d.sent(c.LandMigration, "n2"), error=c.CommandError("INTERNAL", "restore failed"))
+    mig = d.migration(vm.id)
+    assert mig.phase is P.FAILED and not mig.arrived
+    restarted_on_source(d, vm.id)
+    d.answer(d.sent(c.DeleteVM, "n2"))
+    assert isinstance(d.reply("mig").error, Internal)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_target_leaving_before_landing_runs_it_on_the_source_again(
+    d: Driver, mode: str
+) -> None:
+    vm = d.deploy("web", "n1")
+    start(d, vm.id, mode)
+    d.disconnect("n2")
+    d.answer(d.sent(c.Migrate, "n1"))
+    assert d.migration(vm.id).phase is P.FAILED
+    restarted_on_source(d, vm.id)
+    assert isinstance(d.reply("mig").error, Unavailable)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_source_that_died_mid_transfer_runs_it_again_when_it_returns(
+    d: Driver, mode: str
+) -> None:
+    vm = d.deploy("web", "n1")
+    start(d, vm.id, mode)
+    d.disconnect("n1")
+    assert "may still complete" in str(d.reply("mig").error)
+    d.hello("n1", status(vm.id, "web", 1, VMState.STOPPED))  # stopped, nobody moves it
+    assert d.migration(vm.id).phase is P.FAILED
+    restarted_on_source(d, vm.id)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_landing_whose_answer_is_lost_settles_when_the_target_reports(
+    d: Driver, mode: str
+) -> None:
+    vm = d.deploy("web", "n1")
+    start(d, vm.id, mode)
+    d.answer(d.sent(c.Migrate, "n1"))
+    d.expire(d.sent(c.LandMigration, "n2"))
+    assert "may be running on 'n2'" in str(d.reply("mig").error)
+    d.report("n2", status(vm.id, "web", 2))
+    assert (d.vm(vm.id).node_id, d.vm(vm.id).generation) == ("n2", 2)
+    d.answer(d.sent(c.DeleteVM, "n1"))
+    d.answer(d.sent(c.FinishMigration, "n2"))
+    assert d.migration(vm.id).phase is P.SUCCEEDED
+
+
+def test_bad_modes_are_refused(d: Driver) -> None:
+    vm = d.deploy("web", "n1")
+    d.feed(ev.MigrateRequested, name_or_id=vm.id, target="n2", mode="warm", stimulus_id="a")
+    d.feed(
+        ev.MigrateRequested,
+        name_or_id=vm.id,
+        target="n2",
+        mode="cold",
+        postcopy=True,
+        stimulus_id="b",
+    )
+    first, second = d.reply("a").error, d.reply("b").error
+    assert isinstance(first, InvalidArgument) and "unknown migration mode 'warm'" in str(first)
+    assert isinstance(second, InvalidArgument) and "post-copy is a kind of live" in str(second)
+    assert not d.commands(c.PrepareMigration)
+
+
+def test_a_cold_drain_moves_with_cold_migrations(d: Driver) -> None:
+    vm = d.deploy("web", "n1")
+    d.feed(ev.DrainRequested, node_id="n1", cold=True, stimulus_id="drain")
+    d.answer(d.sent(c.PrepareMigration, "n2"), migration_target=TARGET)
+    migrate = d.sent(c.Migrate, "n1").envelope.command
+    assert isinstance(migrate, c.Migrate) and migrate.mode == "cold"
+    assert d.migration(vm.id).reason == "drain of n1"
+
+
+@pytest.mark.parametrize("lands", [True, False])
+def test_a_restart_while_landing_waits_for_the_target(d: Driver, lands: bool) -> None:
+    """The land command was out when the controller restarted: the source's stopped copy
+    is not started (the target may run the VM); the target's hello decides."""
+    vm = d.deploy("web", "n1")
+    start(d, vm.id, "snapshot")
+    d.answer(d.sent(c.Migrate, "n1"))
+    assert d.stored_migration(d.migration(vm.id).id).phase is P.SWITCHOVER  # before it went
+    sent = len(d.out)
+    d.restart()
+    d.hello("n1", status(vm.id, "web", 1, VMState.STOPPED))
+    assert not [i for i in d.out[sent:] if getattr(i, "node_id", "") == "n1" and isinstance(
+        getattr(getattr(i, "envelope", None), "command", None), c.ChangePower)]  # fmt: skip
+    assert d.migration(vm.id).active
+    if lands:
+        d.hello("n2", status(vm.id, "web", 2))
+        assert (d.vm(vm.id).node_id, d.vm(vm.id).generation) == ("n2", 2)
+        assert d.sent(c.DeleteVM, "n1").envelope.command.generation == 1  # type: ignore[union-attr]
+    else:
+        d.hello("n2")
+        assert d.migration(vm.id).phase is P.FAILED
+        restarted_on_source(d, vm.id)
