@@ -56,6 +56,13 @@ def is_transport_failure(details: str) -> bool:
     return any(hint in lowered for hint in _TRANSPORT_HINTS)
 
 
+def _answered(err: grpc.RpcError) -> bool:
+    """The controller itself sent this error (controller.api.ANSWERED)."""
+    metadata = err.trailing_metadata() if isinstance(err, grpc.Call) else None
+    items: tuple[tuple[str, str | bytes], ...] = tuple(metadata or ())
+    return any(item[0] == "novacron-answered" for item in items)
+
+
 class EdgeClient:
     """One channel to one controller; use as a context manager so the channel is closed."""
 
@@ -88,7 +95,11 @@ class EdgeClient:
         code = err.code() if isinstance(err, grpc.Call) else None
         details = (err.details() if isinstance(err, grpc.Call) else None) or str(err)
         name = code.name if code is not None else "UNKNOWN"
-        if code is grpc.StatusCode.UNAVAILABLE and is_transport_failure(details):
+        if (
+            code is grpc.StatusCode.UNAVAILABLE
+            and not _answered(err)
+            and is_transport_failure(details)
+        ):
             return CLIError(name, f"cannot reach controller at {self.target} ({details})")
         if code is grpc.StatusCode.DEADLINE_EXCEEDED and details.lower() in (
             "deadline exceeded",

@@ -41,6 +41,11 @@ R = TypeVar("R")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
+# On every error the controller itself answers: a client tells it from a transport failure
+# (whose UNAVAILABLE never reached the controller) without guessing from the message.
+ANSWERED = (("novacron-answered", "1"),)
+
+
 def rpc(
     method: Callable[[Any, Any, Ctx], Awaitable[R]],
 ) -> Callable[[Any, Any, Ctx], Awaitable[R]]:
@@ -51,12 +56,14 @@ def rpc(
         try:
             return await method(self, request, context)
         except NovaCronError as exc:
-            await context.abort(status_code(exc), str(exc))
+            await context.abort(status_code(exc), str(exc), trailing_metadata=ANSWERED)
         except Exception:
             incident = uuid.uuid4().hex[:12]
             log.exception("unhandled error in API call", rpc=method.__name__, incident=incident)
             await context.abort(
-                grpc.StatusCode.INTERNAL, f"internal error (incident {incident} in controller log)"
+                grpc.StatusCode.INTERNAL,
+                f"internal error (incident {incident} in controller log)",
+                trailing_metadata=ANSWERED,
             )
         raise AssertionError("unreachable")
 

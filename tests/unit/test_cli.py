@@ -17,6 +17,7 @@ import pytest
 import yaml
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from cli.client import EdgeClient
 from cli.main import main
 from cli.progress import CLEAR_LINE
 from shared.pb.v1 import edge_api_pb2 as api
@@ -674,3 +675,48 @@ def test_node_drain_follows_the_moves_until_done(
     assert "web-1: moving" in out and "web-1: moved to gw-2" in out
     assert "db-1: not moved: no other node can take VM 'db-1'" in out
     assert "gw-1 drained in" in out and "1 moved, 1 did not" in out
+
+
+class _CallError(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+    """An RpcError as grpc raises it, with the parts to_cli_error reads."""
+
+    def __init__(self, details: str, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._details, self._metadata = details, metadata
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    def initial_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def cancel(self) -> bool:
+        return False
+
+    def add_callback(self, callback: object) -> bool:
+        return False
+
+
+def test_an_unavailable_the_controller_sent_is_not_taken_for_an_unreachable_controller() -> None:
+    """A node's libvirtd refusing (the controller's own answer) mentions "connection refused"
+    too; the controller marks its answers, so the CLI tells them apart."""
+    details = "connect qemu+tcp://10.0.0.2/system: Connection refused; the vm runs here again"
+    client = EdgeClient("127.0.0.1:1")
+    try:
+        answered = client.to_cli_error(_CallError(details, (("novacron-answered", "1"),)), 0)
+        transport = client.to_cli_error(_CallError("failed to connect: Connection refused", ()), 0)
+    finally:
+        client.close()
+    assert (answered.code, answered.message) == ("UNAVAILABLE", details)
+    assert transport.message.startswith("cannot reach controller at 127.0.0.1:1 (")
