@@ -102,6 +102,7 @@ class MigrationCommands:
                     migrate.max_downtime_ms,
                     postcopy=migrate.postcopy,
                     generation=migrate.generation,
+                    time_budget_s=migrate.time_budget_s,
                 )
             )
             if self.on_progress is not None:

@@ -128,6 +128,9 @@ class ControllerConfig:
     deploy_timeout: Seconds = Seconds(120.0)
     # cold migration: how long a guest gets to shut down (ACPI) before it is forced off
     cold_shutdown_timeout: Seconds = Seconds(30.0)
+    # live migration: the pause QEMU aims for at the switch-over, unless a request says (the
+    # spec's max_downtime); a pre-copy that cannot meet it in time is escalated, then aborted
+    max_downtime: Seconds = Seconds(0.05)
     insecure: bool = False
     # This state dir starts a new installation: agents that remember another installation are
     # taken over (their VMs shown as orphans, never deleted).
@@ -148,6 +151,7 @@ class ControllerConfig:
             "command_timeout",
             "deploy_timeout",
             "cold_shutdown_timeout",
+            "max_downtime",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"controller.{name}: must be > 0")

@@ -87,6 +87,7 @@ class ControllerServer:
             command_timeout=self.config.command_timeout,
             deploy_timeout=self.config.deploy_timeout,
             cold_shutdown_timeout=self.config.cold_shutdown_timeout,
+            max_downtime_ms=max(1, round(self.config.max_downtime * 1000)),
             mesh_pool=self.config.mesh_pool,
             vm_pool=self.config.vm_pool,
             detector=detector_config(self.config.failure_detector),

@@ -124,6 +124,9 @@ class Migrate:
     # into the target's staged directory; the call returns then, before the target runs it
     mode: str = "live"
     shutdown_timeout_s: float = 0.0  # cold: ACPI shutdown this long, then forced (0 = 30 s)
+    # live pre-copy: its pause allowed is raised step by step within this, then it is
+    # aborted (0 = unbounded); the controller leaves a margin before its own deadline
+    time_budget_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

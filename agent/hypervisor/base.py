@@ -113,6 +113,7 @@ class Hypervisor(Protocol):
         *,
         postcopy: bool = False,
         generation: int = 0,
+        time_budget_s: float = 0.0,
     ) -> None:
         """Live-migrate a running (or paused) VM to `target` and return when it runs there:
         persistent on the destination, undefined here. On failure the VM keeps running here
@@ -120,7 +121,10 @@ class Hypervisor(Protocol):
         post-copy; after it the source keeps its half paused). A VM's one disk (its qcow2
         overlay) is copied incrementally: the target must hold an overlay on the same base
         image at `target.disk`. The copy that arrives carries `generation` (0 = this copy's
-        own; older than this copy's: StaleGeneration); a copy left here keeps its own."""
+        own; older than this copy's: StaleGeneration); a copy left here keeps its own.
+        A pre-copy that has not converged within `time_budget_s` (0 = no bound) has its
+        allowed pause raised step by step, then is aborted (DeadlineExceeded, the VM runs on
+        here)."""
         ...
 
     def send_offline(

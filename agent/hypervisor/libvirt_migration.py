@@ -16,7 +16,13 @@ from agent.fencing import fence
 from agent.hypervisor.base import MigrationProgress, MigrationStats, MigrationTarget
 from agent.hypervisor.libvirt_connection import LibvirtConnection, _error_code, _mapped
 from agent.hypervisor.migration_xml import _migrated_disks, _migration_problem, _retarget_xml
-from shared.errors import FailedPrecondition, Internal, InvalidArgument, NovaCronError
+from shared.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NovaCronError,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -33,8 +39,6 @@ _MIGRATABLE_STATES = (
     libvirt.VIR_DOMAIN_PAUSED,
 )
 
-# the source's state once the guest runs on the destination (post-copy)
-
 
 class LibvirtMigration(LibvirtConnection):
     """Live-migrate our domains and report the job's figures."""
@@ -48,6 +52,7 @@ class LibvirtMigration(LibvirtConnection):
         *,
         postcopy: bool = False,
         generation: int = 0,
+        time_budget_s: float = 0.0,
     ) -> None:
         if bandwidth_mbit < 0 or max_downtime_ms < 0:
             raise InvalidArgument(
@@ -86,23 +91,35 @@ class LibvirtMigration(LibvirtConnection):
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = _mib_per_s(bandwidth_mbit)
             if postcopy:  # else post-copy pages go uncapped
                 params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY] = _mib_per_s(bandwidth_mbit)
-        flags = MIGRATE_FLAGS | (libvirt.VIR_MIGRATE_POSTCOPY if postcopy else 0)
+        flags = MIGRATE_FLAGS | (
+            libvirt.VIR_MIGRATE_POSTCOPY if postcopy else libvirt.VIR_MIGRATE_AUTO_CONVERGE
+        )
         disks = _migrated_disks(live_xml)
         if disks:  # the destination agent pre-created the overlay on its own base image
             params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = disks  # type: ignore[assignment]
             flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC
         where = f"{vm_id} to {target.libvirt_uri}"
         switch = _PostcopySwitch()
+        escalation = _Escalation(max_downtime_ms or QEMU_DEFAULT_DOWNTIME_MS, time_budget_s)
         try:
             with _mapped("migrate", where):
                 if max_downtime_ms > 0:
                     dom.migrateSetMaxDowntime(max_downtime_ms, 0)
-                with _switch_to_postcopy(dom, vm_id, switch, enabled=postcopy):
+                with (
+                    _switch_to_postcopy(dom, vm_id, switch, enabled=postcopy),
+                    _escalate(dom, vm_id, escalation, enabled=not postcopy),
+                ):
                     dom.migrateToURI3(target.libvirt_uri, params, flags)
         except NovaCronError as err:
             log.warning(
                 "vm_migration_failed", vm_id=vm_id, target=target.libvirt_uri, error=str(err)
             )
+            if escalation.aborted.is_set():
+                raise DeadlineExceeded(
+                    f"migrate {where}: pre-copy did not converge within its "
+                    f"{time_budget_s:g} s budget (pause allowed up to "
+                    f"{escalation.downtime_ms} ms); aborted, the vm keeps running here"
+                ) from err
             if switch.switched.is_set():
                 raise Internal(
                     f"{err}; post-copy had begun: the guest ran on the target, and part of its "
@@ -201,6 +218,63 @@ def _switch_to_postcopy(
             return
 
     thread = threading.Thread(target=switch, name=f"postcopy-{vm_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+QEMU_DEFAULT_DOWNTIME_MS = 300
+DOWNTIME_CAP_MS = 2000  # the most an escalation allows: a pause users notice, but bounded
+ESCALATION_STEPS = 6  # the budget's parts: a raise at each, the abort at the end
+
+
+@dataclass(slots=True)
+class _Escalation:
+    """A pre-copy's bounded patience: the pause allowed doubles at each sixth of the time
+    budget (up to DOWNTIME_CAP_MS), and at the end of it the job is aborted."""
+
+    downtime_ms: int
+    budget_s: float
+    aborted: threading.Event = field(default_factory=threading.Event)
+
+    def next_downtime_ms(self) -> int:
+        return min(DOWNTIME_CAP_MS, max(self.downtime_ms * 2, 1))
+
+
+@contextmanager
+def _escalate(
+    dom: libvirt.virDomain, vm_id: str, state: _Escalation, *, enabled: bool
+) -> Iterator[None]:
+    """While the body runs a pre-copy job: escalate as _Escalation says (0 budget: never).
+    Auto-converge (set at the start) throttles the guest's CPU meanwhile if QEMU sees the
+    dirty rate outrun the link."""
+    if not enabled or state.budget_s <= 0:
+        yield
+        return
+    done = threading.Event()
+    step = state.budget_s / ESCALATION_STEPS
+
+    def escalate() -> None:
+        for k in range(1, ESCALATION_STEPS + 1):
+            if done.wait(step):
+                return
+            try:
+                if k == ESCALATION_STEPS:
+                    state.aborted.set()
+                    log.warning("vm_migration_aborted", vm_id=vm_id, budget_s=state.budget_s)
+                    dom.abortJob()
+                    return
+                downtime = state.next_downtime_ms()
+                dom.migrateSetMaxDowntime(downtime, 0)
+                state.downtime_ms = downtime
+                log.info("vm_migration_downtime_raised", vm_id=vm_id, downtime_ms=downtime)
+            except libvirt.libvirtError as err:  # the job ended meanwhile
+                log.debug("escalation_skipped", vm_id=vm_id, error=str(err))
+
+    thread = threading.Thread(target=escalate, name=f"escalate-{vm_id}", daemon=True)
     thread.start()
     try:
         yield

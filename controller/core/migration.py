@@ -55,6 +55,15 @@ class MigrationReport:
 MODES = ("live", "cold", "snapshot")
 
 
+BUDGET_MARGIN_S = 10.0  # the agent gives up on a pre-copy this long before our deadline
+
+
+def _budget(timeout_s: float) -> float:
+    """The pre-copy's time budget within the command's timeout: the agent aborts (and says
+    why) before the controller's deadline makes the outcome unknown."""
+    return max(timeout_s - BUDGET_MARGIN_S, timeout_s / 2)
+
+
 class MigrationMixin(AgentsMixin):
     def on_migrate(self, event: ev.MigrateRequested) -> None:
         vm = self.state.find_vm(event.name_or_id)
@@ -91,7 +100,7 @@ class MigrationMixin(AgentsMixin):
             mode="postcopy" if event.postcopy else event.mode,
             reason=event.reason or reason,
             priority=event.priority,
-            max_downtime_ms=event.max_downtime_ms,
+            max_downtime_ms=event.max_downtime_ms or self.settings.max_downtime_ms,
             bandwidth_mbit=event.bandwidth_mbit,
             started_at=self._now,
             phase_times=((MigrationPhase.PRE_CHECKS.value, self._now),),
@@ -169,6 +178,7 @@ class MigrationMixin(AgentsMixin):
                 postcopy=mig.mode == "postcopy",
                 mode=mig.mode if mig.offline else "live",
                 shutdown_timeout_s=self.settings.cold_shutdown_timeout,
+                time_budget_s=_budget(mig.timeout_s or self.settings.deploy_timeout),
             ),
             purpose="mig_migrate",
             timeout=mig.timeout_s or self.settings.deploy_timeout,

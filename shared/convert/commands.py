@@ -162,6 +162,7 @@ def envelope_to_pb(envelope: c.Envelope) -> apb.Command:
                 migration_id=command.migration_id,
                 mode="" if command.mode == "live" else command.mode,
                 shutdown_timeout_s=command.shutdown_timeout_s,
+                time_budget_s=command.time_budget_s,
             )
         )
     elif isinstance(command, c.FinishMigration | c.LandMigration):
@@ -244,6 +245,7 @@ def _command_from_pb(msg: apb.Command) -> c.AgentCommand:
             postcopy=g.postcopy,
             mode=g.mode or "live",
             shutdown_timeout_s=g.shutdown_timeout_s,
+            time_budget_s=g.time_budget_s,
         )
     if action in ("finish_migration", "land_migration"):
         f = msg.finish_migration if action == "finish_migration" else msg.land_migration

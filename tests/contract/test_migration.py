@@ -11,6 +11,7 @@ arriving there must use B's paths. Guests, daemons and namespaces go away even w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -37,6 +38,7 @@ from agent.hypervisor.libvirt_driver import (
 )
 from shared.domain import VMSpec, VMState
 from shared.errors import (
+    DeadlineExceeded,
     FailedPrecondition,
     Internal,
     InvalidArgument,
@@ -250,6 +252,50 @@ def test_a_postcopy_that_fails_midway_says_so_and_undoes_nothing(pair: Pair) -> 
     assert "post-copy had begun" in message and "keeps it paused" in message
     status = a.driver.get_vm(vm_id)
     assert status is not None and status.state == VMState.PAUSED  # kept, not destroyed
+    assert _qemu_alive(a, name)
+
+
+def test_a_precopy_that_cannot_converge_in_its_budget_is_escalated_then_aborted(
+    pair: Pair,
+) -> None:
+    """2 Mbit/s for ~70 MiB: pre-copy cannot finish in a 6 s budget. The pause allowed is
+    doubled at each sixth of it (read back from libvirt meanwhile), then the job is aborted:
+    a bounded pre-copy, and the guest runs on at the source."""
+    a, b = pair.a, pair.b
+    name = _unique("budget")
+    vm_id, _ = pair.create(a, name)
+    _booted(a, vm_id, name)
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        conn = libvirt.open(a.daemon.uri)
+        try:
+            dom = conn.lookupByUUIDString(vm_id)
+            while not stop.wait(0.2):
+                with contextlib.suppress(libvirt.libvirtError):
+                    seen.append(int(dom.migrateGetMaxDowntime(0)))
+        finally:
+            conn.close()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(DeadlineExceeded, match="did not converge within its 6 s budget"):
+            a.driver.migrate(
+                vm_id, b.target(vm_id), bandwidth_mbit=2, max_downtime_ms=50, time_budget_s=6
+            )
+    finally:
+        stop.set()
+        watcher.join()
+    took = time.monotonic() - started
+    raised = sorted(set(seen))
+    print(f"\npause allowed, as libvirt reported it during the job: {raised}; {took:.1f} s")
+    assert raised[0] == 50 and {100, 200, 400, 800}.issubset(raised), raised
+    on_a = a.driver.get_vm(vm_id)
+    assert on_a is not None and on_a.state == VMState.RUNNING
+    assert b.driver.get_vm(vm_id) is None
     assert _qemu_alive(a, name)
 
 

@@ -415,6 +415,7 @@ class MigrateVM(_message.Message):
     MIGRATION_ID_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
     SHUTDOWN_TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    TIME_BUDGET_S_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
     name: _builtins.str
     bandwidth_mbit: _builtins.int
@@ -435,6 +436,10 @@ class MigrateVM(_message.Message):
     """
     shutdown_timeout_s: _builtins.float
     """cold: graceful shutdown this long, then forced (0 = 30 s)"""
+    time_budget_s: _builtins.float
+    """live pre-copy: the allowed pause is raised step by step within this budget, then the job
+    is aborted and the VM runs on at the source (0 = unbounded)
+    """
     @_builtins.property
     def target(self) -> Global___MigrationTarget: ...
     def __init__(
@@ -451,10 +456,11 @@ class MigrateVM(_message.Message):
         migration_id: _builtins.str = ...,
         mode: _builtins.str = ...,
         shutdown_timeout_s: _builtins.float = ...,
+        time_budget_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "bandwidth_mbit", b"bandwidth_mbit", "generation", b"generation", "max_downtime_ms", b"max_downtime_ms", "migration_id", b"migration_id", "mode", b"mode", "name", b"name", "postcopy", b"postcopy", "shutdown_timeout_s", b"shutdown_timeout_s", "target", b"target", "vm_id", b"vm_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "bandwidth_mbit", b"bandwidth_mbit", "generation", b"generation", "max_downtime_ms", b"max_downtime_ms", "migration_id", b"migration_id", "mode", b"mode", "name", b"name", "postcopy", b"postcopy", "shutdown_timeout_s", b"shutdown_timeout_s", "target", b"target", "time_budget_s", b"time_budget_s", "vm_id", b"vm_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
