@@ -54,7 +54,12 @@ def answers(lab: Lab, ip: str) -> bool:
 
 
 def move_under_probes(
-    lab: Lab, stub: edge_api_pb2_grpc.EdgeAPIStub, ip: str, target: str, mode: str
+    lab: Lab,
+    stub: edge_api_pb2_grpc.EdgeAPIStub,
+    ip: str,
+    target: str,
+    mode: str,
+    max_downtime_ms: int,
 ) -> tuple[api.MigrateVMResponse, str]:
     """One move while the user site probes the guest every 20 ms; ping's output with it."""
     ping = ["ping", "-n", "-i", str(PING_INTERVAL_S), "-W", "1", ip]
@@ -63,7 +68,12 @@ def move_under_probes(
     with tempfile.TemporaryFile("w+") as log:
         pinger = subprocess.Popen(lab.exec_argv(USER, ping), stdout=log, text=True)
         try:
-            request = api.MigrateVMRequest(name_or_id="bench-mig", target_node_id=target, mode=mode)
+            request = api.MigrateVMRequest(
+                name_or_id="bench-mig",
+                target_node_id=target,
+                mode=mode,
+                max_downtime_ms=max_downtime_ms,
+            )
             moved = stub.MigrateVM(request, timeout=300)
             # answers after the switch (cold: once it has booted, within a minute)
             for _ in range(60 if mode == "cold" else 3):
@@ -81,6 +91,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--rounds", type=int, default=4, help="moves per mode")
     p.add_argument("--modes", default="live,snapshot,cold", help="comma-separated")
+    p.add_argument(
+        "--max-downtime-ms", type=int, default=0, help="0 = the controller's max_downtime"
+    )
     args = p.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     silences: dict[str, list[float]] = {m: [] for m in modes}
@@ -88,6 +101,7 @@ def main() -> int:
     lab = Lab("default", progress=lambda text: print(f"  {text}", flush=True))
     lab.preflight()
     downtimes, gaps, jobs = [], [], []
+    broken = 0
     try:
         lab.up()
         with grpc.insecure_channel(lab.controller_address) as channel:
@@ -110,10 +124,11 @@ def main() -> int:
             for n, (mode, _) in enumerate(moves):
                 target = CLOUD if n % 2 == 0 else EDGE
                 # the guest must answer before the move (it boots first, then settles)
-                for _ in range(120):
-                    if answers(lab, ip):
-                        break
-                moved, output = move_under_probes(lab, stub, ip, target, mode)
+                if not any(answers(lab, ip) for _ in range(60)):
+                    broken += 1
+                    print(f"  the guest stopped answering after move {n}: stopping", flush=True)
+                    break
+                moved, output = move_under_probes(lab, stub, ip, target, mode, args.max_downtime_ms)
                 gap, answered, sent = longest_gap_s(output)
                 silences[mode].append(gap)
                 calls[mode].append(moved.total_ms / 1000)
@@ -135,9 +150,11 @@ def main() -> int:
             stub.DeleteVM(api.DeleteVMRequest(name_or_id="bench-mig"), timeout=60)
     finally:
         lab.down()
+    if broken:
+        print("\nTHE GUEST BROKE (it stopped answering): see docs/migration.md, known problem")
     if not downtimes:
         print("\nno live moves: no baseline")
-        return 0
+        return 1
     floor = percentile(downtimes, 50)
     print(f"\nlibvirt downtime of live moves (baseline, p50 over {len(downtimes)}): {floor:.3f} s")
     print(
@@ -158,7 +175,7 @@ def main() -> int:
     print(f"{verdict} spec goal: edge-to-cloud live migration with < {GOAL_S:g} s downtime")
     verdict = "MET" if percentile(gaps, 95) <= 0.150 else "MISSED"
     print(f"{verdict} issue 10 goal: p95 user-visible silence <= 150 ms (live, default downtime)")
-    return 0
+    return 1 if broken else 0
 
 
 if __name__ == "__main__":

@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=types.non_negative_u32,
         default=0,
         metavar="MS",
-        help="longest pause aimed for at the switch-over (0 = controller.max_downtime, 50 ms); "
+        help="longest pause aimed for at the switch-over (0 = controller.max_downtime, 150 ms); "
         "a pre-copy that cannot meet it has the pause raised step by step, then is aborted "
         "(the VM keeps running where it was)",
     )

@@ -130,7 +130,7 @@ class ControllerConfig:
     cold_shutdown_timeout: Seconds = Seconds(30.0)
     # live migration: the pause QEMU aims for at the switch-over, unless a request says (the
     # spec's max_downtime); a pre-copy that cannot meet it in time is escalated, then aborted
-    max_downtime: Seconds = Seconds(0.05)
+    max_downtime: Seconds = Seconds(0.15)
     insecure: bool = False
     # This state dir starts a new installation: agents that remember another installation are
     # taken over (their VMs shown as orphans, never deleted).

@@ -271,13 +271,13 @@ def test_deleting_a_migrating_vm_ends_the_job_and_fences_both_copies(d: Driver) 
 
 
 def test_a_live_move_gets_the_default_pause_aim_and_a_bounded_budget(d: Driver) -> None:
-    """controller.max_downtime (50 ms) unless the request says; the agent's pre-copy budget
+    """controller.max_downtime (150 ms) unless the request says; the agent's pre-copy budget
     ends before the controller's own deadline, so a move that cannot converge is aborted by
     the agent (which says why) rather than left unknown."""
     vm = d.deploy("web", "n1")
     migrate = to_snapshot(d, vm.id)
-    assert (migrate.max_downtime_ms, migrate.time_budget_s) == (50, 110.0)
-    assert d.migration(vm.id).max_downtime_ms == 50
+    assert (migrate.max_downtime_ms, migrate.time_budget_s) == (150, 110.0)
+    assert d.migration(vm.id).max_downtime_ms == 150
     d.answer(d.sent(c.Migrate, "n1"), error=c.CommandError("DEADLINE_EXCEEDED", "did not converge"))
     d.answer(d.sent(c.DeleteVM, "n2"))
     assert d.vm(vm.id).node_id == "n1" and d.migration(vm.id).phase is P.FAILED

@@ -818,7 +818,7 @@ class MigrateVMRequest(_message.Message):
     bandwidth_mbit: _builtins.int
     """cap on the migration stream (0 = agent QoS only)"""
     max_downtime_ms: _builtins.int
-    """0 = controller.max_downtime (50 ms); escalated if not met"""
+    """0 = controller.max_downtime (150 ms); escalated if not met"""
     timeout_seconds: _builtins.int
     """0 = controller default"""
     postcopy: _builtins.bool
