@@ -4,7 +4,6 @@ copied, optionally post-copy), and the job's stats while it runs and once it com
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -121,15 +120,13 @@ class LibvirtMigration(LibvirtConnection):
                     f"{time_budget_s:g} s budget (pause allowed up to "
                     f"{escalation.downtime_ms} ms); aborted, the vm keeps running here"
                 ) from err
-            if not switch.switched.is_set():
-                raise
-            window = time_budget_s or POSTCOPY_RESUME_WINDOW_S
-            if not self._resume_postcopy(dom, vm_id, target.libvirt_uri, params, flags, window):
+            if switch.switched.is_set():
                 raise Internal(
                     f"{err}; post-copy had begun: the guest ran on the target, and part of its "
-                    "memory is only here, so this node keeps it paused and nothing was undone; "
-                    f"resuming the post-copy failed for {window:g} s (the path is still down?)"
+                    "memory is only here, so this node keeps it paused and nothing was undone "
+                    "(post-copy recovery is not built: docs/migration.md)"
                 ) from err
+            raise
         self._forget(vm_id)
         log.info(
             "vm_migrated",
@@ -139,33 +136,6 @@ class LibvirtMigration(LibvirtConnection):
             max_downtime_ms=max_downtime_ms,
             postcopy=postcopy,
         )
-
-    def _resume_postcopy(
-        self,
-        dom: libvirt.virDomain,
-        vm_id: str,
-        uri: str,
-        params: dict[str, str | int],
-        flags: int,
-        window_s: float,
-    ) -> bool:
-        """A post-copy whose connection broke leaves both halves paused (QEMU's
-        postcopy-paused): resume it (VIR_MIGRATE_POSTCOPY_RESUME) once the path is back,
-        retrying within `window_s`. True once the guest's memory is all on the target."""
-        resume = flags | libvirt.VIR_MIGRATE_POSTCOPY | libvirt.VIR_MIGRATE_POSTCOPY_RESUME
-        deadline = time.monotonic() + window_s
-        tries = 0
-        while time.monotonic() < deadline:
-            time.sleep(POSTCOPY_RESUME_RETRY_S)
-            tries += 1
-            try:
-                dom.migrateToURI3(uri, params, resume)
-            except libvirt.libvirtError as err:
-                log.info("vm_postcopy_resume_failed", vm_id=vm_id, tries=tries, error=str(err))
-                continue
-            log.info("vm_postcopy_resumed", vm_id=vm_id, tries=tries)
-            return True
-        return False
 
     def migration_progress(self, vm_id: str) -> MigrationProgress | None:
         # Only the lookup and the job's own stats: while the job runs, every call that needs
@@ -206,8 +176,6 @@ class LibvirtMigration(LibvirtConnection):
 
 
 POSTCOPY_POLL_S = 0.05
-POSTCOPY_RESUME_RETRY_S = 2.0
-POSTCOPY_RESUME_WINDOW_S = 300.0  # without a job budget: how long a broken path may take
 
 
 @dataclass(slots=True)

@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import os
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -232,11 +231,8 @@ def test_a_postcopy_that_fails_midway_says_so_and_undoes_nothing(pair: Pair) -> 
     errors: list[BaseException] = []
 
     def move() -> None:
-        try:  # 2 Mbit/s: ~5 min of post-copy, so the kill surely lands during it; 6 s of
-            # trying to resume it (its target is gone for good)
-            a.driver.migrate(
-                vm_id, b.target(vm_id), bandwidth_mbit=2, postcopy=True, time_budget_s=6
-            )
+        try:  # 2 Mbit/s: ~5 min of post-copy, so the kill surely lands during it
+            a.driver.migrate(vm_id, b.target(vm_id), bandwidth_mbit=2, postcopy=True)
         except BaseException as err:
             errors.append(err)
 
@@ -254,7 +250,6 @@ def test_a_postcopy_that_fails_midway_says_so_and_undoes_nothing(pair: Pair) -> 
     print(f"\n{message}\nevents on A: {a.events.of(vm_id)}")
     assert message.startswith(f"migrate {vm_id} to {b.target(vm_id).libvirt_uri}: ")
     assert "post-copy had begun" in message and "keeps it paused" in message
-    assert "resuming the post-copy failed for 6 s" in message
     status = a.driver.get_vm(vm_id)
     assert status is not None and status.state == VMState.PAUSED  # kept, not destroyed
     assert _qemu_alive(a, name)
@@ -302,68 +297,6 @@ def test_a_precopy_that_cannot_converge_in_its_budget_is_escalated_then_aborted(
     assert on_a is not None and on_a.state == VMState.RUNNING
     assert b.driver.get_vm(vm_id) is None
     assert _qemu_alive(a, name)
-
-
-def _iptables(netns: str, op: str, rule: list[str]) -> None:
-    done = subprocess.run(
-        ["ip", "netns", "exec", netns, "iptables", op, *rule], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-
-
-def test_a_postcopy_whose_path_breaks_is_resumed_when_it_returns(pair: Pair) -> None:
-    """Both ends' migration connection reset mid post-copy (a firewall in each namespace):
-    QEMU pauses both halves (postcopy-paused). Once the rules go, the source agent's driver
-    resumes the job (VIR_MIGRATE_POSTCOPY_RESUME) and the guest ends up whole on B."""
-    a, b = pair.a, pair.b
-    name = _unique("resume")
-    vm_id, _ = pair.create(a, name)
-    _booted(a, vm_id, name)
-    errors: list[BaseException] = []
-
-    def move() -> None:
-        try:  # 20 Mbit/s: ~30 s of post-copy, room for the break
-            a.driver.migrate(
-                vm_id, b.target(vm_id), bandwidth_mbit=20, postcopy=True, time_budget_s=120
-            )
-        except BaseException as err:
-            errors.append(err)
-
-    ports = "49152:49215"  # QEMU's migration ports; libvirtd's own connection stays
-    rules = [
-        (b.netns, ["INPUT", "-p", "tcp", "--dport", ports, "-j", "REJECT",
-                   "--reject-with", "tcp-reset"]),
-        (a.netns, ["INPUT", "-p", "tcp", "--sport", ports, "-j", "REJECT",
-                   "--reject-with", "tcp-reset"]),
-    ]  # fmt: skip
-    mover = threading.Thread(target=move)
-    mover.start()
-    try:
-        b.events.wait(vm_id, "resumed", VMState.RUNNING, reason="post-copy: pulling memory")
-        for netns, rule in rules:
-            _iptables(netns, "-I", rule)
-        try:
-            a.events.wait(vm_id, "suspended", VMState.PAUSED, reason="post-copy failed")
-        finally:
-            for netns, rule in rules:
-                _iptables(netns, "-D", rule)
-    finally:
-        mover.join(timeout=300)
-    assert not mover.is_alive(), "migrate() did not return"
-    print(f"\nevents on A: {a.events.of(vm_id)}\nevents on B: {b.events.of(vm_id)}")
-    assert not errors, errors
-    on_b = b.driver.get_vm(vm_id)
-    assert on_b is not None and on_b.state == VMState.RUNNING
-    assert a.driver.get_vm(vm_id) is None and not _qemu_alive(a, name)
-    log = Path(b.target(vm_id).console_log)
-    heartbeat = f"NovaCron guest {name} heartbeat"
-    before = log.read_text(errors="replace").count(heartbeat) if log.exists() else 0
-    wait_for(
-        lambda: log.read_text(errors="replace").count(heartbeat) > before,
-        HEARTBEAT_TIMEOUT_S,
-        f"a new {heartbeat!r} in {log}",
-        interval_s=0.2,
-    )
 
 
 @pytest.mark.parametrize("failure", ["unreachable", "bad-destination-path"])
