@@ -16,7 +16,7 @@ import pytest
 from agent.hypervisor.base import MigrationTarget
 from agent.hypervisor.libvirt_driver import LibvirtHypervisor
 from agent.images.builder import FIRST_LINE
-from agent.vm_files import INCOMING_DISK, SAVE_FILE
+from agent.vm_files import INCOMING_DISK, INCOMING_SAVE, SAVE_FILE
 from shared.domain import VMState
 from shared.errors import NovaCronError, Unavailable
 from tests.conftest import wait_for
@@ -156,3 +156,29 @@ def test_land_refuses_what_did_not_arrive(pair: Pair) -> None:
     with pytest.raises(NovaCronError, match="nothing arrived"):
         b.driver.land("00000000-0000-4000-8000-000000000001", str(b.vm_root / "nope"), 1)
     assert isinstance(b.driver, LibvirtHypervisor)
+
+
+def test_a_landing_that_fails_leaves_nothing_on_the_target_and_the_source_restorable(
+    pair: Pair,
+) -> None:
+    """The save file that arrived is cut short (as a transfer broken off would leave it):
+    restoring it on B fails, B keeps no domain, and A's own save still restores the guest,
+    which goes on counting (what the controller's restart of the source does)."""
+    a, b = pair.a, pair.b
+    name = _unique("landfail")
+    vm_id, _ = pair.create(a, name)
+    _booted(a, vm_id, name)
+    before = _wait_uptime(a.console(vm_id), 0)
+    a.driver.send_offline(vm_id, _offline_target(b, vm_id), "snapshot", generation=2)
+    arrived = b.vm_dir(vm_id) / INCOMING_SAVE
+    with arrived.open("r+b") as f:
+        f.truncate(arrived.stat().st_size // 2)
+    with pytest.raises(NovaCronError):
+        _land(b, vm_id, 2)
+    assert b.driver.get_vm(vm_id) is None  # nothing left defined there
+    status = a.driver.restore_saved(vm_id, str(a.vm_dir(vm_id) / SAVE_FILE))
+    assert status.state == VMState.RUNNING and status.generation == 1
+    assert not (a.vm_dir(vm_id) / SAVE_FILE).exists()
+    after = _wait_uptime(a.console(vm_id), before)
+    assert a.console(vm_id).read_text().count(FIRST_LINE.format(name=name, kernel="")) == 1
+    print(f"\nuptime before {before}s, after the failed landing {after}s, on A")
