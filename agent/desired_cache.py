@@ -99,8 +99,14 @@ class DesiredStateCache:
                     "UPDATE vms SET desired = ? WHERE vm_id = ?",
                     (_POWER[command.action], command.vm_id),
                 )
-        elif isinstance(command, DeleteVM | Migrate):  # gone from here (cold/snapshot: it may
-            # run on the target already, so this node must not start its stopped copy)
+        elif isinstance(command, Migrate) and command.mode != "live":
+            # stopped for a cold/snapshot move: kept (a failed move starts it again), but
+            # never started offline (the target may run it already)
+            with self._lock:
+                self._db.execute(
+                    "UPDATE vms SET desired = ? WHERE vm_id = ?", (STOPPED, command.vm_id)
+                )
+        elif isinstance(command, DeleteVM | Migrate):  # gone from here
             with self._lock:
                 self._db.execute("DELETE FROM vms WHERE vm_id = ?", (command.vm_id,))
         elif isinstance(command, ApplyMesh):

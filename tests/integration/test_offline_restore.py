@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from agent.contact import ControllerContact
-from agent.desired_cache import PAUSED, STOPPED, DesiredStateCache
+from agent.desired_cache import PAUSED, RUNNING, STOPPED, DesiredStateCache
 from agent.hypervisor.base import BootMedia
 from agent.hypervisor.libvirt_driver import LibvirtHypervisor
 from agent.images.catalog import ImageCatalog
@@ -32,6 +32,8 @@ from shared.commands import (
     CommandResult,
     CreateVM,
     DeleteVM,
+    Migrate,
+    MigrationTarget,
     PowerAction,
 )
 from shared.config import Seconds
@@ -82,6 +84,23 @@ def test_the_cache_follows_the_commands_that_succeeded(tmp_path: Path) -> None:
     assert [(v.vm_id, v.generation, v.desired, v.stop_after_s) for v in again.vms()] == wanted
     cache.record(DeleteVM("b", "web", 1), CommandResult("5"))
     assert [v.vm_id for v in cache.vms()] == ["a"]
+
+
+def test_a_cold_or_snapshot_move_keeps_the_source_copy_stopped_until_it_goes(
+    tmp_path: Path,
+) -> None:
+    """Its source copy is never started offline while the move may have landed; a failed
+    move's restart makes it wanted again; its release removes it."""
+    cache = DesiredStateCache(tmp_path)
+    s = spec("web", 30.0)
+    cache.record(CreateVM("a", s, 2), CommandResult("1"))
+    target = MigrationTarget("qemu+tcp://b/system", "tcp://b", console_log="/v/a/console.log")
+    cache.record(Migrate("a", "web", target, 3, mode="snapshot"), CommandResult("2"))
+    assert [(v.vm_id, v.desired) for v in cache.vms()] == [("a", STOPPED)]
+    cache.record(ChangePower("a", "web", 2, PowerAction.START), CommandResult("3"))
+    assert [(v.vm_id, v.desired) for v in cache.vms()] == [("a", RUNNING)]
+    cache.record(DeleteVM("a", "web", 2), CommandResult("4"))
+    assert cache.vms() == []
 
 
 def test_an_offline_restart_brings_back_what_should_run(
