@@ -21,6 +21,7 @@ from agent.hypervisor import domain_xml
 from agent.hypervisor.base import VMEventCallback
 from agent.hypervisor.domain_xml import VMMetadata
 from agent.hypervisor.kvm_probe import kvm_works
+from shared.commands import MigrationProgress
 from shared.domain import VMState, VMStatus
 from shared.errors import (
     FailedPrecondition,
@@ -132,6 +133,8 @@ class LibvirtConnection:
         self._callbacks: list[VMEventCallback] = []
         self._callback_id: int | None = None
         self._known: dict[str, VMMetadata] = {}  # vm_id -> metadata, for "undefined" events
+        # vm_id -> bytes sent so far by a cold/snapshot migration (libvirt_offline_migration)
+        self._transfers: dict[str, MigrationProgress] = {}
         self._closed = False
         self._lost = ""  # why the connection closed under us ("" = it did not)
         self._conn: Any = self._open()

@@ -44,11 +44,9 @@ SHUTDOWN_POLL_S = 0.2
 class LibvirtOfflineMigration(LibvirtConnection):
     """Send a stopped or saved guest to another node, land one that arrived, restore a save."""
 
-    _transfers: dict[str, MigrationProgress]
-
     def offline_progress(self, vm_id: str) -> MigrationProgress | None:
         """Bytes sent so far of a cold or snapshot migration running here, or None."""
-        return getattr(self, "_transfers", {}).get(vm_id)
+        return self._transfers.get(vm_id)
 
     def send_offline(
         self,
@@ -61,7 +59,7 @@ class LibvirtOfflineMigration(LibvirtConnection):
         """Stop the guest (`cold`: ACPI shutdown, forced after `shutdown_timeout_s`;
         `snapshot`: libvirt save to <vm dir>/migration.save) and put its disk overlay, its
         definition (the target's paths, `generation`) and any save file into the target's
-        staged directory (the directory of `target.disk`). On failure the guest runs here
+        staged directory (the directory of `target.console_log`). On failure the guest runs here
         again as it did (a saved one restored) and the error says so."""
         if mode not in OFFLINE_MODES:
             raise InvalidArgument(f"migrate {vm_id}: unknown offline mode {mode!r}")
@@ -118,7 +116,9 @@ class LibvirtOfflineMigration(LibvirtConnection):
         if not running:
             return
         with _mapped("shutdown", vm_id):
-            if dom.state()[0] != libvirt.VIR_DOMAIN_PAUSED:  # a paused guest cannot react
+            if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                timeout_s = 0  # a paused guest cannot react to ACPI: forced off at once
+            else:
                 dom.shutdown()
             deadline = time.monotonic() + timeout_s
             while dom.isActive() and time.monotonic() < deadline:
@@ -163,7 +163,7 @@ class LibvirtOfflineMigration(LibvirtConnection):
     ) -> None:
         """Each file into the target's staged directory, as a volume of a transient pool."""
         total = sum(p.stat().st_size for p in paths.values()) + sum(map(len, blobs.values()))
-        progress = _Progress(self, vm_id, total)
+        progress = _Progress(self._transfers, vm_id, total)
         with _mapped("connect", target.libvirt_uri):
             remote = libvirt.open(target.libvirt_uri)
         try:
@@ -225,11 +225,9 @@ class LibvirtOfflineMigration(LibvirtConnection):
 class _Progress:
     """Bytes sent, as migration_progress reports them (from another thread)."""
 
-    def __init__(self, owner: LibvirtOfflineMigration, vm_id: str, total: int) -> None:
-        self.owner, self.vm_id, self.total, self.sent = owner, vm_id, total, 0
+    def __init__(self, table: dict[str, MigrationProgress], vm_id: str, total: int) -> None:
+        self.table, self.vm_id, self.total, self.sent = table, vm_id, total, 0
         self.lock = threading.Lock()
-        if not hasattr(owner, "_transfers"):
-            owner._transfers = {}
         self._publish()
 
     def add(self, n: int) -> None:
@@ -238,7 +236,7 @@ class _Progress:
             self._publish()
 
     def _publish(self) -> None:
-        self.owner._transfers[self.vm_id] = MigrationProgress(
+        self.table[self.vm_id] = MigrationProgress(
             vm_id=self.vm_id,
             migration_id="",
             data_total=self.total,
@@ -248,7 +246,7 @@ class _Progress:
         )
 
     def done(self) -> None:
-        self.owner._transfers.pop(self.vm_id, None)
+        self.table.pop(self.vm_id, None)
 
 
 @contextmanager
