@@ -6,7 +6,8 @@ commands (declared below for the type checker)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import functools
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,8 +94,9 @@ class MigrationCommands:
         if migrate.address:
             self._outgoing[migrate.vm_id] = migrate.address
         try:
-            job = asyncio.ensure_future(
-                asyncio.to_thread(
+            await self._reporting_progress(
+                migrate,
+                functools.partial(
                     self.hypervisor.migrate,
                     migrate.vm_id,
                     migrate.target,
@@ -103,18 +105,8 @@ class MigrationCommands:
                     postcopy=migrate.postcopy,
                     generation=migrate.generation,
                     time_budget_s=migrate.time_budget_s,
-                )
+                ),
             )
-            if self.on_progress is not None:
-                await watch_migration(
-                    job,
-                    self.hypervisor.migration_progress,
-                    self.on_progress,
-                    migrate.vm_id,
-                    migrate.migration_id,
-                    self.progress_interval_s,
-                )
-            await job
         finally:
             self._outgoing.pop(migrate.vm_id, None)
         await asyncio.to_thread(self.catalog.release, self.vm_dir(migrate.vm_id))
@@ -128,16 +120,21 @@ class MigrationCommands:
         reporting the bytes sent. This node keeps its stopped copy, its files and its route:
         should the target fail to run it, it runs here again (the controller deletes it
         once the target runs it)."""
-        job = asyncio.ensure_future(
-            asyncio.to_thread(
+        await self._reporting_progress(
+            migrate,
+            functools.partial(
                 self.hypervisor.send_offline,
                 migrate.vm_id,
                 migrate.target,
                 migrate.mode,
                 migrate.generation,
                 migrate.shutdown_timeout_s or DEFAULT_SHUTDOWN_TIMEOUT_S,
-            )
+            ),
         )
+
+    async def _reporting_progress(self, migrate: Migrate, send: Callable[[], None]) -> None:
+        """Run the source's blocking part of a move in a thread, reporting its progress."""
+        job = asyncio.ensure_future(asyncio.to_thread(send))
         if self.on_progress is not None:
             await watch_migration(
                 job,

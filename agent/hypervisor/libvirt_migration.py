@@ -4,7 +4,7 @@ copied, optionally post-copy), and the job's stats while it runs and once it com
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -217,13 +217,8 @@ def _switch_to_postcopy(
             log.info("vm_migration_postcopy_requested", vm_id=vm_id)
             return
 
-    thread = threading.Thread(target=switch, name=f"postcopy-{vm_id}", daemon=True)
-    thread.start()
-    try:
+    with _beside(switch, done, f"postcopy-{vm_id}"):
         yield
-    finally:
-        done.set()
-        thread.join()
 
 
 def _set_max_downtime(dom: libvirt.virDomain, vm_id: str, downtime_ms: int) -> None:
@@ -285,7 +280,15 @@ def _escalate(
             except libvirt.libvirtError as err:  # the job ended meanwhile
                 log.debug("escalation_skipped", vm_id=vm_id, error=str(err))
 
-    thread = threading.Thread(target=escalate, name=f"escalate-{vm_id}", daemon=True)
+    with _beside(escalate, done, f"escalate-{vm_id}"):
+        yield
+
+
+@contextmanager
+def _beside(work: Callable[[], None], done: threading.Event, name: str) -> Iterator[None]:
+    """Run `work` in a thread while the body runs the migration job; then set `done` (which
+    `work` waits on) and join it."""
+    thread = threading.Thread(target=work, name=name, daemon=True)
     thread.start()
     try:
         yield

@@ -1,13 +1,5 @@
-"""Live migration of a real TCG guest between two edge nodes on this host.
-
-Each node is a network namespace of its own with its own private libvirtd (listening on TCP in
-that namespace, distinct host_uuid, migration_address/migration_host set to the node's address,
-see /work/shared/MACHINE-NOTES.md). A veth pair joins the two namespaces on a private
-10.78.<x>.0/24 that only they see: the root namespace has no address or route in it, so no
-migration traffic can leave the machine. The test reaches each daemon through its unix socket.
-Node B boots from its own copy of the image and its own VM directories, so that the domain
-arriving there must use B's paths. Guests, daemons and namespaces go away even when a test fails.
-"""
+"""Live migration of a real TCG guest between two edge nodes on this host (the pair of
+private libvirtds in namespaces of their own: tests/contract/migration_pair.py)."""
 
 from __future__ import annotations
 
