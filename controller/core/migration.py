@@ -243,7 +243,7 @@ class MigrationMixin(AgentsMixin):
             self.log.warning("migration call failed after arrival", vm_id=vm.id, error=str(error))
             mig = self.put_migration(replace(mig, error=str(error), error_code=error.code))
         if mig.offline and not mig.arrived:  # the files are in: land it there
-            self.put_migration(replace(mig, bytes_remaining=0))
+            mig = self.put_migration(replace(mig, bytes_remaining=0))
             self.land(mig)
             return
         if not mig.arrived:

@@ -57,7 +57,14 @@ def test_the_phases_in_order_and_the_source_copy_goes_at_the_end(d: Driver, mode
     d.report("n1", status(vm.id, "web", 1, VMState.STOPPED))  # stopped as it leaves: no restart
     assert not d.commands(c.ChangePower)
 
+    d.feed(
+        ev.AgentProgress,
+        node_id="n1",
+        session_id=d.sessions["n1"],
+        progress=c.MigrationProgress(vm.id, mig.id, 1000, 400, 600),
+    )
     d.answer(d.sent(c.Migrate, "n1"))  # the files are in the target's staged directory
+    assert d.stored_migration(mig.id).bytes_remaining == 0  # all sent, also once landing
     land = d.sent(c.LandMigration, "n2").envelope.command
     assert isinstance(land, c.LandMigration) and land.generation == 2
     assert d.vm(vm.id).node_id == "n1"  # not moved before the target runs it
@@ -74,6 +81,7 @@ def test_the_phases_in_order_and_the_source_copy_goes_at_the_end(d: Driver, mode
     assert [p for p, _ in mig.phase_times] == [
         "pre_checks",
         "snapshot",
+        "transfer",
         "switchover",
         "cleanup",
         "succeeded",
