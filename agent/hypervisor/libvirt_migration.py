@@ -4,8 +4,9 @@ copied, optionally post-copy), and the job's stats while it runs and once it com
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,12 @@ from agent.fencing import fence
 from agent.hypervisor.base import MigrationProgress, MigrationStats, MigrationTarget
 from agent.hypervisor.libvirt_connection import LibvirtConnection, _error_code, _mapped
 from agent.hypervisor.migration_xml import _migrated_disks, _migration_problem, _retarget_xml
+from agent.hypervisor.postcopy_recovery import (
+    WINDOW_WITHOUT_BUDGET_S,
+    PostcopyWatch,
+    pause_when_stalled,
+    resume_postcopy,
+)
 from shared.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -100,33 +107,43 @@ class LibvirtMigration(LibvirtConnection):
             flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC
         where = f"{vm_id} to {target.libvirt_uri}"
         switch = _PostcopySwitch()
+        watch = PostcopyWatch(switched=switch.switched)
         escalation = _Escalation(max_downtime_ms or QEMU_DEFAULT_DOWNTIME_MS, time_budget_s)
-        try:
-            with _mapped("migrate", where):
-                if max_downtime_ms > 0:
-                    _set_max_downtime(dom, vm_id, max_downtime_ms)
-                with (
-                    _switch_to_postcopy(dom, vm_id, switch, enabled=postcopy),
-                    _escalate(dom, vm_id, escalation, enabled=not postcopy),
-                ):
-                    dom.migrateToURI3(target.libvirt_uri, params, flags)
-        except NovaCronError as err:
-            log.warning(
-                "vm_migration_failed", vm_id=vm_id, target=target.libvirt_uri, error=str(err)
-            )
-            if escalation.aborted.is_set():
-                raise DeadlineExceeded(
-                    f"migrate {where}: pre-copy did not converge within its "
-                    f"{time_budget_s:g} s budget (pause allowed up to "
-                    f"{escalation.downtime_ms} ms); aborted, the vm keeps running here"
-                ) from err
-            if switch.switched.is_set():
-                raise Internal(
-                    f"{err}; post-copy had begun: the guest ran on the target, and part of its "
-                    "memory is only here, so this node keeps it paused and nothing was undone "
-                    "(post-copy recovery is not built: docs/migration.md)"
-                ) from err
-            raise
+        started = time.monotonic()
+        with pause_when_stalled(dom, vm_id, watch) if postcopy else nullcontext():
+            try:
+                with _mapped("migrate", where):
+                    if max_downtime_ms > 0:
+                        _set_max_downtime(dom, vm_id, max_downtime_ms)
+                    with (
+                        _switch_to_postcopy(dom, vm_id, switch, enabled=postcopy),
+                        _escalate(dom, vm_id, escalation, enabled=not postcopy),
+                    ):
+                        dom.migrateToURI3(target.libvirt_uri, params, flags)
+            except NovaCronError as err:
+                log.warning(
+                    "vm_migration_failed", vm_id=vm_id, target=target.libvirt_uri, error=str(err)
+                )
+                if escalation.aborted.is_set():
+                    raise DeadlineExceeded(
+                        f"migrate {where}: pre-copy did not converge within its "
+                        f"{time_budget_s:g} s budget (pause allowed up to "
+                        f"{escalation.downtime_ms} ms); aborted, the vm keeps running here"
+                    ) from err
+                if not switch.switched.is_set():
+                    raise
+                window = (
+                    max(0.0, started + time_budget_s - time.monotonic())
+                    if time_budget_s
+                    else WINDOW_WITHOUT_BUDGET_S
+                )
+                why = resume_postcopy(dom, vm_id, target.libvirt_uri, params, flags, window)
+                if why:
+                    raise Internal(
+                        f"{err}; post-copy had begun: the guest ran on the target, and part of "
+                        "its memory is only here, so this node keeps it paused and nothing was "
+                        f"undone; resuming it for {window:.0f} s did not work: {why}"
+                    ) from err
         self._forget(vm_id)
         log.info(
             "vm_migrated",

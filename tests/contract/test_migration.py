@@ -223,8 +223,11 @@ def test_a_postcopy_that_fails_midway_says_so_and_undoes_nothing(pair: Pair) -> 
     errors: list[BaseException] = []
 
     def move() -> None:
-        try:  # 2 Mbit/s: ~5 min of post-copy, so the kill surely lands during it
-            a.driver.migrate(vm_id, b.target(vm_id), bandwidth_mbit=2, postcopy=True)
+        try:  # 2 Mbit/s: ~5 min of post-copy, so the kill surely lands during it; a 60 s
+            # budget, of which the resume gives up at once (nothing left on B to resume)
+            a.driver.migrate(
+                vm_id, b.target(vm_id), bandwidth_mbit=2, postcopy=True, time_budget_s=60
+            )
         except BaseException as err:
             errors.append(err)
 
@@ -242,6 +245,7 @@ def test_a_postcopy_that_fails_midway_says_so_and_undoes_nothing(pair: Pair) -> 
     print(f"\n{message}\nevents on A: {a.events.of(vm_id)}")
     assert message.startswith(f"migrate {vm_id} to {b.target(vm_id).libvirt_uri}: ")
     assert "post-copy had begun" in message and "keeps it paused" in message
+    assert "the target lost its half" in message  # no resume tried to the end of the budget
     status = a.driver.get_vm(vm_id)
     assert status is not None and status.state == VMState.PAUSED  # kept, not destroyed
     assert _qemu_alive(a, name)
