@@ -4,7 +4,9 @@ The controller replaces a lost node's VM `stop_after` + a margin after it *last 
 node (controller/core/disconnect.py), so the agent must count from a moment no later than that:
 the send time of a message it knows arrived. A pong proves its ping arrived, and the stream is
 ordered, so every heartbeat (or the hello) queued before that ping arrived too; the send time
-of the latest of those is the confirmed contact. A welcome confirms the hello.
+of the latest of those is the confirmed contact. A welcome confirms the hello. So does the
+controller's answer to ConfirmContact, on a connection of its own: the latest heartbeat it
+received (agent/contact_check.py).
 
 The moment is kept on disk (wall clock) so that an agent restarted while its VMs kept running
 does not start counting afresh: it fences at once what has been alone too long.
@@ -38,6 +40,7 @@ class ControllerContact:
         self._mono, self._wall = monotonic, wall
         self._latest_sent = 0.0  # the latest heartbeat or hello queued on this session
         self._pings: dict[int, float] = {}  # ping seq -> _latest_sent when it was queued
+        self._beats: dict[int, float] = {}  # heartbeat seq -> when it was queued
         self._saved_at = -SAVE_EVERY_S
         self.confirmed_at = self._load()
 
@@ -60,6 +63,20 @@ class ControllerContact:
         """A hello or heartbeat was queued on the stream."""
         self._latest_sent = self._mono()
 
+    def sent_heartbeat(self, seq: int) -> None:
+        """A heartbeat was queued on the stream (a report, and a ConfirmContact may name it)."""
+        self.sent_report()
+        self._beats[seq] = self._latest_sent
+
+    def heartbeat_heard(self, seq: int) -> None:
+        """The controller says it received heartbeat `seq` of this session."""
+        sent = self._beats.get(seq)
+        if sent is None:
+            return  # not one of this session's: nothing is confirmed
+        for older in [s for s in self._beats if s <= seq]:
+            del self._beats[older]  # this one covers them
+        self._confirm(sent)
+
     def sent_ping(self, seq: int) -> None:
         self._pings[seq] = self._latest_sent
 
@@ -75,6 +92,7 @@ class ControllerContact:
 
     def session_ended(self) -> None:
         self._pings.clear()
+        self._beats.clear()
         self._latest_sent = 0.0
 
     def now(self) -> float:
@@ -88,6 +106,8 @@ class ControllerContact:
         if at <= self.confirmed_at:
             return
         self.confirmed_at = at
+        for seq in [s for s, sent in self._beats.items() if sent <= at]:
+            del self._beats[seq]  # confirmed already: only newer beats can still say more
         now = self._mono()
         if self._path is not None and now - self._saved_at >= SAVE_EVERY_S:
             self._saved_at = now

@@ -19,6 +19,7 @@ from agent import __version__
 from agent.backoff import Backoff
 from agent.config import AgentConfig
 from agent.contact import ControllerContact
+from agent.contact_check import confirm_when_quiet
 from agent.desired_cache import DesiredStateCache
 from agent.executor import CommandExecutor
 from agent.hypervisor.base import Hypervisor
@@ -248,6 +249,19 @@ class AgentSession:
                         )
                         background.append(asyncio.create_task(self._heartbeats(outbox)))
                         background.append(asyncio.create_task(self._probes(outbox)))
+                        query = apb.ContactQuery(
+                            node_id=self.config.node_id, session_id=welcome.session_id
+                        )
+                        background.append(
+                            asyncio.create_task(
+                                confirm_when_quiet(
+                                    self.contact,
+                                    self.config.controller,
+                                    query,
+                                    lambda: self.heartbeat_interval,
+                                )
+                            )
+                        )
                     elif kind == "command":
                         self._spawn(self._run_command(message.command, outbox))
                     elif kind == "pong":
@@ -314,7 +328,7 @@ class AgentSession:
             if self.mesh is not None:
                 self.peer_prober.set_peers(self._reachable_peers(message.heartbeat.mesh))
             outbox.put_nowait(message)
-            self.contact.sent_report()
+            self.contact.sent_heartbeat(message.heartbeat.seq)
             self._ping(outbox)  # its pong confirms this beat: self-fencing counts from it
             due = max(due + self.heartbeat_interval, loop.time())
             await asyncio.sleep(due - loop.time())

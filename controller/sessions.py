@@ -34,6 +34,7 @@ class AgentConnection:
         self._welcome: asyncio.Future[Welcome] = asyncio.get_running_loop().create_future()
         self.closed = False
         self.reason = ""  # why it closed
+        self.heartbeat_seq = 0  # the latest heartbeat received: what ConfirmContact answers
 
     def send_command(self, instruction: SendCommand) -> bool:
         if self.closed:
@@ -88,6 +89,20 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
     def __init__(self, runner: Runner, identity: Callable[[apb.Hello], str]) -> None:
         self._runner = runner
         self._identity = identity
+        self._connections: dict[str, AgentConnection] = {}  # by session id
+
+    async def ConfirmContact(
+        self,
+        request: apb.ContactQuery,
+        context: grpc.aio.ServicerContext[apb.ContactQuery, apb.ContactAnswer],
+    ) -> apb.ContactAnswer:
+        """The latest heartbeat the named session delivered. Its event is queued for the core
+        already, which counts the node as heard from at its arrival, so the agent may count
+        its contact from that heartbeat's send time, as it does for a pong."""
+        conn = self._connections.get(request.session_id)
+        if conn is None or conn.closed or conn.node_id != request.node_id:
+            return apb.ContactAnswer(heartbeat_seq=0)
+        return apb.ContactAnswer(heartbeat_seq=conn.heartbeat_seq)
 
     async def Connect(
         self,
@@ -111,6 +126,7 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
         bound.info("agent connected", peer=conn.peer)
         runner = self._runner
         runner.attach(conn)
+        self._connections[conn.session_id] = conn
         try:
             # Registered (and stored) before the welcome, so an agent that saw its welcome is
             # placeable.
@@ -128,6 +144,7 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
                     probe_interval_ms=int(settings.probe_interval * 1000),
                     installation_id=welcome.installation_id,
                     take_over=welcome.take_over,
+                    session_id=conn.session_id,
                 )
             )
             reader = asyncio.create_task(self._read(conn, request_iterator))
@@ -147,6 +164,7 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
                 )
                 bound.info("agent disconnected")
         finally:
+            self._connections.pop(conn.session_id, None)
             runner.detach(conn)
 
     async def _read(
@@ -173,6 +191,7 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
             conn.send(apb.ControllerMessage(pong=apb.Pong(seq=message.ping.seq)))
         elif kind == "heartbeat":
             hb = message.heartbeat
+            conn.heartbeat_seq = max(conn.heartbeat_seq, hb.seq)
             submit(
                 ev.AgentHeartbeat,
                 utilization=convert.utilization_from_pb(hb.utilization),

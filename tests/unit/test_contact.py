@@ -82,3 +82,41 @@ def test_an_unreadable_saved_contact_counts_from_now(tmp_path: Path) -> None:
     (tmp_path / CONTACT_FILE).write_text("{not json")
     clock = Clock()
     assert contact(tmp_path, clock).alone_s() == 0.0
+
+
+def test_a_heartbeat_the_controller_heard_confirms_its_send_time_and_covers_older_ones() -> None:
+    now = [100.0]
+    contact = ControllerContact(None, lambda: now[0])
+    for seq in (1, 2, 3):
+        now[0] += 5.0
+        contact.sent_heartbeat(seq)  # queued at 105, 110, 115
+    now[0] = 140.0
+    contact.heartbeat_heard(2)  # ConfirmContact on a second connection names beat 2
+    assert contact.confirmed_at == 110.0 and contact.alone_s() == 30.0
+    contact.heartbeat_heard(1)  # covered by 2 already: nothing goes back
+    assert contact.confirmed_at == 110.0
+    contact.heartbeat_heard(9)  # a beat this session never sent confirms nothing
+    assert contact.confirmed_at == 110.0
+    contact.heartbeat_heard(3)
+    assert contact.confirmed_at == 115.0
+
+
+def test_a_new_session_forgets_the_old_sessions_heartbeats() -> None:
+    now = [100.0]
+    contact = ControllerContact(None, lambda: now[0])
+    now[0] += 5.0
+    contact.sent_heartbeat(7)
+    contact.session_ended()
+    contact.heartbeat_heard(7)
+    assert contact.confirmed_at == 100.0
+
+
+def test_heartbeats_confirmed_by_pongs_are_not_kept() -> None:
+    now = [100.0]
+    contact = ControllerContact(None, lambda: now[0])
+    for seq in range(1, 1001):
+        now[0] += 5.0
+        contact.sent_heartbeat(seq)
+        contact.sent_ping(seq)
+        contact.ponged(seq)
+    assert len(contact._beats) == 0  # a long-lived agent's table does not grow

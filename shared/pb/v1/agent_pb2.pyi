@@ -106,6 +106,51 @@ class Pong(_message.Message):
 Global___Pong: _TypeAlias = Pong  # noqa: Y015
 
 @_typing.final
+class ContactQuery(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    session_id: _builtins.str
+    """Welcome.session_id of the agent's current session"""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContactQuery: _TypeAlias = ContactQuery  # noqa: Y015
+
+@_typing.final
+class ContactAnswer(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEARTBEAT_SEQ_FIELD_NUMBER: _builtins.int
+    heartbeat_seq: _builtins.int
+    """The latest heartbeat of that session the controller has received; 0 = none, or the
+    session is not the node's current one (nothing is confirmed).
+    """
+    def __init__(
+        self,
+        *,
+        heartbeat_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_seq", b"heartbeat_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContactAnswer: _TypeAlias = ContactAnswer  # noqa: Y015
+
+@_typing.final
 class Hello(_message.Message):
     """Sent first on every (re)connect: everything the controller needs to re-compare, no history."""
 
@@ -561,6 +606,7 @@ class Welcome(_message.Message):
     PROBE_INTERVAL_MS_FIELD_NUMBER: _builtins.int
     INSTALLATION_ID_FIELD_NUMBER: _builtins.int
     TAKE_OVER_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
     controller_id: _builtins.str
     heartbeat_interval_ms: _builtins.int
     probe_interval_ms: _builtins.int
@@ -569,6 +615,8 @@ class Welcome(_message.Message):
     """the controller installation (its state); "" = not said"""
     take_over: _builtins.bool
     """--new-installation: nodes of another installation join this one"""
+    session_id: _builtins.str
+    """names this session in ContactQuery"""
     def __init__(
         self,
         *,
@@ -577,10 +625,11 @@ class Welcome(_message.Message):
         probe_interval_ms: _builtins.int = ...,
         installation_id: _builtins.str = ...,
         take_over: _builtins.bool = ...,
+        session_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["controller_id", b"controller_id", "heartbeat_interval_ms", b"heartbeat_interval_ms", "installation_id", b"installation_id", "probe_interval_ms", b"probe_interval_ms", "take_over", b"take_over"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["controller_id", b"controller_id", "heartbeat_interval_ms", b"heartbeat_interval_ms", "installation_id", b"installation_id", "probe_interval_ms", b"probe_interval_ms", "session_id", b"session_id", "take_over", b"take_over"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -39,6 +39,11 @@ class AgentSessionStub:
                 request_serializer=shared_dot_pb_dot_v1_dot_agent__pb2.AgentMessage.SerializeToString,
                 response_deserializer=shared_dot_pb_dot_v1_dot_agent__pb2.ControllerMessage.FromString,
                 _registered_method=True)
+        self.ConfirmContact = channel.unary_unary(
+                '/novacron.edge.v1.AgentSession/ConfirmContact',
+                request_serializer=shared_dot_pb_dot_v1_dot_agent__pb2.ContactQuery.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_v1_dot_agent__pb2.ContactAnswer.FromString,
+                _registered_method=True)
 
 
 class AgentSessionServicer:
@@ -50,6 +55,15 @@ class AgentSessionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ConfirmContact(self, request, context):
+        """A second path to confirm contact, on a fresh connection of its own: on a lossy link the
+        controller-to-agent half of the stream can stall in TCP's retransmission backoff for
+        longer than a VM's stop_after while heartbeats still arrive (docs/failover.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentSessionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +71,11 @@ def add_AgentSessionServicer_to_server(servicer, server):
                     servicer.Connect,
                     request_deserializer=shared_dot_pb_dot_v1_dot_agent__pb2.AgentMessage.FromString,
                     response_serializer=shared_dot_pb_dot_v1_dot_agent__pb2.ControllerMessage.SerializeToString,
+            ),
+            'ConfirmContact': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmContact,
+                    request_deserializer=shared_dot_pb_dot_v1_dot_agent__pb2.ContactQuery.FromString,
+                    response_serializer=shared_dot_pb_dot_v1_dot_agent__pb2.ContactAnswer.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +105,33 @@ class AgentSession:
             '/novacron.edge.v1.AgentSession/Connect',
             shared_dot_pb_dot_v1_dot_agent__pb2.AgentMessage.SerializeToString,
             shared_dot_pb_dot_v1_dot_agent__pb2.ControllerMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmContact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/novacron.edge.v1.AgentSession/ConfirmContact',
+            shared_dot_pb_dot_v1_dot_agent__pb2.ContactQuery.SerializeToString,
+            shared_dot_pb_dot_v1_dot_agent__pb2.ContactAnswer.FromString,
             options,
             channel_credentials,
             insecure,

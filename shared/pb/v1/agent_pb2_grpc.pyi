@@ -35,11 +35,21 @@ class AgentSessionStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AgentSessionAsyncStub: ...
     Connect: _grpc.StreamStreamMultiCallable[_agent_pb2.AgentMessage, _agent_pb2.ControllerMessage]
+    ConfirmContact: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ContactQuery, _agent_pb2.ContactAnswer]
+    """A second path to confirm contact, on a fresh connection of its own: on a lossy link the
+    controller-to-agent half of the stream can stall in TCP's retransmission backoff for
+    longer than a VM's stop_after while heartbeats still arrive (docs/failover.md).
+    """
 
 @_typing.type_check_only
 class AgentSessionAsyncStub(AgentSessionStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Connect: _aio.StreamStreamMultiCallable[_agent_pb2.AgentMessage, _agent_pb2.ControllerMessage]  # type: ignore[assignment]
+    ConfirmContact: _aio.UnaryUnaryMultiCallable[_agent_pb2.ContactQuery, _agent_pb2.ContactAnswer]  # type: ignore[assignment]
+    """A second path to confirm contact, on a fresh connection of its own: on a lossy link the
+    controller-to-agent half of the stream can stall in TCP's retransmission backoff for
+    longer than a VM's stop_after while heartbeats still arrive (docs/failover.md).
+    """
 
 class AgentSessionServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -48,5 +58,16 @@ class AgentSessionServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_agent_pb2.AgentMessage],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_agent_pb2.ControllerMessage], _abc.AsyncIterator[_agent_pb2.ControllerMessage]]: ...
+
+    @_abc_1.abstractmethod
+    def ConfirmContact(
+        self,
+        request: _agent_pb2.ContactQuery,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.ContactAnswer, _abc.Awaitable[_agent_pb2.ContactAnswer]]:
+        """A second path to confirm contact, on a fresh connection of its own: on a lossy link the
+        controller-to-agent half of the stream can stall in TCP's retransmission backoff for
+        longer than a VM's stop_after while heartbeats still arrive (docs/failover.md).
+        """
 
 def add_AgentSessionServicer_to_server(servicer: AgentSessionServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

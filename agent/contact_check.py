@@ -1,0 +1,59 @@
+"""A second path to confirm contact with the controller, for when pongs stop coming.
+
+On a very lossy link the controller-to-agent half of the session's one TCP connection can
+stall in retransmission backoff (0.2, 0.4 … 25.6 s) while heartbeats still arrive: the
+controller keeps hearing the node, but no pong reaches the agent, and after `stop_after` the
+agent pauses its VMs for nothing (once in 10 minutes at 30 % loss, docs/failover.md). So once
+no contact was confirmed for CONFIRM_AFTER_HEARTBEATS intervals, the agent asks the controller
+on a connection of its own, which starts with a fresh retransmission timer:
+ConfirmContact answers with the latest heartbeat of this session the controller received, and
+that heartbeat's send time is the confirmed contact (agent/contact.py), as with a pong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import grpc
+import structlog
+
+from agent.contact import ControllerContact
+from shared.pb.v1 import agent_pb2 as apb
+from shared.pb.v1 import agent_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+CONFIRM_AFTER_HEARTBEATS = 2.5  # pongs normally confirm every beat within a second
+# a channel of its own, not one sharing the session's connection from gRPC's global pool
+CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
+
+
+async def confirm_when_quiet(
+    contact: ControllerContact,
+    controller: str,
+    query: apb.ContactQuery,
+    interval: Callable[[], float],
+) -> None:
+    """Until cancelled (the session's end): whenever the contact is older than
+    CONFIRM_AFTER_HEARTBEATS intervals, ask on a fresh connection, one try per interval."""
+    while True:
+        await asyncio.sleep(interval())
+        if contact.alone_s() < CONFIRM_AFTER_HEARTBEATS * interval():
+            continue
+        seq = await ask(controller, query, timeout_s=interval())
+        if seq:
+            contact.heartbeat_heard(seq)
+            log.info("contact confirmed on a second connection", heartbeat_seq=seq)
+
+
+async def ask(controller: str, query: apb.ContactQuery, timeout_s: float) -> int:
+    """The controller's answer (0 when it has none, or the try failed)."""
+    try:
+        async with grpc.aio.insecure_channel(controller, options=CHANNEL_OPTIONS) as channel:
+            stub = agent_pb2_grpc.AgentSessionStub(channel)
+            answer = await stub.ConfirmContact(query, timeout=timeout_s)
+    except grpc.aio.AioRpcError as err:
+        log.debug("contact check failed", code=err.code().name, details=err.details() or "")
+        return 0
+    return int(answer.heartbeat_seq)
