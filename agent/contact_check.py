@@ -13,11 +13,12 @@ that heartbeat's send time is the confirmed contact (agent/contact.py), as with 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from typing import Protocol
 
 import grpc
 import structlog
 
+from agent.config import AgentConfig
 from agent.contact import ControllerContact
 from shared.pb.v1 import agent_pb2 as apb
 from shared.pb.v1 import agent_pb2_grpc
@@ -29,19 +30,25 @@ CONFIRM_AFTER_HEARTBEATS = 2.5  # pongs normally confirm every beat within a sec
 CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 
 
-async def confirm_when_quiet(
-    contact: ControllerContact,
-    controller: str,
-    query: apb.ContactQuery,
-    interval: Callable[[], float],
-) -> None:
+class Session(Protocol):
+    """What the check needs of the agent's session (agent.session.AgentSession)."""
+
+    config: AgentConfig
+    contact: ControllerContact
+    heartbeat_interval: float
+
+
+async def confirm_when_quiet(session: Session, session_id: str) -> None:
     """Until cancelled (the session's end): whenever the contact is older than
-    CONFIRM_AFTER_HEARTBEATS intervals, ask on a fresh connection, one try per interval."""
+    CONFIRM_AFTER_HEARTBEATS heartbeat intervals, ask on a fresh connection, one try per
+    interval."""
+    query = apb.ContactQuery(node_id=session.config.node_id, session_id=session_id)
+    contact = session.contact
     while True:
-        await asyncio.sleep(interval())
-        if contact.alone_s() < CONFIRM_AFTER_HEARTBEATS * interval():
+        await asyncio.sleep(session.heartbeat_interval)
+        if contact.alone_s() < CONFIRM_AFTER_HEARTBEATS * session.heartbeat_interval:
             continue
-        seq = await ask(controller, query, timeout_s=interval())
+        seq = await ask(session.config.controller, query, timeout_s=session.heartbeat_interval)
         if seq:
             contact.heartbeat_heard(seq)
             log.info("contact confirmed on a second connection", heartbeat_seq=seq)

@@ -3,7 +3,9 @@ an edge node that reboots while its uplink is down can bring its VMs and tunnels
 
 Written after each command that changes it succeeds: a create, a power change, a delete, a
 migration in or out (with its generation, desired power state and stop_after), and each mesh
-config (the peer set). Read at start (`agent/offline.py`). The controller stays the authority:
+config (the peer set); and the controller's last settings for this agent (its welcome's
+heartbeat and probe intervals), which a restarted agent uses until it is welcomed again. Read
+at start (`agent/offline.py`, `agent/session.py`). The controller stays the authority:
 on reconnect the hello reports what is, and its reconcile decides (the newer generation wins).
 """
 
@@ -40,7 +42,10 @@ SCHEMA = (
         vm_id TEXT PRIMARY KEY, name TEXT NOT NULL, generation INTEGER NOT NULL,
         desired TEXT NOT NULL, stop_after REAL)""",
     "CREATE TABLE IF NOT EXISTS mesh (id INTEGER PRIMARY KEY CHECK (id = 1), config BLOB)",
+    "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value REAL NOT NULL)",
 )
+# the controller's settings for this agent, from its last welcome (seconds)
+HEARTBEAT_INTERVAL, PROBE_INTERVAL = "heartbeat_interval_s", "probe_interval_s"
 RUNNING, PAUSED, STOPPED = "running", "paused", "stopped"  # what the controller wants here
 _POWER = {
     PowerAction.START: RUNNING,
@@ -135,6 +140,22 @@ class DesiredStateCache:
         if row is None or row[0] is None:
             return None
         return convert.mesh_config_from_pb(pb.MeshConfig.FromString(row[0]))
+
+    def remember_settings(self, settings: dict[str, float]) -> None:
+        """The controller's settings from a welcome (only the ones it gave: > 0)."""
+        rows = [(k, float(v)) for k, v in settings.items() if v > 0]
+        try:
+            with self._lock:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO settings(key, value) VALUES (?, ?)", rows
+                )
+        except sqlite3.Error as err:  # the next start uses the config file's values
+            log.error("controller settings not cached", path=str(self.path), error=str(err))
+
+    def settings(self) -> dict[str, float]:
+        with self._lock:
+            rows = self._db.execute("SELECT key, value FROM settings").fetchall()
+        return {str(k): float(v) for k, v in rows if float(v) > 0}
 
     def close(self) -> None:
         with self._lock:

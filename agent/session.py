@@ -20,7 +20,7 @@ from agent.backoff import Backoff
 from agent.config import AgentConfig
 from agent.contact import ControllerContact
 from agent.contact_check import confirm_when_quiet
-from agent.desired_cache import DesiredStateCache
+from agent.desired_cache import HEARTBEAT_INTERVAL, PROBE_INTERVAL, DesiredStateCache
 from agent.executor import CommandExecutor
 from agent.hypervisor.base import Hypervisor
 from agent.hypervisor_watch import HypervisorWatch
@@ -90,8 +90,9 @@ class AgentSession:
             on_key_rotated=self._key_rotated,
             desired=self.desired,
         )
-        self.heartbeat_interval: float = config.heartbeat_interval
-        self.probe_interval: float = config.probe_interval
+        cached = self.desired.settings()  # the controller's, from its last welcome
+        self.heartbeat_interval: float = cached.get(HEARTBEAT_INTERVAL, config.heartbeat_interval)
+        self.probe_interval: float = cached.get(PROBE_INTERVAL, config.probe_interval)
         self.controller_probe = Prober(
             LatencyWindow(CONTROLLER_TARGET), PROBE_TIMEOUT_S, time.monotonic
         )
@@ -237,6 +238,9 @@ class AgentSession:
                         await asyncio.to_thread(
                             self.installation.welcome, welcome.installation_id, welcome.take_over
                         )
+                        given = {HEARTBEAT_INTERVAL: welcome.heartbeat_interval_ms / 1000}
+                        given[PROBE_INTERVAL] = welcome.probe_interval_ms / 1000
+                        await asyncio.to_thread(self.desired.remember_settings, given)
                         self._outbox = outbox
                         self.contact.welcomed(hello_at)
                         self.sessions += 1
@@ -249,18 +253,8 @@ class AgentSession:
                         )
                         background.append(asyncio.create_task(self._heartbeats(outbox)))
                         background.append(asyncio.create_task(self._probes(outbox)))
-                        query = apb.ContactQuery(
-                            node_id=self.config.node_id, session_id=welcome.session_id
-                        )
                         background.append(
-                            asyncio.create_task(
-                                confirm_when_quiet(
-                                    self.contact,
-                                    self.config.controller,
-                                    query,
-                                    lambda: self.heartbeat_interval,
-                                )
-                            )
+                            asyncio.create_task(confirm_when_quiet(self, welcome.session_id))
                         )
                     elif kind == "command":
                         self._spawn(self._run_command(message.command, outbox))

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from controller.core import Orphan
-from controller.core.drain import Drain
 from controller.placement import Explanation
 from controller.records import (
+    Drain,
     FailoverRecord,
     MigrationPhase,
     MigrationRecord,

@@ -197,3 +197,23 @@ class FailoverRecord:
     @property
     def active(self) -> bool:
         return not self.outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """A node's drain (controller/core/drain.py): its plan and progress, stored with the
+    node's other records so that a controller restart goes on with it."""
+
+    node_id: str
+    started_at: float
+    parallel: int
+    queued: tuple[str, ...] = ()  # VM ids still to move
+    active: tuple[tuple[str, str], ...] = ()  # (VM id, migration id) under way
+    moved: tuple[tuple[str, str], ...] = ()  # (VM name, to node)
+    failed: tuple[tuple[str, str], ...] = ()  # (VM name, why): could not move, or failed
+    finished_at: float = 0.0
+    cold: bool = False  # cold migrations (the guests reboot on their new node)
+
+    @property
+    def done(self) -> bool:
+        return not self.queued and not self.active

@@ -109,6 +109,7 @@ class ControllerServer:
             stored.tombstones,
             now=time.time(),
             failovers=stored.failovers,
+            drains=stored.drains,
         )
         log.info(
             "state loaded",

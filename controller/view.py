@@ -10,9 +10,8 @@ from collections.abc import Callable
 
 from controller.core import ControllerCore, Orphan
 from controller.core.disconnect import detection_s, expected_failover, in_force
-from controller.core.drain import Drain
 from controller.placement import Explanation, NodeTable
-from controller.records import FailoverRecord, MigrationRecord, NodeRecord, VMRecord
+from controller.records import Drain, FailoverRecord, MigrationRecord, NodeRecord, VMRecord
 from shared.domain import Capacity, Location, NodeCondition, VMSpec
 from shared.errors import NotFound
 

@@ -30,6 +30,7 @@ from controller.placement import ScoredEngine
 from controller.records import (
     NON_RESERVING_STATES,
     AuditEntry,
+    Drain,
     FailoverRecord,
     MigrationRecord,
     NodeRecord,
@@ -229,6 +230,13 @@ class CoreBase:
         self.journal.put(self.state.failovers, record.id, record)
         self._out.failovers[record.id] = record
         return record
+
+    def put_drain(self, drain: Drain) -> Drain:
+        """A drain changed (written only when it did: it is advanced on every tick)."""
+        if self.state.drains.get(drain.node_id) != drain:
+            self.journal.put(self.state.drains, drain.node_id, drain)
+            self._out.drains[drain.node_id] = drain
+        return drain
 
     def audit(self, action: str, target: str, detail: str, actor: str = "api") -> None:
         self._out.audit.append(AuditEntry(self._now, action, target, detail, actor))

@@ -3,38 +3,22 @@
 The request is answered at once with the plan (what will move, what cannot and why); the
 moves then run `parallel` at a time, each an ordinary migration job (its record, phases and
 fencing), advanced on every tick. Progress is shown on the node (`novacron node show`, and
-`novacron node drain` follows it). A drain lives in memory: after a controller restart the
-node stays cordoned and `drain` is run again to move what is left.
+`novacron node drain` follows it). A drain is stored like the node's other records, each
+change in its event's one transaction: after a controller restart it goes on where it was
+(the moves under way are ordinary migration records, resumed as such).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from controller.core import events as ev
 from controller.core.settle import SettleMixin
-from controller.records import MigrationPhase, VMRecord
+from controller.records import Drain, MigrationPhase, VMRecord
 from shared.domain import DesiredState, VMState
 from shared.errors import InvalidArgument, NovaCronError
 
 MAX_PARALLEL = 16
-
-
-@dataclass(frozen=True, slots=True)
-class Drain:
-    node_id: str
-    started_at: float
-    parallel: int
-    queued: tuple[str, ...] = ()  # VM ids still to move
-    active: tuple[tuple[str, str], ...] = ()  # (VM id, migration id) under way
-    moved: tuple[tuple[str, str], ...] = ()  # (VM name, to node)
-    failed: tuple[tuple[str, str], ...] = ()  # (VM name, why): could not move, or failed
-    finished_at: float = 0.0
-    cold: bool = False  # cold migrations (the guests reboot on their new node)
-
-    @property
-    def done(self) -> bool:
-        return not self.queued and not self.active
 
 
 class DrainMixin(SettleMixin):
@@ -65,7 +49,7 @@ class DrainMixin(SettleMixin):
             failed=tuple(failed),
             cold=event.cold,
         )
-        self.journal.put(self.state.drains, node.node_id, drain)
+        self.put_drain(drain)
         self.log.info("draining", node_id=node.node_id, vms=len(queued), cannot=len(failed))
         drain = self.advance_drain(node.node_id)
         self.reply(event.stimulus_id, drain)
@@ -110,8 +94,7 @@ class DrainMixin(SettleMixin):
             self.log.info(
                 "drained", node_id=node_id, moved=len(drain.moved), failed=len(drain.failed)
             )
-        self.journal.put(self.state.drains, node_id, drain)
-        return drain
+        return self.put_drain(drain)
 
     def _start_move(self, vm: VMRecord, node_id: str, cold: bool) -> str:
         """One migration through placement (live, or cold), like `vm migrate` without a

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from controller.records import (
     AuditEntry,
+    Drain,
     FailoverRecord,
     MigrationRecord,
     NodeRecord,
@@ -30,6 +31,7 @@ class Persist:
     migrations: tuple[MigrationRecord, ...] = ()
     tombstones: tuple[Tombstone, ...] = ()
     failovers: tuple[FailoverRecord, ...] = ()
+    drains: tuple[Drain, ...] = ()
     audit: tuple[AuditEntry, ...] = ()
 
     def __bool__(self) -> bool:
@@ -40,6 +42,7 @@ class Persist:
             or self.migrations
             or self.tombstones
             or self.failovers
+            or self.drains
             or self.audit
         )
 
@@ -100,6 +103,7 @@ class Outbox:
     migrations: dict[str, MigrationRecord] = field(default_factory=dict)
     tombstones: dict[str, Tombstone] = field(default_factory=dict)
     failovers: dict[str, FailoverRecord] = field(default_factory=dict)
+    drains: dict[str, Drain] = field(default_factory=dict)
     audit: list[AuditEntry] = field(default_factory=list)
     actions: list[Instruction] = field(default_factory=list)
 
@@ -111,6 +115,7 @@ class Outbox:
             migrations=tuple(self.migrations.values()),
             tombstones=tuple(self.tombstones.values()),
             failovers=tuple(self.failovers.values()),
+            drains=tuple(self.drains.values()),
             audit=tuple(self.audit),
         )
         return ([persist] if persist else []) + self.actions

@@ -9,7 +9,14 @@ from controller.core import events as ev
 from controller.core.drain import DrainMixin
 from controller.core.state import Settings
 from controller.placement import ScoredEngine
-from controller.records import FailoverRecord, MigrationRecord, NodeRecord, Tombstone, VMRecord
+from controller.records import (
+    Drain,
+    FailoverRecord,
+    MigrationRecord,
+    NodeRecord,
+    Tombstone,
+    VMRecord,
+)
 from shared.domain import VMState
 
 
@@ -82,6 +89,7 @@ class ControllerCore(DrainMixin):
         tombstones: Iterable[Tombstone] = (),
         now: float = 0.0,
         failovers: Iterable[FailoverRecord] = (),
+        drains: Iterable[Drain] = (),
     ) -> None:
         """Start from persisted records (a restart). Until its node reports, a VM's observed
         state is unknown; peer-set versions keep growing (they start from the clock)."""
@@ -106,6 +114,8 @@ class ControllerCore(DrainMixin):
             state.migrations[mig.id] = mig
         for record in failovers:
             state.failovers[record.id] = record
+        for drain in drains:  # one under way goes on at the next tick
+            state.drains[drain.node_id] = drain
         for stone in tombstones:
             state.tombstones[stone.vm_id] = stone
         state.counters["mesh_version"] = max(state.counters.get("mesh_version", 0), int(now * 1000))

@@ -8,16 +8,19 @@ heartbeats, orphans, commands in flight) sits beside them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from controller.core.detector import DetectorConfig, HeartbeatHistory, judge
 from controller.core.disconnect import FailoverSettings
-
-if TYPE_CHECKING:
-    from controller.core.drain import Drain
 from controller.mesh import Ipam, gateway_of
 from controller.placement import NodeRow, NodeTable
-from controller.records import FailoverRecord, MigrationRecord, NodeRecord, Tombstone, VMRecord
+from controller.records import (
+    Drain,
+    FailoverRecord,
+    MigrationRecord,
+    NodeRecord,
+    Tombstone,
+    VMRecord,
+)
 from shared.commands import AgentCommand
 from shared.domain import Capacity, Location, NodeCondition, VMStatus
 from shared.errors import NotFound, NovaCronError
@@ -122,7 +125,7 @@ class FleetState:
     failover_waiting: dict[str, str] = field(default_factory=dict)
     # nodes connected but unable to read their hypervisor (libvirtd restarting), and why
     hypervisor_problems: dict[str, str] = field(default_factory=dict)
-    drains: dict[str, Drain] = field(default_factory=dict)  # node -> its drain (in memory)
+    drains: dict[str, Drain] = field(default_factory=dict)  # node -> its drain (the latest)
     ipam: Ipam = field(init=False)
     vm_ipam: Ipam = field(init=False)
     _table: NodeTable | None = None

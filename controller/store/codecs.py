@@ -9,7 +9,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from controller.records import MigrationPhase, MigrationRecord, NodeRecord, VMRecord
+from controller.records import Drain, MigrationPhase, MigrationRecord, NodeRecord, VMRecord
 from controller.store.schema import MIGRATION_COLUMNS
 from shared import convert
 from shared.domain import (
@@ -101,3 +101,34 @@ def migration_from_row(r: Sequence[Any]) -> MigrationRecord:
     values["phase"] = MigrationPhase(values["phase"])
     values["phase_times"] = tuple((p, float(at)) for p, at in json.loads(values["phase_times"]))
     return MigrationRecord(**values)
+
+
+def drain_row(d: Drain) -> tuple[Any, ...]:
+    return (
+        d.node_id,
+        d.started_at,
+        d.parallel,
+        json.dumps(list(d.queued)),
+        json.dumps([list(p) for p in d.active]),
+        json.dumps([list(p) for p in d.moved]),
+        json.dumps([list(p) for p in d.failed]),
+        d.finished_at,
+        int(d.cold),
+    )
+
+
+def drain_from_row(r: Sequence[Any]) -> Drain:
+    def pairs(text: str) -> tuple[tuple[str, str], ...]:
+        return tuple((str(a), str(b)) for a, b in json.loads(text))
+
+    return Drain(
+        node_id=r[0],
+        started_at=float(r[1]),
+        parallel=int(r[2]),
+        queued=tuple(str(v) for v in json.loads(r[3])),
+        active=pairs(r[4]),
+        moved=pairs(r[5]),
+        failed=pairs(r[6]),
+        finished_at=float(r[7]),
+        cold=bool(r[8]),
+    )

@@ -13,11 +13,11 @@ from controller.store.errors import _UNCHANGED, StoreSchemaUnsupported
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 4  # 2: vms.migrating_to; 3: migrations, tombstones, meta.installation_id;
-# 4: failovers
+SCHEMA_VERSION = 5  # 2: vms.migrating_to; 3: migrations, tombstones, meta.installation_id;
+# 4: failovers; 5: drains
 DB_NAME = "controller.db"
 
-TABLES = (  # schema 4; IF NOT EXISTS so that an upgrade adds what an older schema lacks
+TABLES = (  # schema 5; IF NOT EXISTS so that an upgrade adds what an older schema lacks
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS nodes (
         node_id TEXT PRIMARY KEY, info TEXT NOT NULL, images TEXT NOT NULL,
@@ -56,6 +56,19 @@ TABLES = (  # schema 4; IF NOT EXISTS so that an upgrade adds what an older sche
         started_at REAL NOT NULL, running_at REAL NOT NULL, outcome TEXT NOT NULL,
         error TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS failovers_vm ON failovers(vm_id)",
+    """CREATE TABLE IF NOT EXISTS drains (
+        node_id TEXT PRIMARY KEY, started_at REAL NOT NULL, parallel INTEGER NOT NULL,
+        queued TEXT NOT NULL, active TEXT NOT NULL, moved TEXT NOT NULL, failed TEXT NOT NULL,
+        finished_at REAL NOT NULL, cold INTEGER NOT NULL)""",
+)
+
+DRAIN_COLUMNS = (  # the drains table, in Drain's field order
+    "node_id", "started_at", "parallel", "queued", "active", "moved", "failed", "finished_at",
+    "cold",
+)  # fmt: skip
+PUT_DRAIN = (
+    f"INSERT OR REPLACE INTO drains({', '.join(DRAIN_COLUMNS)})"
+    f" VALUES ({', '.join('?' * len(DRAIN_COLUMNS))})"
 )
 
 FAILOVER_COLUMNS = (  # the failovers table, in FailoverRecord's field order
@@ -146,13 +159,14 @@ def schema_version(db: sqlite3.Connection, path: Path) -> int:
 
 
 def upgrade(db: sqlite3.Connection, path: Path, version: int) -> None:
-    """Schema 1, 2 or 3 to 4, in place, in one transaction (SQLite's DDL is transactional)."""
+    """Schema 1 to 4 to 5, in place, in one transaction (SQLite's DDL is transactional)."""
     db.execute("BEGIN IMMEDIATE")
     try:
         columns = {r[1] for r in db.execute("PRAGMA table_info(vms)")}
         if columns and "migrating_to" not in columns:  # 1 -> 2
             db.execute("ALTER TABLE vms ADD COLUMN migrating_to TEXT NOT NULL DEFAULT ''")
-        for statement in TABLES:  # 2 -> 3: migrations, tombstones; 3 -> 4: failovers
+        for statement in TABLES:  # 2 -> 3: migrations, tombstones; 3 -> 4: failovers; 4 -> 5
+            # drains
             db.execute(statement)
         db.execute(
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('installation_id', ?)", (new_id(),)

@@ -29,6 +29,7 @@ import structlog
 from controller.core.instructions import Persist
 from controller.records import (
     AuditEntry,
+    Drain,
     FailoverRecord,
     MigrationRecord,
     NodeRecord,
@@ -61,6 +62,7 @@ class StoredState:
     tombstones: list[Tombstone]
     installation_id: str
     failovers: list[FailoverRecord] = field(default_factory=list)
+    drains: list[Drain] = field(default_factory=list)
 
 
 class Store(Protocol):
@@ -238,13 +240,14 @@ class SQLiteStore:
                 raise self._error(exc, "read the database") from exc
 
     async def load(self) -> StoredState:
-        nodes, vms, migrations, tombstones, failovers = await asyncio.to_thread(
+        nodes, vms, migrations, tombstones, failovers, drains = await asyncio.to_thread(
             self._read,
             f"SELECT {schema.NODE_COLUMNS} FROM nodes ORDER BY node_id",
             f"SELECT {schema.VM_COLUMNS} FROM vms ORDER BY created_at, id",
             f"SELECT {', '.join(MIGRATION_COLUMNS)} FROM migrations ORDER BY started_at, id",
             "SELECT vm_id, name, generation, deleted_at FROM tombstones ORDER BY deleted_at, vm_id",
             f"SELECT {', '.join(FAILOVER_COLUMNS)} FROM failovers ORDER BY started_at, id",
+            f"SELECT {', '.join(schema.DRAIN_COLUMNS)} FROM drains ORDER BY node_id",
         )
         return StoredState(
             nodes=[codecs.node_from_row(r) for r in nodes],
@@ -253,6 +256,7 @@ class SQLiteStore:
             tombstones=[Tombstone(*r) for r in tombstones],
             installation_id=self.installation_id,
             failovers=[FailoverRecord(*r) for r in failovers],
+            drains=[codecs.drain_from_row(r) for r in drains],
         )
 
     async def load_nodes(self) -> list[NodeRecord]:
@@ -319,6 +323,7 @@ class SQLiteStore:
                 schema.PUT_FAILOVER,
                 [tuple(getattr(f, c) for c in FAILOVER_COLUMNS) for f in persist.failovers],
             ),
+            (schema.PUT_DRAIN, [codecs.drain_row(d) for d in persist.drains]),
             (
                 schema.PUT_AUDIT,
                 [(e.at, e.actor, e.action, e.target, e.detail) for e in persist.audit],

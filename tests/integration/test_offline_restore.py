@@ -40,7 +40,7 @@ from shared.config import Seconds
 from shared.domain import DisconnectPolicy, VMSpec, VMState
 from shared.pb.v1 import edge_api_pb2 as epb
 from shared.pb.v1 import types_pb2 as pb
-from tests.integration.harness import Cluster, eventually
+from tests.integration.harness import Cluster, eventually, make_fake_kernel_images
 from tests.integration.libvirtd_faults import kill, qemu_pid, restart
 from tests.integration.test_state_faults import deploy
 
@@ -196,3 +196,39 @@ def virsh_states(uri: str) -> dict[str, str]:
         if len(parts) == 3:
             states[parts[1]] = parts[2].strip()
     return states
+
+
+async def test_the_controllers_settings_are_cached_and_used_by_an_agent_started_offline(
+    tmp_path: Path,
+) -> None:
+    """The welcome's intervals (the controller's, here 0.7 s where the agent's file says
+    0.5 s) land in the cache; an agent restarted with no controller to reach uses them."""
+    cluster = Cluster(tmp_path, heartbeat_interval=0.7)
+    await cluster.start_controller()
+    images = tmp_path / "images"
+    try:
+        make_fake_kernel_images(images)
+        agent = await cluster.start_agent("edge-s", cluster.test_uri("edge-s"), images)
+        config = replace(agent.session.config, heartbeat_interval=Seconds(0.5))
+        cached = agent.session.desired.settings()
+        assert cached["heartbeat_interval_s"] == 0.7 and cached["probe_interval_s"] > 0
+        await cluster.stop_agent("edge-s")
+    finally:
+        await cluster.close()
+    hypervisor = await asyncio.to_thread(LibvirtHypervisor, "test:///default")
+    try:
+        restarted = AgentSession(config, hypervisor, ImageCatalog(images))
+        assert restarted.heartbeat_interval == 0.7  # the controller's, not the file's 0.5
+        assert restarted.probe_interval == cached["probe_interval_s"]
+        await restarted.close()
+    finally:
+        await asyncio.to_thread(hypervisor.close)
+
+
+def test_a_settings_cache_keeps_only_given_values(tmp_path: Path) -> None:
+    cache = DesiredStateCache(tmp_path)
+    cache.remember_settings({"heartbeat_interval_s": 5.0, "probe_interval_s": 0.0})
+    assert cache.settings() == {"heartbeat_interval_s": 5.0}  # 0: the welcome did not say
+    cache.remember_settings({"heartbeat_interval_s": 2.0})
+    assert cache.settings() == {"heartbeat_interval_s": 2.0}
+    cache.close()

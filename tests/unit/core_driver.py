@@ -50,6 +50,7 @@ class Driver:
             "migrations": {},
             "tombstones": {},
             "failovers": {},
+            "drains": {},
         }
     )
     core: ControllerCore = field(init=False)
@@ -70,6 +71,7 @@ class Driver:
             self.store["tombstones"].values(),
             now=self.now,
             failovers=self.store["failovers"].values(),
+            drains=self.store["drains"].values(),
         )
         return core
 
@@ -113,6 +115,8 @@ class Driver:
             self.store["tombstones"][stone.vm_id] = stone
         for record in p.failovers:
             self.store["failovers"][record.id] = record
+        for drain in p.drains:
+            self.store["drains"][drain.node_id] = drain
 
     # ------------------------------------------------------------ agents
 

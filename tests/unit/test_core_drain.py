@@ -4,7 +4,8 @@ time; what cannot move is listed with the reason; the drain is answered at once.
 from __future__ import annotations
 
 from controller.core import events as ev
-from controller.core.drain import Drain
+from controller.core.instructions import Persist
+from controller.records import Drain
 from controller.records import MigrationPhase as P
 from shared import commands as c
 from shared.domain import VMState
@@ -51,6 +52,33 @@ def test_a_drain_moves_everything_one_at_a_time_and_lists_what_cannot_move() -> 
     assert {d.vm(a.id).node_id, d.vm(b.id).node_id} == {"n2"}
     assert d.migration(a.id).reason == "drain of n1"
     assert not d.replied("mig")  # each move answers nobody: the drain was answered
+
+
+def test_a_drain_goes_on_after_a_controller_restart() -> None:
+    """The drain is stored with each change; a restarted controller (memory gone, the store
+    kept) finishes the move under way and starts the next, and the history stays whole."""
+    d = Driver()
+    d.hello("n1")
+    a, b = d.deploy("a", "n1"), d.deploy("b", "n1")
+    d.heartbeat("n1", status(a.id, "a"), status(b.id, "b"))
+    d.hello("n2")
+    d.feed(ev.DrainRequested, node_id="n1", parallel=1, stimulus_id="drain")
+    assert d.store["drains"]["n1"] == d.core.state.drains["n1"]  # stored as it started
+    move(d, a.id, "a", "n2")
+    d.restart()
+    assert d.core.state.drains["n1"] == d.store["drains"]["n1"]
+    d.hello("n1", status(b.id, "b"))
+    d.hello("n2", status(a.id, "a", 2))
+    d.feed(ev.Tick)
+    drain = d.core.state.drains["n1"]
+    assert drain.moved == (("a", "n2"),) and [v for v, _ in drain.active] == [b.id]
+    move(d, b.id, "b", "n2")
+    d.feed(ev.Tick)
+    stored = d.store["drains"]["n1"]
+    assert stored.done and stored.moved == (("a", "n2"), ("b", "n2")) and stored.finished_at
+    ticks = len(d.out)
+    d.feed(ev.Tick)  # a finished drain is not written again at every tick
+    assert not any(isinstance(i, Persist) and i.drains for i in d.out[ticks:])
 
 
 def test_a_vm_with_nowhere_to_go_is_reported_and_the_rest_still_move() -> None:

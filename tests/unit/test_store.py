@@ -9,6 +9,7 @@ import pytest
 from controller.core.instructions import Persist
 from controller.records import (
     AuditEntry,
+    Drain,
     MigrationPhase,
     MigrationRecord,
     NodeRecord,
@@ -161,14 +162,19 @@ async def test_apply_and_load_round_trip_every_record_type(tmp_path: Path) -> No
     tomb = Tombstone(vm_id="id-0", name="old", generation=7, deleted_at=100 * DAY - 1.5)
     entry = AuditEntry(at=3.0, action="vm.migrate", target="id-1", detail="to n2", actor="op")
     migration = a_migration()
+    drain = Drain("n1", 4.0, 2, queued=("id-2",), active=(("id-1", "m-1"),), failed=(("x", "why"),))
     await store.apply(
         Persist(
             vms=(a_vm(), vm2),
             nodes=(a_node("n1"), a_node("n2")),
             migrations=(migration,),
             tombstones=(tomb,),
+            drains=(drain,),
             audit=(entry,),
         )
+    )
+    drain = dataclasses.replace(
+        drain, queued=(), active=(), moved=(("db", "n2"), ("web", "n2")), finished_at=9.0
     )
     finished = dataclasses.replace(
         migration,
@@ -176,7 +182,7 @@ async def test_apply_and_load_round_trip_every_record_type(tmp_path: Path) -> No
         phase_times=(*migration.phase_times, ("succeeded", 14.0)),
         bytes_remaining=0,
     )
-    await store.apply(Persist(forget_vms=("id-2",), migrations=(finished,)))
+    await store.apply(Persist(forget_vms=("id-2",), migrations=(finished,), drains=(drain,)))
     await store.close()
 
     reopened = SQLiteStore.open(path, create=False, clock=lambda: 100 * DAY)
@@ -185,6 +191,7 @@ async def test_apply_and_load_round_trip_every_record_type(tmp_path: Path) -> No
     assert state.vms == [a_vm()]
     assert state.migrations == [finished]
     assert state.tombstones == [tomb]
+    assert state.drains == [drain]
     assert state.installation_id == reopened.installation_id == store.installation_id
     assert await reopened.audit_log() == [entry]
     await reopened.close()
@@ -430,7 +437,7 @@ def test_a_write_ahead_log_without_its_database_is_refused(tmp_path: Path) -> No
     assert not path.exists()
 
 
-@pytest.mark.parametrize("version", ["5", "99", "two"])
+@pytest.mark.parametrize("version", ["6", "99", "two"])
 def test_an_unknown_schema_version_is_refused_untouched(tmp_path: Path, version: str) -> None:
     path = tmp_path / "controller.db"
     _write_schema_2(path)
