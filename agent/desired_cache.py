@@ -88,13 +88,16 @@ class DesiredStateCache:
     def _record(self, command: AgentCommand) -> None:
         if isinstance(command, CreateVM | FinishMigration | LandMigration):
             start_paused = isinstance(command, CreateVM) and command.start_paused
+            stays_stopped = isinstance(command, LandMigration) and command.stay_stopped
+            if isinstance(command, FinishMigration) and self._desired(command.vm_id) == STOPPED:
+                return  # a stopped VM's cold move finished: it stays stopped
             stop_after = command.spec.disconnect.stop_after_s
             self._put(
                 DesiredVM(
                     command.vm_id,
                     command.spec.name,
                     command.generation,
-                    PAUSED if start_paused else RUNNING,
+                    STOPPED if stays_stopped else PAUSED if start_paused else RUNNING,
                     stop_after if stop_after is not None and stop_after < float("inf") else None,
                 )
             )
@@ -118,6 +121,11 @@ class DesiredStateCache:
             blob = convert.mesh_config_to_pb(command.config).SerializeToString()
             with self._lock:
                 self._db.execute("INSERT OR REPLACE INTO mesh(id, config) VALUES (1, ?)", (blob,))
+
+    def _desired(self, vm_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT desired FROM vms WHERE vm_id = ?", (vm_id,)).fetchone()
+        return str(row[0]) if row else None
 
     def _put(self, vm: DesiredVM) -> None:
         with self._lock:

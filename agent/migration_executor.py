@@ -160,7 +160,13 @@ class MigrationCommands:
         if incoming.exists():
             await asyncio.to_thread(self.catalog.adopt_overlay, land.spec.image, vm_dir, incoming)
         return await asyncio.to_thread(
-            self.hypervisor.land, land.vm_id, str(vm_dir), land.generation
+            functools.partial(
+                self.hypervisor.land,
+                land.vm_id,
+                str(vm_dir),
+                land.generation,
+                start=not land.stay_stopped,
+            )
         )
 
     def route_switch(self, status: VMStatus) -> Coroutine[Any, Any, None] | None:

@@ -144,6 +144,7 @@ class MigrationRecord:
     error_code: str = ""  # the gRPC status code name of `error`
     stimulus_id: str = ""  # the request that started it
     timeout_s: float = 0.0  # how long the source may take (0 = the deploy timeout)
+    stays_stopped: bool = False  # a stopped VM's cold move: it lands defined, not started
 
     @property
     def active(self) -> bool:

@@ -150,6 +150,7 @@ class LandMigration:
     generation: int
     address: str = ""
     gateway: str = ""
+    stay_stopped: bool = False  # a stopped VM's cold move: defined there, not started
 
 
 AgentCommand = (

@@ -177,9 +177,12 @@ class LibvirtOfflineMigration(LibvirtConnection):
             with suppress(libvirt.libvirtError):
                 remote.close()
 
-    def land(self, vm_id: str, vm_dir: str, generation: int) -> VMStatus:
+    def land(
+        self, vm_id: str, vm_dir: str, generation: int, *, start: bool = True
+    ) -> VMStatus:
         """On the target: define the VM that arrived in `vm_dir` and run it, from its save
-        file (the guest continues) or by booting it (cold). Its disk must already be in place
+        file (the guest continues) or by booting it (cold); without `start` (a stopped VM's
+        cold move), only define it. Its disk must already be in place
         (agent.images.catalog.ImageCatalog.adopt_overlay). Nothing is left defined on failure."""
         directory = Path(vm_dir)
         define = directory / INCOMING_DEFINE
@@ -197,9 +200,14 @@ class LibvirtOfflineMigration(LibvirtConnection):
             )
         save = directory / INCOMING_SAVE
         restored = save.is_file()
+        if restored and not start:
+            self._undefine_arrival(dom)
+            raise FailedPrecondition(f"land {vm_id}: a saved guest cannot land stopped")
         try:
             with _mapped("start", vm_id):
-                if restored:
+                if not start:
+                    pass  # defined only: it stays stopped, as it was on the source
+                elif restored:
                     restore = (directory / INCOMING_RESTORE).read_text()
                     self._conn.restoreFlags(str(save), restore, 0)
                 else:

@@ -1,4 +1,5 @@
-"""Drain: cordon a node and live-migrate everything off it through placement, a few at a time.
+"""Drain: cordon a node and live-migrate everything off it through placement, a few at a time
+(a stopped VM moves cold: its disk and definition go, and it stays stopped there).
 
 The request is answered at once with the plan (what will move, what cannot and why); the
 moves then run `parallel` at a time, each an ordinary migration job (its record, phases and
@@ -77,7 +78,9 @@ class DrainMixin(SettleMixin):
             if vm is None or vm.node_id != node_id:
                 continue  # deleted or moved meanwhile: nothing left to do for it
             try:
-                mig_id = self._start_move(vm, node_id, drain.cold)
+                # a stopped VM moves cold even in a live drain: it has no guest to keep up
+                cold = drain.cold or vm.state is VMState.STOPPED
+                mig_id = self._start_move(vm, node_id, cold)
             except NovaCronError as exc:
                 failed.append((vm.spec.name, str(exc)))
                 continue
@@ -117,6 +120,6 @@ class DrainMixin(SettleMixin):
 def _unmovable(vm: VMRecord) -> str:
     if vm.desired is DesiredState.DELETED:
         return "being deleted"
-    if vm.state not in (VMState.RUNNING, VMState.PAUSED):
-        return f"it is {vm.state.value}: only a running or paused VM moves live"
+    if vm.state not in (VMState.RUNNING, VMState.PAUSED, VMState.STOPPED):
+        return f"it is {vm.state.value}: only a running, paused or stopped VM moves"
     return ""

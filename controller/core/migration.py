@@ -79,9 +79,12 @@ class MigrationMixin(AgentsMixin):
             raise InvalidArgument(
                 f"post-copy is a kind of live migration; not with --mode {event.mode}"
             )
-        if vm.state not in (VMState.RUNNING, VMState.PAUSED):
+        if vm.state not in (VMState.RUNNING, VMState.PAUSED) and not (
+            event.mode == "cold" and vm.state is VMState.STOPPED
+        ):
             raise FailedPrecondition(
                 f"VM {name!r} is {vm.state.value}; only a running or paused VM can be migrated"
+                " (a stopped one: with --mode cold)"
             )
         if not self.state.connected(source):
             raise Unavailable(f"node {source!r}, where VM {name!r} runs, is not connected")
@@ -106,6 +109,7 @@ class MigrationMixin(AgentsMixin):
             phase_times=((MigrationPhase.PRE_CHECKS.value, self._now),),
             stimulus_id=event.stimulus_id,
             timeout_s=event.timeout,
+            stays_stopped=vm.state is VMState.STOPPED,  # only cold moves take one
         )
         mig = self.put_migration(mig)
         self.journal.put(self.state.migration_callers, mig.id, (event.stimulus_id, reason))
@@ -273,7 +277,7 @@ class MigrationMixin(AgentsMixin):
         vm = self.state.vms[mig.vm_id]
         self.set_vm_state(
             vm,
-            VMState.RUNNING,
+            VMState.STOPPED if mig.stays_stopped else VMState.RUNNING,
             f"migrated from {mig.source}",
             node_id=mig.target,
             generation=mig.to_generation,
@@ -296,7 +300,7 @@ class MigrationMixin(AgentsMixin):
         mig = self.put_migration(replace(mig, phase=MigrationPhase.CLEANUP))
         if mig.offline:
             self.release_source(mig)
-        if not self.state.connected(mig.target):
+        if not self.state.connected(mig.target) or mig.stays_stopped:  # nothing to route
             self._finish(mig, vm, None, None)
             return
         fields = self.placed_fields(vm)

@@ -41,7 +41,11 @@ class OfflineMigrationMixin(MigrationMixin):
         fields = self.placed_fields(vm)
         self.send(
             mig.target,
-            LandMigration(generation=mig.to_generation, **fields),  # type: ignore[arg-type]
+            LandMigration(
+                generation=mig.to_generation,
+                stay_stopped=mig.stays_stopped,
+                **fields,  # type: ignore[arg-type]
+            ),
             purpose="mig_land",
             timeout=self.settings.deploy_timeout,
             vm_id=vm.id,
@@ -109,6 +113,8 @@ class OfflineMigrationMixin(MigrationMixin):
         """The move failed after the source stopped the guest: run it there again (a saved
         one is restored by its agent, so the guest goes on where it was)."""
         vm = self.state.vms[mig.vm_id]
+        if mig.stays_stopped:
+            return  # it was stopped before its move: it stays so, defined where it was
         if not self.state.connected(mig.source):
             return  # its hello's reconcile starts it: the VM is desired running there
         self.send(

@@ -19,7 +19,10 @@ class SettleMixin(OfflineMigrationMixin):
         """The target runs the VM: it has landed (also after a restart, or after the call
         that moved it gave up)."""
         mig = self.state.migration_of(status.vm_id)
-        if mig is None or node_id != mig.target or status.state is not VMState.RUNNING:
+        if mig is None or node_id != mig.target:
+            return
+        landed_as = VMState.STOPPED if mig.stays_stopped else VMState.RUNNING
+        if status.state is not landed_as:
             return
         if not mig.arrived:
             mig = self.switch_over(mig, f"{node_id} reports it running")

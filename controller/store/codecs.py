@@ -92,6 +92,7 @@ def node_from_row(r: Sequence[Any]) -> NodeRecord:
 def migration_row(m: MigrationRecord) -> tuple[Any, ...]:
     values = {c: getattr(m, c) for c in MIGRATION_COLUMNS}
     values["phase"] = m.phase.value
+    values["stays_stopped"] = int(m.stays_stopped)
     values["phase_times"] = json.dumps([[phase, at] for phase, at in m.phase_times])
     return tuple(values[c] for c in MIGRATION_COLUMNS)
 
@@ -100,6 +101,7 @@ def migration_from_row(r: Sequence[Any]) -> MigrationRecord:
     values = dict(zip(MIGRATION_COLUMNS, r, strict=True))
     values["phase"] = MigrationPhase(values["phase"])
     values["phase_times"] = tuple((p, float(at)) for p, at in json.loads(values["phase_times"]))
+    values["stays_stopped"] = bool(values["stays_stopped"])
     return MigrationRecord(**values)
 
 

@@ -14,7 +14,7 @@ from controller.store.errors import _UNCHANGED, StoreSchemaUnsupported
 log = structlog.get_logger(__name__)
 
 SCHEMA_VERSION = 5  # 2: vms.migrating_to; 3: migrations, tombstones, meta.installation_id;
-# 4: failovers; 5: drains
+# 4: failovers; 5: drains, migrations.stays_stopped
 DB_NAME = "controller.db"
 
 TABLES = (  # schema 5; IF NOT EXISTS so that an upgrade adds what an older schema lacks
@@ -44,7 +44,8 @@ TABLES = (  # schema 5; IF NOT EXISTS so that an upgrade adds what an older sche
         started_at REAL NOT NULL, updated_at REAL NOT NULL, finished_at REAL NOT NULL,
         switched_at REAL NOT NULL, phase_times TEXT NOT NULL, downtime_ms REAL NOT NULL,
         elapsed_ms REAL NOT NULL, error TEXT NOT NULL, error_code TEXT NOT NULL,
-        stimulus_id TEXT NOT NULL, timeout_s REAL NOT NULL)""",
+        stimulus_id TEXT NOT NULL, timeout_s REAL NOT NULL,
+        stays_stopped INTEGER NOT NULL DEFAULT 0)""",
     "CREATE INDEX IF NOT EXISTS migrations_vm ON migrations(vm_id)",
     """CREATE TABLE IF NOT EXISTS tombstones (
         vm_id TEXT PRIMARY KEY, name TEXT NOT NULL, generation INTEGER NOT NULL,
@@ -85,7 +86,7 @@ MIGRATION_COLUMNS = (  # the migrations table, in MigrationRecord's field order
     "mode", "reason", "priority", "max_downtime_ms", "bandwidth_mbit", "bytes_total",
     "bytes_transferred", "bytes_remaining", "started_at", "updated_at", "finished_at",
     "switched_at", "phase_times", "downtime_ms", "elapsed_ms", "error", "error_code",
-    "stimulus_id", "timeout_s",
+    "stimulus_id", "timeout_s", "stays_stopped",
 )  # fmt: skip
 
 VM_COLUMNS = (
@@ -168,6 +169,9 @@ def upgrade(db: sqlite3.Connection, path: Path, version: int) -> None:
         for statement in TABLES:  # 2 -> 3: migrations, tombstones; 3 -> 4: failovers; 4 -> 5
             # drains
             db.execute(statement)
+        columns = {r[1] for r in db.execute("PRAGMA table_info(migrations)")}
+        if "stays_stopped" not in columns:  # 4 -> 5
+            db.execute("ALTER TABLE migrations ADD COLUMN stays_stopped INTEGER NOT NULL DEFAULT 0")
         db.execute(
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('installation_id', ?)", (new_id(),)
         )

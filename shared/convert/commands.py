@@ -176,6 +176,7 @@ def envelope_to_pb(envelope: c.Envelope) -> apb.Command:
                 generation=command.generation,
                 address=command.address,
                 gateway=command.gateway,
+                stay_stopped=isinstance(command, c.LandMigration) and command.stay_stopped,
             )
         )
     else:  # pragma: no cover - mypy sees every member of AgentCommand above
@@ -248,14 +249,23 @@ def _command_from_pb(msg: apb.Command) -> c.AgentCommand:
             time_budget_s=g.time_budget_s,
         )
     if action in ("finish_migration", "land_migration"):
-        f = msg.finish_migration if action == "finish_migration" else msg.land_migration
-        kind = c.FinishMigration if action == "finish_migration" else c.LandMigration
-        return kind(
+        if action == "finish_migration":
+            f = msg.finish_migration
+            return c.FinishMigration(
+                vm_id=f.vm_id,
+                spec=spec_from_pb(f.spec),
+                generation=f.generation,
+                address=f.address,
+                gateway=f.gateway,
+            )
+        f = msg.land_migration
+        return c.LandMigration(
             vm_id=f.vm_id,
             spec=spec_from_pb(f.spec),
             generation=f.generation,
             address=f.address,
             gateway=f.gateway,
+            stay_stopped=f.stay_stopped,
         )
     raise InvalidArgument(f"command {msg.id!r}: unknown action {action!r}")  # pragma: no cover
 

@@ -54,11 +54,11 @@ def _offline_target(node: Node, vm_id: str) -> MigrationTarget:
     return dataclasses.replace(node.target(vm_id), libvirt_uri=node.daemon.uri)
 
 
-def _land(node: Node, vm_id: str, generation: int) -> None:
+def _land(node: Node, vm_id: str, generation: int, start: bool = True) -> None:
     """What the target's agent does once the files are in: adopt the disk, define, run."""
     directory = node.vm_dir(vm_id)
     node.catalog.adopt_overlay("tiny", directory, directory / INCOMING_DISK)
-    node.driver.land(vm_id, str(directory), generation)
+    node.driver.land(vm_id, str(directory), generation, start=start)
 
 
 def _backing(disk: Path) -> str:
@@ -109,6 +109,28 @@ def test_cold_migration_boots_the_guest_on_the_target(pair: Pair) -> None:
     on_b = b.driver.get_vm(vm_id)
     assert on_b is not None and (on_b.state, on_b.generation) == (VMState.RUNNING, 2)
     _booted(b, vm_id, name)  # its first line again: it booted on B
+
+
+def test_a_stopped_guest_moves_cold_and_stays_stopped(pair: Pair) -> None:
+    """A guest that powered off moves cold as it is: its disk and definition go, the target
+    defines it without starting it (nothing booted there), at the new generation."""
+    a, b = pair.a, pair.b
+    name = _unique("idle")
+    vm_id, _ = pair.create(a, name, generation=1)
+    _booted(a, vm_id, name)
+    a.driver.stop(vm_id)
+    target = _offline_target(b, vm_id)
+
+    a.driver.send_offline(vm_id, target, "cold", generation=2, shutdown_timeout_s=5)
+    _land(b, vm_id, 2, start=False)
+
+    on_b = b.driver.get_vm(vm_id)
+    assert on_b is not None and (on_b.state, on_b.generation) == (VMState.STOPPED, 2)
+    assert not _qemu_alive(b, name) and not b.console(vm_id).exists()  # never booted on B
+    on_a = a.driver.get_vm(vm_id)  # the source's copy stays until the controller deletes it
+    assert on_a is not None and on_a.state == VMState.STOPPED
+    b.driver.start(vm_id)  # and it boots on B when asked, from its moved disk
+    _booted(b, vm_id, name)
 
 
 def test_a_transfer_that_fails_leaves_the_guest_running_on_the_source(

@@ -32,6 +32,8 @@ from shared.commands import (
     CommandResult,
     CreateVM,
     DeleteVM,
+    FinishMigration,
+    LandMigration,
     Migrate,
     MigrationTarget,
     PowerAction,
@@ -101,6 +103,17 @@ def test_a_cold_or_snapshot_move_keeps_the_source_copy_stopped_until_it_goes(
     assert [(v.vm_id, v.desired) for v in cache.vms()] == [("a", RUNNING)]
     cache.record(DeleteVM("a", "web", 2), CommandResult("4"))
     assert cache.vms() == []
+
+
+def test_a_stopped_vm_landed_by_a_cold_move_is_cached_stopped(tmp_path: Path) -> None:
+    """An offline restart must not start what arrived stopped, even after its finish."""
+    cache = DesiredStateCache(tmp_path)
+    s = spec("idle", 30.0)
+    cache.record(LandMigration("a", s, 4, stay_stopped=True), CommandResult("1"))
+    cache.record(FinishMigration("a", s, 4), CommandResult("2"))
+    assert [(v.vm_id, v.generation, v.desired) for v in cache.vms()] == [("a", 4, STOPPED)]
+    cache.record(LandMigration("b", spec("web", 30.0), 2), CommandResult("3"))  # a running one
+    assert [(v.vm_id, v.desired) for v in cache.vms()] == [("a", STOPPED), ("b", RUNNING)]
 
 
 def test_an_offline_restart_brings_back_what_should_run(

@@ -30,9 +30,9 @@ def test_a_drain_moves_everything_one_at_a_time_and_lists_what_cannot_move() -> 
     d = Driver()
     d.hello("n1")
     a, b = d.deploy("a", "n1"), d.deploy("b", "n1")
-    stopped = d.deploy("c", "n1")
+    crashed = d.deploy("c", "n1")
     d.heartbeat(
-        "n1", status(a.id, "a"), status(b.id, "b"), status(stopped.id, "c", 1, VMState.STOPPED)
+        "n1", status(a.id, "a"), status(b.id, "b"), status(crashed.id, "c", 1, VMState.CRASHED)
     )
     d.hello("n2")
     d.feed(ev.DrainRequested, node_id="n1", parallel=1, stimulus_id="drain")
@@ -40,7 +40,7 @@ def test_a_drain_moves_everything_one_at_a_time_and_lists_what_cannot_move() -> 
     assert isinstance(drain, Drain)
     assert d.node("n1").cordoned and d.store["nodes"]["n1"].cordoned
     assert drain.queued == (b.id,) and [v for v, _ in drain.active] == [a.id]
-    assert drain.failed == (("c", "it is stopped: only a running or paused VM moves live"),)
+    assert drain.failed == (("c", "it is crashed: only a running, paused or stopped VM moves"),)
     assert len(d.commands(c.PrepareMigration)) == 1  # one at a time
     move(d, a.id, "a", "n2")
     d.feed(ev.Tick)

@@ -219,3 +219,45 @@ def test_a_restart_while_landing_waits_for_the_target(d: Driver, lands: bool) ->
         d.hello("n2")
         assert d.migration(vm.id).phase is P.FAILED
         restarted_on_source(d, vm.id)
+
+
+def stopped_vm(d: Driver, name: str) -> str:
+    vm = d.deploy(name, "n1")
+    d.report("n1", status(vm.id, name, 1, VMState.STOPPED))  # its guest powered off
+    return vm.id
+
+
+def test_a_stopped_vm_moves_cold_and_stays_stopped_on_the_target(d: Driver) -> None:
+    vm_id = stopped_vm(d, "idle")
+    live = d.feed(ev.MigrateRequested, name_or_id=vm_id, target="n2", stimulus_id="live")
+    assert live and "a stopped one: with --mode cold" in str(d.reply("live").error)
+    migrate = start(d, vm_id, "cold")
+    assert d.migration(vm_id).stays_stopped
+    d.answer(d.sent(c.Migrate, "n1"))
+    land = d.sent(c.LandMigration, "n2").envelope.command
+    assert isinstance(land, c.LandMigration) and land.stay_stopped and migrate.mode == "cold"
+    d.answer(d.sent(c.LandMigration, "n2"), vm=status(vm_id, "idle", 2, VMState.STOPPED))
+    vm = d.vm(vm_id)
+    assert (vm.node_id, vm.generation, vm.state) == ("n2", 2, VMState.STOPPED)
+    d.answer(d.sent(c.DeleteVM, "n1"))
+    assert not d.commands(c.FinishMigration)  # nothing to route or cap: it is not running
+    assert d.migration(vm_id).phase is P.SUCCEEDED
+    assert not d.commands(c.ChangePower)  # never started, on either node
+    assert d.stored_migration(d.migration(vm_id).id).stays_stopped  # kept across a restart
+
+
+def test_a_stopped_vm_whose_cold_move_fails_stays_stopped_on_its_source(d: Driver) -> None:
+    vm_id = stopped_vm(d, "idle")
+    start(d, vm_id, "cold")
+    d.answer(d.sent(c.Migrate, "n1"), error=c.CommandError("UNAVAILABLE", "target gone"))
+    assert d.migration(vm_id).phase is P.FAILED
+    assert d.vm(vm_id).node_id == "n1" and not d.commands(c.ChangePower)
+
+
+def test_a_live_drain_moves_a_stopped_vm_cold(d: Driver) -> None:
+    vm_id = stopped_vm(d, "idle")
+    d.feed(ev.DrainRequested, node_id="n1", stimulus_id="drain")
+    d.answer(d.sent(c.PrepareMigration, "n2"), migration_target=TARGET)
+    migrate = d.sent(c.Migrate, "n1").envelope.command
+    assert isinstance(migrate, c.Migrate) and migrate.mode == "cold"
+    assert d.migration(vm_id).stays_stopped and not d.core.state.drains["n1"].failed

@@ -645,6 +645,7 @@ class CreateVM(_message.Message):
     START_PAUSED_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
     GATEWAY_FIELD_NUMBER: _builtins.int
+    STAY_STOPPED_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
     generation: _builtins.int
     start_paused: _builtins.bool
@@ -652,6 +653,8 @@ class CreateVM(_message.Message):
     """the VM's own address (CIDR /32) on the VM network, "" = no NIC"""
     gateway: _builtins.str
     """the anycast gateway every site's VM bridge answers on"""
+    stay_stopped: _builtins.bool
+    """land_migration of a stopped VM (a cold move): define, do not start"""
     @_builtins.property
     def spec(self) -> _types_pb2.VMSpec: ...
     def __init__(
@@ -663,10 +666,11 @@ class CreateVM(_message.Message):
         start_paused: _builtins.bool = ...,
         address: _builtins.str = ...,
         gateway: _builtins.str = ...,
+        stay_stopped: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "gateway", b"gateway", "generation", b"generation", "spec", b"spec", "start_paused", b"start_paused", "vm_id", b"vm_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "gateway", b"gateway", "generation", b"generation", "spec", b"spec", "start_paused", b"start_paused", "stay_stopped", b"stay_stopped", "vm_id", b"vm_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
