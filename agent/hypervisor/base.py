@@ -141,9 +141,7 @@ class Hypervisor(Protocol):
         failure it runs again as it did and the error says so."""
         ...
 
-    def land(
-        self, vm_id: str, vm_dir: str, generation: int, *, start: bool = True
-    ) -> VMStatus:
+    def land(self, vm_id: str, vm_dir: str, generation: int, *, start: bool = True) -> VMStatus:
         """The target's part: define the VM whose files arrived in `vm_dir` (its disk already
         adopted) and run it, restored from its save file or booted; nothing left on failure."""
         ...

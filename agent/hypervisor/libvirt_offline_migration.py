@@ -177,9 +177,7 @@ class LibvirtOfflineMigration(LibvirtConnection):
             with suppress(libvirt.libvirtError):
                 remote.close()
 
-    def land(
-        self, vm_id: str, vm_dir: str, generation: int, *, start: bool = True
-    ) -> VMStatus:
+    def land(self, vm_id: str, vm_dir: str, generation: int, *, start: bool = True) -> VMStatus:
         """On the target: define the VM that arrived in `vm_dir` and run it, from its save
         file (the guest continues) or by booting it (cold); without `start` (a stopped VM's
         cold move), only define it. Its disk must already be in place
