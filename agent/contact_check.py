@@ -25,7 +25,8 @@ from shared.pb.v1 import agent_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
-CONFIRM_AFTER_HEARTBEATS = 2.5  # pongs normally confirm every beat within a second
+CONFIRM_AFTER_HEARTBEATS = 2.0  # pongs normally confirm every beat within a second
+TRIES_AT_ONCE = 3
 # a channel of its own, not one sharing the session's connection from gRPC's global pool
 CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 
@@ -40,18 +41,32 @@ class Session(Protocol):
 
 async def confirm_when_quiet(session: Session, session_id: str) -> None:
     """Until cancelled (the session's end): whenever the contact is older than
-    CONFIRM_AFTER_HEARTBEATS heartbeat intervals, ask on a fresh connection, one try per
-    interval."""
+    CONFIRM_AFTER_HEARTBEATS heartbeat intervals, ask on a fresh connection. A try starts
+    every interval and may take two, so on a lossy link up to TRIES_AT_ONCE overlap (a TCP
+    handshake that lost its SYN retransmits it only after a second)."""
     query = apb.ContactQuery(node_id=session.config.node_id, session_id=session_id)
     contact = session.contact
-    while True:
-        await asyncio.sleep(session.heartbeat_interval)
-        if contact.alone_s() < CONFIRM_AFTER_HEARTBEATS * session.heartbeat_interval:
-            continue
-        seq = await ask(session.config.controller, query, timeout_s=session.heartbeat_interval)
-        if seq:
+    tries: set[asyncio.Task[int]] = set()
+
+    def answered(task: asyncio.Task[int]) -> None:
+        tries.discard(task)
+        if not task.cancelled() and task.exception() is None and (seq := task.result()):
             contact.heartbeat_heard(seq)
             log.info("contact confirmed on a second connection", heartbeat_seq=seq)
+
+    try:
+        while True:
+            await asyncio.sleep(session.heartbeat_interval)
+            quiet = contact.alone_s() >= CONFIRM_AFTER_HEARTBEATS * session.heartbeat_interval
+            if not quiet or len(tries) >= TRIES_AT_ONCE:
+                continue
+            timeout = 2 * session.heartbeat_interval
+            task = asyncio.create_task(ask(session.config.controller, query, timeout))
+            tries.add(task)
+            task.add_done_callback(answered)
+    finally:
+        for task in list(tries):
+            task.cancel()
 
 
 async def ask(controller: str, query: apb.ContactQuery, timeout_s: float) -> int:
