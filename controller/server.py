@@ -17,11 +17,12 @@ from controller.core import ControllerCore, Settings
 from controller.core.detector import DetectorConfig
 from controller.core.disconnect import FailoverSettings
 from controller.metrics import MetricsServer
+from controller.pki import require_pki
 from controller.placement import ScoredEngine
 from controller.runner import Runner
 from controller.sessions import AgentSessionServicer
 from controller.store import SQLiteStore
-from shared.errors import InvalidArgument
+from shared.errors import FailedPrecondition, InvalidArgument
 from shared.pb.v1 import agent_pb2 as apb
 from shared.pb.v1 import agent_pb2_grpc, edge_api_pb2, edge_api_pb2_grpc
 
@@ -69,9 +70,11 @@ class ControllerServer:
 
     async def start(self) -> int:
         if not self.config.insecure:
-            raise InvalidArgument(
-                "mutual TLS is not implemented yet; start with --insecure (local development "
-                "only: agents and clients are not authenticated)"
+            require_pki(self.config.state_dir)  # else: what to run to make one
+            raise FailedPrecondition(
+                f"{self.config.state_dir} has its CA, but serving with mutual TLS is not built "
+                "yet (issue 11); start with --insecure (local development only: agents and "
+                "clients are not authenticated)"
             )
         log.warning(
             "INSECURE MODE: agents and clients are not authenticated; local development only"
