@@ -234,6 +234,14 @@ async def test_deploy_vms_plans_a_batch_that_one_at_a_time_cannot_place(
             images,
             capacity=CapacityConfig(vcpus=8, memory_mib=1024),
         )
+
+    async def both_measured() -> bool:  # else one node's estimated latency tilts the spread
+        nodes = (await cluster.api.ListNodes(epb.ListNodesRequest())).nodes
+        return len(nodes) == 2 and all(
+            any(s.target == "controller" and s.samples >= 2 for s in n.latencies) for n in nodes
+        )
+
+    await eventually(both_measured, 20, "both nodes' measured latency")
     specs = [spec("small-1", 512), spec("small-2", 512), spec("big-1", 1024)]
     response = await cluster.api.DeployVMs(epb.DeployVMsRequest(specs=specs, request_id="b1"))
     assert [vm.spec.name for vm in response.vms] == ["small-1", "small-2", "big-1"]
