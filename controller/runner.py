@@ -43,6 +43,8 @@ class Session(Protocol):
 
     node_id: str
     session_id: str
+    closed: bool
+    heartbeat_seq: int  # the latest heartbeat received
 
     def send_command(self, instruction: SendCommand) -> bool: ...
     def close(self, reason: str) -> None: ...
@@ -125,6 +127,10 @@ class Runner:
 
     def detach(self, session: Session) -> None:
         self._sessions.pop(session.session_id, None)
+
+    def session(self, session_id: str) -> Session | None:
+        """A live session by its id (ConfirmContact names its own)."""
+        return self._sessions.get(session_id)
 
     # ------------------------------------------------------------ the loop
 

@@ -89,7 +89,6 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
     def __init__(self, runner: Runner, identity: Callable[[apb.Hello], str]) -> None:
         self._runner = runner
         self._identity = identity
-        self._connections: dict[str, AgentConnection] = {}  # by session id
 
     async def ConfirmContact(
         self,
@@ -99,7 +98,7 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
         """The latest heartbeat the named session delivered. Its event is queued for the core
         already, which counts the node as heard from at its arrival, so the agent may count
         its contact from that heartbeat's send time, as it does for a pong."""
-        conn = self._connections.get(request.session_id)
+        conn = self._runner.session(request.session_id)
         if conn is None or conn.closed or conn.node_id != request.node_id:
             return apb.ContactAnswer(heartbeat_seq=0)
         return apb.ContactAnswer(heartbeat_seq=conn.heartbeat_seq)
@@ -126,7 +125,6 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
         bound.info("agent connected", peer=conn.peer)
         runner = self._runner
         runner.attach(conn)
-        self._connections[conn.session_id] = conn
         try:
             # Registered (and stored) before the welcome, so an agent that saw its welcome is
             # placeable.
@@ -164,7 +162,6 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
                 )
                 bound.info("agent disconnected")
         finally:
-            self._connections.pop(conn.session_id, None)
             runner.detach(conn)
 
     async def _read(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +15,7 @@ import structlog
 
 from agent.fencing import fence
 from agent.hypervisor.base import MigrationProgress, MigrationStats, MigrationTarget
+from agent.hypervisor.job_watch import beside
 from agent.hypervisor.libvirt_connection import LibvirtConnection, _error_code, _mapped
 from agent.hypervisor.migration_xml import _migrated_disks, _migration_problem, _retarget_xml
 from agent.hypervisor.postcopy_recovery import (
@@ -106,11 +107,10 @@ class LibvirtMigration(LibvirtConnection):
             params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = disks  # type: ignore[assignment]
             flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC
         where = f"{vm_id} to {target.libvirt_uri}"
-        switch = _PostcopySwitch()
-        watch = PostcopyWatch(switched=switch.switched)
+        switch = PostcopyWatch()
         escalation = _Escalation(max_downtime_ms or QEMU_DEFAULT_DOWNTIME_MS, time_budget_s)
         started = time.monotonic()
-        with pause_when_stalled(dom, vm_id, watch) if postcopy else nullcontext():
+        with pause_when_stalled(dom, vm_id, switch) if postcopy else nullcontext():
             try:
                 with _mapped("migrate", where):
                     if max_downtime_ms > 0:
@@ -195,16 +195,9 @@ class LibvirtMigration(LibvirtConnection):
 POSTCOPY_POLL_S = 0.05
 
 
-@dataclass(slots=True)
-class _PostcopySwitch:
-    """Set once the job went post-copy: from then on a failure cannot be rolled back."""
-
-    switched: threading.Event = field(default_factory=threading.Event)
-
-
 @contextmanager
 def _switch_to_postcopy(
-    dom: libvirt.virDomain, vm_id: str, state: _PostcopySwitch, *, enabled: bool
+    dom: libvirt.virDomain, vm_id: str, state: PostcopyWatch, *, enabled: bool
 ) -> Iterator[None]:
     """While the body runs the migration job: switch it to post-copy as soon as memory moves.
 
@@ -234,7 +227,7 @@ def _switch_to_postcopy(
             log.info("vm_migration_postcopy_requested", vm_id=vm_id)
             return
 
-    with _beside(switch, done, f"postcopy-{vm_id}"):
+    with beside(switch, done, f"postcopy-{vm_id}"):
         yield
 
 
@@ -297,21 +290,8 @@ def _escalate(
             except libvirt.libvirtError as err:  # the job ended meanwhile
                 log.debug("escalation_skipped", vm_id=vm_id, error=str(err))
 
-    with _beside(escalate, done, f"escalate-{vm_id}"):
+    with beside(escalate, done, f"escalate-{vm_id}"):
         yield
-
-
-@contextmanager
-def _beside(work: Callable[[], None], done: threading.Event, name: str) -> Iterator[None]:
-    """Run `work` in a thread while the body runs the migration job; then set `done` (which
-    `work` waits on) and join it."""
-    thread = threading.Thread(target=work, name=name, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
 
 
 def _mib_per_s(mbit: int) -> int:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import libvirt
 import structlog
 
+from agent.hypervisor.job_watch import beside
 from agent.hypervisor.libvirt_connection import _error_code
 
 log = structlog.get_logger(__name__)
@@ -42,8 +43,9 @@ WINDOW_WITHOUT_BUDGET_S = 300.0  # a move with no time budget: how long the path
 
 @dataclass(slots=True)
 class PostcopyWatch:
-    """The stall watcher's view: whether the job went post-copy (set by the switch), and how
-    many times the watcher paused it."""
+    """A post-copy job's state: whether it went post-copy (set once the switch was asked for:
+    from then on a failure cannot be rolled back), and how many times the stall watcher
+    paused it."""
 
     switched: threading.Event = field(default_factory=threading.Event)
     pauses: int = 0
@@ -83,13 +85,8 @@ def pause_when_stalled(
             watch.pauses += 1
             log.warning("vm_postcopy_paused", vm_id=vm_id, stalled_s=stall_s, memory=moved)
 
-    thread = threading.Thread(target=work, name=f"postcopy-stall-{vm_id}", daemon=True)
-    thread.start()
-    try:
+    with beside(work, done, f"postcopy-stall-{vm_id}"):
         yield
-    finally:
-        done.set()
-        thread.join()
 
 
 def resume_postcopy(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from shared import commands as c
 from shared.convert.domain import (
     spec_from_pb,
@@ -249,24 +251,18 @@ def _command_from_pb(msg: apb.Command) -> c.AgentCommand:
             time_budget_s=g.time_budget_s,
         )
     if action in ("finish_migration", "land_migration"):
-        if action == "finish_migration":
-            f = msg.finish_migration
-            return c.FinishMigration(
-                vm_id=f.vm_id,
-                spec=spec_from_pb(f.spec),
-                generation=f.generation,
-                address=f.address,
-                gateway=f.gateway,
-            )
-        f = msg.land_migration
-        return c.LandMigration(
+        f = msg.finish_migration if action == "finish_migration" else msg.land_migration
+        kind = c.FinishMigration if action == "finish_migration" else c.LandMigration
+        command = kind(
             vm_id=f.vm_id,
             spec=spec_from_pb(f.spec),
             generation=f.generation,
             address=f.address,
             gateway=f.gateway,
-            stay_stopped=f.stay_stopped,
         )
+        if isinstance(command, c.LandMigration):
+            return dataclasses.replace(command, stay_stopped=f.stay_stopped)
+        return command
     raise InvalidArgument(f"command {msg.id!r}: unknown action {action!r}")  # pragma: no cover
 
 
