@@ -16,7 +16,7 @@ from agent.config import AgentConfig, CapacityConfig, LocationConfig
 from agent.hypervisor.libvirt_driver import LibvirtHypervisor
 from agent.images.catalog import ImageCatalog
 from agent.session import AgentSession
-from controller.config import ControllerConfig, EdgeComputingConfig
+from controller.config import ControllerConfig, EdgeComputingConfig, PlacementWeights
 from controller.server import ControllerServer
 from shared.config import Seconds
 from shared.domain import EdgeType
@@ -74,6 +74,7 @@ class Cluster:
     server: ControllerServer | None = None
     agents: dict[str, RunningAgent] = field(default_factory=dict)
     channel: grpc.aio.Channel | None = None
+    placement_weights: PlacementWeights = field(default_factory=PlacementWeights)
 
     @property
     def address(self) -> str:
@@ -99,7 +100,9 @@ class Cluster:
             controller_id="ctl-test",
             metrics_listen="127.0.0.1:0",
             # no head-room buffer: the tests reason in whole MiB
-            edge_computing=EdgeComputingConfig(edge_resource_buffer=0.0),
+            edge_computing=EdgeComputingConfig(
+                edge_resource_buffer=0.0, placement_weights=self.placement_weights
+            ),
         )
         self.server = ControllerServer(config)
         await self.server.start()

@@ -56,6 +56,15 @@ def _node(lab: Lab, node_id: str) -> pb.Node:
         return stub.GetNode(api.GetNodeRequest(node_id=node_id), timeout=5)
 
 
+def _peer_latency(lab: Lab, source: str, target: str) -> pb.LatencyStats:
+    node = _node(lab, source)
+    return next(s for s in node.latencies if s.target == target)
+
+
+def _window(lab: Lab, source: str, target: str) -> int:
+    return next((s.samples for s in _node(lab, source).latencies if s.target == target), 0)
+
+
 def _mesh_converged(lab: Lab) -> bool:
     sites = [s.id for s in lab.topology.sites]
     for site in sites:
@@ -124,9 +133,11 @@ def test_peer_latency_is_measured_over_the_tunnel_and_matches_the_wan(lab: Lab) 
     first = _first_reply(underlay)  # the overlay ping starts ~13 ms later: never in step
     overlay = _start_ping(lab, a.id, overlay_address, 300)
     underlay_rtts, overlay_rtts = _rtts(underlay, first), _rtts(overlay, [])
-    node = _node(lab, a.id)
-    measured = next((s for s in node.latencies if s.target == b.id), None)
-    assert measured is not None and measured.samples >= 55, measured
+    # The agent's rounds are randomly spaced around 1 s and slow down when these 2 cores are
+    # busy, so its window may hold a few short of 60 after the pings' minute: let it fill.
+    # The path is stationary, so a window a few seconds later still measures the same minute.
+    wait_for(lambda: _window(lab, a.id, b.id) >= 55, 30, "the agent's window of probes")
+    measured = _peer_latency(lab, a.id, b.id)
     wan, tunnel = statistics.median(underlay_rtts), statistics.median(overlay_rtts)
     print(
         f"\nRTT {a.id}->{b.id}: profile {expected:.2f} ms, ping underlay {wan:.2f}"
