@@ -132,6 +132,10 @@ class ControllerConfig:
     # spec's max_downtime); a pre-copy that cannot meet it in time is escalated, then aborted
     max_downtime: Seconds = Seconds(0.15)
     insecure: bool = False
+    # Where joining agents call Enroll (TLS, no client certificate): "" = the host of
+    # `listen`, its port + 1. Every other method is served only on `listen`, with mTLS.
+    enrol_listen: str = ""
+    node_certificate_lifetime: Seconds = Seconds(86400.0)  # renewed at 2/3 of it
     # This state dir starts a new installation: agents that remember another installation are
     # taken over (their VMs shown as orphans, never deleted).
     new_installation: bool = False
@@ -152,6 +156,7 @@ class ControllerConfig:
             "deploy_timeout",
             "cold_shutdown_timeout",
             "max_downtime",
+            "node_certificate_lifetime",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"controller.{name}: must be > 0")
@@ -160,13 +165,20 @@ class ControllerConfig:
                 ipaddress.ip_network(getattr(self, name))
             except ValueError as exc:
                 raise ConfigError(f"controller.{name}: {exc}") from None
-        for name in ("listen", "metrics_listen"):
+        for name in ("listen", "metrics_listen", "enrol_listen"):
             value = getattr(self, name)
-            if name == "metrics_listen" and not value:
+            if name != "listen" and not value:
                 continue
             host, sep, port = value.rpartition(":")
             if not sep or not host or not port.isdigit() or int(port) > 65535:
                 raise ConfigError(f"controller.{name}: expected HOST:PORT, got {value!r}")
+
+
+def enrol_listen_of(config: ControllerConfig) -> str:
+    if config.enrol_listen:
+        return config.enrol_listen
+    host, _, port = config.listen.rpartition(":")
+    return f"{host}:{int(port) + 1 if int(port) else 0}"
 
 
 def load_config(path: Path | None, flags: dict[str, Any]) -> ControllerConfig:

@@ -79,6 +79,9 @@ class AuditEntry:
     target: str
     detail: str = ""
     actor: str = "api"
+    result: str = "ok"  # or "refused: <why>"
+    request_id: str = ""  # the stimulus id: every log line of the request carries it
+    seq: int = 0  # its place in the log (set when read back)
 
 
 class MigrationPhase(enum.StrEnum):
@@ -218,3 +221,36 @@ class Drain:
     @property
     def done(self) -> bool:
         return not self.queued and not self.active
+
+
+@dataclass(frozen=True, slots=True)
+class JoinToken:
+    """A join token (kubeadm's model): `<id>.<secret>`; only the secret's SHA-256 is kept."""
+
+    id: str
+    secret_hash: str
+    node_id: str  # "" = any node id not enrolled yet
+    uses_left: int
+    expires_at: float
+    created_at: float
+    created_by: str
+    revoked: bool = False
+    description: str = ""
+
+    def usable(self, now: float) -> bool:
+        return not self.revoked and self.uses_left > 0 and now < self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCredential:
+    """A node's standing with the CA. Its certificates carry `epoch`; one of an older epoch
+    (before a revocation or a re-enrolment) is refused, as is every one while `revoked`."""
+
+    node_id: str
+    epoch: int
+    enrolled_at: float
+    token_id: str
+    revoked: bool = False
+
+    def accepts(self, epoch: int) -> bool:
+        return not self.revoked and epoch == self.epoch

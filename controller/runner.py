@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from controller.authz import caller_actor
 from controller.core import ControllerCore
 from controller.core import events as ev
 from controller.core.instructions import (
@@ -47,7 +48,7 @@ class Session(Protocol):
     heartbeat_seq: int  # the latest heartbeat received
 
     def send_command(self, instruction: SendCommand) -> bool: ...
-    def close(self, reason: str) -> None: ...
+    def close(self, reason: str, *, denied: bool = False) -> None: ...
     def welcome(self, instruction: Welcome | None, error: NovaCronError | None) -> None: ...
 
 
@@ -114,6 +115,7 @@ class Runner:
     async def request(self, kind: type[ev.Event], **fields: Any) -> Any:
         """Queue an API request and wait for the core's reply (its value, or its error)."""
         stimulus_id, now = self.stimulus()
+        fields.setdefault("actor", caller_actor())  # who, for the audit record
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiters[stimulus_id] = future
         self._queue.put_nowait(kind(stimulus_id=stimulus_id, now=now, **fields))
@@ -201,7 +203,7 @@ class Runner:
         elif isinstance(instruction, CloseSession):
             session = self._sessions.get(instruction.session_id)
             if session is not None:
-                session.close(instruction.reason)
+                session.close(instruction.reason, denied=instruction.denied)
         elif isinstance(instruction, Persist):  # only ever first
             raise AssertionError("a Persist after other instructions")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 import uuid
 
@@ -11,20 +12,28 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from controller.admin_api import AdminAPIServicer
 from controller.api import EdgeAPIServicer
-from controller.config import ControllerConfig, FailureDetectorConfig
+from controller.authz import AuthorizationInterceptor
+from controller.config import ControllerConfig, FailureDetectorConfig, enrol_listen_of
 from controller.core import ControllerCore, Settings
 from controller.core.detector import DetectorConfig
 from controller.core.disconnect import FailoverSettings
+from controller.enrol_api import Enrolment
+from controller.issuer import Issuer
 from controller.metrics import MetricsServer
-from controller.pki import require_pki
+from controller.pki import Pki, require_pki
 from controller.placement import ScoredEngine
 from controller.runner import Runner
-from controller.sessions import AgentSessionServicer
+from controller.sessions import (
+    AgentSessionServicer,
+    node_identity_from_certificate,
+    node_identity_insecure,
+)
 from controller.store import SQLiteStore
-from shared.errors import FailedPrecondition, InvalidArgument
+from shared.errors import InvalidArgument
+from shared.pb.v1 import admin_pb2, admin_pb2_grpc, agent_pb2_grpc, edge_api_pb2, edge_api_pb2_grpc
 from shared.pb.v1 import agent_pb2 as apb
-from shared.pb.v1 import agent_pb2_grpc, edge_api_pb2, edge_api_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
@@ -40,13 +49,15 @@ SERVER_OPTIONS = [
 ]
 
 
-def node_identity_insecure(hello: apb.Hello) -> str:
-    """Without mTLS the node id is whatever the agent says; with mTLS it will come from the
-    peer certificate's SAN instead, so an agent can only speak for itself."""
-    node_id = hello.node.node_id
-    if not node_id:
-        raise InvalidArgument("hello.node.node_id is required")
-    return node_id
+def server_credentials(pki: Pki, *, client_auth: bool) -> grpc.ServerCredentials:
+    """The serving certificate with the CA after it (a joining agent checks the CA's pin
+    from the chain before it trusts anything); client certificates from our CA only."""
+    chain = pki.server_cert.read_bytes() + pki.ca_cert.read_bytes()
+    return grpc.ssl_server_credentials(
+        [(pki.server_key.read_bytes(), chain)],
+        root_certificates=pki.ca_cert.read_bytes() if client_auth else None,
+        require_client_auth=client_auth,
+    )
 
 
 def detector_config(c: FailureDetectorConfig) -> DetectorConfig:
@@ -65,20 +76,16 @@ class ControllerServer:
         self.config = config
         self.controller: Runner | None = None
         self.port = 0
+        self.enrol_port = 0
         self._server: grpc.aio.Server | None = None
         self.metrics: MetricsServer | None = None
 
     async def start(self) -> int:
-        if not self.config.insecure:
-            require_pki(self.config.state_dir)  # else: what to run to make one
-            raise FailedPrecondition(
-                f"{self.config.state_dir} has its CA, but serving with mutual TLS is not built "
-                "yet (issue 11); start with --insecure (local development only: agents and "
-                "clients are not authenticated)"
+        pki = None if self.config.insecure else require_pki(self.config.state_dir)
+        if pki is None:
+            log.warning(
+                "INSECURE MODE: agents and clients are not authenticated; local development only"
             )
-        log.warning(
-            "INSECURE MODE: agents and clients are not authenticated; local development only"
-        )
         store = SQLiteStore(self.config.state_dir / "controller.db")
         stored = await store.load()
         settings = Settings(
@@ -113,6 +120,8 @@ class ControllerServer:
             now=time.time(),
             failovers=stored.failovers,
             drains=stored.drains,
+            tokens=stored.tokens,
+            credentials=stored.credentials,
         )
         log.info(
             "state loaded",
@@ -125,25 +134,50 @@ class ControllerServer:
         )
         controller = Runner(core, store)
         await controller.start()
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        server = grpc.aio.server(
+            options=SERVER_OPTIONS,
+            interceptors=[AuthorizationInterceptor()] if pki is not None else [],
+        )
+        issuer = Issuer(pki) if pki is not None else None
+        lifetime = dt.timedelta(seconds=self.config.node_certificate_lifetime)
         agent_pb2_grpc.add_AgentSessionServicer_to_server(
-            AgentSessionServicer(controller, node_identity_insecure), server
+            AgentSessionServicer(
+                controller,
+                node_identity_from_certificate if pki is not None else node_identity_insecure,
+                Enrolment(controller, issuer, lifetime),
+            ),
+            server,
         )
         edge_api_pb2_grpc.add_EdgeAPIServicer_to_server(EdgeAPIServicer(controller), server)
+        admin_pb2_grpc.add_AdminAPIServicer_to_server(
+            AdminAPIServicer(controller, store, pki.pin() if pki is not None else ""), server
+        )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         services = (
             apb.DESCRIPTOR.services_by_name["AgentSession"].full_name,
             edge_api_pb2.DESCRIPTOR.services_by_name["EdgeAPI"].full_name,
+            admin_pb2.DESCRIPTOR.services_by_name["AdminAPI"].full_name,
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(services, server)
-        self.port = server.add_insecure_port(self.config.listen)
+        if pki is None:
+            self.port = server.add_insecure_port(self.config.listen)
+        else:
+            self.port = server.add_secure_port(
+                self.config.listen, server_credentials(pki, client_auth=True)
+            )
+            enrol = enrol_listen_of(self.config)
+            self.enrol_port = server.add_secure_port(
+                enrol, server_credentials(pki, client_auth=False)
+            )
+            if self.enrol_port == 0:
+                raise InvalidArgument(f"cannot listen on {enrol} (enrol_listen)")
         if self.port == 0:
             raise InvalidArgument(f"cannot listen on {self.config.listen}")
         await server.start()
-        for name in ("", *services[:2]):
+        for name in ("", *services[:3]):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
         self.controller = controller
@@ -154,6 +188,8 @@ class ControllerServer:
             "controller listening",
             listen=self.config.listen,
             port=self.port,
+            enrol_port=self.enrol_port or None,
+            tls=pki is not None,
             state_dir=str(self.config.state_dir),
             controller_id=settings.controller_id,
         )

@@ -10,15 +10,21 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 import structlog
 
+from controller.api import rpc
+from controller.authz import peer_identity
 from controller.core import events as ev
 from controller.core.instructions import SendCommand, Welcome
+from controller.enrol_api import Enrolment
 from controller.runner import Runner
 from shared import convert
-from shared.errors import InvalidArgument, NovaCronError
+from shared.errors import InvalidArgument, NovaCronError, PermissionDenied, Unavailable
+from shared.grpc_status import status_code
+from shared.identity import NodeIdentity
 from shared.pb.v1 import agent_pb2 as apb
 from shared.pb.v1 import agent_pb2_grpc
 
@@ -58,13 +64,14 @@ class AgentConnection:
     async def welcomed(self) -> Welcome:
         return await self._welcome
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, *, denied: bool = False) -> None:
         if self.closed:
             return
         self.closed = True
         self.reason = reason
         if not self._welcome.done():
-            self._welcome.set_exception(NovaCronError(f"session closed: {reason}"))
+            error = PermissionDenied(reason) if denied else Unavailable(f"session closed: {reason}")
+            self._welcome.set_exception(error)
         self._outbox.put_nowait(None)
 
     async def outgoing(self) -> AsyncIterator[apb.ControllerMessage]:
@@ -85,10 +92,51 @@ def hello_event(conn: AgentConnection, hello: apb.Hello) -> dict[str, object]:
     }
 
 
+NodeIdentityOf = Callable[[apb.Hello, Any], tuple[str, int]]
+
+
+def node_identity_insecure(hello: apb.Hello, context: Any) -> tuple[str, int]:
+    """--insecure: the node is whoever the hello says (epoch -1: nothing to check)."""
+    node_id = hello.node.node_id
+    if not node_id:
+        raise InvalidArgument("hello.node.node_id is required")
+    return node_id, -1
+
+
+def node_identity_from_certificate(hello: apb.Hello, context: Any) -> tuple[str, int]:
+    """Mutual TLS: the node is who its certificate says; a hello naming another is refused."""
+    identity = peer_identity(context)
+    if not isinstance(identity, NodeIdentity):
+        raise PermissionDenied("only an enrolled node may connect")
+    if hello.node.node_id != identity.node_id:
+        raise PermissionDenied(
+            f"the certificate is node {identity.node_id}'s; its hello says "
+            f"{hello.node.node_id[:64]!r}"
+        )
+    return identity.node_id, identity.epoch
+
+
 class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
-    def __init__(self, runner: Runner, identity: Callable[[apb.Hello], str]) -> None:
+    def __init__(self, runner: Runner, identity: NodeIdentityOf, enrolment: Enrolment) -> None:
         self._runner = runner
         self._identity = identity
+        self._enrolment = enrolment
+
+    @rpc
+    async def Enroll(
+        self,
+        request: apb.EnrolRequest,
+        context: grpc.aio.ServicerContext[apb.EnrolRequest, apb.EnrolResponse],
+    ) -> apb.EnrolResponse:
+        return await self._enrolment.enroll(request, context)
+
+    @rpc
+    async def RenewCertificate(
+        self,
+        request: apb.RenewRequest,
+        context: grpc.aio.ServicerContext[apb.RenewRequest, apb.EnrolResponse],
+    ) -> apb.EnrolResponse:
+        return await self._enrolment.renew(request, context)
 
     async def ConfirmContact(
         self,
@@ -99,6 +147,9 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
         already, which counts the node as heard from at its arrival, so the agent may count
         its contact from that heartbeat's send time, as it does for a pong."""
         conn = self._runner.session(request.session_id)
+        caller = peer_identity(context)
+        if isinstance(caller, NodeIdentity) and caller.node_id != request.node_id:
+            return apb.ContactAnswer(heartbeat_seq=0)  # it may only ask after itself
         if conn is None or conn.closed or conn.node_id != request.node_id:
             return apb.ContactAnswer(heartbeat_seq=0)
         return apb.ContactAnswer(heartbeat_seq=conn.heartbeat_seq)
@@ -117,9 +168,15 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, "the first message on a session must be hello"
             )
         try:
-            node_id = self._identity(first.hello)
+            node_id, epoch = self._identity(first.hello, context)
         except InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except PermissionDenied as exc:
+            claimed = first.hello.node.node_id[:64]
+            await self._runner.request(
+                ev.IdentityRefused, action="node.connect", target=claimed, detail=str(exc)
+            )
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         conn = AgentConnection(node_id, context.peer())
         bound = log.bind(node_id=node_id, session=conn.session_id)
         bound.info("agent connected", peer=conn.peer)
@@ -128,12 +185,12 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
         try:
             # Registered (and stored) before the welcome, so an agent that saw its welcome is
             # placeable.
-            runner.submit(ev.AgentHello, **hello_event(conn, first.hello))
+            runner.submit(ev.AgentHello, epoch=epoch, **hello_event(conn, first.hello))
             try:
                 welcome = await conn.welcomed()
             except NovaCronError as exc:
                 bound.warning("hello refused", error=str(exc))
-                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+                await context.abort(status_code(exc), str(exc))
             settings = runner.core.settings
             yield apb.ControllerMessage(
                 welcome=apb.Welcome(

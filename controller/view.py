@@ -11,7 +11,15 @@ from collections.abc import Callable
 from controller.core import ControllerCore, Orphan
 from controller.core.disconnect import detection_s, expected_failover, in_force
 from controller.placement import Explanation, NodeTable
-from controller.records import Drain, FailoverRecord, MigrationRecord, NodeRecord, VMRecord
+from controller.records import (
+    Drain,
+    FailoverRecord,
+    JoinToken,
+    MigrationRecord,
+    NodeCredential,
+    NodeRecord,
+    VMRecord,
+)
 from shared.domain import Capacity, Location, NodeCondition, VMSpec
 from shared.errors import NotFound
 
@@ -96,6 +104,12 @@ class ControllerView:
 
     def drain(self, node_id: str) -> Drain | None:
         return self.core.state.drains.get(node_id)
+
+    def credential(self, node_id: str) -> NodeCredential | None:
+        return self.core.state.credentials.get(node_id)
+
+    def tokens(self) -> list[JoinToken]:
+        return sorted(self.core.state.tokens.values(), key=lambda t: t.created_at)
 
     def failover_waiting(self, vm_id: str) -> str:
         return self.core.state.failover_waiting.get(vm_id, "")

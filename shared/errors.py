@@ -41,6 +41,18 @@ class Internal(NovaCronError):
     code = "INTERNAL"
 
 
+class PermissionDenied(NovaCronError):
+    """The caller is known, and not allowed this (its role, or the identity it claims)."""
+
+    code = "PERMISSION_DENIED"
+
+
+class Unauthenticated(NovaCronError):
+    """The caller presented no credential this controller accepts."""
+
+    code = "UNAUTHENTICATED"
+
+
 class ConfigError(InvalidArgument):
     """A configuration file or flag is invalid; the message names the bad key."""
 
@@ -56,6 +68,8 @@ _BY_CODE: dict[str, type[NovaCronError]] = {
         Unavailable,
         DeadlineExceeded,
         Internal,
+        PermissionDenied,
+        Unauthenticated,
     )
 }
 

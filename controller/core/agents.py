@@ -23,8 +23,22 @@ _POWER = {
 
 
 class AgentsMixin(MeshMixin):
+    def _credential_valid(self, node_id: str, epoch: int, session_id: str) -> bool:
+        """A certificate of a revoked node, or of before its re-enrolment, gets no session
+        (checked here too, not only at connect: a revocation may be queued ahead of it)."""
+        credential = self.state.credentials.get(node_id)
+        if credential is not None and credential.accepts(epoch):
+            return True
+        why = "revoked" if credential is not None and credential.revoked else "superseded"
+        reason = f"node {node_id}'s certificate (epoch {epoch}) is {why}"
+        self.audit("node.connect", node_id, reason, result="refused")
+        self.close_session(node_id, session_id, reason, denied=True)
+        return False
+
     def on_hello(self, event: ev.AgentHello) -> None:
         node_id = event.node_id
+        if event.epoch >= 0 and not self._credential_valid(node_id, event.epoch, event.session_id):
+            return
         previous = self.state.sessions.get(node_id)
         if previous is not None and previous.session_id != event.session_id:
             self.close_session(node_id, previous.session_id, "replaced by a newer session")

@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from controller.core import events as ev
+from controller.core.audit import action_of, detail_of, target_of
 from controller.core.instructions import (
     ArmTimer,
     CloseSession,
@@ -59,6 +60,11 @@ REQUESTS: tuple[type[ev.Event], ...] = (
     ev.RotateKeyRequested,
     ev.AdoptRequested,
     ev.DeleteOrphanRequested,
+    ev.TokenCreateRequested,
+    ev.TokenRevokeRequested,
+    ev.EnrolRequested,
+    ev.NodeRevokeRequested,
+    ev.IdentityRefused,
 )
 
 ID_NAMESPACE = uuid.UUID("6f1c2a52-8d0e-4c59-9a43-1f0e7c3b9d21")
@@ -104,6 +110,7 @@ class CoreBase:
         self._out = Outbox()
         self._now = 0.0
         self._stimulus = ""
+        self._actor = "api"
         self._seq = 0
         self._handlers: dict[type[ev.Event], Callable[[Any], None]] = {}
         self._on_result: dict[str, ResultHandler] = {}
@@ -124,12 +131,17 @@ class CoreBase:
         handler = self._handlers.get(type(event))
         if handler is None:
             raise TypeError(f"no handler for {type(event).__name__}")
+        # automatic decisions (ticks, timers, agent traffic) are the controller's own
+        self._actor = event.actor or ("api" if isinstance(event, REQUESTS) else "controller")
         try:
             handler(event)
+            if isinstance(event, REQUESTS) and not isinstance(event, ev.IdentityRefused):
+                self.audit_request(event, "ok")
         except NovaCronError as exc:
             self.rollback()
             self._out = Outbox()
             if isinstance(event, REQUESTS):
+                self.audit_request(event, f"refused: {exc}")
                 self.reply_error(event.stimulus_id, exc)
             else:
                 self.log.warning("event refused", kind=type(event).__name__, error=str(exc))
@@ -238,8 +250,14 @@ class CoreBase:
             self._out.drains[drain.node_id] = drain
         return drain
 
-    def audit(self, action: str, target: str, detail: str, actor: str = "api") -> None:
-        self._out.audit.append(AuditEntry(self._now, action, target, detail, actor))
+    def audit(self, action: str, target: str, detail: str, result: str = "ok") -> None:
+        """An audit record of the current event, by its actor."""
+        self._out.audit.append(
+            AuditEntry(self._now, action, target, detail, self._actor, result, self._stimulus)
+        )
+
+    def audit_request(self, event: ev.Event, result: str) -> None:
+        self.audit(action_of(event), target_of(event), detail_of(event), result)
 
     def count(self, name: str, by: int = 1) -> int:
         value = self.state.counters.get(name, 0) + by
@@ -322,8 +340,10 @@ class CoreBase:
         else:
             self.reply(caller, value)
 
-    def close_session(self, node_id: str, session_id: str, reason: str) -> None:
-        self._out.actions.append(CloseSession(node_id, session_id, reason))
+    def close_session(
+        self, node_id: str, session_id: str, reason: str, *, denied: bool = False
+    ) -> None:
+        self._out.actions.append(CloseSession(node_id, session_id, reason, denied))
 
     def welcome(self, node_id: str, session_id: str) -> None:
         self._out.actions.append(

@@ -18,9 +18,51 @@ from shared.mesh import MeshIdentity, MeshStatus
 class Event:
     stimulus_id: str
     now: float
+    actor: str = ""  # who asked (the caller's certificate identity): what the audit records
 
 
 # ---------------------------------------------------------------- API requests (each replied)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenCreateRequested(Event):
+    """A join token; the runner drew its id and secret, the core sees the secret's hash."""
+
+    token_id: str
+    secret_hash: str
+    node_id: str = ""
+    uses: int = 1
+    ttl: float = 3600.0
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenRevokeRequested(Event):
+    token_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnrolRequested(Event):
+    """An agent presents a join token: replied with the node's credential (its epoch goes
+    into the certificate the API then signs), or refused."""
+
+    token_id: str
+    secret_hash: str
+    node_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeRevokeRequested(Event):
+    node_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdentityRefused(Event):
+    """A caller was refused for who it is or claims to be: only audited (then replied)."""
+
+    action: str
+    target: str
+    detail: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,6 +165,7 @@ class AgentHello(Event):
     mesh: MeshIdentity | None = None
     known_installation_id: str = ""
     hypervisor_problem: str = ""  # set: `vms` says nothing (libvirtd unreachable)
+    epoch: int = -1  # the epoch of the node's certificate; -1: --insecure, nothing to check
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -218,12 +261,17 @@ __all__ = [
     "DeleteRequested",
     "DeployManyRequested",
     "DeployRequested",
+    "EnrolRequested",
     "Event",
+    "IdentityRefused",
     "MigrateRequested",
+    "NodeRevokeRequested",
     "PersistFailed",
     "PowerRequested",
     "RotateKeyRequested",
     "Started",
     "Tick",
     "TimerFired",
+    "TokenCreateRequested",
+    "TokenRevokeRequested",
 ]

@@ -184,7 +184,6 @@ class FailoverMixin(DeployMixin):
             vm.id,
             f"name={vm.spec.name} from={record.source} to={record.target} "
             f"generation={generation} reason={reason}",
-            actor="controller",
         )
         self.log.warning(
             "failing over",

@@ -12,7 +12,9 @@ from controller.records import (
     AuditEntry,
     Drain,
     FailoverRecord,
+    JoinToken,
     MigrationRecord,
+    NodeCredential,
     NodeRecord,
     Tombstone,
     VMRecord,
@@ -32,6 +34,8 @@ class Persist:
     tombstones: tuple[Tombstone, ...] = ()
     failovers: tuple[FailoverRecord, ...] = ()
     drains: tuple[Drain, ...] = ()
+    tokens: tuple[JoinToken, ...] = ()
+    credentials: tuple[NodeCredential, ...] = ()
     audit: tuple[AuditEntry, ...] = ()
 
     def __bool__(self) -> bool:
@@ -43,6 +47,8 @@ class Persist:
             or self.tombstones
             or self.failovers
             or self.drains
+            or self.tokens
+            or self.credentials
             or self.audit
         )
 
@@ -78,6 +84,7 @@ class CloseSession:
     node_id: str
     session_id: str
     reason: str
+    denied: bool = False  # the node may not connect at all (PERMISSION_DENIED, not retried)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +111,8 @@ class Outbox:
     tombstones: dict[str, Tombstone] = field(default_factory=dict)
     failovers: dict[str, FailoverRecord] = field(default_factory=dict)
     drains: dict[str, Drain] = field(default_factory=dict)
+    tokens: dict[str, JoinToken] = field(default_factory=dict)
+    credentials: dict[str, NodeCredential] = field(default_factory=dict)
     audit: list[AuditEntry] = field(default_factory=list)
     actions: list[Instruction] = field(default_factory=list)
 
@@ -116,6 +125,8 @@ class Outbox:
             tombstones=tuple(self.tombstones.values()),
             failovers=tuple(self.failovers.values()),
             drains=tuple(self.drains.values()),
+            tokens=tuple(self.tokens.values()),
+            credentials=tuple(self.credentials.values()),
             audit=tuple(self.audit),
         )
         return ([persist] if persist else []) + self.actions

@@ -7,12 +7,15 @@ from dataclasses import replace
 
 from controller.core import events as ev
 from controller.core.drain import DrainMixin
+from controller.core.enrolment import EnrolmentMixin
 from controller.core.state import Settings
 from controller.placement import ScoredEngine
 from controller.records import (
     Drain,
     FailoverRecord,
+    JoinToken,
     MigrationRecord,
+    NodeCredential,
     NodeRecord,
     Tombstone,
     VMRecord,
@@ -20,7 +23,7 @@ from controller.records import (
 from shared.domain import VMState
 
 
-class ControllerCore(DrainMixin):
+class ControllerCore(EnrolmentMixin, DrainMixin):
     def __init__(self, settings: Settings, engine: ScoredEngine) -> None:
         super().__init__(settings, engine)
         self._handlers = {
@@ -36,6 +39,11 @@ class ControllerCore(DrainMixin):
             ev.RotateKeyRequested: self.on_rotate_key,
             ev.AdoptRequested: self.on_adopt,
             ev.DeleteOrphanRequested: self.on_delete_orphan,
+            ev.TokenCreateRequested: self.on_token_create,
+            ev.TokenRevokeRequested: self.on_token_revoke,
+            ev.EnrolRequested: self.on_enrol,
+            ev.NodeRevokeRequested: self.on_node_revoke,
+            ev.IdentityRefused: self.on_identity_refused,
             ev.AgentHello: self.on_hello,
             ev.AgentHeartbeat: self.on_heartbeat,
             ev.AgentVMStatus: self.on_vm_status,
@@ -90,6 +98,8 @@ class ControllerCore(DrainMixin):
         now: float = 0.0,
         failovers: Iterable[FailoverRecord] = (),
         drains: Iterable[Drain] = (),
+        tokens: Iterable[JoinToken] = (),
+        credentials: Iterable[NodeCredential] = (),
     ) -> None:
         """Start from persisted records (a restart). Until its node reports, a VM's observed
         state is unknown; peer-set versions keep growing (they start from the clock)."""
@@ -118,5 +128,7 @@ class ControllerCore(DrainMixin):
             state.drains[drain.node_id] = drain
         for stone in tombstones:
             state.tombstones[stone.vm_id] = stone
+        state.tokens.update((t.id, t) for t in tokens)
+        state.credentials.update((c.node_id, c) for c in credentials)
         state.counters["mesh_version"] = max(state.counters.get("mesh_version", 0), int(now * 1000))
         state.fleet_changed()

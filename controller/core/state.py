@@ -16,7 +16,9 @@ from controller.placement import NodeRow, NodeTable
 from controller.records import (
     Drain,
     FailoverRecord,
+    JoinToken,
     MigrationRecord,
+    NodeCredential,
     NodeRecord,
     Tombstone,
     VMRecord,
@@ -126,6 +128,8 @@ class FleetState:
     # nodes connected but unable to read their hypervisor (libvirtd restarting), and why
     hypervisor_problems: dict[str, str] = field(default_factory=dict)
     drains: dict[str, Drain] = field(default_factory=dict)  # node -> its drain (the latest)
+    tokens: dict[str, JoinToken] = field(default_factory=dict)  # join tokens by public id
+    credentials: dict[str, NodeCredential] = field(default_factory=dict)  # by node id
     ipam: Ipam = field(init=False)
     vm_ipam: Ipam = field(init=False)
     _table: NodeTable | None = None

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any
 
 from google.protobuf import json_format
 
-from controller.records import Drain, MigrationPhase, MigrationRecord, NodeRecord, VMRecord
-from controller.store.schema import MIGRATION_COLUMNS
+from controller.records import (
+    Drain,
+    JoinToken,
+    MigrationPhase,
+    MigrationRecord,
+    NodeCredential,
+    NodeRecord,
+    VMRecord,
+)
+from controller.store.schema import MIGRATION_COLUMNS, TOKEN_COLUMNS
 from shared import convert
 from shared.domain import (
     Capacity,
@@ -134,3 +142,26 @@ def drain_from_row(r: Sequence[Any]) -> Drain:
         finished_at=float(r[7]),
         cold=bool(r[8]),
     )
+
+
+def token_row(t: JoinToken) -> tuple[Any, ...]:
+    return tuple(int(v) if isinstance(v, bool) else v for v in astuple_shallow(t))
+
+
+def token_from_row(r: Sequence[Any]) -> JoinToken:
+    values = dict(zip(TOKEN_COLUMNS, r, strict=True))
+    values["revoked"] = bool(values["revoked"])
+    return JoinToken(**values)
+
+
+def credential_row(c: NodeCredential) -> tuple[Any, ...]:
+    return (c.node_id, c.epoch, c.enrolled_at, c.token_id, int(c.revoked))
+
+
+def credential_from_row(r: Sequence[Any]) -> NodeCredential:
+    return NodeCredential(str(r[0]), int(r[1]), float(r[2]), str(r[3]), bool(r[4]))
+
+
+def astuple_shallow(record: Any) -> tuple[Any, ...]:
+    """A dataclass's fields in order, not copied deeply (dataclasses.astuple recurses)."""
+    return tuple(getattr(record, f.name) for f in fields(record))

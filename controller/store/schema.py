@@ -13,11 +13,12 @@ from controller.store.errors import _UNCHANGED, StoreSchemaUnsupported
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 5  # 2: vms.migrating_to; 3: migrations, tombstones, meta.installation_id;
-# 4: failovers; 5: drains, migrations.stays_stopped
+SCHEMA_VERSION = 6  # 2: vms.migrating_to; 3: migrations, tombstones, meta.installation_id;
+# 4: failovers; 5: drains, migrations.stays_stopped; 6: join_tokens, node_credentials,
+# audit.result and audit.request_id, the audit table append-only
 DB_NAME = "controller.db"
 
-TABLES = (  # schema 5; IF NOT EXISTS so that an upgrade adds what an older schema lacks
+TABLES = (  # schema 6; IF NOT EXISTS so that an upgrade adds what an older schema lacks
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS nodes (
         node_id TEXT PRIMARY KEY, info TEXT NOT NULL, images TEXT NOT NULL,
@@ -33,7 +34,8 @@ TABLES = (  # schema 5; IF NOT EXISTS so that an upgrade adds what an older sche
     "CREATE UNIQUE INDEX IF NOT EXISTS vms_request_id ON vms(request_id) WHERE request_id != ''",
     """CREATE TABLE IF NOT EXISTS audit (
         seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL,
-        action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL)""",
+        action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL,
+        result TEXT NOT NULL DEFAULT 'ok', request_id TEXT NOT NULL DEFAULT '')""",
     """CREATE TABLE IF NOT EXISTS migrations (
         id TEXT PRIMARY KEY, vm_id TEXT NOT NULL, vm_name TEXT NOT NULL, source TEXT NOT NULL,
         target TEXT NOT NULL, phase TEXT NOT NULL, from_generation INTEGER NOT NULL,
@@ -61,6 +63,32 @@ TABLES = (  # schema 5; IF NOT EXISTS so that an upgrade adds what an older sche
         node_id TEXT PRIMARY KEY, started_at REAL NOT NULL, parallel INTEGER NOT NULL,
         queued TEXT NOT NULL, active TEXT NOT NULL, moved TEXT NOT NULL, failed TEXT NOT NULL,
         finished_at REAL NOT NULL, cold INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS join_tokens (
+        id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, node_id TEXT NOT NULL,
+        uses_left INTEGER NOT NULL, expires_at REAL NOT NULL, created_at REAL NOT NULL,
+        created_by TEXT NOT NULL, revoked INTEGER NOT NULL, description TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS node_credentials (
+        node_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL, enrolled_at REAL NOT NULL,
+        token_id TEXT NOT NULL, revoked INTEGER NOT NULL)""",
+)
+APPEND_ONLY = tuple(  # made after the audit table's upgrade (a trigger would block it)
+    f"""CREATE TRIGGER IF NOT EXISTS audit_no_{verb.lower()} BEFORE {verb} ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"""
+    for verb in ("UPDATE", "DELETE")
+)
+
+TOKEN_COLUMNS = (  # in JoinToken's field order
+    "id", "secret_hash", "node_id", "uses_left", "expires_at", "created_at", "created_by",
+    "revoked", "description",
+)  # fmt: skip
+PUT_TOKEN = (
+    f"INSERT OR REPLACE INTO join_tokens({', '.join(TOKEN_COLUMNS)})"
+    f" VALUES ({', '.join('?' * len(TOKEN_COLUMNS))})"
+)
+CREDENTIAL_COLUMNS = ("node_id", "epoch", "enrolled_at", "token_id", "revoked")
+PUT_CREDENTIAL = (
+    f"INSERT OR REPLACE INTO node_credentials({', '.join(CREDENTIAL_COLUMNS)})"
+    f" VALUES ({', '.join('?' * len(CREDENTIAL_COLUMNS))})"
 )
 
 DRAIN_COLUMNS = (  # the drains table, in Drain's field order
@@ -115,7 +143,10 @@ PUT_MIGRATION = (
 PUT_TOMBSTONE = (
     "INSERT OR REPLACE INTO tombstones(vm_id, name, generation, deleted_at) VALUES (?, ?, ?, ?)"
 )
-PUT_AUDIT = "INSERT INTO audit(at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)"
+PUT_AUDIT = (
+    "INSERT INTO audit(at, actor, action, target, detail, result, request_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def new_id() -> str:
@@ -125,7 +156,7 @@ def new_id() -> str:
 def build(db: sqlite3.Connection) -> None:
     """Schema `SCHEMA_VERSION` and a new installation id, in one transaction, into an empty `db`."""
     db.execute("BEGIN IMMEDIATE")
-    for statement in TABLES:
+    for statement in TABLES + APPEND_ONLY:
         db.execute(statement)
     db.executemany(
         "INSERT INTO meta(key, value) VALUES (?, ?)",
@@ -160,7 +191,7 @@ def schema_version(db: sqlite3.Connection, path: Path) -> int:
 
 
 def upgrade(db: sqlite3.Connection, path: Path, version: int) -> None:
-    """Schema 1 to 4 to 5, in place, in one transaction (SQLite's DDL is transactional)."""
+    """Schema 1 to 6, in place, in one transaction (SQLite's DDL is transactional)."""
     db.execute("BEGIN IMMEDIATE")
     try:
         columns = {r[1] for r in db.execute("PRAGMA table_info(vms)")}
@@ -172,6 +203,12 @@ def upgrade(db: sqlite3.Connection, path: Path, version: int) -> None:
         columns = {r[1] for r in db.execute("PRAGMA table_info(migrations)")}
         if "stays_stopped" not in columns:  # 4 -> 5
             db.execute("ALTER TABLE migrations ADD COLUMN stays_stopped INTEGER NOT NULL DEFAULT 0")
+        columns = {r[1] for r in db.execute("PRAGMA table_info(audit)")}
+        if "result" not in columns:  # 5 -> 6
+            db.execute("ALTER TABLE audit ADD COLUMN result TEXT NOT NULL DEFAULT 'ok'")
+            db.execute("ALTER TABLE audit ADD COLUMN request_id TEXT NOT NULL DEFAULT ''")
+        for statement in APPEND_ONLY:
+            db.execute(statement)
         db.execute(
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('installation_id', ?)", (new_id(),)
         )

@@ -31,7 +31,9 @@ from controller.records import (
     AuditEntry,
     Drain,
     FailoverRecord,
+    JoinToken,
     MigrationRecord,
+    NodeCredential,
     NodeRecord,
     Tombstone,
     VMRecord,
@@ -63,6 +65,8 @@ class StoredState:
     installation_id: str
     failovers: list[FailoverRecord] = field(default_factory=list)
     drains: list[Drain] = field(default_factory=list)
+    tokens: list[JoinToken] = field(default_factory=list)
+    credentials: list[NodeCredential] = field(default_factory=list)
 
 
 class Store(Protocol):
@@ -73,7 +77,9 @@ class Store(Protocol):
 
     async def load(self) -> StoredState: ...
     async def apply(self, persist: Persist) -> None: ...
-    async def audit_log(self, limit: int = 100) -> list[AuditEntry]: ...
+    async def audit_log(
+        self, limit: int = 100, since: float = 0.0, actor: str = ""
+    ) -> list[AuditEntry]: ...
     async def close(self) -> None: ...
 
 
@@ -240,7 +246,16 @@ class SQLiteStore:
                 raise self._error(exc, "read the database") from exc
 
     async def load(self) -> StoredState:
-        nodes, vms, migrations, tombstones, failovers, drains = await asyncio.to_thread(
+        (
+            nodes,
+            vms,
+            migrations,
+            tombstones,
+            failovers,
+            drains,
+            tokens,
+            creds,
+        ) = await asyncio.to_thread(
             self._read,
             f"SELECT {schema.NODE_COLUMNS} FROM nodes ORDER BY node_id",
             f"SELECT {schema.VM_COLUMNS} FROM vms ORDER BY created_at, id",
@@ -248,6 +263,8 @@ class SQLiteStore:
             "SELECT vm_id, name, generation, deleted_at FROM tombstones ORDER BY deleted_at, vm_id",
             f"SELECT {', '.join(FAILOVER_COLUMNS)} FROM failovers ORDER BY started_at, id",
             f"SELECT {', '.join(schema.DRAIN_COLUMNS)} FROM drains ORDER BY node_id",
+            f"SELECT {', '.join(schema.TOKEN_COLUMNS)} FROM join_tokens ORDER BY created_at",
+            f"SELECT {', '.join(schema.CREDENTIAL_COLUMNS)} FROM node_credentials",
         )
         return StoredState(
             nodes=[codecs.node_from_row(r) for r in nodes],
@@ -257,6 +274,8 @@ class SQLiteStore:
             installation_id=self.installation_id,
             failovers=[FailoverRecord(*r) for r in failovers],
             drains=[codecs.drain_from_row(r) for r in drains],
+            tokens=[codecs.token_from_row(r) for r in tokens],
+            credentials=[codecs.credential_from_row(r) for r in creds],
         )
 
     async def load_nodes(self) -> list[NodeRecord]:
@@ -271,16 +290,25 @@ class SQLiteStore:
         )
         return [codecs.vm_from_row(r) for r in rows]
 
-    async def audit_log(self, limit: int = 100) -> list[AuditEntry]:
-        (rows,) = await asyncio.to_thread(
-            self._read,
-            "SELECT at, actor, action, target, detail FROM audit"
-            f" ORDER BY seq DESC LIMIT {int(limit)}",
+    async def audit_log(
+        self, limit: int = 100, since: float = 0.0, actor: str = ""
+    ) -> list[AuditEntry]:
+        """The newest `limit` records at or after `since` (by `actor`, if given), newest first."""
+        query = (
+            "SELECT at, action, target, detail, actor, result, request_id, seq FROM audit"
+            " WHERE at >= ? AND (? = '' OR actor = ?) ORDER BY seq DESC LIMIT ?"
         )
-        return [
-            AuditEntry(at=at, actor=actor, action=action, target=target, detail=detail)
-            for at, actor, action, target, detail in rows
-        ]
+        (rows,) = await asyncio.to_thread(
+            self._read_params, query, (float(since), actor, actor, int(limit))
+        )
+        return [AuditEntry(*r) for r in rows]
+
+    def _read_params(self, query: str, params: tuple[Any, ...]) -> list[list[tuple[Any, ...]]]:
+        with self._lock:
+            try:
+                return [self._db.execute(query, params).fetchall()]
+            except sqlite3.Error as exc:
+                raise self._error(exc, "read the database") from exc
 
     # ------------------------------------------------------------------ writing
 
@@ -324,9 +352,14 @@ class SQLiteStore:
                 [tuple(getattr(f, c) for c in FAILOVER_COLUMNS) for f in persist.failovers],
             ),
             (schema.PUT_DRAIN, [codecs.drain_row(d) for d in persist.drains]),
+            (schema.PUT_TOKEN, [codecs.token_row(t) for t in persist.tokens]),
+            (schema.PUT_CREDENTIAL, [codecs.credential_row(c) for c in persist.credentials]),
             (
                 schema.PUT_AUDIT,
-                [(e.at, e.actor, e.action, e.target, e.detail) for e in persist.audit],
+                [
+                    (e.at, e.actor, e.action, e.target, e.detail, e.result, e.request_id)
+                    for e in persist.audit
+                ],
             ),
         ]
         await asyncio.to_thread(self._write, [(sql, rows) for sql, rows in batch if rows])

@@ -10,8 +10,10 @@ from controller.core.instructions import Persist
 from controller.records import (
     AuditEntry,
     Drain,
+    JoinToken,
     MigrationPhase,
     MigrationRecord,
+    NodeCredential,
     NodeRecord,
     Tombstone,
     VMRecord,
@@ -160,7 +162,11 @@ async def test_apply_and_load_round_trip_every_record_type(tmp_path: Path) -> No
     store = SQLiteStore.open(path, create=True, clock=lambda: 100 * DAY)
     vm2 = a_vm("id-2", "db", created_at=5.0)
     tomb = Tombstone(vm_id="id-0", name="old", generation=7, deleted_at=100 * DAY - 1.5)
-    entry = AuditEntry(at=3.0, action="vm.migrate", target="id-1", detail="to n2", actor="op")
+    entry = AuditEntry(
+        at=3.0, action="vm.migrate", target="id-1", detail="to n2", actor="op", request_id="r1"
+    )
+    token = JoinToken("abc123", "f" * 64, "n3", 2, 50.0, 1.0, "client:admin", description="x")
+    credential = NodeCredential("n1", 2, 7.0, "abc123")
     migration = a_migration()
     drain = Drain("n1", 4.0, 2, queued=("id-2",), active=(("id-1", "m-1"),), failed=(("x", "why"),))
     await store.apply(
@@ -170,9 +176,13 @@ async def test_apply_and_load_round_trip_every_record_type(tmp_path: Path) -> No
             migrations=(migration,),
             tombstones=(tomb,),
             drains=(drain,),
+            tokens=(token,),
+            credentials=(credential,),
             audit=(entry,),
         )
     )
+    token = dataclasses.replace(token, uses_left=1, revoked=True)
+    credential = dataclasses.replace(credential, revoked=True, epoch=3)
     drain = dataclasses.replace(
         drain, queued=(), active=(), moved=(("db", "n2"), ("web", "n2")), finished_at=9.0
     )
@@ -182,7 +192,15 @@ async def test_apply_and_load_round_trip_every_record_type(tmp_path: Path) -> No
         phase_times=(*migration.phase_times, ("succeeded", 14.0)),
         bytes_remaining=0,
     )
-    await store.apply(Persist(forget_vms=("id-2",), migrations=(finished,), drains=(drain,)))
+    await store.apply(
+        Persist(
+            forget_vms=("id-2",),
+            migrations=(finished,),
+            drains=(drain,),
+            tokens=(token,),
+            credentials=(credential,),
+        )
+    )
     await store.close()
 
     reopened = SQLiteStore.open(path, create=False, clock=lambda: 100 * DAY)
@@ -193,7 +211,9 @@ async def test_apply_and_load_round_trip_every_record_type(tmp_path: Path) -> No
     assert state.tombstones == [tomb]
     assert state.drains == [drain]
     assert state.installation_id == reopened.installation_id == store.installation_id
-    assert await reopened.audit_log() == [entry]
+    assert state.tokens == [token]
+    assert state.credentials == [credential]
+    assert await reopened.audit_log() == [dataclasses.replace(entry, seq=1)]
     await reopened.close()
 
 
@@ -437,7 +457,7 @@ def test_a_write_ahead_log_without_its_database_is_refused(tmp_path: Path) -> No
     assert not path.exists()
 
 
-@pytest.mark.parametrize("version", ["6", "99", "two"])
+@pytest.mark.parametrize("version", ["7", "99", "two"])
 def test_an_unknown_schema_version_is_refused_untouched(tmp_path: Path, version: str) -> None:
     path = tmp_path / "controller.db"
     _write_schema_2(path)
@@ -579,3 +599,24 @@ def test_the_controller_prints_a_store_error_and_exits(
     last = capsys.readouterr().err.splitlines()[-1]  # after the insecure-mode warning
     assert last.startswith(f"novacron-controller: {tmp_path / 'controller.db'}: ")
     assert "not a SQLite database" in last
+
+
+async def test_the_audit_log_is_append_only_and_filtered_by_time_and_actor(tmp_path: Path) -> None:
+    path = tmp_path / "controller.db"
+    store = SQLiteStore.open(path, create=True)
+    entries = [
+        AuditEntry(at=10.0, action="vm.deploy", target="a", actor="client:alice"),
+        AuditEntry(at=20.0, action="vm.delete", target="a", actor="client:bob"),
+        AuditEntry(at=30.0, action="node.enrol", target="n1", actor="token:abc123"),
+    ]
+    await store.apply(Persist(audit=tuple(entries)))
+    newest_first = await store.audit_log()
+    assert [e.action for e in newest_first] == ["node.enrol", "vm.delete", "vm.deploy"]
+    assert [e.target for e in await store.audit_log(since=15.0)] == ["n1", "a"]
+    assert [e.action for e in await store.audit_log(actor="client:bob")] == ["vm.delete"]
+    await store.close()
+    db = sqlite3.connect(path)
+    for statement in ("UPDATE audit SET actor = 'nobody'", "DELETE FROM audit"):
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            db.execute(statement)
+    db.close()

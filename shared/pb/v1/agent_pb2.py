@@ -26,57 +26,63 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from shared.pb.v1 import types_pb2 as shared_dot_pb_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18shared/pb/v1/agent.proto\x12\x10novacron.edge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18shared/pb/v1/types.proto\"\xbf\x02\n\x0c\x41gentMessage\x12(\n\x05hello\x18\x01 \x01(\x0b\x32\x17.novacron.edge.v1.HelloH\x00\x12\x30\n\theartbeat\x18\x02 \x01(\x0b\x32\x1b.novacron.edge.v1.HeartbeatH\x00\x12\x31\n\x06result\x18\x03 \x01(\x0b\x32\x1f.novacron.edge.v1.CommandResultH\x00\x12-\n\x08vm_event\x18\x04 \x01(\x0b\x32\x19.novacron.edge.v1.VMEventH\x00\x12&\n\x04ping\x18\x05 \x01(\x0b\x32\x16.novacron.edge.v1.PingH\x00\x12\x41\n\x12migration_progress\x18\x06 \x01(\x0b\x32#.novacron.edge.v1.MigrationProgressH\x00\x42\x06\n\x04\x62ody\"\x13\n\x04Ping\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"\x13\n\x04Pong\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"3\n\x0c\x43ontactQuery\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"&\n\rContactAnswer\x12\x15\n\rheartbeat_seq\x18\x01 \x01(\x04\"\x8a\x02\n\x05Hello\x12(\n\x04node\x18\x01 \x01(\x0b\x32\x1a.novacron.edge.v1.NodeInfo\x12\'\n\x03vms\x18\x02 \x03(\x0b\x32\x1a.novacron.edge.v1.VMStatus\x12+\n\x06images\x18\x03 \x03(\x0b\x32\x1b.novacron.edge.v1.ImageInfo\x12\x18\n\x10protocol_version\x18\x04 \x01(\r\x12,\n\x04mesh\x18\x05 \x01(\x0b\x32\x1e.novacron.edge.v1.MeshIdentity\x12\x1d\n\x15known_installation_id\x18\x06 \x01(\t\x12\x1a\n\x12hypervisor_problem\x18\x07 \x01(\t\"\x9d\x02\n\tHeartbeat\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12+\n\x07sent_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0butilization\x18\x03 \x01(\x0b\x32\x1d.novacron.edge.v1.Utilization\x12\'\n\x03vms\x18\x04 \x03(\x0b\x32\x1a.novacron.edge.v1.VMStatus\x12\x31\n\tlatencies\x18\x05 \x03(\x0b\x32\x1e.novacron.edge.v1.LatencyStats\x12*\n\x04mesh\x18\x06 \x01(\x0b\x32\x1c.novacron.edge.v1.MeshStatus\x12\x1a\n\x12hypervisor_problem\x18\x07 \x01(\t\"h\n\x07VMEvent\x12&\n\x02vm\x18\x01 \x01(\x0b\x32\x1a.novacron.edge.v1.VMStatus\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xb4\x02\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12&\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x17.novacron.edge.v1.Error\x12&\n\x02vm\x18\x04 \x01(\x0b\x32\x1a.novacron.edge.v1.VMStatus\x12\x0f\n\x07\x63onsole\x18\x05 \x01(\t\x12*\n\x04mesh\x18\x06 \x01(\x0b\x32\x1c.novacron.edge.v1.MeshStatus\x12;\n\x10migration_target\x18\x07 \x01(\x0b\x32!.novacron.edge.v1.MigrationTarget\x12\x39\n\x0fmigration_stats\x18\x08 \x01(\x0b\x32 .novacron.edge.v1.MigrationStats\"{\n\x0fMigrationTarget\x12\x13\n\x0blibvirt_uri\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61ta_uri\x18\x02 \x01(\t\x12\x0e\n\x06kernel\x18\x03 \x01(\t\x12\x0e\n\x06initrd\x18\x04 \x01(\t\x12\x0c\n\x04\x64isk\x18\x05 \x01(\t\x12\x13\n\x0b\x63onsole_log\x18\x06 \x01(\t\"O\n\x0eMigrationStats\x12\x12\n\nelapsed_ms\x18\x01 \x01(\x01\x12\x13\n\x0b\x64owntime_ms\x18\x02 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\"\x7f\n\x10PrepareMigration\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12&\n\x04spec\x18\x02 \x01(\x0b\x32\x18.novacron.edge.v1.VMSpec\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0f\n\x07gateway\x18\x05 \x01(\t\"\x9a\x02\n\tMigrateVM\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x31\n\x06target\x18\x03 \x01(\x0b\x32!.novacron.edge.v1.MigrationTarget\x12\x16\n\x0e\x62\x61ndwidth_mbit\x18\x04 \x01(\r\x12\x17\n\x0fmax_downtime_ms\x18\x05 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x06 \x01(\t\x12\x10\n\x08postcopy\x18\x07 \x01(\x08\x12\x12\n\ngeneration\x18\x08 \x01(\x04\x12\x14\n\x0cmigration_id\x18\t \x01(\t\x12\x0c\n\x04mode\x18\n \x01(\t\x12\x1a\n\x12shutdown_timeout_s\x18\x0b \x01(\x01\x12\x15\n\rtime_budget_s\x18\x0c \x01(\x01\"\xa9\x01\n\x11MigrationProgress\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x14\n\x0cmigration_id\x18\x02 \x01(\t\x12\x12\n\ndata_total\x18\x03 \x01(\x04\x12\x16\n\x0e\x64\x61ta_processed\x18\x04 \x01(\x04\x12\x16\n\x0e\x64\x61ta_remaining\x18\x05 \x01(\x04\x12\x19\n\x11memory_dirty_rate\x18\x06 \x01(\x04\x12\x10\n\x08postcopy\x18\x07 \x01(\x08\"\x0b\n\tRotateKey\"\x9f\x01\n\x11\x43ontrollerMessage\x12,\n\x07welcome\x18\x01 \x01(\x0b\x32\x19.novacron.edge.v1.WelcomeH\x00\x12,\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x19.novacron.edge.v1.CommandH\x00\x12&\n\x04pong\x18\x03 \x01(\x0b\x32\x16.novacron.edge.v1.PongH\x00\x42\x06\n\x04\x62ody\"\x9a\x01\n\x07Welcome\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\x12\x19\n\x11probe_interval_ms\x18\x03 \x01(\r\x12\x17\n\x0finstallation_id\x18\x04 \x01(\t\x12\x11\n\ttake_over\x18\x05 \x01(\x08\x12\x12\n\nsession_id\x18\x06 \x01(\t\"\xa3\x01\n\x08\x43reateVM\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12&\n\x04spec\x18\x02 \x01(\x0b\x32\x18.novacron.edge.v1.VMSpec\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x14\n\x0cstart_paused\x18\x04 \x01(\x08\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x0f\n\x07gateway\x18\x06 \x01(\t\x12\x14\n\x0cstay_stopped\x18\x07 \x01(\x08\"L\n\x08VMTarget\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\"=\n\x0bReadConsole\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tmax_bytes\x18\x03 \x01(\r\"\xdd\x05\n\x07\x43ommand\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x06\x63reate\x18\n \x01(\x0b\x32\x1a.novacron.edge.v1.CreateVMH\x00\x12,\n\x06\x64\x65lete\x18\x0b \x01(\x0b\x32\x1a.novacron.edge.v1.VMTargetH\x00\x12-\n\x07suspend\x18\x0c \x01(\x0b\x32\x1a.novacron.edge.v1.VMTargetH\x00\x12,\n\x06resume\x18\r \x01(\x0b\x32\x1a.novacron.edge.v1.VMTargetH\x00\x12+\n\x05start\x18\x0e \x01(\x0b\x32\x1a.novacron.edge.v1.VMTargetH\x00\x12*\n\x04stop\x18\x0f \x01(\x0b\x32\x1a.novacron.edge.v1.VMTargetH\x00\x12\x35\n\x0cread_console\x18\x10 \x01(\x0b\x32\x1d.novacron.edge.v1.ReadConsoleH\x00\x12\x33\n\x0bmesh_config\x18\x11 \x01(\x0b\x32\x1c.novacron.edge.v1.MeshConfigH\x00\x12\x31\n\nrotate_key\x18\x12 \x01(\x0b\x32\x1b.novacron.edge.v1.RotateKeyH\x00\x12?\n\x11prepare_migration\x18\x13 \x01(\x0b\x32\".novacron.edge.v1.PrepareMigrationH\x00\x12.\n\x07migrate\x18\x14 \x01(\x0b\x32\x1b.novacron.edge.v1.MigrateVMH\x00\x12\x36\n\x10\x66inish_migration\x18\x15 \x01(\x0b\x32\x1a.novacron.edge.v1.CreateVMH\x00\x12\x34\n\x0eland_migration\x18\x16 \x01(\x0b\x32\x1a.novacron.edge.v1.CreateVMH\x00\x42\x08\n\x06\x61\x63tion2\xb5\x01\n\x0c\x41gentSession\x12R\n\x07\x43onnect\x12\x1e.novacron.edge.v1.AgentMessage\x1a#.novacron.edge.v1.ControllerMessage(\x01\x30\x01\x12Q\n\x0e\x43onfirmContact\x12\x1e.novacron.edge.v1.ContactQuery\x1a\x1f.novacron.edge.v1.ContactAnswerb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18shared/pb/v1/agent.proto\x12\x10novacron.edge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18shared/pb/v1/types.proto\"?\n\x0c\x45nrolRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\x0c\"g\n\rEnrolResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\x0c\x12-\n\tnot_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"\xbf\x02\n\x0c\x41gentMessage\x12(\n\x05hello\x18\x01 \x01(\x0b\x32\x17.novacron.edge.v1.HelloH\x00\x12\x30\n\theartbeat\x18\x02 \x01(\x0b\x32\x1b.novacron.edge.v1.HeartbeatH\x00\x12\x31\n\x06result\x18\x03 \x01(\x0b\x32\x1f.novacron.edge.v1.CommandResultH\x00\x12-\n\x08vm_event\x18\x04 \x01(\x0b\x32\x19.novacron.edge.v1.VMEventH\x00\x12&\n\x04ping\x18\x05 \x01(\x0b\x32\x16.novacron.edge.v1.PingH\x00\x12\x41\n\x12migration_progress\x18\x06 \x01(\x0b\x32#.novacron.edge.v1.MigrationProgressH\x00\x42\x06\n\x04\x62ody\"\x13\n\x04Ping\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"\x13\n\x04Pong\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"3\n\x0c\x43ontactQuery\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"&\n\rContactAnswer\x12\x15\n\rheartbeat_seq\x18\x01 \x01(\x04\"\x8a\x02\n\x05Hello\x12(\n\x04node\x18\x01 \x01(\x0b\x32\x1a.novacron.edge.v1.NodeInfo\x12\'\n\x03vms\x18\x02 \x03(\x0b\x32\x1a.novacron.edge.v1.VMStatus\x12+\n\x06images\x18\x03 \x03(\x0b\x32\x1b.novacron.edge.v1.ImageInfo\x12\x18\n\x10protocol_version\x18\x04 \x01(\r\x12,\n\x04mesh\x18\x05 \x01(\x0b\x32\x1e.novacron.edge.v1.MeshIdentity\x12\x1d\n\x15known_installation_id\x18\x06 \x01(\t\x12\x1a\n\x12hypervisor_problem\x18\x07 \x01(\t\"\x9d\x02\n\tHeartbeat\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12+\n\x07sent_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0butilization\x18\x03 \x01(\x0b\x32\x1d.novacron.edge.v1.Utilization\x12\'\n\x03vms\x18\x04 \x03(\x0b\x32\x1a.novacron.edge.v1.VMStatus\x12\x31\n\tlatencies\x18\x05 \x03(\x0b\x32\x1e.novacron.edge.v1.LatencyStats\x12*\n\x04mesh\x18\x06 \x01(\x0b\x32\x1c.novacron.edge.v1.MeshStatus\x12\x1a\n\x12hypervisor_problem\x18\x07 \x01(\t\"h\n\x07VMEvent\x12&\n\x02vm\x18\x01 \x01(\x0b\x32\x1a.novacron.edge.v1.VMStatus\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xb4\x02\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12&\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x17.novacron.edge.v1.Error\x12&\n\x02vm\x18\x04 \x01(\x0b\x32\x1a.novacron.edge.v1.VMStatus\x12\x0f\n\x07\x63onsole\x18\x05 \x01(\t\x12*\n\x04mesh\x18\x06 \x01(\x0b\x32\x1c.novacron.edge.v1.MeshStatus\x12;\n\x10migration_target\x18\x07 \x01(\x0b\x32!.novacron.edge.v1.MigrationTarget\x12\x39\n\x0fmigration_stats\x18\x08 \x01(\x0b\x32 .novacron.edge.v1.MigrationStats\"{\n\x0fMigrationTarget\x12\x13\n\x0blibvirt_uri\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61ta_uri\x18\x02 \x01(\t\x12\x0e\n\x06kernel\x18\x03 \x01(\t\x12\x0e\n\x06initrd\x18\x04 \x01(\t\x12\x0c\n\x04\x64isk\x18\x05 \x01(\t\x12\x13\n\x0b\x63onsole_log\x18\x06 \x01(\t\"O\n\x0eMigrationStats\x12\x12\n\nelapsed_ms\x18\x01 \x01(\x01\x12\x13\n\x0b\x64owntime_ms\x18\x02 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\"\x7f\n\x10PrepareMigration\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12&\n\x04spec\x18\x02 \x01(\x0b\x32\x18.novacron.edge.v1.VMSpec\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0f\n\x07gateway\x18\x05 \x01(\t\"\x9a\x02\n\tMigrateVM\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x31\n\x06target\x18\x03 \x01(\x0b\x32!.novacron.edge.v1.MigrationTarget\x12\x16\n\x0e\x62\x61ndwidth_mbit\x18\x04 \x01(\r\x12\x17\n\x0fmax_downtime_ms\x18\x05 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x06 \x01(\t\x12\x10\n\x08postcopy\x18\x07 \x01(\x08\x12\x12\n\ngeneration\x18\x08 \x01(\x04\x12\x14\n\x0cmigration_id\x18\t \x01(\t\x12\x0c\n\x04mode\x18\n \x01(\t\x12\x1a\n\x12shutdown_timeout_s\x18\x0b \x01(\x01\x12\x15\n\rtime_budget_s\x18\x0c \x01(\x01\"\xa9\x01\n\x11MigrationProgress\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x14\n\x0cmigration_id\x18\x02 \x01(\t\x12\x12\n\ndata_total\x18\x03 \x01(\x04\x12\x16\n\x0e\x64\x61ta_processed\x18\x04 \x01(\x04\x12\x16\n\x0e\x64\x61ta_remaining\x18\x05 \x01(\x04\x12\x19\n\x11memory_dirty_rate\x18\x06 \x01(\x04\x12\x10\n\x08postcopy\x18\x07 \x01(\x08\"\x0b\n\tRotateKey\"\x9f\x01\n\x11\x43ontrollerMessage\x12,\n\x07welcome\x18\x01 \x01(\x0b\x32\x19.novacron.edge.v1.WelcomeH\x00\x12,\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x19.novacron.edge.v1.CommandH\x00\x12&\n\x04pong\x18\x03 \x01(\x0b\x32\x16.novacron.edge.v1.PongH\x00\x42\x06\n\x04\x62ody\"\x9a\x01\n\x07Welcome\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\x12\x19\n\x11probe_interval_ms\x18\x03 \x01(\r\x12\x17\n\x0finstallation_id\x18\x04 \x01(\t\x12\x11\n\ttake_over\x18\x05 \x01(\x08\x12\x12\n\nsession_id\x18\x06 \x01(\t\"\xa3\x01\n\x08\x43reateVM\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12&\n\x04spec\x18\x02 \x01(\x0b\x32\x18.novacron.edge.v1.VMSpec\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x14\n\x0cstart_paused\x18\x04 \x01(\x08\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x0f\n\x07gateway\x18\x06 \x01(\t\x12\x14\n\x0cstay_stopped\x18\x07 \x01(\x08\"L\n\x08VMTarget\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\"=\n\x0bReadConsole\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tmax_bytes\x18\x03 \x01(\r\"\xdd\x05\n\x07\x43ommand\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x06\x63reate\x18\n \x01(\x0b\x32\x1a.novacron.edge.v1.CreateVMH\x00\x12,\n\x06\x64\x65lete\x18\x0b \x01(\x0b\x32\x1a.novacron.edge.v1.VMTargetH\x00\x12-\n\x07suspend\x18\x0c \x01(\x0b\x32\x1a.novacron.edge.v1.VMTargetH\x00\x12,\n\x06resume\x18\r \x01(\x0b\x32\x1a.novacron.edge.v1.VMTargetH\x00\x12+\n\x05start\x18\x0e \x01(\x0b\x32\x1a.novacron.edge.v1.VMTargetH\x00\x12*\n\x04stop\x18\x0f \x01(\x0b\x32\x1a.novacron.edge.v1.VMTargetH\x00\x12\x35\n\x0cread_console\x18\x10 \x01(\x0b\x32\x1d.novacron.edge.v1.ReadConsoleH\x00\x12\x33\n\x0bmesh_config\x18\x11 \x01(\x0b\x32\x1c.novacron.edge.v1.MeshConfigH\x00\x12\x31\n\nrotate_key\x18\x12 \x01(\x0b\x32\x1b.novacron.edge.v1.RotateKeyH\x00\x12?\n\x11prepare_migration\x18\x13 \x01(\x0b\x32\".novacron.edge.v1.PrepareMigrationH\x00\x12.\n\x07migrate\x18\x14 \x01(\x0b\x32\x1b.novacron.edge.v1.MigrateVMH\x00\x12\x36\n\x10\x66inish_migration\x18\x15 \x01(\x0b\x32\x1a.novacron.edge.v1.CreateVMH\x00\x12\x34\n\x0eland_migration\x18\x16 \x01(\x0b\x32\x1a.novacron.edge.v1.CreateVMH\x00\x42\x08\n\x06\x61\x63tion2\xd5\x02\n\x0c\x41gentSession\x12R\n\x07\x43onnect\x12\x1e.novacron.edge.v1.AgentMessage\x1a#.novacron.edge.v1.ControllerMessage(\x01\x30\x01\x12Q\n\x0e\x43onfirmContact\x12\x1e.novacron.edge.v1.ContactQuery\x1a\x1f.novacron.edge.v1.ContactAnswer\x12I\n\x06\x45nroll\x12\x1e.novacron.edge.v1.EnrolRequest\x1a\x1f.novacron.edge.v1.EnrolResponse\x12S\n\x10RenewCertificate\x12\x1e.novacron.edge.v1.RenewRequest\x1a\x1f.novacron.edge.v1.EnrolResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shared.pb.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AGENTMESSAGE']._serialized_start=106
-  _globals['_AGENTMESSAGE']._serialized_end=425
-  _globals['_PING']._serialized_start=427
-  _globals['_PING']._serialized_end=446
-  _globals['_PONG']._serialized_start=448
-  _globals['_PONG']._serialized_end=467
-  _globals['_CONTACTQUERY']._serialized_start=469
-  _globals['_CONTACTQUERY']._serialized_end=520
-  _globals['_CONTACTANSWER']._serialized_start=522
-  _globals['_CONTACTANSWER']._serialized_end=560
-  _globals['_HELLO']._serialized_start=563
-  _globals['_HELLO']._serialized_end=829
-  _globals['_HEARTBEAT']._serialized_start=832
-  _globals['_HEARTBEAT']._serialized_end=1117
-  _globals['_VMEVENT']._serialized_start=1119
-  _globals['_VMEVENT']._serialized_end=1223
-  _globals['_ERROR']._serialized_start=1225
-  _globals['_ERROR']._serialized_end=1263
-  _globals['_COMMANDRESULT']._serialized_start=1266
-  _globals['_COMMANDRESULT']._serialized_end=1574
-  _globals['_MIGRATIONTARGET']._serialized_start=1576
-  _globals['_MIGRATIONTARGET']._serialized_end=1699
-  _globals['_MIGRATIONSTATS']._serialized_start=1701
-  _globals['_MIGRATIONSTATS']._serialized_end=1780
-  _globals['_PREPAREMIGRATION']._serialized_start=1782
-  _globals['_PREPAREMIGRATION']._serialized_end=1909
-  _globals['_MIGRATEVM']._serialized_start=1912
-  _globals['_MIGRATEVM']._serialized_end=2194
-  _globals['_MIGRATIONPROGRESS']._serialized_start=2197
-  _globals['_MIGRATIONPROGRESS']._serialized_end=2366
-  _globals['_ROTATEKEY']._serialized_start=2368
-  _globals['_ROTATEKEY']._serialized_end=2379
-  _globals['_CONTROLLERMESSAGE']._serialized_start=2382
-  _globals['_CONTROLLERMESSAGE']._serialized_end=2541
-  _globals['_WELCOME']._serialized_start=2544
-  _globals['_WELCOME']._serialized_end=2698
-  _globals['_CREATEVM']._serialized_start=2701
-  _globals['_CREATEVM']._serialized_end=2864
-  _globals['_VMTARGET']._serialized_start=2866
-  _globals['_VMTARGET']._serialized_end=2942
-  _globals['_READCONSOLE']._serialized_start=2944
-  _globals['_READCONSOLE']._serialized_end=3005
-  _globals['_COMMAND']._serialized_start=3008
-  _globals['_COMMAND']._serialized_end=3741
-  _globals['_AGENTSESSION']._serialized_start=3744
-  _globals['_AGENTSESSION']._serialized_end=3925
+  _globals['_ENROLREQUEST']._serialized_start=105
+  _globals['_ENROLREQUEST']._serialized_end=168
+  _globals['_ENROLRESPONSE']._serialized_start=170
+  _globals['_ENROLRESPONSE']._serialized_end=273
+  _globals['_RENEWREQUEST']._serialized_start=275
+  _globals['_RENEWREQUEST']._serialized_end=306
+  _globals['_AGENTMESSAGE']._serialized_start=309
+  _globals['_AGENTMESSAGE']._serialized_end=628
+  _globals['_PING']._serialized_start=630
+  _globals['_PING']._serialized_end=649
+  _globals['_PONG']._serialized_start=651
+  _globals['_PONG']._serialized_end=670
+  _globals['_CONTACTQUERY']._serialized_start=672
+  _globals['_CONTACTQUERY']._serialized_end=723
+  _globals['_CONTACTANSWER']._serialized_start=725
+  _globals['_CONTACTANSWER']._serialized_end=763
+  _globals['_HELLO']._serialized_start=766
+  _globals['_HELLO']._serialized_end=1032
+  _globals['_HEARTBEAT']._serialized_start=1035
+  _globals['_HEARTBEAT']._serialized_end=1320
+  _globals['_VMEVENT']._serialized_start=1322
+  _globals['_VMEVENT']._serialized_end=1426
+  _globals['_ERROR']._serialized_start=1428
+  _globals['_ERROR']._serialized_end=1466
+  _globals['_COMMANDRESULT']._serialized_start=1469
+  _globals['_COMMANDRESULT']._serialized_end=1777
+  _globals['_MIGRATIONTARGET']._serialized_start=1779
+  _globals['_MIGRATIONTARGET']._serialized_end=1902
+  _globals['_MIGRATIONSTATS']._serialized_start=1904
+  _globals['_MIGRATIONSTATS']._serialized_end=1983
+  _globals['_PREPAREMIGRATION']._serialized_start=1985
+  _globals['_PREPAREMIGRATION']._serialized_end=2112
+  _globals['_MIGRATEVM']._serialized_start=2115
+  _globals['_MIGRATEVM']._serialized_end=2397
+  _globals['_MIGRATIONPROGRESS']._serialized_start=2400
+  _globals['_MIGRATIONPROGRESS']._serialized_end=2569
+  _globals['_ROTATEKEY']._serialized_start=2571
+  _globals['_ROTATEKEY']._serialized_end=2582
+  _globals['_CONTROLLERMESSAGE']._serialized_start=2585
+  _globals['_CONTROLLERMESSAGE']._serialized_end=2744
+  _globals['_WELCOME']._serialized_start=2747
+  _globals['_WELCOME']._serialized_end=2901
+  _globals['_CREATEVM']._serialized_start=2904
+  _globals['_CREATEVM']._serialized_end=3067
+  _globals['_VMTARGET']._serialized_start=3069
+  _globals['_VMTARGET']._serialized_end=3145
+  _globals['_READCONSOLE']._serialized_start=3147
+  _globals['_READCONSOLE']._serialized_end=3208
+  _globals['_COMMAND']._serialized_start=3211
+  _globals['_COMMAND']._serialized_end=3944
+  _globals['_AGENTSESSION']._serialized_start=3947
+  _globals['_AGENTSESSION']._serialized_end=4288
 # @@protoc_insertion_point(module_scope)

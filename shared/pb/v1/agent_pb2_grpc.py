@@ -44,6 +44,16 @@ class AgentSessionStub:
                 request_serializer=shared_dot_pb_dot_v1_dot_agent__pb2.ContactQuery.SerializeToString,
                 response_deserializer=shared_dot_pb_dot_v1_dot_agent__pb2.ContactAnswer.FromString,
                 _registered_method=True)
+        self.Enroll = channel.unary_unary(
+                '/novacron.edge.v1.AgentSession/Enroll',
+                request_serializer=shared_dot_pb_dot_v1_dot_agent__pb2.EnrolRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_v1_dot_agent__pb2.EnrolResponse.FromString,
+                _registered_method=True)
+        self.RenewCertificate = channel.unary_unary(
+                '/novacron.edge.v1.AgentSession/RenewCertificate',
+                request_serializer=shared_dot_pb_dot_v1_dot_agent__pb2.RenewRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_v1_dot_agent__pb2.EnrolResponse.FromString,
+                _registered_method=True)
 
 
 class AgentSessionServicer:
@@ -64,6 +74,21 @@ class AgentSessionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Enroll(self, request, context):
+        """Joining (docs/security.md): over server-authenticated TLS, the CA pinned by the agent;
+        the join token is the only credential. The node's key never leaves the node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewCertificate(self, request, context):
+        """With the node's current certificate: a new one for a new key, same identity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentSessionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +101,16 @@ def add_AgentSessionServicer_to_server(servicer, server):
                     servicer.ConfirmContact,
                     request_deserializer=shared_dot_pb_dot_v1_dot_agent__pb2.ContactQuery.FromString,
                     response_serializer=shared_dot_pb_dot_v1_dot_agent__pb2.ContactAnswer.SerializeToString,
+            ),
+            'Enroll': grpc.unary_unary_rpc_method_handler(
+                    servicer.Enroll,
+                    request_deserializer=shared_dot_pb_dot_v1_dot_agent__pb2.EnrolRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_v1_dot_agent__pb2.EnrolResponse.SerializeToString,
+            ),
+            'RenewCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewCertificate,
+                    request_deserializer=shared_dot_pb_dot_v1_dot_agent__pb2.RenewRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_v1_dot_agent__pb2.EnrolResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +167,60 @@ class AgentSession:
             '/novacron.edge.v1.AgentSession/ConfirmContact',
             shared_dot_pb_dot_v1_dot_agent__pb2.ContactQuery.SerializeToString,
             shared_dot_pb_dot_v1_dot_agent__pb2.ContactAnswer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Enroll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/novacron.edge.v1.AgentSession/Enroll',
+            shared_dot_pb_dot_v1_dot_agent__pb2.EnrolRequest.SerializeToString,
+            shared_dot_pb_dot_v1_dot_agent__pb2.EnrolResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/novacron.edge.v1.AgentSession/RenewCertificate',
+            shared_dot_pb_dot_v1_dot_agent__pb2.RenewRequest.SerializeToString,
+            shared_dot_pb_dot_v1_dot_agent__pb2.EnrolResponse.FromString,
             options,
             channel_credentials,
             insecure,

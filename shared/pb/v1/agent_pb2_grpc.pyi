@@ -40,6 +40,12 @@ class AgentSessionStub:
     controller-to-agent half of the stream can stall in TCP's retransmission backoff for
     longer than a VM's stop_after while heartbeats still arrive (docs/failover.md).
     """
+    Enroll: _grpc.UnaryUnaryMultiCallable[_agent_pb2.EnrolRequest, _agent_pb2.EnrolResponse]
+    """Joining (docs/security.md): over server-authenticated TLS, the CA pinned by the agent;
+    the join token is the only credential. The node's key never leaves the node.
+    """
+    RenewCertificate: _grpc.UnaryUnaryMultiCallable[_agent_pb2.RenewRequest, _agent_pb2.EnrolResponse]
+    """With the node's current certificate: a new one for a new key, same identity."""
 
 @_typing.type_check_only
 class AgentSessionAsyncStub(AgentSessionStub):
@@ -50,6 +56,12 @@ class AgentSessionAsyncStub(AgentSessionStub):
     controller-to-agent half of the stream can stall in TCP's retransmission backoff for
     longer than a VM's stop_after while heartbeats still arrive (docs/failover.md).
     """
+    Enroll: _aio.UnaryUnaryMultiCallable[_agent_pb2.EnrolRequest, _agent_pb2.EnrolResponse]  # type: ignore[assignment]
+    """Joining (docs/security.md): over server-authenticated TLS, the CA pinned by the agent;
+    the join token is the only credential. The node's key never leaves the node.
+    """
+    RenewCertificate: _aio.UnaryUnaryMultiCallable[_agent_pb2.RenewRequest, _agent_pb2.EnrolResponse]  # type: ignore[assignment]
+    """With the node's current certificate: a new one for a new key, same identity."""
 
 class AgentSessionServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -69,5 +81,23 @@ class AgentSessionServicer(metaclass=_abc_1.ABCMeta):
         controller-to-agent half of the stream can stall in TCP's retransmission backoff for
         longer than a VM's stop_after while heartbeats still arrive (docs/failover.md).
         """
+
+    @_abc_1.abstractmethod
+    def Enroll(
+        self,
+        request: _agent_pb2.EnrolRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.EnrolResponse, _abc.Awaitable[_agent_pb2.EnrolResponse]]:
+        """Joining (docs/security.md): over server-authenticated TLS, the CA pinned by the agent;
+        the join token is the only credential. The node's key never leaves the node.
+        """
+
+    @_abc_1.abstractmethod
+    def RenewCertificate(
+        self,
+        request: _agent_pb2.RenewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.EnrolResponse, _abc.Awaitable[_agent_pb2.EnrolResponse]]:
+        """With the node's current certificate: a new one for a new key, same identity."""
 
 def add_AgentSessionServicer_to_server(servicer: AgentSessionServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,133 @@
+"""AdminAPI: join tokens, node revocation and the audit trail (docs/security.md). The
+interceptor (controller/authz.py) admits only the admin role to any of it."""
+
+from __future__ import annotations
+
+import secrets
+import string
+import time
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from controller.api import rpc
+from controller.core import events as ev
+from controller.enrol_api import secret_hash
+from controller.records import AuditEntry, JoinToken, NodeCredential
+from controller.runner import Runner
+from controller.store import Store
+from shared.errors import InvalidArgument
+from shared.pb.v1 import admin_pb2 as adpb
+from shared.pb.v1 import admin_pb2_grpc
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+ALPHABET = string.ascii_lowercase + string.digits
+DEFAULT_TTL_S = 3600
+MAX_AUDIT = 10_000
+
+
+def _ts(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def token_to_pb(t: JoinToken) -> adpb.JoinToken:
+    return adpb.JoinToken(
+        id=t.id,
+        node_id=t.node_id,
+        uses_left=t.uses_left,
+        expires_at=_ts(t.expires_at),
+        created_at=_ts(t.created_at),
+        created_by=t.created_by,
+        revoked=t.revoked,
+        description=t.description,
+    )
+
+
+def credential_to_pb(c: NodeCredential) -> adpb.NodeCredential:
+    return adpb.NodeCredential(
+        node_id=c.node_id,
+        epoch=c.epoch,
+        revoked=c.revoked,
+        enrolled_at=_ts(c.enrolled_at),
+        token_id=c.token_id,
+    )
+
+
+def audit_to_pb(e: AuditEntry) -> adpb.AuditRecord:
+    return adpb.AuditRecord(
+        seq=e.seq,
+        at=_ts(e.at),
+        actor=e.actor,
+        action=e.action,
+        target=e.target,
+        detail=e.detail,
+        result=e.result,
+        request_id=e.request_id,
+    )
+
+
+def _random(n: int) -> str:
+    return "".join(secrets.choice(ALPHABET) for _ in range(n))
+
+
+class AdminAPIServicer(admin_pb2_grpc.AdminAPIServicer):
+    def __init__(self, runner: Runner, store: Store, ca_pin: str) -> None:
+        self.runner = runner
+        self.store = store
+        self.ca_pin = ca_pin
+
+    @rpc
+    async def CreateJoinToken(
+        self, request: adpb.CreateJoinTokenRequest, context: Ctx
+    ) -> adpb.CreatedJoinToken:
+        token_id, secret = _random(6), _random(16)
+        token: JoinToken = await self.runner.request(
+            ev.TokenCreateRequested,
+            token_id=token_id,
+            secret_hash=secret_hash(secret),
+            node_id=request.node_id,
+            uses=request.uses or 1,
+            ttl=float(request.ttl_seconds or DEFAULT_TTL_S),
+            description=request.description,
+        )
+        return adpb.CreatedJoinToken(
+            token=token_to_pb(token), secret_token=f"{token_id}.{secret}", ca_pin=self.ca_pin
+        )
+
+    @rpc
+    async def ListJoinTokens(
+        self, request: adpb.ListJoinTokensRequest, context: Ctx
+    ) -> adpb.ListJoinTokensResponse:
+        return adpb.ListJoinTokensResponse(
+            tokens=[token_to_pb(t) for t in self.runner.view.tokens()]
+        )
+
+    @rpc
+    async def RevokeJoinToken(
+        self, request: adpb.RevokeJoinTokenRequest, context: Ctx
+    ) -> adpb.JoinToken:
+        token: JoinToken = await self.runner.request(ev.TokenRevokeRequested, token_id=request.id)
+        return token_to_pb(token)
+
+    @rpc
+    async def RevokeNode(
+        self, request: adpb.RevokeNodeRequest, context: Ctx
+    ) -> adpb.NodeCredential:
+        credential: NodeCredential = await self.runner.request(
+            ev.NodeRevokeRequested, node_id=request.node_id
+        )
+        return credential_to_pb(credential)
+
+    @rpc
+    async def ListAudit(
+        self, request: adpb.ListAuditRequest, context: Ctx
+    ) -> adpb.ListAuditResponse:
+        if request.since_seconds < 0:
+            raise InvalidArgument("since_seconds: must be >= 0")
+        since = time.time() - request.since_seconds if request.since_seconds else 0.0
+        limit = min(request.limit or 1000, MAX_AUDIT)
+        entries = await self.store.audit_log(limit=limit, since=since, actor=request.actor)
+        return adpb.ListAuditResponse(records=[audit_to_pb(e) for e in entries])

@@ -1,0 +1,149 @@
+"""Who may call what (issue 11, items 3 and 4), enforced in one server interceptor.
+
+The caller's identity comes only from its verified client certificate (the URI SAN our CA
+wrote, shared/identity.py). Every method has one rule; a method without one is refused, so a
+new RPC is closed until someone decides who may call it. The identity of the call in flight
+is kept in a context variable: the runner stamps it on the core's events as the audit's actor.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from shared.identity import ClientIdentity, Identity, NodeIdentity, Role, parse_uri
+
+ANYONE, NODE = "anyone", "node"
+Rule = Role | str
+
+_EDGE, _AGENT, _ADMIN = (
+    "/novacron.edge.v1.EdgeAPI/",
+    "/novacron.edge.v1.AgentSession/",
+    "/novacron.edge.v1.AdminAPI/",
+)
+EDGE_READS = (
+    "GetVM", "ListVMs", "ListNodes", "GetNode", "GetStatus", "PlaceVM", "RecommendPlacement",
+    "FindNearestNodes", "GetMigrationStatus", "ListMigrations", "WatchMigration", "ListOrphans",
+)  # fmt: skip
+EDGE_CHANGES = (
+    "DeployVM", "DeployVMs", "MigrateVM", "DeleteVM", "SuspendVM", "ResumeVM", "CordonNode",
+    "RotateMeshKey", "HandleEdgeFailure", "DrainNode", "AdoptVM", "DeleteOrphan",
+    "GetVMConsole",  # a guest's console can show what only operators may see
+)  # fmt: skip
+ADMIN = ("CreateJoinToken", "ListJoinTokens", "RevokeJoinToken", "RevokeNode", "ListAudit")
+
+POLICY: dict[str, Rule] = {
+    **{_EDGE + m: Role.VIEWER for m in EDGE_READS},
+    **{_EDGE + m: Role.OPERATOR for m in EDGE_CHANGES},
+    **{_ADMIN + m: Role.ADMIN for m in ADMIN},
+    _AGENT + "Enroll": ANYONE,  # the join token is its credential
+    _AGENT + "Connect": NODE,
+    _AGENT + "ConfirmContact": NODE,
+    _AGENT + "RenewCertificate": NODE,
+    "/grpc.health.v1.Health/Check": ANYONE,
+    "/grpc.health.v1.Health/Watch": ANYONE,
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Role.VIEWER,
+}
+
+CALLER: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("caller", default=None)
+
+
+def caller_actor() -> str:
+    """The audit's actor for the call in flight ("" outside one, or with --insecure)."""
+    identity = CALLER.get()
+    return identity.actor if identity is not None else ""
+
+
+def peer_identity(context: grpc.aio.ServicerContext[Any, Any]) -> Identity | None:
+    """The identity in the peer's verified certificate; None without one of ours."""
+    found = [
+        i for uri in context.auth_context().get("peer_uri", []) if (i := parse_uri(uri.decode()))
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+def refusal(rule: Rule | None, identity: Identity | None) -> tuple[grpc.StatusCode, str] | None:
+    """Why `identity` may not call a method with `rule`, or None if it may."""
+    if rule is None:
+        return grpc.StatusCode.PERMISSION_DENIED, "no rule allows this method"
+    if rule == ANYONE:
+        return None
+    if identity is None:
+        return grpc.StatusCode.UNAUTHENTICATED, (
+            "a client certificate of this installation is needed "
+            "(novacron-controller issue-client NAME --role ROLE)"
+        )
+    if rule == NODE:
+        if isinstance(identity, NodeIdentity):
+            return None
+        return grpc.StatusCode.PERMISSION_DENIED, "only an enrolled node may call this"
+    assert isinstance(rule, Role)
+    if isinstance(identity, ClientIdentity) and identity.role >= rule:
+        return None
+    has = identity.role.label if isinstance(identity, ClientIdentity) else "node"
+    return (
+        grpc.StatusCode.PERMISSION_DENIED,
+        f"needs the {rule.label} role ({identity.actor} is {has})",
+    )
+
+
+class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
+    """Checks every call against POLICY before its handler runs."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        guarded: grpc.RpcMethodHandler[Any, Any] = _guarded(handler, POLICY.get(method), method)
+        return guarded
+
+
+def _guarded(handler: Any, rule: Rule | None, method: str) -> Any:
+    """The handler, behind the rule: the identity is checked, then set as the caller."""
+
+    async def admit(context: Any) -> None:
+        identity = peer_identity(context)
+        denied = refusal(rule, identity)
+        if denied is not None:
+            await context.abort(*denied)
+        CALLER.set(identity)
+
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
+
+        async def unary_unary(request: Any, context: Any) -> Any:
+            await admit(context)
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, handler.request_deserializer, handler.response_serializer
+        )
+    streaming = handler.unary_stream or handler.stream_stream
+    if streaming is None:  # client streaming: we serve none
+
+        async def refuse(request: Any, context: Any) -> Any:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method}: not served")
+
+        return grpc.unary_unary_rpc_method_handler(refuse)
+
+    async def stream(request: Any, context: Any) -> Any:
+        await admit(context)
+        async for item in streaming(request, context):
+            yield item
+
+    factory = (
+        grpc.unary_stream_rpc_method_handler
+        if handler.unary_stream is not None
+        else grpc.stream_stream_rpc_method_handler
+    )
+    return factory(stream, handler.request_deserializer, handler.response_serializer)
