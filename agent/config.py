@@ -113,6 +113,10 @@ class AgentConfig:
     # no controller this long after start: restore the node from the cached desired state
     offline_grace: Seconds = Seconds(10.0)
     insecure: bool = False
+    # enrolment (once; then the certificate in state_dir/pki is used): agent/enrolment.py
+    join_token: str = ""
+    ca_pin: str = ""
+    enrol_address: str = ""  # the controller's join port; "" = its port + 1
     log_level: str = "info"
 
     def __post_init__(self) -> None:

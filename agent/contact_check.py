@@ -20,6 +20,7 @@ import structlog
 
 from agent.config import AgentConfig
 from agent.contact import ControllerContact
+from agent.credentials import NodeCredentials, open_channel
 from shared.pb.v1 import agent_pb2 as apb
 from shared.pb.v1 import agent_pb2_grpc
 
@@ -37,6 +38,7 @@ class Session(Protocol):
     config: AgentConfig
     contact: ControllerContact
     heartbeat_interval: float
+    credentials: NodeCredentials | None  # None: --insecure
 
 
 async def confirm_when_quiet(session: Session, session_id: str) -> None:
@@ -61,7 +63,8 @@ async def confirm_when_quiet(session: Session, session_id: str) -> None:
             if not quiet or len(tries) >= TRIES_AT_ONCE:
                 continue
             timeout = 2 * session.heartbeat_interval
-            task = asyncio.create_task(ask(session.config.controller, query, timeout))
+            asking = ask(session.config.controller, session.credentials, query, timeout)
+            task = asyncio.create_task(asking)
             tries.add(task)
             task.add_done_callback(answered)
     finally:
@@ -69,10 +72,15 @@ async def confirm_when_quiet(session: Session, session_id: str) -> None:
             task.cancel()
 
 
-async def ask(controller: str, query: apb.ContactQuery, timeout_s: float) -> int:
+async def ask(
+    controller: str,
+    credentials: NodeCredentials | None,
+    query: apb.ContactQuery,
+    timeout_s: float,
+) -> int:
     """The controller's answer (0 when it has none, or the try failed)."""
     try:
-        async with grpc.aio.insecure_channel(controller, options=CHANNEL_OPTIONS) as channel:
+        async with open_channel(controller, credentials, CHANNEL_OPTIONS) as channel:
             stub = agent_pb2_grpc.AgentSessionStub(channel)
             answer = await stub.ConfirmContact(query, timeout=timeout_s)
     except grpc.aio.AioRpcError as err:

@@ -14,6 +14,9 @@ import structlog
 from agent import __version__
 from agent.backoff import Backoff
 from agent.config import AgentConfig, load_config
+from agent.credentials import NodeCredentials
+from agent.credentials import load as load_credentials
+from agent.enrolment import enrol
 from agent.hypervisor.libvirt_driver import LibvirtHypervisor
 from agent.images.catalog import ImageCatalog
 from agent.mesh import MeshManager
@@ -79,6 +82,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--images-dir", help="default /var/lib/novacron/images")
     p.add_argument("--heartbeat-interval", help="e.g. 5s (the controller may override)")
     p.add_argument("--probe-interval", help="latency probes, e.g. 1s (the controller may override)")
+    p.add_argument(
+        "--join-token",
+        help="ID.SECRET from `novacron token create`: enrol once (prefer the config file or "
+        "NOVACRON_AGENT_JOIN_TOKEN: flags are visible in ps)",
+    )
+    p.add_argument(
+        "--ca-pin", help="sha256:HEX, the installation CA's pin (printed with the token)"
+    )
+    p.add_argument(
+        "--enrol-address", help="the controller's join HOST:PORT (default: its port + 1)"
+    )
     p.add_argument(
         "--insecure",
         action="store_true",
@@ -152,13 +166,37 @@ async def keep_applying_qos(config: AgentConfig) -> None:
         await asyncio.sleep(QOS_RETRY_S)
 
 
-async def run(config: AgentConfig) -> None:
-    if not config.insecure:
-        raise ConfigError(
-            "mutual TLS is not implemented yet; start with --insecure (local development only)"
+async def node_credentials(config: AgentConfig) -> NodeCredentials | None:
+    """The stored ones; else enrol with the join token; None only with --insecure."""
+    if config.insecure:
+        log.warning(
+            "INSECURE MODE: the controller connection is neither encrypted nor authenticated"
         )
-    log.warning("INSECURE MODE: the controller connection is neither encrypted nor authenticated")
+        return None
+    stored = await asyncio.to_thread(load_credentials, config.state_dir)
+    if stored is not None:
+        return stored
+    if not config.join_token or not config.ca_pin:
+        raise ConfigError(
+            f"this node is not enrolled (no certificate in {config.state_dir}/pki): start it "
+            "once with --join-token ID.SECRET --ca-pin sha256:HEX (from `novacron token "
+            "create`), or with --insecure for local development"
+        )
+    enrolled = await enrol(
+        config.state_dir,
+        config.node_id,
+        config.controller,
+        config.enrol_address,
+        config.join_token,
+        config.ca_pin,
+    )
+    log.info("enrolled", node_id=config.node_id, not_after=enrolled.not_after().isoformat())
+    return enrolled
+
+
+async def run(config: AgentConfig) -> None:
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    credentials = await node_credentials(config)
     qos: asyncio.Task[None] | None = None
     if config.qos.enabled:
         try:
@@ -168,7 +206,8 @@ async def run(config: AgentConfig) -> None:
             qos = asyncio.create_task(keep_applying_qos(config))
     hypervisor = await open_hypervisor(config)
     mesh = await start_mesh(config) if config.mesh.enabled else None
-    session = AgentSession(config, hypervisor, ImageCatalog(config.images_dir), mesh=mesh)
+    catalog = ImageCatalog(config.images_dir)
+    session = AgentSession(config, hypervisor, catalog, mesh=mesh, credentials=credentials)
     loop = asyncio.get_running_loop()
     main_task = asyncio.create_task(session.run_forever())
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -205,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
                 "heartbeat_interval": args.heartbeat_interval,
                 "probe_interval": args.probe_interval,
                 "insecure": args.insecure,
+                "join_token": args.join_token,
+                "ca_pin": args.ca_pin,
+                "enrol_address": args.enrol_address,
                 "log_level": args.log_level,
             },
         )

@@ -16,6 +16,8 @@ import time
 import structlog
 
 from agent.latency import LatencyWindow, Prober
+from agent.mesh import MeshManager
+from shared.pb.v1 import types_pb2 as pb
 
 log = structlog.get_logger(__name__)
 
@@ -136,3 +138,11 @@ def _kernel_time(ancillary: list[tuple[int, int, bytes]]) -> float | None:
             seconds, nanos = struct.unpack("qq", data[:16])
             return float(seconds) + float(nanos) / 1e9
     return None
+
+
+def reachable_peers(mesh: MeshManager, status: pb.MeshStatus) -> dict[str, str]:
+    """Peers with a live tunnel, by node id -> overlay address (what probes go to)."""
+    addresses = {p.node_id: p.address for p in mesh.peers if p.address}
+    return {
+        p.node_id: addresses[p.node_id] for p in status.peers if p.up and p.node_id in addresses
+    }

@@ -20,6 +20,7 @@ from agent.backoff import Backoff
 from agent.config import AgentConfig
 from agent.contact import ControllerContact
 from agent.contact_check import confirm_when_quiet
+from agent.credentials import NodeCredentials, open_channel
 from agent.desired_cache import HEARTBEAT_INTERVAL, PROBE_INTERVAL, DesiredStateCache
 from agent.executor import CommandExecutor
 from agent.hypervisor.base import Hypervisor
@@ -29,8 +30,9 @@ from agent.installation import InstallationGuard
 from agent.latency import LatencyWindow, Prober, probe_gap
 from agent.mesh import MeshManager
 from agent.offline import OfflineRestore
-from agent.peer_probe import PeerProber
+from agent.peer_probe import PeerProber, reachable_peers
 from agent.qos import postcopy_cap_mbit
+from agent.renewal import renew_when_due
 from agent.resources import ResourceSampler
 from agent.self_fence import SelfFence
 from shared import convert
@@ -39,7 +41,6 @@ from shared.domain import Capacity, LatencyStats, NodeInfo, VMStatus
 from shared.errors import NovaCronError
 from shared.pb.v1 import agent_pb2 as apb
 from shared.pb.v1 import agent_pb2_grpc
-from shared.pb.v1 import types_pb2 as pb
 
 log = structlog.get_logger(__name__)
 
@@ -66,8 +67,10 @@ class AgentSession:
         catalog: ImageCatalog,
         sampler: ResourceSampler | None = None,
         mesh: MeshManager | None = None,
+        credentials: NodeCredentials | None = None,  # None: --insecure
     ) -> None:
         self.config = config
+        self.credentials = credentials
         self.hypervisor = hypervisor
         self.catalog = catalog
         self.sampler = sampler or ResourceSampler(config.state_dir)
@@ -220,8 +223,8 @@ class AgentSession:
         outbox.put_nowait(await asyncio.to_thread(self.hello))
         self.contact.sent_report()
         hello_at = self.contact.now()
-        async with grpc.aio.insecure_channel(
-            self.config.controller, options=CHANNEL_OPTIONS
+        async with open_channel(
+            self.config.controller, self.credentials, CHANNEL_OPTIONS
         ) as channel:
             stub = agent_pb2_grpc.AgentSessionStub(channel)
             call = stub.Connect(self._drain(outbox))
@@ -256,6 +259,11 @@ class AgentSession:
                         background.append(
                             asyncio.create_task(confirm_when_quiet(self, welcome.session_id))
                         )
+                        if self.credentials is not None:
+                            renewal = renew_when_due(
+                                self.credentials, channel, self.config, self._renewed
+                            )
+                            background.append(asyncio.create_task(renewal))
                     elif kind == "command":
                         self._spawn(self._run_command(message.command, outbox))
                     elif kind == "pong":
@@ -273,12 +281,16 @@ class AgentSession:
                         await task
                 call.cancel()
 
-    def restart_session(self) -> None:
+    def restart_session(self, why: str = "after self-fencing") -> None:
         """After self-fencing: end the session, so the next one's hello makes the controller
         decide about the paused VMs (resume them, or destroy them as replaced)."""
         if self._outbox is not None:  # ends our half of the stream; the controller then ends
-            self.log.warning("restarting the session after self-fencing")
+            self.log.warning("restarting the session", why=why)
             self._outbox.put_nowait(None)  # its half (or keepalive ends a dead link)
+
+    def _renewed(self, new: NodeCredentials) -> None:
+        self.credentials = new  # the next session's channel presents the new certificate
+        self.restart_session("with the renewed certificate")
 
     async def close(self) -> None:
         self.peer_prober.close()
@@ -320,20 +332,12 @@ class AgentSession:
             problem = await asyncio.to_thread(self.hypervisor.problem)
             message = await asyncio.to_thread(self.heartbeat, self.latencies(), vms, problem)
             if self.mesh is not None:
-                self.peer_prober.set_peers(self._reachable_peers(message.heartbeat.mesh))
+                self.peer_prober.set_peers(reachable_peers(self.mesh, message.heartbeat.mesh))
             outbox.put_nowait(message)
             self.contact.sent_heartbeat(message.heartbeat.seq)
             self._ping(outbox)  # its pong confirms this beat: self-fencing counts from it
             due = max(due + self.heartbeat_interval, loop.time())
             await asyncio.sleep(due - loop.time())
-
-    def _reachable_peers(self, status: pb.MeshStatus) -> dict[str, str]:
-        """Peers with a live tunnel, by node id -> overlay address (what probes go to)."""
-        assert self.mesh is not None
-        addresses = {p.node_id: p.address for p in self.mesh.peers if p.address}
-        return {
-            p.node_id: addresses[p.node_id] for p in status.peers if p.up and p.node_id in addresses
-        }
 
     async def _probes(self, outbox: asyncio.Queue[apb.AgentMessage | None]) -> None:
         """RTT to the controller over the session itself, so it includes what the control

@@ -13,10 +13,11 @@ from typing import Protocol, TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from cli.credentials import ClientCredentials, open_channel
 from cli.errors import CLIError
 from cli.version import VERSION
+from shared.pb.v1 import admin_pb2_grpc, edge_api_pb2_grpc, types_pb2
 from shared.pb.v1 import edge_api_pb2 as api
-from shared.pb.v1 import edge_api_pb2_grpc, types_pb2
 
 DEFAULT_CONTROLLER = "127.0.0.1:7700"
 DEFAULT_TIMEOUT = 10.0
@@ -66,13 +67,19 @@ def _answered(err: grpc.RpcError) -> bool:
 class EdgeClient:
     """One channel to one controller; use as a context manager so the channel is closed."""
 
-    def __init__(self, target: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        target: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        credentials: ClientCredentials | None = None,
+    ) -> None:
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            target, options=[("grpc.primary_user_agent", f"novacron-cli/{VERSION}")]
+        self._channel = open_channel(
+            target, credentials, [("grpc.primary_user_agent", f"novacron-cli/{VERSION}")]
         )
         self._stub = edge_api_pb2_grpc.EdgeAPIStub(self._channel)
+        self.admin = admin_pb2_grpc.AdminAPIStub(self._channel)
 
     def __enter__(self) -> EdgeClient:
         return self
@@ -109,6 +116,15 @@ class EdgeClient:
                 name, f"no answer from controller at {self.target} within {deadline:g}s"
             )
         return CLIError(name, details)
+
+    def call(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[_Req, _Resp],
+        request: _Req,
+        timeout: float | None = None,
+    ) -> _Resp:
+        """Any unary method of this channel's stubs, with the deadline and error mapping."""
+        return self._call(method, request, timeout)
 
     def _call(
         self,

@@ -7,6 +7,7 @@ import time
 
 from cli.client import EdgeClient
 from cli.commands import Context
+from cli.credentials import resolve
 from cli.errors import CLIError
 from cli.parser import build_parser, resolve_controller
 
@@ -32,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
 
     target = resolve_controller(args.controller)
     try:
-        with EdgeClient(target, args.timeout) as client:
+        credentials = resolve(args.ca, args.cert, args.key, args.insecure)
+        with EdgeClient(target, args.timeout, credentials) as client:
             ctx = Context(client, args.output, sys.stdout, sys.stderr, time.time())
             code: int = args.handler(ctx, args)
             return code

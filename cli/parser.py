@@ -18,6 +18,7 @@ from cli.parser_util import ENV_CONTROLLER, Formatter, global_options
 from cli.parser_util import group as _group
 from cli.parser_util import sub as _sub
 from cli.placement import add_placement_options
+from cli.security import add_security_commands
 from cli.version import VERSION
 
 MAIN_EPILOG = f"""\
@@ -379,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--memory-mib", required=True, type=types.positive_u64, metavar="M")
     explain.add_argument("-k", type=types.positive_u32, default=3, help="candidates to show")
     add_placement_options(explain)
+    add_security_commands(top, node)
     return parser
 
 

@@ -43,6 +43,22 @@ def global_options(parser: argparse.ArgumentParser, top: bool) -> None:
         help="output format: table (default), json, yaml",
     )
     group.add_argument(
+        "--ca", metavar="FILE", default=default(None),
+        help="the installation CA (env NOVACRON_CA; default ~/.config/novacron/ca.crt)",
+    )  # fmt: skip
+    group.add_argument(
+        "--cert", metavar="FILE", default=default(None),
+        help="client certificate (env NOVACRON_CERT; default ~/.config/novacron/client.crt)",
+    )  # fmt: skip
+    group.add_argument(
+        "--key", metavar="FILE", default=default(None),
+        help="client key (env NOVACRON_KEY; default ~/.config/novacron/client.key)",
+    )  # fmt: skip
+    group.add_argument(
+        "--insecure", action="store_true", default=default(False),
+        help="plain text, no client certificate (a controller started with --insecure)",
+    )  # fmt: skip
+    group.add_argument(
         "--timeout",
         metavar="SECONDS",
         type=types.positive_seconds,

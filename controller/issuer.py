@@ -62,13 +62,16 @@ class Issuer:
         now: dt.datetime,
     ) -> Issued:
         not_after = now + lifetime
+        # backdated for a node whose clock runs behind, but by little against a short
+        # lifetime: agents renew at 2/3 of not_before..not_after (agent/credentials.py)
+        backdate = min(BACKDATE, lifetime / 10)
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity.actor)]))
             .issuer_name(self._ca.subject)
             .public_key(public)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - BACKDATE)
+            .not_valid_before(now - backdate)
             .not_valid_after(min(not_after, self._ca.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(key_usage(cert_sign=False), critical=True)

@@ -24,9 +24,8 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from controller import __version__
+from controller import __version__, pki_cli
 from controller.config import load_config
-from controller.pki import init_pki
 from controller.server import ControllerServer
 from shared.errors import NovaCronError
 from shared.logging import configure_logging
@@ -76,44 +75,12 @@ async def serve(server: ControllerServer) -> None:
     await server.stop()
 
 
-def parse_init_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="novacron-controller init",
-        description="Create the installation's CA and the controller's serving certificate "
-        "in STATE_DIR/pki (keys 0600), once; print the CA's pin for joining agents.",
-    )
-    p.add_argument("--state-dir", type=Path, required=True, help="the controller's state dir")
-    p.add_argument(
-        "--advertise-address",
-        action="append",
-        required=True,
-        metavar="ADDRESS",
-        help="an IP address or DNS name agents and clients dial (repeatable): the "
-        "certificate's subject alternative names",
-    )
-    return p.parse_args(argv)
-
-
-def init(argv: list[str]) -> int:
-    args = parse_init_args(argv)
-    try:
-        pki = init_pki(args.state_dir, args.advertise_address)
-    except NovaCronError as exc:
-        print(f"novacron-controller init: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"novacron-controller init: cannot write {args.state_dir}: {exc}", file=sys.stderr)
-        return 1
-    print(f"CA certificate:      {pki.ca_cert}")
-    print(f"serving certificate: {pki.server_cert} ({', '.join(args.advertise_address)})")
-    print(f"CA pin:              {pki.pin()}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["init"]:
-        return init(argv[1:])
+        return pki_cli.init(argv[1:])
+    if argv[:1] == ["issue-client"]:
+        return pki_cli.issue_client(argv[1:])
     args = parse_args(argv)
     try:
         config = load_config(

@@ -135,8 +135,8 @@ class CoreBase:
         self._actor = event.actor or ("api" if isinstance(event, REQUESTS) else "controller")
         try:
             handler(event)
-            if isinstance(event, REQUESTS) and not isinstance(event, ev.IdentityRefused):
-                self.audit_request(event, "ok")
+            if isinstance(event, REQUESTS) and not self._out.audit:  # else the handler's
+                self.audit_request(event, "ok")  # own records (with ids) are the request's
         except NovaCronError as exc:
             self.rollback()
             self._out = Outbox()

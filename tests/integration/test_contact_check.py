@@ -56,15 +56,15 @@ async def test_the_controller_confirms_only_the_nodes_own_current_session(
     own = apb.ContactQuery(node_id="edge-d", session_id=session_ids[0])
 
     async def heard_a_beat() -> bool:
-        return await ask(cluster.address, own, timeout_s=5) > 0
+        return await ask(cluster.address, None, own, timeout_s=5) > 0
 
     await eventually(heard_a_beat, 20, "ConfirmContact to name a received heartbeat")
     other_node = apb.ContactQuery(node_id="edge-x", session_id=session_ids[0])
     unknown_session = apb.ContactQuery(node_id="edge-d", session_id="not-a-session")
-    assert await ask(cluster.address, other_node, timeout_s=5) == 0
-    assert await ask(cluster.address, unknown_session, timeout_s=5) == 0
+    assert await ask(cluster.address, None, other_node, timeout_s=5) == 0
+    assert await ask(cluster.address, None, unknown_session, timeout_s=5) == 0
 
 
 async def test_an_unreachable_controller_is_no_answer() -> None:
     query = apb.ContactQuery(node_id="edge-d", session_id="s")
-    assert await ask(f"127.0.0.1:{free_port()}", query, timeout_s=1) == 0
+    assert await ask(f"127.0.0.1:{free_port()}", None, query, timeout_s=1) == 0
