@@ -14,6 +14,7 @@ from cli.parser_util import group as _group
 from cli.parser_util import sub as _sub
 from cli.render import age, describe, table
 from shared.config import parse_duration
+from shared.errors import ConfigError
 from shared.pb.v1 import admin_pb2 as adpb
 
 
@@ -24,8 +25,10 @@ def duration(text: str) -> float:
         return float(text[:-1]) * units[text[-1]]
     try:
         seconds = parse_duration(text, "duration")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    except ConfigError:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration like 90s, 15m, 1h or 7d, got {text!r}"
+        ) from None
     if not seconds > 0:
         raise argparse.ArgumentTypeError(f"must be more than 0, got {text!r}")
     return seconds

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from controller.security_policy import TlsPolicy, version_refusal
 from shared.identity import ClientIdentity, Identity, NodeIdentity, Role, parse_uri
 
 ANYONE, NODE = "anyone", "node"
@@ -91,7 +92,10 @@ def refusal(rule: Rule | None, identity: Identity | None) -> tuple[grpc.StatusCo
 
 
 class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
-    """Checks every call against POLICY before its handler runs."""
+    """Checks every call against POLICY (and the TLS version policy) before its handler runs."""
+
+    def __init__(self, tls: TlsPolicy | None = None) -> None:
+        self._tls = tls or TlsPolicy()
 
     async def intercept_service(
         self,
@@ -104,14 +108,20 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        guarded: grpc.RpcMethodHandler[Any, Any] = _guarded(handler, POLICY.get(method), method)
+        guarded: grpc.RpcMethodHandler[Any, Any] = _guarded(
+            handler, POLICY.get(method), method, self._tls
+        )
         return guarded
 
 
-def _guarded(handler: Any, rule: Rule | None, method: str) -> Any:
+def _guarded(handler: Any, rule: Rule | None, method: str, tls: TlsPolicy) -> Any:
     """The handler, behind the rule: the identity is checked, then set as the caller."""
 
     async def admit(context: Any) -> None:
+        versions = context.auth_context().get("ssl_tls_version", [])
+        old = version_refusal(versions[0] if versions else None, tls)
+        if old is not None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, old)
         identity = peer_identity(context)
         denied = refusal(rule, identity)
         if denied is not None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from controller.placement import PlacementProfile
 from controller.placement.filters import FILTERS
+from controller.security_policy import SecurityPolicy, TlsPolicy, combine, load_policies
 from shared.config import Seconds, SecondsOrNever, build, env_overrides, read_yaml
 from shared.domain import PlacementMode
 from shared.errors import ConfigError
@@ -147,6 +148,11 @@ class ControllerConfig:
     failure_detector: FailureDetectorConfig = field(default_factory=FailureDetectorConfig)
     failover: FailoverConfig = field(default_factory=FailoverConfig)
     edge_computing: EdgeComputingConfig = field(default_factory=EdgeComputingConfig)
+    security_policies: tuple[SecurityPolicy, ...] = ()  # the file's `policies.security`
+
+    @property
+    def tls(self) -> TlsPolicy:
+        return combine(self.security_policies, self.edge_computing.require_tls)
 
     def __post_init__(self) -> None:
         for name in (
@@ -191,4 +197,14 @@ def load_config(path: Path | None, flags: dict[str, Any]) -> ControllerConfig:
         EdgeComputingConfig, read_yaml(path, "edge_computing") if path else {}, "edge_computing"
     )
     edge.placement_profile()  # refuse a bad profile at start-up, naming the bad key
-    return replace(build(ControllerConfig, raw, "controller"), edge_computing=edge)
+    config = replace(
+        build(ControllerConfig, raw, "controller"),
+        edge_computing=edge,
+        security_policies=load_policies(path),
+    )
+    if config.insecure and config.tls.require_tls:
+        raise ConfigError(
+            "require_tls is true (edge_computing.require_tls or a policies.security entry), "
+            "so --insecure is refused: run `novacron-controller init` and start with TLS"
+        )
+    return config

@@ -31,7 +31,7 @@ from controller.sessions import (
     node_identity_insecure,
 )
 from controller.store import SQLiteStore
-from shared.errors import InvalidArgument
+from shared.errors import FailedPrecondition, InvalidArgument
 from shared.pb.v1 import admin_pb2, admin_pb2_grpc, agent_pb2_grpc, edge_api_pb2, edge_api_pb2_grpc
 from shared.pb.v1 import agent_pb2 as apb
 
@@ -81,6 +81,8 @@ class ControllerServer:
         self.metrics: MetricsServer | None = None
 
     async def start(self) -> int:
+        if self.config.insecure and self.config.tls.require_tls:
+            raise FailedPrecondition("require_tls is set: --insecure is refused")
         pki = None if self.config.insecure else require_pki(self.config.state_dir)
         if pki is None:
             log.warning(
@@ -136,7 +138,7 @@ class ControllerServer:
         await controller.start()
         server = grpc.aio.server(
             options=SERVER_OPTIONS,
-            interceptors=[AuthorizationInterceptor()] if pki is not None else [],
+            interceptors=[AuthorizationInterceptor(self.config.tls)] if pki is not None else [],
         )
         issuer = Issuer(pki) if pki is not None else None
         lifetime = dt.timedelta(seconds=self.config.node_certificate_lifetime)

@@ -10,7 +10,7 @@ from controller.core import ControllerCore, Settings
 from controller.core import events as ev
 from controller.core.instructions import Instruction, Persist, Reply, SendCommand
 from controller.placement import ScoredEngine
-from controller.records import MigrationRecord, NodeRecord, Tombstone, VMRecord
+from controller.records import AuditEntry, MigrationRecord, NodeRecord, Tombstone, VMRecord
 from shared import commands as c
 from shared.domain import (
     Capacity,
@@ -51,8 +51,11 @@ class Driver:
             "tombstones": {},
             "failovers": {},
             "drains": {},
+            "tokens": {},
+            "credentials": {},
         }
     )
+    audit: list[AuditEntry] = field(default_factory=list)
     core: ControllerCore = field(init=False)
     out: list[Instruction] = field(default_factory=list)
     sessions: dict[str, str] = field(default_factory=dict)
@@ -72,6 +75,8 @@ class Driver:
             now=self.now,
             failovers=self.store["failovers"].values(),
             drains=self.store["drains"].values(),
+            tokens=self.store["tokens"].values(),
+            credentials=self.store["credentials"].values(),
         )
         return core
 
@@ -117,6 +122,11 @@ class Driver:
             self.store["failovers"][record.id] = record
         for drain in p.drains:
             self.store["drains"][drain.node_id] = drain
+        for token in p.tokens:
+            self.store["tokens"][token.id] = token
+        for credential in p.credentials:
+            self.store["credentials"][credential.node_id] = credential
+        self.audit.extend(p.audit)
 
     # ------------------------------------------------------------ agents
 
