@@ -150,7 +150,7 @@ def main() -> int:
     default: list[dict[str, float]] = []
     try:
         lab.up()
-        with grpc.insecure_channel(lab.controller_address) as channel:
+        with lab.channel() as channel:
             stub = edge_api_pb2_grpc.EdgeAPIStub(channel)
             for i in range(args.rounds):
                 row = one_round(lab, stub, f"bench-fo-{i}", 2.0)

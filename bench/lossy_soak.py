@@ -19,7 +19,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import grpc
 import libvirt
 
 from agent.hypervisor import domain_xml
@@ -33,7 +32,7 @@ HEARTBEAT_S = 5.0  # a real site's default
 
 
 def soak(lab: Lab, seconds: float) -> dict[str, object]:
-    with grpc.insecure_channel(lab.controller_address) as channel:
+    with lab.channel() as channel:
         stub = edge_api_pb2_grpc.EdgeAPIStub(channel)
         spec = pb.VMSpec(name="soak", image="tiny", vcpus=1, memory_mib=128)
         spec.placement.required_labels["site"] = LOSSY

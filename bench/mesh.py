@@ -15,8 +15,6 @@ import subprocess
 import sys
 import time
 
-import grpc
-
 from bench.common import percentile
 from lab.lab import Lab
 from shared.pb.v1 import edge_api_pb2 as api
@@ -57,7 +55,7 @@ def main() -> int:
     lab.preflight()
     try:
         lab.up()
-        channel = grpc.insecure_channel(lab.controller_address)
+        channel = lab.channel()
         stub = edge_api_pb2_grpc.EdgeAPIStub(channel)
         others = [s.id for s in lab.topology.sites if s.id != args.site]
         target = overlay(stub, args.site)

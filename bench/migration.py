@@ -21,8 +21,6 @@ import subprocess
 import sys
 import tempfile
 
-import grpc
-
 from bench.common import percentile
 from lab.lab import Lab
 from shared.pb.v1 import edge_api_pb2 as api
@@ -104,7 +102,7 @@ def main() -> int:
     broken = 0
     try:
         lab.up()
-        with grpc.insecure_channel(lab.controller_address) as channel:
+        with lab.channel() as channel:
             stub = edge_api_pb2_grpc.EdgeAPIStub(channel)
             spec = pb.VMSpec(name="bench-mig", image="tiny", vcpus=1, memory_mib=128)
             spec.placement.near.CopyFrom(pb.Location(latitude=48.86, longitude=2.35))

@@ -68,12 +68,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     started = time.monotonic()
     lab.up(timeout_s=args.timeout)
-    print(f"\nlab up in {time.monotonic() - started:.1f}s. The controller's EdgeAPI:")
+    print(f"\nlab up in {time.monotonic() - started:.1f}s. The controller's EdgeAPI (mTLS, admin):")
     print(f"  export NOVACRON_CONTROLLER={lab.controller_address}")
+    for line in credential_exports(lab.client_dir):
+        print(f"  {line}")
     print("  novacron node list")
     print("  novacron-lab status | novacron-lab verify | novacron-lab exec SITE -- virsh list")
     print("  novacron-lab down")
     return 0
+
+
+def credential_exports(client_dir: Path) -> list[str]:
+    """The shell lines that give `novacron` the lab's admin certificate."""
+    return [
+        f"export NOVACRON_CA={client_dir}/ca.crt",
+        f"export NOVACRON_CERT={client_dir}/client.crt NOVACRON_KEY={client_dir}/client.key",
+    ]
 
 
 def render_status(st: LabStatus) -> str:

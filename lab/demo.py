@@ -10,13 +10,14 @@ the VMs and tears everything down, even on failure.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 
-from lab.cli import render_status
+from lab.cli import credential_exports, render_status
 from lab.demo_failover import run_failover
 from lab.lab import Lab, LabError
 from lab.processes import BIN, wait_until
@@ -80,6 +81,11 @@ def run(lab: Lab) -> None:
     started = time.monotonic()
     lab.up()
     print(f"(lab up in {time.monotonic() - started:.1f}s; controller at {address})")
+    say("Secure by default: a CA from `novacron-controller init`; agents joined with tokens")
+    for line in credential_exports(lab.client_dir):
+        print(f"$ {line}", flush=True)
+    os.environ.update(lab.cli_env())  # the operator's admin certificate, for every command below
+    cli(address, "token", "list")
     cli(address, "node", "list")
 
     say("Deploying VMs near their users: the placement engine picks the site")
@@ -153,6 +159,9 @@ def run(lab: Lab) -> None:
     for name in placed:
         cli(address, "vm", "delete", name)
     cli(address, "vm", "list")
+
+    say("The audit trail: who did what, with the certificate that proved it")
+    cli(address, "audit", "--since", "15m", "--limit", "12")
 
 
 def main() -> int:

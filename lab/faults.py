@@ -57,6 +57,8 @@ class _Lab(Protocol):
 
     @property
     def controller_address(self) -> str: ...
+    @property
+    def client_dir(self) -> Path: ...
     def libvirtd(self, site_id: str) -> PrivateLibvirtd: ...
     def _start_agent(self, site: Site) -> None: ...
     def _save(self) -> None: ...
@@ -219,7 +221,7 @@ def _wait_ready(lab: _Lab, site: Site, timeout_s: float) -> None:
     from lab.view import ready_nodes  # gRPC code: imported only when needed
 
     deadline = time.monotonic() + timeout_s
-    while site.id not in ready_nodes(lab.controller_address):
+    while site.id not in ready_nodes(lab.controller_address, lab.client_dir):
         if _agent_pid(lab, site) is None:
             raise LabError(f"agent-{site.id} exited after restore (see {lab.state_dir}/logs)")
         if time.monotonic() > deadline:

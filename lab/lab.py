@@ -32,17 +32,20 @@ import structlog
 import yaml
 
 from agent.images.builder import build_tiny_image
-from lab import netns, pids
+from lab import netns, pids, trust
+from lab.agent_config import agent_config
 from lab.errors import LabError as LabError  # re-exported: callers import it from here
 from lab.faults import UP, Faults
 from lab.libvirtd import PrivateLibvirtd
 from lab.processes import BIN, Daemon, start_daemon
 from lab.state import DEFAULT_STATE_DIR, STATE_FILE, LabState, ProcessRecord
 from lab.teardown import teardown
-from lab.topology import CONTROLLER_PORT, COST_PER_HOUR, Site, Topology, WanProfile, load_topology
+from lab.topology import CONTROLLER_PORT, Site, Topology, WanProfile, load_topology
 from lab.wan import Endpoint, RouterConfig
 
 if TYPE_CHECKING:
+    import grpc
+
     from lab.view import NodeView, VMView
 
 log = structlog.get_logger(__name__)
@@ -93,6 +96,7 @@ class Lab(Faults):
         self._t0 = time.monotonic()
         self._daemons: list[Daemon] = []
         self.state = LabState()
+        self.ca_pin = ""  # the installation CA's, from `novacron-controller init` at up
 
     @classmethod
     def attach(cls, state_dir: Path | str = DEFAULT_STATE_DIR) -> Lab:
@@ -112,6 +116,18 @@ class Lab(Faults):
     def metrics_url(self) -> str:
         """The controller's Prometheus endpoint, from the host (management veth)."""
         return f"http://{self.topology.mgmt_controller_ip}:{METRICS_PORT}/metrics"
+
+    @property
+    def client_dir(self) -> Path:
+        """The admin's client credentials (ca.crt, client.crt, client.key)."""
+        return trust.admin_dir(self.state_dir)
+
+    def channel(self) -> grpc.Channel:
+        """A channel to the controller's API with the admin's client certificate."""
+        return trust.channel(self.controller_address, self.client_dir)
+
+    def cli_env(self) -> dict[str, str]:
+        return trust.cli_env(self.client_dir)
 
     @property
     def controller_address(self) -> str:
@@ -211,7 +227,7 @@ class Lab(Faults):
 
         want = {s.id for s in topo.sites}
         deadline = time.monotonic() + timeout_s
-        while not want <= (seen := ready_nodes(self.controller_address)):
+        while not want <= (seen := ready_nodes(self.controller_address, self.client_dir)):
             for d in self._daemons:
                 if not d.alive():
                     raise LabError(f"{d.name} exited while waiting for READY:\n{d.log_tail()}")
@@ -272,9 +288,11 @@ class Lab(Faults):
 
     def _start_controller(self) -> None:
         topo = self.topology
+        host = topo.controller_address.rpartition(":")[0]
+        self.ca_pin = trust.init_controller(self.state_dir, [host, topo.mgmt_controller_ip])
         argv = [
-            str(BIN / "novacron-controller"), "--insecure",
-            "--listen", f"0.0.0.0:{CONTROLLER_PORT}",
+            str(BIN / "novacron-controller"),
+            "--listen", f"0.0.0.0:{CONTROLLER_PORT}",  # and its join port, 7701
             "--state-dir", str(self.state_dir / "controller"),
             "--heartbeat-interval", self.heartbeat, "--log-format", "json",
             "--metrics-listen", f"{topo.mgmt_controller_ip}:{METRICS_PORT}",
@@ -282,42 +300,15 @@ class Lab(Faults):
         self._spawn("controller", netns.nsenter(topo.controller.netns, argv))
 
     def _start_agent(self, site: Site) -> None:
-        sdir = self.site_dir(site.id)
-        config = {
-            "agent": {
-                "node_id": site.id,
-                "controller": self.topology.controller_address,
-                "libvirt_uri": self.libvirt_uri(site.id),
-                "migration_host": site.address,  # its libvirtd listens there (see _libvirtd)
-                "edge_type": site.edge_type.value,
-                "labels": {"site": site.id, "city": site.city, **site.labels},
-                "location": {
-                    "latitude": site.latitude,
-                    "longitude": site.longitude,
-                    "country": site.country,
-                },
-                "cost_per_hour": COST_PER_HOUR[site.edge_type],
-                "capacity": {
-                    "vcpus": site.capacity.vcpus,
-                    "memory_mib": site.capacity.memory_mib,
-                    "storage_gib": site.capacity.storage_gib,
-                },
-                "state_dir": str(sdir / "agent"),
-                "images_dir": str(self.images_dir),
-                "heartbeat_interval": self.heartbeat,
-                "insecure": True,
-                # the edge mesh: WireGuard between sites, across the emulated WAN
-                "mesh": {"enabled": True, "endpoint_host": site.address, "listen_port": 51820},
-                # htb classes on the uplink: control first, migration capped at half the link
-                "qos": {
-                    "enabled": True,
-                    "link_mbit": site.wan.bandwidth_mbit,
-                    "migration_mbit": site.wan.bandwidth_mbit / 2,
-                },
-            }
-        }
-        path = sdir / "agent.yaml"
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        """With a new join token at `up`; a restart (`restore`) reuses the config, and the
+        agent its stored certificate."""
+        path = self.site_dir(site.id) / "agent.yaml"
+        if not path.exists():
+            token = trust.join_token(self.controller_address, self.client_dir, site.id)
+            config = agent_config(self, site, token, self.ca_pin)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # holds the token
+            with os.fdopen(fd, "w") as f:
+                f.write(yaml.safe_dump(config, sort_keys=False))
         argv = [str(BIN / "novacron-agent"), "--config", str(path), "--log-format", "json"]
         self._spawn(f"agent-{site.id}", netns.nsenter(site.netns, argv))
 
@@ -349,7 +340,7 @@ class Lab(Faults):
         vms: list[VMView] = []
         reachable = True
         try:
-            nodes, vms = fetch(self.controller_address)
+            nodes, vms = fetch(self.controller_address, self.client_dir)
         except Exception:  # grpc.RpcError and friends: the controller is down
             reachable = False
         by_id = {n.node_id: n for n in nodes}

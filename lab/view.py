@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
+from lab.trust import channel as channel_to
 from shared.pb.v1 import edge_api_pb2 as api
 from shared.pb.v1 import edge_api_pb2_grpc
 from shared.pb.v1 import types_pb2 as pb
@@ -53,9 +55,11 @@ def _node(n: pb.Node) -> NodeView:
     )
 
 
-def fetch(address: str, timeout: float = 5.0) -> tuple[list[NodeView], list[VMView]]:
+def fetch(
+    address: str, client_dir: Path, timeout: float = 5.0
+) -> tuple[list[NodeView], list[VMView]]:
     """Nodes and VMs as the controller at `address` reports them; raises grpc.RpcError."""
-    with grpc.insecure_channel(address) as channel:
+    with channel_to(address, client_dir) as channel:
         stub = edge_api_pb2_grpc.EdgeAPIStub(channel)
         nodes = stub.ListNodes(api.ListNodesRequest(), timeout=timeout).nodes
         vms = stub.ListVMs(api.ListVMsRequest(), timeout=timeout).vms
@@ -70,10 +74,10 @@ def fetch(address: str, timeout: float = 5.0) -> tuple[list[NodeView], list[VMVi
         ]
 
 
-def ready_nodes(address: str, timeout: float = 2.0) -> set[str]:
+def ready_nodes(address: str, client_dir: Path, timeout: float = 2.0) -> set[str]:
     """Ids of the nodes the controller reports ready; empty if it cannot be reached."""
     try:
-        with grpc.insecure_channel(address) as channel:
+        with channel_to(address, client_dir) as channel:
             stub = edge_api_pb2_grpc.EdgeAPIStub(channel)
             nodes = stub.ListNodes(api.ListNodesRequest(), timeout=timeout).nodes
     except grpc.RpcError:

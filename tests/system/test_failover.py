@@ -30,7 +30,7 @@ STOP_AFTER_S = 3.0  # the least the lab's 1 s heartbeat allows (min_stop_after)
 
 @contextmanager
 def edge_api(lab: Lab) -> Iterator[edge_api_pb2_grpc.EdgeAPIStub]:
-    with grpc.insecure_channel(lab.controller_address) as channel:
+    with lab.channel() as channel:
         yield edge_api_pb2_grpc.EdgeAPIStub(channel)
 
 
@@ -197,7 +197,7 @@ def test_a_drain_moves_vms_off_live_and_lists_what_cannot_move(lab: Lab) -> None
         drained = subprocess.run(
             [str(BIN / "novacron"), "--controller", lab.controller_address,
              "node", "drain", SITE, "--parallel", "2"],
-            capture_output=True, text=True, timeout=300,
+            capture_output=True, text=True, timeout=300, env=lab.cli_env(),
         )  # fmt: skip
         out = drained.stdout + drained.stderr
         assert drained.returncode == 1, out  # one did not move

@@ -6,7 +6,6 @@ import re
 import subprocess
 import uuid
 
-import grpc
 import libvirt
 import pytest
 
@@ -23,7 +22,7 @@ pytestmark = pytest.mark.lab
 
 
 def test_sites_register_ready_with_their_location_and_capacity(lab: Lab) -> None:
-    nodes, _ = fetch(lab.controller_address)
+    nodes, _ = fetch(lab.controller_address, lab.client_dir)
     by_id = {n.node_id: n for n in nodes}
     for site in lab.topology.sites:
         node = by_id[site.id]
@@ -77,7 +76,7 @@ def test_bandwidth_cap_is_honoured(lab: Lab) -> None:
 
 def test_a_vm_boots_on_one_site_and_is_invisible_to_the_other(lab: Lab) -> None:
     name = f"sys-{uuid.uuid4().hex[:6]}"
-    with grpc.insecure_channel(lab.controller_address) as channel:
+    with lab.channel() as channel:
         stub = edge_api_pb2_grpc.EdgeAPIStub(channel)
         spec = pb.VMSpec(name=name, image="tiny", vcpus=1, memory_mib=128)
         vm = stub.DeployVM(
@@ -125,6 +124,7 @@ def test_cli_status_exec_and_the_operator_cli_from_the_host(lab: Lab) -> None:
         capture_output=True,
         text=True,
         timeout=30,
+        env=lab.cli_env(),
     )
     assert nodes.returncode == 0 and "mec-berlin" in nodes.stdout, nodes.stderr
 

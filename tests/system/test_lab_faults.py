@@ -9,7 +9,6 @@ import socket
 import subprocess
 from pathlib import Path
 
-import grpc
 import libvirt
 import pytest
 
@@ -66,7 +65,7 @@ def _libvirtd_pid(lab: Lab, site: str) -> int:
 
 
 def _condition(lab: Lab, site: str) -> int:
-    with grpc.insecure_channel(lab.controller_address) as channel:
+    with lab.channel() as channel:
         stub = edge_api_pb2_grpc.EdgeAPIStub(channel)
         nodes = stub.ListNodes(api.ListNodesRequest(), timeout=5).nodes
     return next(n.condition for n in nodes if n.info.node_id == site)

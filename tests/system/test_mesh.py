@@ -11,7 +11,6 @@ import subprocess
 import threading
 import urllib.request
 
-import grpc
 import pytest
 
 from lab import probe
@@ -28,7 +27,7 @@ def test_agents_measured_rtt_to_the_controller_matches_the_wan(lab: Lab) -> None
     """Issue #5: latency figures come from real probes. These cross the session itself (gRPC
     over TCP through the WAN router), so they are the WAN's RTT plus what two Python gRPC stacks
     add per round trip (~1 ms here): never less than the WAN, and not much more."""
-    channel = grpc.insecure_channel(lab.controller_address)
+    channel = lab.channel()
     api_stub = edge_api_pb2_grpc.EdgeAPIStub(channel)
     site = lab.topology.site("mec-berlin")
     expected = probe.expected_rtt_ms(lab.topology.site("controller"), site)
@@ -51,7 +50,7 @@ STACK_OVERHEAD_MS = 2.5  # per round trip, for the agent's and the controller's 
 
 
 def _node(lab: Lab, node_id: str) -> pb.Node:
-    with grpc.insecure_channel(lab.controller_address) as channel:
+    with lab.channel() as channel:
         stub = edge_api_pb2_grpc.EdgeAPIStub(channel)
         return stub.GetNode(api.GetNodeRequest(node_id=node_id), timeout=5)
 
@@ -153,7 +152,7 @@ def test_peer_latency_is_measured_over_the_tunnel_and_matches_the_wan(lab: Lab) 
 def test_key_rotation_keeps_the_mesh(lab: Lab) -> None:
     wait_for(lambda: _mesh_converged(lab), 60, "the mesh")
     before = _node(lab, "iot-munich").mesh.public_key
-    with grpc.insecure_channel(lab.controller_address) as channel:
+    with lab.channel() as channel:
         stub = edge_api_pb2_grpc.EdgeAPIStub(channel)
         rotated = stub.RotateMeshKey(api.GetNodeRequest(node_id="iot-munich"), timeout=30)
     assert rotated.mesh.public_key != before
@@ -163,7 +162,7 @@ def test_key_rotation_keeps_the_mesh(lab: Lab) -> None:
 
 
 def _vm_console(lab: Lab, name: str) -> str:
-    with grpc.insecure_channel(lab.controller_address) as channel:
+    with lab.channel() as channel:
         stub = edge_api_pb2_grpc.EdgeAPIStub(channel)
         return stub.GetVMConsole(api.GetVMConsoleRequest(name_or_id=name), timeout=10).text
 
@@ -171,7 +170,7 @@ def _vm_console(lab: Lab, name: str) -> str:
 def test_vms_on_different_sites_reach_each_other_over_the_mesh(lab: Lab) -> None:
     """Issue #5 item 5: VM addresses are routed over the mesh (allowed IPs follow the VM)."""
     wait_for(lambda: _mesh_converged(lab), 60, "the mesh")
-    with grpc.insecure_channel(lab.controller_address) as channel:
+    with lab.channel() as channel:
         stub = edge_api_pb2_grpc.EdgeAPIStub(channel)
         vms = {}
         try:
@@ -248,7 +247,7 @@ def test_a_live_migrated_vm_keeps_its_address_and_the_route_follows_it(lab: Lab)
     in 1 of 4; the same load on a clean 1 Gbit/s link never did (bench/migration.py moves a
     guest under pings). See docs/migration.md."""
     wait_for(lambda: _mesh_converged(lab), 60, "the mesh")
-    with grpc.insecure_channel(lab.controller_address) as channel:
+    with lab.channel() as channel:
         stub = edge_api_pb2_grpc.EdgeAPIStub(channel)
         spec = pb.VMSpec(name="mover", image="tiny", vcpus=1, memory_mib=128)
         stub.CordonNode(api.CordonNodeRequest(node_id="mec-berlin", cordoned=True), timeout=10)

@@ -54,6 +54,7 @@ def novacron(lab: Lab, *args: str, timeout: float = 300) -> subprocess.Completed
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=lab.cli_env(),
     )
 
 
