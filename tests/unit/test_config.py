@@ -82,7 +82,7 @@ def test_shipped_example_configs_load() -> None:
     assert agent.node_id == "mec-berlin-1"
     assert agent.edge_type is EdgeType.MEC
     controller = load_controller_config(root / "controller.example.yaml", {})
-    assert controller.insecure
+    assert not controller.insecure
     assert controller.failure_detector.disconnect_lost_after == 10.0
     assert controller.failure_detector.lost_phi == 8.0
     assert (controller.failover.replace_after, controller.failover.stop_after) == (0.0, 30.0)
@@ -110,7 +110,7 @@ def test_a_bad_failure_detector_key_is_refused_by_path(tmp_path: Path) -> None:
 
 SPEC_EDGE_COMPUTING = """
 controller:
-  insecure: true
+  insecure: false  # the spec's require_tls: true refuses --insecure
 edge_computing:
   discovery_interval: 30s
   discovery_timeout: 5s
@@ -157,6 +157,7 @@ def test_the_specs_edge_computing_block_configures_placement(tmp_path: Path) -> 
     assert profile.edge_resource_buffer == 0.15
     assert profile.max_edge_vms_per_node == 10
     assert config.edge_computing.data_residency_rules == ("EU:GDPR", "US:CCPA")
+    assert config.tls.require_tls
 
 
 @pytest.mark.parametrize(
