@@ -12,6 +12,7 @@ Conventions (stated in `novacron --help`, kept for every command):
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -113,8 +114,18 @@ def dump(data: Any, fmt: str) -> str:
     raise ValueError(f"unknown format {fmt!r}")
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def safe(text: str) -> str:
+    """`text` with control characters escaped (\x1b -> \\x1b): whatever a node or a client
+    stored, it cannot move the operator's cursor or recolour the terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """kubectl-style table: left-aligned columns separated by three spaces."""
+    rows = [[safe(cell) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         for i, cell in enumerate(row):
@@ -132,13 +143,13 @@ def describe(pairs: Sequence[tuple[str, str | Mapping[str, str] | Sequence[str]]
     lines: list[str] = []
     for key, value in pairs:
         if isinstance(value, str):
-            lines.append(f"{key + ':':<{width}}{value}".rstrip())
+            lines.append(f"{key + ':':<{width}}{safe(value)}".rstrip())
         elif isinstance(value, Mapping):
             lines.append(f"{key}:" + ("" if value else "  <none>"))
-            lines.extend(f"  {k}={v}" for k, v in sorted(value.items()))
+            lines.extend(f"  {safe(k)}={safe(v)}" for k, v in sorted(value.items()))
         else:
             lines.append(f"{key}:" + ("" if value else "  <none>"))
-            lines.extend(f"  {item}" for item in value)
+            lines.extend(f"  {safe(item)}" for item in value)
     return "\n".join(lines) + "\n"
 
 

@@ -94,8 +94,9 @@ def refusal(rule: Rule | None, identity: Identity | None) -> tuple[grpc.StatusCo
 class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
     """Checks every call against POLICY (and the TLS version policy) before its handler runs."""
 
-    def __init__(self, tls: TlsPolicy | None = None) -> None:
+    def __init__(self, tls: TlsPolicy | None = None, *, enforce: bool = True) -> None:
         self._tls = tls or TlsPolicy()
+        self._enforce = enforce  # False (--insecure): only undecodable requests are refused
 
     async def intercept_service(
         self,
@@ -108,10 +109,30 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        guarded: grpc.RpcMethodHandler[Any, Any] = _guarded(
-            handler, POLICY.get(method), method, self._tls
-        )
+        rule = POLICY.get(method) if self._enforce else ANYONE
+        guarded: grpc.RpcMethodHandler[Any, Any] = _guarded(handler, rule, method, self._tls)
         return guarded
+
+
+class _Undecodable:
+    """What a request that is not its message decodes to: refused as INVALID_ARGUMENT by
+    the handler's wrapper (gRPC itself would answer INTERNAL)."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # protobuf's DecodeError, or worse from hostile bytes
+            return _Undecodable(type(exc).__name__)
+
+    return decode
 
 
 def _guarded(handler: Any, rule: Rule | None, method: str, tls: TlsPolicy) -> Any:
@@ -133,10 +154,16 @@ def _guarded(handler: Any, rule: Rule | None, method: str, tls: TlsPolicy) -> An
 
         async def unary_unary(request: Any, context: Any) -> Any:
             await admit(context)
+            if isinstance(request, _Undecodable):
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the request is not a valid {method.rsplit('/', 1)[-1]} message "
+                    f"({request.error})",
+                )
             return await inner(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
-            unary_unary, handler.request_deserializer, handler.response_serializer
+            unary_unary, _lenient(handler.request_deserializer), handler.response_serializer
         )
     streaming = handler.unary_stream or handler.stream_stream
     if streaming is None:  # client streaming: we serve none
@@ -148,6 +175,8 @@ def _guarded(handler: Any, rule: Rule | None, method: str, tls: TlsPolicy) -> An
 
     async def stream(request: Any, context: Any) -> Any:
         await admit(context)
+        if isinstance(request, _Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request is not valid")
         async for item in streaming(request, context):
             yield item
 
@@ -156,4 +185,9 @@ def _guarded(handler: Any, rule: Rule | None, method: str, tls: TlsPolicy) -> An
         if handler.unary_stream is not None
         else grpc.stream_stream_rpc_method_handler
     )
-    return factory(stream, handler.request_deserializer, handler.response_serializer)
+    deserializer = (
+        _lenient(handler.request_deserializer)
+        if handler.unary_stream is not None
+        else handler.request_deserializer  # a stream's messages: a bad one ends the stream
+    )
+    return factory(stream, deserializer, handler.response_serializer)

@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", type=Path, help="YAML file with a `controller:` block")
     p.add_argument("--listen", help="HOST:PORT for agents and clients (default 127.0.0.1:7700)")
     p.add_argument("--state-dir", help="where the SQLite state lives")
+    p.add_argument(
+        "--enrol-listen", help="HOST:PORT of the join port (default: --listen's port + 1)"
+    )
     p.add_argument("--heartbeat-interval", help="agents' heartbeat interval, e.g. 5s")
     p.add_argument("--deploy-timeout", help="default wait for a VM to run, e.g. 120s")
     p.add_argument("--controller-id", help="stable id of this controller")
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "listen": args.listen,
                 "state_dir": args.state_dir,
+                "enrol_listen": args.enrol_listen,
                 "heartbeat_interval": args.heartbeat_interval,
                 "deploy_timeout": args.deploy_timeout,
                 "controller_id": args.controller_id,

@@ -46,6 +46,9 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
+    # gRPC's default, stated: every field has its own bound (controller/agent_input.py,
+    # controller/validation.py), this caps what is read before they are checked
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
 ]
 
 
@@ -138,7 +141,7 @@ class ControllerServer:
         await controller.start()
         server = grpc.aio.server(
             options=SERVER_OPTIONS,
-            interceptors=[AuthorizationInterceptor(self.config.tls)] if pki is not None else [],
+            interceptors=[AuthorizationInterceptor(self.config.tls, enforce=pki is not None)],
         )
         issuer = Issuer(pki) if pki is not None else None
         lifetime = dt.timedelta(seconds=self.config.node_certificate_lifetime)

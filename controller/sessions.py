@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import structlog
 
+from controller.agent_input import check_latencies, check_node_info, check_utilization, check_vms
 from controller.api import rpc
 from controller.authz import peer_identity
 from controller.core import events as ev
@@ -79,13 +80,17 @@ class AgentConnection:
             yield message
 
 
-def hello_event(conn: AgentConnection, hello: apb.Hello) -> dict[str, object]:
+def hello_fields(hello: apb.Hello) -> dict[str, object]:
+    """The hello as the core's event fields, checked (agent_input): InvalidArgument names
+    the field a broken or hostile agent got wrong."""
+    info = convert.node_info_from_pb(hello.node)
+    check_node_info(info)
+    vms = tuple(convert.vm_status_from_pb(v) for v in hello.vms)
+    check_vms("hello.vms", vms)
     return {
-        "node_id": conn.node_id,
-        "session_id": conn.session_id,
-        "info": convert.node_info_from_pb(hello.node),
+        "info": info,
         "images": tuple(convert.image_from_pb(i) for i in hello.images),
-        "vms": tuple(convert.vm_status_from_pb(v) for v in hello.vms),
+        "vms": vms,
         "mesh": convert.mesh_identity_from_pb(hello.mesh) if hello.HasField("mesh") else None,
         "known_installation_id": hello.known_installation_id,
         "hypervisor_problem": hello.hypervisor_problem,
@@ -168,6 +173,7 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, "the first message on a session must be hello"
             )
         try:
+            hello = hello_fields(first.hello)
             node_id, epoch = self._identity(first.hello, context)
         except InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -185,7 +191,8 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
         try:
             # Registered (and stored) before the welcome, so an agent that saw its welcome is
             # placeable.
-            runner.submit(ev.AgentHello, epoch=epoch, **hello_event(conn, first.hello))
+            ids = {"node_id": node_id, "session_id": conn.session_id}
+            runner.submit(ev.AgentHello, epoch=epoch, **ids, **hello)
             try:
                 welcome = await conn.welcomed()
             except NovaCronError as exc:
@@ -228,6 +235,8 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
             async for message in request_iterator:
                 try:
                     self._dispatch(conn, message)
+                except InvalidArgument as exc:  # out of bounds (agent_input): dropped
+                    log.warning("agent message refused", node_id=conn.node_id, error=str(exc))
                 except Exception:  # a bad message must not drop the node
                     log.exception("failed to handle agent message", node_id=conn.node_id)
         except asyncio.CancelledError:
@@ -246,12 +255,18 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
         elif kind == "heartbeat":
             hb = message.heartbeat
             conn.heartbeat_seq = max(conn.heartbeat_seq, hb.seq)
+            utilization = convert.utilization_from_pb(hb.utilization)
+            latencies = tuple(convert.latency_from_pb(s) for s in hb.latencies)
+            vms = tuple(convert.vm_status_from_pb(v) for v in hb.vms)
+            check_utilization(utilization)  # a bad one is dropped (logged), the node stays
+            check_latencies(latencies)
+            check_vms("heartbeat.vms", vms)
             submit(
                 ev.AgentHeartbeat,
-                utilization=convert.utilization_from_pb(hb.utilization),
-                latencies=tuple(convert.latency_from_pb(s) for s in hb.latencies),
+                utilization=utilization,
+                latencies=latencies,
                 mesh=convert.mesh_status_from_pb(hb.mesh) if hb.HasField("mesh") else None,
-                vms=tuple(convert.vm_status_from_pb(v) for v in hb.vms),
+                vms=vms,
                 hypervisor_problem=hb.hypervisor_problem,
                 **ids,
             )

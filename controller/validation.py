@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 
+from shared import bounds
 from shared.domain import PlacementConstraints, VMSpec
 from shared.errors import InvalidArgument
 
@@ -23,11 +24,12 @@ def validate_spec(spec: VMSpec) -> None:
         raise InvalidArgument("name is required")
     if not _NAME.match(spec.name):
         raise InvalidArgument(
-            f"name {spec.name!r} is invalid: use 1-63 lowercase letters, digits and '-', "
-            "starting and ending with a letter or digit"
+            f"name {bounds.shown(spec.name)} is invalid: use 1-63 lowercase letters, digits "
+            "and '-', starting and ending with a letter or digit"
         )
     if not spec.image:
         raise InvalidArgument("image is required")
+    bounds.text("image", spec.image, 128)
     if spec.vcpus <= 0:
         raise InvalidArgument("vcpus must be > 0")
     if spec.vcpus > MAX_VCPUS:
@@ -42,7 +44,8 @@ def validate_spec(spec: VMSpec) -> None:
         raise InvalidArgument(f"bandwidth_mbps must be in [0, {MAX_BANDWIDTH_MBPS}]")
     for key in spec.labels:
         if not _LABEL_KEY.match(key):
-            raise InvalidArgument(f"label key {key!r} is invalid")
+            raise InvalidArgument(f"label key {bounds.shown(key)} is invalid")
+    bounds.labels("labels", spec.labels)
     validate_constraints(spec.placement)
     for name in ("replace_after_s", "stop_after_s"):
         value = getattr(spec.disconnect, name)
@@ -62,6 +65,7 @@ def validate_constraints(c: PlacementConstraints) -> None:
         raise InvalidArgument(f"{where}.max_latency_ms must be >= 0 (0 = the default)")
     if c.latency_percentile not in (50, 95, 99):
         raise InvalidArgument(f"{where}.latency_percentile must be 50, 95 or 99")
+    bounds.labels(f"{where}.required_labels", dict(c.required_labels))
     for code in c.countries:
         if not _COUNTRY.match(code):
             raise InvalidArgument(f"{where}.countries: {code!r} is not an ISO 3166-1 alpha-2 code")

@@ -69,11 +69,18 @@ def free_port() -> int:
 
 
 def start_controller(
-    work: Path, address: str, *extra: str, heartbeat: str = "1s", log_level: str = "info"
+    work: Path,
+    address: str,
+    *extra: str,
+    heartbeat: str = "1s",
+    log_level: str = "info",
+    insecure: bool = True,
 ) -> Daemon:
-    """novacron-controller (insecure, local) with its state and log under `work`."""
+    """novacron-controller with its state and log under `work`: --insecure, or with the CA
+    that `novacron-controller init` made in work/controller (lab.trust.init_controller)."""
     argv = [
-        str(BIN / "novacron-controller"), "--insecure", "--listen", address,
+        str(BIN / "novacron-controller"), *(["--insecure"] if insecure else []),
+        "--listen", address,
         "--state-dir", str(work / "controller"), "--heartbeat-interval", heartbeat,
         "--log-format", "json", "--log-level", log_level, *extra,
     ]  # fmt: skip
@@ -88,10 +95,12 @@ def start_agent(
     images: Path,
     *extra: str,
     log_level: str = "info",
+    insecure: bool = True,
 ) -> Daemon:
-    """novacron-agent for `node_id` with its state and log under `work`."""
+    """novacron-agent for `node_id` with its state and log under `work` (not --insecure:
+    `extra` gives --join-token and --ca-pin)."""
     argv = [
-        str(BIN / "novacron-agent"), "--insecure", "--node-id", node_id,
+        str(BIN / "novacron-agent"), *(["--insecure"] if insecure else []), "--node-id", node_id,
         "--controller", address, "--libvirt-uri", libvirt_uri,
         "--state-dir", str(work / "agents" / node_id), "--images-dir", str(images),
         "--log-format", "json", "--log-level", log_level, *extra,
@@ -99,12 +108,14 @@ def start_agent(
     return start_daemon(f"agent {node_id}", argv, work / "logs" / f"agent-{node_id}.log")
 
 
-def node_ready(address: str, node_id: str | None = None) -> bool:
-    """Whether the controller reports `node_id` (or any node) ready, asked via the CLI."""
+def node_ready(address: str, node_id: str | None = None, env: dict[str, str] | None = None) -> bool:
+    """Whether the controller reports `node_id` (or any node) ready, asked via the CLI
+    (`env`: its credentials, lab.trust.cli_env)."""
     out = subprocess.run(
         [str(BIN / "novacron"), "--controller", address, "node", "list", "-o", "json"],
         capture_output=True,
         text=True,
+        env=env,
     ).stdout
     try:
         items = json.loads(out)["items"]

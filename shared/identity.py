@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from shared.errors import InvalidArgument
 
 PREFIX = "urn:novacron:"
-NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")  # a hostname label, dots allowed
 
 
 class Role(enum.IntEnum):
@@ -75,7 +75,7 @@ def check_name(what: str, name: str) -> str:
     """A node id or client name: lowercase DNS label (what certificates and terminals take)."""
     if not NAME.match(name):
         raise InvalidArgument(
-            f"{what} {name[:64]!r}: must be 1-63 characters of a-z, 0-9 and '-', "
+            f"{what} {name[:64]!r}: must be 1-63 characters of a-z, 0-9, '.' and '-', "
             "starting and ending with a letter or digit"
         )
     return name

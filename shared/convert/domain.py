@@ -8,6 +8,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from shared import domain as d
+from shared.errors import InvalidArgument
 from shared.pb.v1 import types_pb2 as pb
 
 __all__ = [
@@ -81,7 +82,13 @@ def edge_type_to_pb(value: d.EdgeType) -> pb.EdgeType.ValueType:
 
 
 def edge_type_from_pb(value: pb.EdgeType.ValueType) -> d.EdgeType:
-    return _EDGE_FROM_PB.get(value, d.EdgeType.ONPREM)
+    """Unspecified is onprem; a value no release defines is refused (never read as onprem)."""
+    if value == pb.EDGE_TYPE_UNSPECIFIED:
+        return d.EdgeType.ONPREM
+    found = _EDGE_FROM_PB.get(value)
+    if found is None:
+        raise InvalidArgument(f"edge type {value} is not one this controller knows")
+    return found
 
 
 def vm_state_to_pb(value: d.VMState) -> pb.VMState.ValueType:
