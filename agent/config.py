@@ -44,11 +44,28 @@ class CapacityConfig:
     vcpus: int = 0
     memory_mib: int = 0
     storage_gib: int = 0
+    # vCPUs and memory above what libvirt reports are refused at start, unless this says the
+    # node is meant to advertise more (overcommit; the lab's emulated sites)
+    beyond_host: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vcpus", "memory_mib", "storage_gib"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"agent.capacity.{name}: must be >= 0")
+
+    def check_against(self, host_vcpus: int, host_memory_mib: int) -> None:
+        """A claim the hypervisor cannot back draws deploys onto a node that fails them."""
+        if self.beyond_host:
+            return
+        for name, claimed, real in (
+            ("vcpus", self.vcpus, host_vcpus),
+            ("memory_mib", self.memory_mib, host_memory_mib),
+        ):
+            if claimed > real > 0:
+                raise ConfigError(
+                    f"agent.capacity.{name}: {claimed} is more than libvirt reports ({real}); "
+                    "lower it, or set agent.capacity.beyond_host: true to overcommit"
+                )
 
 
 @dataclass(frozen=True, slots=True)

@@ -205,6 +205,8 @@ async def run(config: AgentConfig) -> None:
             log.warning("uplink qos not applied: starting without, retrying", error=str(exc))
             qos = asyncio.create_task(keep_applying_qos(config))
     hypervisor = await open_hypervisor(config)
+    host = await asyncio.to_thread(hypervisor.host_info)
+    config.capacity.check_against(host.capacity.vcpus, host.capacity.memory_mib)
     mesh = await start_mesh(config) if config.mesh.enabled else None
     catalog = ImageCatalog(config.images_dir)
     session = AgentSession(config, hypervisor, catalog, mesh=mesh, credentials=credentials)

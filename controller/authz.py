@@ -49,6 +49,9 @@ POLICY: dict[str, Rule] = {
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Role.VIEWER,
 }
 
+# (actor, method, why): records a refused call of a known caller in the audit trail
+OnRefused = Callable[[str, str, str], Awaitable[None]]
+
 CALLER: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("caller", default=None)
 
 
@@ -94,9 +97,16 @@ def refusal(rule: Rule | None, identity: Identity | None) -> tuple[grpc.StatusCo
 class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
     """Checks every call against POLICY (and the TLS version policy) before its handler runs."""
 
-    def __init__(self, tls: TlsPolicy | None = None, *, enforce: bool = True) -> None:
+    def __init__(
+        self,
+        tls: TlsPolicy | None = None,
+        *,
+        enforce: bool = True,
+        on_refused: OnRefused | None = None,
+    ) -> None:
         self._tls = tls or TlsPolicy()
         self._enforce = enforce  # False (--insecure): only undecodable requests are refused
+        self._on_refused = on_refused
 
     async def intercept_service(
         self,
@@ -110,7 +120,9 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
             return None
         method = handler_call_details.method
         rule = POLICY.get(method) if self._enforce else ANYONE
-        guarded: grpc.RpcMethodHandler[Any, Any] = _guarded(handler, rule, method, self._tls)
+        guarded: grpc.RpcMethodHandler[Any, Any] = _guarded(
+            handler, rule, method, self._tls, self._on_refused
+        )
         return guarded
 
 
@@ -135,7 +147,9 @@ def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     return decode
 
 
-def _guarded(handler: Any, rule: Rule | None, method: str, tls: TlsPolicy) -> Any:
+def _guarded(
+    handler: Any, rule: Rule | None, method: str, tls: TlsPolicy, on_refused: OnRefused | None
+) -> Any:
     """The handler, behind the rule: the identity is checked, then set as the caller."""
 
     async def admit(context: Any) -> None:
@@ -146,6 +160,10 @@ def _guarded(handler: Any, rule: Rule | None, method: str, tls: TlsPolicy) -> An
         identity = peer_identity(context)
         denied = refusal(rule, identity)
         if denied is not None:
+            # a certificate holder's refusal is audited (before the reply); an anonymous
+            # caller's is not: the join port is open to anyone, the log must not be floodable
+            if identity is not None and on_refused is not None:
+                await on_refused(identity.actor, method, denied[1])
             await context.abort(*denied)
         CALLER.set(identity)
 

@@ -17,6 +17,7 @@ from controller.api import EdgeAPIServicer
 from controller.authz import AuthorizationInterceptor
 from controller.config import ControllerConfig, FailureDetectorConfig, enrol_listen_of
 from controller.core import ControllerCore, Settings
+from controller.core import events as ev
 from controller.core.detector import DetectorConfig
 from controller.core.disconnect import FailoverSettings
 from controller.enrol_api import Enrolment
@@ -139,9 +140,19 @@ class ControllerServer:
         )
         controller = Runner(core, store)
         await controller.start()
+
+        async def audit_refusal(actor: str, method: str, why: str) -> None:
+            await controller.request(
+                ev.IdentityRefused, action="api.call", target=method, detail=why, actor=actor
+            )
+
         server = grpc.aio.server(
             options=SERVER_OPTIONS,
-            interceptors=[AuthorizationInterceptor(self.config.tls, enforce=pki is not None)],
+            interceptors=[
+                AuthorizationInterceptor(
+                    self.config.tls, enforce=pki is not None, on_refused=audit_refusal
+                )
+            ],
         )
         issuer = Issuer(pki) if pki is not None else None
         lifetime = dt.timedelta(seconds=self.config.node_certificate_lifetime)

@@ -40,6 +40,7 @@ def agent_config(lab: _Lab, site: Site, join_token: str, ca_pin: str) -> dict[st
                 "vcpus": site.capacity.vcpus,
                 "memory_mib": site.capacity.memory_mib,
                 "storage_gib": site.capacity.storage_gib,
+                "beyond_host": True,  # an emulated site: bigger than this host
             },
             "state_dir": str(lab.site_dir(site.id) / "agent"),
             "images_dir": str(lab.images_dir),

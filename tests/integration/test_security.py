@@ -186,6 +186,11 @@ async def test_clients_are_refused_without_a_certificate_of_ours_or_the_role(
     [record] = await audit(secure, "vm.deploy")
     assert (record.actor, record.target, record.result) == ("client:otto", vm.id, "ok")
     assert "name=o-1" in record.detail and record.request_id
+    refusals = [(r.actor, r.target, r.result) for r in await audit(secure, "api.call")]
+    assert refusals == [  # newest first
+        ("client:otto", "/novacron.edge.v1.AdminAPI/CreateJoinToken", "refused"),
+        ("client:vera", "/novacron.edge.v1.EdgeAPI/DeployVM", "refused"),
+    ]
 
 
 async def test_the_certificate_renews_over_the_stream_and_no_vm_is_touched(

@@ -178,3 +178,14 @@ def test_the_specs_edge_computing_block_configures_placement(tmp_path: Path) -> 
 def test_bad_placement_config_is_refused_at_start(tmp_path: Path, block: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_controller_config(write(tmp_path, "edge_computing:\n" + block), {})
+
+
+def test_a_capacity_above_what_libvirt_reports_is_refused_unless_overcommit_is_said() -> None:
+    from agent.config import CapacityConfig
+
+    CapacityConfig(vcpus=8, memory_mib=4096).check_against(8, 8192)
+    with pytest.raises(ConfigError, match=r"agent.capacity.vcpus: 4294967295 is more than"):
+        CapacityConfig(vcpus=2**32 - 1).check_against(8, 8192)
+    with pytest.raises(ConfigError, match="memory_mib: 16384 is more than libvirt reports"):
+        CapacityConfig(memory_mib=16384).check_against(8, 8192)
+    CapacityConfig(vcpus=64, beyond_host=True).check_against(2, 2048)
