@@ -106,6 +106,15 @@ def node_revoke(ctx: Context, args: argparse.Namespace) -> int:
     return _emit_one(ctx, credential, lambda: text)
 
 
+def node_remove(ctx: Context, args: argparse.Namespace) -> int:
+    request = adpb.RemoveNodeRequest(node_id=args.node, force=args.force)
+    removed = ctx.client.call(ctx.client.admin.RemoveNode, request)
+    forgotten = (
+        f"; VMs forgotten: {', '.join(removed.vms_forgotten)}" if removed.vms_forgotten else ""
+    )
+    return _emit_one(ctx, removed, lambda: f"node {removed.node_id} removed{forgotten}\n")
+
+
 def audit(ctx: Context, args: argparse.Namespace) -> int:
     request = adpb.ListAuditRequest(
         since_seconds=args.since or 0.0, actor=args.actor or "", limit=args.limit
@@ -167,6 +176,19 @@ def add_security_commands(top: Subparsers, node: Subparsers) -> None:
         node_revoke,
     )
     node_cmd.add_argument("node", metavar="NODE", help="node id")
+    remove = _sub(
+        node,
+        "remove",
+        "forget a node that is gone (admin); refused while it is connected or has VMs",
+        "  novacron node remove gw-7\n  novacron node remove gw-7 --force\n",
+        node_remove,
+    )
+    remove.add_argument("node", metavar="NODE", help="node id")
+    remove.add_argument(
+        "--force",
+        action="store_true",
+        help="even so: its VMs' records are forgotten (copies that come back are destroyed)",
+    )
     log = _sub(
         top,
         "audit",

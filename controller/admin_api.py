@@ -122,6 +122,13 @@ class AdminAPIServicer(admin_pb2_grpc.AdminAPIServicer):
         return credential_to_pb(credential)
 
     @rpc
+    async def RemoveNode(self, request: adpb.RemoveNodeRequest, context: Ctx) -> adpb.RemovedNode:
+        names: tuple[str, ...] = await self.runner.request(
+            ev.NodeRemoveRequested, node_id=request.node_id, force=request.force
+        )
+        return adpb.RemovedNode(node_id=request.node_id, vms_forgotten=list(names))
+
+    @rpc
     async def ListAudit(
         self, request: adpb.ListAuditRequest, context: Ctx
     ) -> adpb.ListAuditResponse:

@@ -34,7 +34,10 @@ EDGE_CHANGES = (
     "RotateMeshKey", "HandleEdgeFailure", "DrainNode", "AdoptVM", "DeleteOrphan",
     "GetVMConsole",  # a guest's console can show what only operators may see
 )  # fmt: skip
-ADMIN = ("CreateJoinToken", "ListJoinTokens", "RevokeJoinToken", "RevokeNode", "ListAudit")
+ADMIN = (
+    "CreateJoinToken", "ListJoinTokens", "RevokeJoinToken", "RevokeNode", "RemoveNode",
+    "ListAudit",
+)  # fmt: skip
 
 POLICY: dict[str, Rule] = {
     **{_EDGE + m: Role.VIEWER for m in EDGE_READS},

@@ -27,6 +27,7 @@ ACTIONS: dict[type[ev.Event], str] = {
     ev.TokenRevokeRequested: "token.revoke",
     ev.EnrolRequested: "node.enrol",
     ev.NodeRevokeRequested: "node.revoke",
+    ev.NodeRemoveRequested: "node.remove",
 }
 
 

@@ -33,7 +33,9 @@ from controller.records import (
     AuditEntry,
     Drain,
     FailoverRecord,
+    JoinToken,
     MigrationRecord,
+    NodeCredential,
     NodeRecord,
     Tombstone,
     VMRecord,
@@ -64,6 +66,7 @@ REQUESTS: tuple[type[ev.Event], ...] = (
     ev.TokenRevokeRequested,
     ev.EnrolRequested,
     ev.NodeRevokeRequested,
+    ev.NodeRemoveRequested,
     ev.IdentityRefused,
 )
 
@@ -249,6 +252,16 @@ class CoreBase:
             self.journal.put(self.state.drains, drain.node_id, drain)
             self._out.drains[drain.node_id] = drain
         return drain
+
+    def put_token(self, token: JoinToken) -> JoinToken:
+        self.journal.put(self.state.tokens, token.id, token)
+        self._out.tokens[token.id] = token
+        return token
+
+    def put_credential(self, credential: NodeCredential) -> NodeCredential:
+        self.journal.put(self.state.credentials, credential.node_id, credential)
+        self._out.credentials[credential.node_id] = credential
+        return credential
 
     def audit(self, action: str, target: str, detail: str, result: str = "ok") -> None:
         """An audit record of the current event, by its actor."""

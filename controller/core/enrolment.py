@@ -112,13 +112,3 @@ class EnrolmentMixin(CoreBase):
         session = self.state.sessions.get(node_id)
         if session is not None:
             self.close_session(node_id, session.session_id, reason)
-
-    def put_token(self, token: JoinToken) -> JoinToken:
-        self.journal.put(self.state.tokens, token.id, token)
-        self._out.tokens[token.id] = token
-        return token
-
-    def put_credential(self, credential: NodeCredential) -> NodeCredential:
-        self.journal.put(self.state.credentials, credential.node_id, credential)
-        self._out.credentials[credential.node_id] = credential
-        return credential

@@ -57,6 +57,12 @@ class NodeRevokeRequested(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class NodeRemoveRequested(Event):
+    node_id: str
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class IdentityRefused(Event):
     """A caller was refused for who it is or claims to be: only audited (then replied)."""
 
@@ -265,6 +271,7 @@ __all__ = [
     "Event",
     "IdentityRefused",
     "MigrateRequested",
+    "NodeRemoveRequested",
     "NodeRevokeRequested",
     "PersistFailed",
     "PowerRequested",

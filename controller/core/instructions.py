@@ -30,6 +30,7 @@ class Persist:
     vms: tuple[VMRecord, ...] = ()
     forget_vms: tuple[str, ...] = ()  # VM ids whose record is removed (a tombstone replaces it)
     nodes: tuple[NodeRecord, ...] = ()
+    forget_nodes: tuple[str, ...] = ()  # node ids whose record is removed (node remove)
     migrations: tuple[MigrationRecord, ...] = ()
     tombstones: tuple[Tombstone, ...] = ()
     failovers: tuple[FailoverRecord, ...] = ()
@@ -43,6 +44,7 @@ class Persist:
             self.vms
             or self.forget_vms
             or self.nodes
+            or self.forget_nodes
             or self.migrations
             or self.tombstones
             or self.failovers
@@ -107,6 +109,7 @@ class Outbox:
     vms: dict[str, VMRecord] = field(default_factory=dict)
     forget: dict[str, None] = field(default_factory=dict)
     nodes: dict[str, NodeRecord] = field(default_factory=dict)
+    forget_nodes: dict[str, None] = field(default_factory=dict)
     migrations: dict[str, MigrationRecord] = field(default_factory=dict)
     tombstones: dict[str, Tombstone] = field(default_factory=dict)
     failovers: dict[str, FailoverRecord] = field(default_factory=dict)
@@ -120,7 +123,8 @@ class Outbox:
         persist = Persist(
             vms=tuple(v for k, v in self.vms.items() if k not in self.forget),
             forget_vms=tuple(self.forget),
-            nodes=tuple(self.nodes.values()),
+            nodes=tuple(v for k, v in self.nodes.items() if k not in self.forget_nodes),
+            forget_nodes=tuple(self.forget_nodes),
             migrations=tuple(self.migrations.values()),
             tombstones=tuple(self.tombstones.values()),
             failovers=tuple(self.failovers.values()),

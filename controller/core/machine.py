@@ -6,8 +6,8 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from controller.core import events as ev
-from controller.core.drain import DrainMixin
 from controller.core.enrolment import EnrolmentMixin
+from controller.core.node_removal import NodeRemovalMixin
 from controller.core.state import Settings
 from controller.placement import ScoredEngine
 from controller.records import (
@@ -23,7 +23,7 @@ from controller.records import (
 from shared.domain import VMState
 
 
-class ControllerCore(EnrolmentMixin, DrainMixin):
+class ControllerCore(EnrolmentMixin, NodeRemovalMixin):
     def __init__(self, settings: Settings, engine: ScoredEngine) -> None:
         super().__init__(settings, engine)
         self._handlers = {
@@ -43,6 +43,7 @@ class ControllerCore(EnrolmentMixin, DrainMixin):
             ev.TokenRevokeRequested: self.on_token_revoke,
             ev.EnrolRequested: self.on_enrol,
             ev.NodeRevokeRequested: self.on_node_revoke,
+            ev.NodeRemoveRequested: self.on_node_remove,
             ev.IdentityRefused: self.on_identity_refused,
             ev.AgentHello: self.on_hello,
             ev.AgentHeartbeat: self.on_heartbeat,

@@ -342,6 +342,8 @@ class SQLiteStore:
             ("DELETE FROM vms WHERE id = ?", [(vm_id,) for vm_id in persist.forget_vms]),
             (schema.PUT_VM, [codecs.vm_row(vm) for vm in persist.vms]),
             (schema.PUT_NODE, [codecs.node_row(node) for node in persist.nodes]),
+            ("DELETE FROM nodes WHERE node_id = ?", [(n,) for n in persist.forget_nodes]),
+            ("DELETE FROM drains WHERE node_id = ?", [(n,) for n in persist.forget_nodes]),
             (schema.PUT_MIGRATION, [codecs.migration_row(m) for m in persist.migrations]),
             (
                 schema.PUT_TOMBSTONE,

@@ -261,3 +261,39 @@ async def test_an_agent_tells_a_fake_controller_nothing(secure: Cluster, tmp_pat
         with contextlib.suppress(Exception):
             await server.stop(0)
     assert calls == []
+
+
+async def test_the_cli_speaks_mtls_with_its_credentials_and_runs_the_admin_commands(
+    secure: Cluster,
+    images: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cli.main import main as novacron
+
+    admin = secure.pki.directory / "admin"
+    monkeypatch.setenv("NOVACRON_CONTROLLER", secure.address)
+    monkeypatch.setenv("NOVACRON_CA", str(admin / "ca.crt"))
+    monkeypatch.setenv("NOVACRON_CERT", str(admin / "client.crt"))
+    monkeypatch.setenv("NOVACRON_KEY", str(admin / "client.key"))
+
+    async def run(*argv: str) -> tuple[int, str, str]:
+        code = await asyncio.to_thread(novacron, list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = await run("token", "create", "--node-id", "edge-c", "--ttl", "30m")
+    assert code == 0 and "Join with:" in out and secure.pki.pin() in out
+    token = next(line.split()[-1] for line in out.splitlines() if line.startswith("Token:"))
+    await secure.start_agent(
+        "edge-c", secure.test_uri("edge-c"), images, credentials=await secure.enrol("edge-c", token)
+    )
+    code, out, _ = await run("token", "list")
+    assert code == 0 and "used up" in out and "edge-c" in out
+    code, out, err = await run("node", "remove", "edge-c")
+    assert code == 1 and "is connected, so it is not gone" in err
+    code, out, _ = await run("audit", "--since", "1h")
+    assert code == 0 and "node.enrol" in out and "token.create" in out and "node.remove" in out
+    monkeypatch.delenv("NOVACRON_KEY")
+    code, _, err = await run("node", "list")
+    assert code == 1 and "incomplete client credentials: --key (or NOVACRON_KEY) missing" in err

@@ -114,6 +114,8 @@ class Driver:
             self.store["vms"][vm.id] = vm
         for node in p.nodes:
             self.store["nodes"][node.node_id] = node
+        for node_id in p.forget_nodes:
+            self.store["nodes"].pop(node_id, None)
         for mig in p.migrations:
             self.store["migrations"][mig.id] = mig
         for stone in p.tombstones:

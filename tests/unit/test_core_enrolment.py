@@ -157,3 +157,26 @@ def test_every_request_is_audited_with_its_actor_and_request_id() -> None:
         ("client:otto", "n1", "ok", "c1"),
         ("client:otto", "n9", "refused", "c2"),
     ]
+
+
+def test_a_gone_node_is_removed_only_without_vms_unless_forced() -> None:
+    d = Driver()
+    create(d, "tok001")
+    enrol(d, "tok001", "n1")
+    d.hello("n1")
+    vm = d.deploy("web", "n1")
+    d.feed(ev.NodeRemoveRequested, node_id="n1", stimulus_id="r1")
+    assert "is connected, so it is not gone" in str(d.reply("r1").error)
+    d.disconnect("n1")
+    d.feed(ev.NodeRemoveRequested, node_id="n1", stimulus_id="r2")
+    assert "has 1 VM(s) (web)" in str(d.reply("r2").error)
+    assert "n1" in d.store["nodes"]  # refusals change nothing
+    d.feed(ev.NodeRemoveRequested, node_id="n1", force=True, stimulus_id="r3")
+    assert d.reply("r3").value == ("web",)
+    assert "n1" not in d.store["nodes"] and "n1" not in d.core.state.nodes
+    assert d.tombstone(vm.id) is not None and vm.id not in d.store["vms"]
+    assert d.store["credentials"]["n1"].revoked  # its certificates connect no more
+    d.restart()
+    assert "n1" not in d.core.state.nodes  # and it stays gone
+    d.feed(ev.NodeRemoveRequested, node_id="n1", stimulus_id="r4")
+    assert isinstance(d.reply("r4").error, NotFound)

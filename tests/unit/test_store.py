@@ -620,3 +620,13 @@ async def test_the_audit_log_is_append_only_and_filtered_by_time_and_actor(tmp_p
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             db.execute(statement)
     db.close()
+
+
+async def test_a_removed_node_is_deleted_with_its_drain(tmp_path: Path) -> None:
+    store = SQLiteStore.open(tmp_path / "controller.db", create=True)
+    drain = Drain("n2", 4.0, 1)
+    await store.apply(Persist(nodes=(a_node("n1"), a_node("n2")), drains=(drain,)))
+    await store.apply(Persist(forget_nodes=("n2",)))
+    state = await store.load()
+    assert [n.info.node_id for n in state.nodes] == ["n1"] and state.drains == []
+    await store.close()

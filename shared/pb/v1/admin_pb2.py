@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18shared/pb/v1/admin.proto\x12\x10novacron.edge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd5\x01\n\tJoinToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x11\n\tuses_left\x18\x03 \x01(\r\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x06 \x01(\t\x12\x0f\n\x07revoked\x18\x07 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\"a\n\x16\x43reateJoinTokenRequest\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04uses\x18\x03 \x01(\r\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"d\n\x10\x43reatedJoinToken\x12*\n\x05token\x18\x01 \x01(\x0b\x32\x1b.novacron.edge.v1.JoinToken\x12\x14\n\x0csecret_token\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61_pin\x18\x03 \x01(\t\"\x17\n\x15ListJoinTokensRequest\"E\n\x16ListJoinTokensResponse\x12+\n\x06tokens\x18\x01 \x03(\x0b\x32\x1b.novacron.edge.v1.JoinToken\"$\n\x16RevokeJoinTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"$\n\x11RevokeNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\x84\x01\n\x0eNodeCredential\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\x0f\n\x07revoked\x18\x03 \x01(\x08\x12/\n\x0b\x65nrolled_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08token_id\x18\x05 \x01(\t\"G\n\x10ListAuditRequest\x12\x15\n\rsince_seconds\x18\x01 \x01(\x01\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\"\xa5\x01\n\x0b\x41uditRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x0e\n\x06result\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"C\n\x11ListAuditResponse\x12.\n\x07records\x18\x01 \x03(\x0b\x32\x1d.novacron.edge.v1.AuditRecord2\xd5\x03\n\x08\x41\x64minAPI\x12_\n\x0f\x43reateJoinToken\x12(.novacron.edge.v1.CreateJoinTokenRequest\x1a\".novacron.edge.v1.CreatedJoinToken\x12\x63\n\x0eListJoinTokens\x12\'.novacron.edge.v1.ListJoinTokensRequest\x1a(.novacron.edge.v1.ListJoinTokensResponse\x12X\n\x0fRevokeJoinToken\x12(.novacron.edge.v1.RevokeJoinTokenRequest\x1a\x1b.novacron.edge.v1.JoinToken\x12S\n\nRevokeNode\x12#.novacron.edge.v1.RevokeNodeRequest\x1a .novacron.edge.v1.NodeCredential\x12T\n\tListAudit\x12\".novacron.edge.v1.ListAuditRequest\x1a#.novacron.edge.v1.ListAuditResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18shared/pb/v1/admin.proto\x12\x10novacron.edge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd5\x01\n\tJoinToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x11\n\tuses_left\x18\x03 \x01(\r\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x06 \x01(\t\x12\x0f\n\x07revoked\x18\x07 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\"a\n\x16\x43reateJoinTokenRequest\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04uses\x18\x03 \x01(\r\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"d\n\x10\x43reatedJoinToken\x12*\n\x05token\x18\x01 \x01(\x0b\x32\x1b.novacron.edge.v1.JoinToken\x12\x14\n\x0csecret_token\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61_pin\x18\x03 \x01(\t\"\x17\n\x15ListJoinTokensRequest\"E\n\x16ListJoinTokensResponse\x12+\n\x06tokens\x18\x01 \x03(\x0b\x32\x1b.novacron.edge.v1.JoinToken\"$\n\x16RevokeJoinTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"$\n\x11RevokeNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"3\n\x11RemoveNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"5\n\x0bRemovedNode\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rvms_forgotten\x18\x02 \x03(\t\"\x84\x01\n\x0eNodeCredential\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\x0f\n\x07revoked\x18\x03 \x01(\x08\x12/\n\x0b\x65nrolled_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08token_id\x18\x05 \x01(\t\"G\n\x10ListAuditRequest\x12\x15\n\rsince_seconds\x18\x01 \x01(\x01\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\"\xa5\x01\n\x0b\x41uditRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x0e\n\x06result\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"C\n\x11ListAuditResponse\x12.\n\x07records\x18\x01 \x03(\x0b\x32\x1d.novacron.edge.v1.AuditRecord2\xa7\x04\n\x08\x41\x64minAPI\x12_\n\x0f\x43reateJoinToken\x12(.novacron.edge.v1.CreateJoinTokenRequest\x1a\".novacron.edge.v1.CreatedJoinToken\x12\x63\n\x0eListJoinTokens\x12\'.novacron.edge.v1.ListJoinTokensRequest\x1a(.novacron.edge.v1.ListJoinTokensResponse\x12X\n\x0fRevokeJoinToken\x12(.novacron.edge.v1.RevokeJoinTokenRequest\x1a\x1b.novacron.edge.v1.JoinToken\x12S\n\nRevokeNode\x12#.novacron.edge.v1.RevokeNodeRequest\x1a .novacron.edge.v1.NodeCredential\x12P\n\nRemoveNode\x12#.novacron.edge.v1.RemoveNodeRequest\x1a\x1d.novacron.edge.v1.RemovedNode\x12T\n\tListAudit\x12\".novacron.edge.v1.ListAuditRequest\x1a#.novacron.edge.v1.ListAuditResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,14 +46,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REVOKEJOINTOKENREQUEST']._serialized_end=628
   _globals['_REVOKENODEREQUEST']._serialized_start=630
   _globals['_REVOKENODEREQUEST']._serialized_end=666
-  _globals['_NODECREDENTIAL']._serialized_start=669
-  _globals['_NODECREDENTIAL']._serialized_end=801
-  _globals['_LISTAUDITREQUEST']._serialized_start=803
-  _globals['_LISTAUDITREQUEST']._serialized_end=874
-  _globals['_AUDITRECORD']._serialized_start=877
-  _globals['_AUDITRECORD']._serialized_end=1042
-  _globals['_LISTAUDITRESPONSE']._serialized_start=1044
-  _globals['_LISTAUDITRESPONSE']._serialized_end=1111
-  _globals['_ADMINAPI']._serialized_start=1114
-  _globals['_ADMINAPI']._serialized_end=1583
+  _globals['_REMOVENODEREQUEST']._serialized_start=668
+  _globals['_REMOVENODEREQUEST']._serialized_end=719
+  _globals['_REMOVEDNODE']._serialized_start=721
+  _globals['_REMOVEDNODE']._serialized_end=774
+  _globals['_NODECREDENTIAL']._serialized_start=777
+  _globals['_NODECREDENTIAL']._serialized_end=909
+  _globals['_LISTAUDITREQUEST']._serialized_start=911
+  _globals['_LISTAUDITREQUEST']._serialized_end=982
+  _globals['_AUDITRECORD']._serialized_start=985
+  _globals['_AUDITRECORD']._serialized_end=1150
+  _globals['_LISTAUDITRESPONSE']._serialized_start=1152
+  _globals['_LISTAUDITRESPONSE']._serialized_end=1219
+  _globals['_ADMINAPI']._serialized_start=1222
+  _globals['_ADMINAPI']._serialized_end=1773
 # @@protoc_insertion_point(module_scope)

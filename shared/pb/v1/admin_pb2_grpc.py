@@ -54,6 +54,11 @@ class AdminAPIStub:
                 request_serializer=shared_dot_pb_dot_v1_dot_admin__pb2.RevokeNodeRequest.SerializeToString,
                 response_deserializer=shared_dot_pb_dot_v1_dot_admin__pb2.NodeCredential.FromString,
                 _registered_method=True)
+        self.RemoveNode = channel.unary_unary(
+                '/novacron.edge.v1.AdminAPI/RemoveNode',
+                request_serializer=shared_dot_pb_dot_v1_dot_admin__pb2.RemoveNodeRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_v1_dot_admin__pb2.RemovedNode.FromString,
+                _registered_method=True)
         self.ListAudit = channel.unary_unary(
                 '/novacron.edge.v1.AdminAPI/ListAudit',
                 request_serializer=shared_dot_pb_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
@@ -89,6 +94,14 @@ class AdminAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveNode(self, request, context):
+        """Forgets a node that is gone: refused while it is connected or has VMs, unless `force`
+        (its VMs' records are then forgotten: copies that come back are destroyed as deleted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAudit(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -117,6 +130,11 @@ def add_AdminAPIServicer_to_server(servicer, server):
                     servicer.RevokeNode,
                     request_deserializer=shared_dot_pb_dot_v1_dot_admin__pb2.RevokeNodeRequest.FromString,
                     response_serializer=shared_dot_pb_dot_v1_dot_admin__pb2.NodeCredential.SerializeToString,
+            ),
+            'RemoveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNode,
+                    request_deserializer=shared_dot_pb_dot_v1_dot_admin__pb2.RemoveNodeRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_v1_dot_admin__pb2.RemovedNode.SerializeToString,
             ),
             'ListAudit': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAudit,
@@ -232,6 +250,33 @@ class AdminAPI:
             '/novacron.edge.v1.AdminAPI/RevokeNode',
             shared_dot_pb_dot_v1_dot_admin__pb2.RevokeNodeRequest.SerializeToString,
             shared_dot_pb_dot_v1_dot_admin__pb2.NodeCredential.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/novacron.edge.v1.AdminAPI/RemoveNode',
+            shared_dot_pb_dot_v1_dot_admin__pb2.RemoveNodeRequest.SerializeToString,
+            shared_dot_pb_dot_v1_dot_admin__pb2.RemovedNode.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,10 @@ class AdminAPIStub:
     RevokeJoinToken: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeJoinTokenRequest, _admin_pb2.JoinToken]
     RevokeNode: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeNodeRequest, _admin_pb2.NodeCredential]
     """Cuts the node's stream and refuses every certificate it holds from then on."""
+    RemoveNode: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RemoveNodeRequest, _admin_pb2.RemovedNode]
+    """Forgets a node that is gone: refused while it is connected or has VMs, unless `force`
+    (its VMs' records are then forgotten: copies that come back are destroyed as deleted).
+    """
     ListAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]
 
 @_typing.type_check_only
@@ -48,6 +52,10 @@ class AdminAPIAsyncStub(AdminAPIStub):
     RevokeJoinToken: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeJoinTokenRequest, _admin_pb2.JoinToken]  # type: ignore[assignment]
     RevokeNode: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeNodeRequest, _admin_pb2.NodeCredential]  # type: ignore[assignment]
     """Cuts the node's stream and refuses every certificate it holds from then on."""
+    RemoveNode: _aio.UnaryUnaryMultiCallable[_admin_pb2.RemoveNodeRequest, _admin_pb2.RemovedNode]  # type: ignore[assignment]
+    """Forgets a node that is gone: refused while it is connected or has VMs, unless `force`
+    (its VMs' records are then forgotten: copies that come back are destroyed as deleted).
+    """
     ListAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]  # type: ignore[assignment]
 
 class AdminAPIServicer(metaclass=_abc_1.ABCMeta):
@@ -79,6 +87,16 @@ class AdminAPIServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.NodeCredential, _abc.Awaitable[_admin_pb2.NodeCredential]]:
         """Cuts the node's stream and refuses every certificate it holds from then on."""
+
+    @_abc_1.abstractmethod
+    def RemoveNode(
+        self,
+        request: _admin_pb2.RemoveNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RemovedNode, _abc.Awaitable[_admin_pb2.RemovedNode]]:
+        """Forgets a node that is gone: refused while it is connected or has VMs, unless `force`
+        (its VMs' records are then forgotten: copies that come back are destroyed as deleted).
+        """
 
     @_abc_1.abstractmethod
     def ListAudit(
