@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         return pki_cli.init(argv[1:])
     if argv[:1] == ["issue-client"]:
         return pki_cli.issue_client(argv[1:])
+    if argv[:1] == ["rotate-serving-cert"]:
+        return pki_cli.rotate_serving_cert(argv[1:])
     args = parse_args(argv)
     try:
         config = load_config(

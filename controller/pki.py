@@ -85,6 +85,42 @@ def init_pki(state_dir: Path, advertise: list[str], now: dt.datetime | None = No
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
         .sign(ca_key, hashes.SHA256())
     )
+    server_key, server = _serving(ca_key, ca_name, sans, now)
+    write_private(pki.ca_key, pem_key(ca_key))
+    write_private(pki.server_key, pem_key(server_key))
+    pki.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    pki.server_cert.write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    return pki
+
+
+def rotate_serving(pki: Pki, advertise: list[str], now: dt.datetime | None = None) -> None:
+    """A new serving key and certificate, replacing the old ones: each file written whole,
+    then renamed (a running controller loads them at its next handshake, see
+    controller/serving.py, and checks that key and certificate match before it does)."""
+    if not advertise:
+        raise InvalidArgument("at least one --advertise-address is needed (what agents dial)")
+    sans = [_san(a) for a in advertise]
+    ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise InvalidArgument(f"{pki.ca_key}: not the installation's ECDSA CA key")
+    key, cert = _serving(ca_key, ca.subject, sans, now or dt.datetime.now(dt.UTC))
+    for path, data in (
+        (pki.server_key, pem_key(key)),
+        (pki.server_cert, cert.public_bytes(serialization.Encoding.PEM)),
+    ):
+        temporary = path.with_name(f".{path.name}.new")
+        temporary.unlink(missing_ok=True)
+        write_private(temporary, data)
+        os.replace(temporary, path)
+
+
+def _serving(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_name: x509.Name,
+    sans: list[x509.GeneralName],
+    now: dt.datetime,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     server_key = ec.generate_private_key(ec.SECP256R1())
     server = (
         _builder(
@@ -100,11 +136,7 @@ def init_pki(state_dir: Path, advertise: list[str], now: dt.datetime | None = No
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    write_private(pki.ca_key, pem_key(ca_key))
-    write_private(pki.server_key, pem_key(server_key))
-    pki.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    pki.server_cert.write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    return pki
+    return server_key, server
 
 
 def require_pki(state_dir: Path) -> Pki:

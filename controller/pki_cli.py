@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from controller.issuer import Issuer
-from controller.pki import Pki, init_pki, require_pki, write_private
+from controller.pki import Pki, init_pki, require_pki, rotate_serving, write_private
 from shared.errors import AlreadyExists, NovaCronError
 from shared.identity import ClientIdentity, Role, check_name
 
@@ -73,6 +73,31 @@ def init(argv: list[str]) -> int:
     print(f"admin credentials:   {admin} (client:admin, role admin)")
     print(f"CA pin:              {pki.pin()}")
     print(_usage(admin))
+    return 0
+
+
+def rotate_serving_cert(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="novacron-controller rotate-serving-cert",
+        description="A new serving key and certificate; a running controller uses them from "
+        "its next handshake on, and open streams stay up.",
+    )
+    p.add_argument("--state-dir", type=Path, required=True, help="the controller's state dir")
+    p.add_argument(
+        "--advertise-address", action="append", required=True, metavar="ADDRESS",
+        help="an IP address or DNS name agents and clients dial (repeatable)",
+    )  # fmt: skip
+    args = p.parse_args(argv)
+    try:
+        pki = require_pki(args.state_dir)
+        rotate_serving(pki, args.advertise_address)
+    except NovaCronError as exc:
+        print(f"novacron-controller rotate-serving-cert: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"novacron-controller rotate-serving-cert: {exc}", file=sys.stderr)
+        return 1
+    print(f"serving certificate: {pki.server_cert} ({', '.join(args.advertise_address)})")
     return 0
 
 

@@ -23,9 +23,10 @@ from controller.core.disconnect import FailoverSettings
 from controller.enrol_api import Enrolment
 from controller.issuer import Issuer
 from controller.metrics import MetricsServer
-from controller.pki import Pki, require_pki
+from controller.pki import require_pki
 from controller.placement import ScoredEngine
 from controller.runner import Runner
+from controller.serving import ServingCredentials
 from controller.sessions import (
     AgentSessionServicer,
     node_identity_from_certificate,
@@ -51,17 +52,6 @@ SERVER_OPTIONS = [
     # controller/validation.py), this caps what is read before they are checked
     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
 ]
-
-
-def server_credentials(pki: Pki, *, client_auth: bool) -> grpc.ServerCredentials:
-    """The serving certificate with the CA after it (a joining agent checks the CA's pin
-    from the chain before it trusts anything); client certificates from our CA only."""
-    chain = pki.server_cert.read_bytes() + pki.ca_cert.read_bytes()
-    return grpc.ssl_server_credentials(
-        [(pki.server_key.read_bytes(), chain)],
-        root_certificates=pki.ca_cert.read_bytes() if client_auth else None,
-        require_client_auth=client_auth,
-    )
 
 
 def detector_config(c: FailureDetectorConfig) -> DetectorConfig:
@@ -181,13 +171,13 @@ class ControllerServer:
         if pki is None:
             self.port = server.add_insecure_port(self.config.listen)
         else:
-            self.port = server.add_secure_port(
-                self.config.listen, server_credentials(pki, client_auth=True)
-            )
+            # the serving certificate with the CA after it (a joining agent checks the CA's
+            # pin from the chain); reloaded when rotated (controller/serving.py)
+            mtls = ServingCredentials(pki, client_auth=True)
+            self.port = server.add_secure_port(self.config.listen, mtls.credentials())
             enrol = enrol_listen_of(self.config)
-            self.enrol_port = server.add_secure_port(
-                enrol, server_credentials(pki, client_auth=False)
-            )
+            join = ServingCredentials(pki, client_auth=False)
+            self.enrol_port = server.add_secure_port(enrol, join.credentials())
             if self.enrol_port == 0:
                 raise InvalidArgument(f"cannot listen on {enrol} (enrol_listen)")
         if self.port == 0:

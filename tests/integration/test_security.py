@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -297,3 +298,36 @@ async def test_the_cli_speaks_mtls_with_its_credentials_and_runs_the_admin_comma
     monkeypatch.delenv("NOVACRON_KEY")
     code, _, err = await run("node", "list")
     assert code == 1 and "incomplete client credentials: --key (or NOVACRON_KEY) missing" in err
+
+
+async def test_the_serving_certificate_rotates_without_dropping_streams(
+    secure: Cluster, images: Path
+) -> None:
+    import ssl
+
+    from cryptography import x509
+
+    from controller.pki_cli import rotate_serving_cert
+
+    agent = await secure.start_agent("edge-a", secure.test_uri("edge-a"), images)
+
+    def served_serial() -> int:
+        context = ssl.create_default_context(cafile=str(secure.pki.ca_cert))
+        context.set_alpn_protocols(["h2"])
+        with (
+            socket.create_connection(("127.0.0.1", secure.enrol_port)) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return x509.load_der_x509_certificate(der).serial_number
+
+    before = await asyncio.to_thread(served_serial)
+    argv = ["--state-dir", str(secure.tmp / "controller"), "--advertise-address", "127.0.0.1"]
+    assert rotate_serving_cert(argv) == 0
+    on_disk = x509.load_pem_x509_certificate(secure.pki.server_cert.read_bytes()).serial_number
+    assert on_disk != before
+    assert await asyncio.to_thread(served_serial) == on_disk  # the next handshake: the new one
+    async with secure.client_channel(secure.pki.directory / "admin") as fresh:  # a new client
+        assert (await edge_api_pb2_grpc.EdgeAPIStub(fresh).ListNodes(epb.ListNodesRequest())).nodes
+    assert agent.session.sessions == 1 and agent.session.connected.is_set()  # the stream stayed
