@@ -13,7 +13,7 @@ from typing import Protocol, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from cli.credentials import ClientCredentials, open_channel
+from cli.credentials import BearerCredentials, ClientCredentials, open_channel
 from cli.errors import CLIError
 from cli.version import VERSION
 from shared.pb.v1 import admin_pb2_grpc, edge_api_pb2_grpc, types_pb2
@@ -71,7 +71,7 @@ class EdgeClient:
         self,
         target: str,
         timeout: float = DEFAULT_TIMEOUT,
-        credentials: ClientCredentials | None = None,
+        credentials: ClientCredentials | BearerCredentials | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout

@@ -35,17 +35,43 @@ class ClientCredentials:
         return grpc.ssl_channel_credentials(ca, key, cert)
 
 
+@dataclass(frozen=True, slots=True)
+class BearerCredentials:
+    """A service token (`novacron service-token create`), over TLS verified against `ca`:
+    for the controller's join port, which asks no client certificate."""
+
+    ca: Path
+    token: str
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        try:
+            ca = self.ca.read_bytes()
+        except OSError as exc:
+            raise CLIError("INVALID_ARGUMENT", f"cannot read the CA: {exc}") from None
+        return grpc.composite_channel_credentials(
+            grpc.ssl_channel_credentials(ca), grpc.access_token_call_credentials(self.token)
+        )
+
+
 def config_dir() -> Path:
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "novacron"
 
 
 def resolve(
-    ca: str | None, cert: str | None, key: str | None, insecure: bool
-) -> ClientCredentials | None:
+    ca: str | None,
+    cert: str | None,
+    key: str | None,
+    insecure: bool,
+    token: str | None = None,
+) -> ClientCredentials | BearerCredentials | None:
     """The credentials to use, or None for plain text (--insecure, or none anywhere)."""
     if insecure or os.environ.get("NOVACRON_INSECURE", "") in ("1", "true", "yes"):
         return None
+    token = token or os.environ.get("NOVACRON_TOKEN", "").strip() or None
+    if token:
+        ca_path = ca or os.environ.get(ENV["ca"], "").strip() or str(config_dir() / FILES["ca"])
+        return BearerCredentials(Path(ca_path).expanduser(), token)
     given = {"ca": ca, "cert": cert, "key": key}
     found: dict[str, Path] = {}
     for what, value in given.items():
@@ -67,7 +93,9 @@ def resolve(
 
 
 def open_channel(
-    target: str, credentials: ClientCredentials | None, options: list[tuple[str, str]]
+    target: str,
+    credentials: ClientCredentials | BearerCredentials | None,
+    options: list[tuple[str, str]],
 ) -> grpc.Channel:
     if credentials is None:
         return grpc.insecure_channel(target, options=options)

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     target = resolve_controller(args.controller)
     try:
-        credentials = resolve(args.ca, args.cert, args.key, args.insecure)
+        credentials = resolve(args.ca, args.cert, args.key, args.insecure, args.token)
         with EdgeClient(target, args.timeout, credentials) as client:
             ctx = Context(client, args.output, sys.stdout, sys.stderr, time.time())
             code: int = args.handler(ctx, args)

@@ -55,6 +55,11 @@ def global_options(parser: argparse.ArgumentParser, top: bool) -> None:
         help="client key (env NOVACRON_KEY; default ~/.config/novacron/client.key)",
     )  # fmt: skip
     group.add_argument(
+        "--token", metavar="TOKEN", default=default(None),
+        help="a service token instead of a certificate (env NOVACRON_TOKEN; use the "
+        "controller's join port, 7701)",
+    )  # fmt: skip
+    group.add_argument(
         "--insecure", action="store_true", default=default(False),
         help="plain text, no client certificate (a controller started with --insecure)",
     )  # fmt: skip

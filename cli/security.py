@@ -115,6 +115,53 @@ def node_remove(ctx: Context, args: argparse.Namespace) -> int:
     return _emit_one(ctx, removed, lambda: f"node {removed.node_id} removed{forgotten}\n")
 
 
+def service_token_create(ctx: Context, args: argparse.Namespace) -> int:
+    request = adpb.CreateServiceTokenRequest(
+        name=args.name, role=args.role, ttl_seconds=round(args.ttl)
+    )
+    created = ctx.client.call(ctx.client.admin.CreateServiceToken, request)
+    token = created.token
+
+    def as_table() -> str:
+        return (
+            describe(
+                [
+                    ("Token", created.secret_token),
+                    ("Name", f"{token.name} (audited as service:{token.name})"),
+                    ("Role", token.role),
+                    ("Expires", _when(token.expires_at, ctx.now)),
+                    ("Use with", "NOVACRON_TOKEN=... novacron --controller HOST:7701 ..."),
+                ]
+            )
+            + "The secret is shown only now; the controller keeps a hash of it.\n"
+        )
+
+    return _emit_one(ctx, created, as_table)
+
+
+def service_token_list(ctx: Context, args: argparse.Namespace) -> int:
+    request = adpb.ListServiceTokensRequest()
+    tokens = list(ctx.client.call(ctx.client.admin.ListServiceTokens, request).tokens)
+
+    def as_table() -> str:
+        rows = [
+            [t.id, t.name, t.role, _when(t.expires_at, ctx.now),
+             "revoked" if t.revoked else "usable", t.created_by]
+            for t in tokens
+        ]  # fmt: skip
+        return table(["ID", "NAME", "ROLE", "EXPIRES", "STATE", "CREATED BY"], rows)
+
+    return _emit_list(ctx, tokens, as_table, "service tokens")
+
+
+def service_token_revoke(ctx: Context, args: argparse.Namespace) -> int:
+    token_id = args.id.split(".")[1] if args.id.startswith("ncs.") else args.id
+    token = ctx.client.call(
+        ctx.client.admin.RevokeServiceToken, adpb.RevokeServiceTokenRequest(id=token_id)
+    )
+    return _emit_one(ctx, token, lambda: f"service token {token.id} ({token.name}) revoked\n")
+
+
 def audit(ctx: Context, args: argparse.Namespace) -> int:
     request = adpb.ListAuditRequest(
         since_seconds=args.since or 0.0, actor=args.actor or "", limit=args.limit
@@ -189,6 +236,25 @@ def add_security_commands(top: Subparsers, node: Subparsers) -> None:
         action="store_true",
         help="even so: its VMs' records are forgotten (copies that come back are destroyed)",
     )
+    services = _group(
+        top,
+        "service-token",
+        "bearer tokens of a role, for services that cannot hold a certificate (admin)",
+        "  novacron service-token create ci --role operator --ttl 30d\n"
+        "  novacron service-token list\n  novacron service-token revoke k3j9x0ab\n",
+    )
+    screate = _sub(
+        services, "create", "a service token of one role (the secret is shown once)",
+        "  novacron service-token create grafana --role viewer\n", service_token_create,
+    )  # fmt: skip
+    screate.add_argument("name", metavar="NAME", help="the service: its audit actor")
+    screate.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+    screate.add_argument("--ttl", type=duration, default=30 * 86400.0, help="default 30d")
+    _sub(services, "list", "service tokens: id, name, role, expiry",
+         "  novacron service-token list\n", service_token_list, aliases=("ls",))  # fmt: skip
+    srevoke = _sub(services, "revoke", "the token stops working at once",
+                   "  novacron service-token revoke k3j9x0ab\n", service_token_revoke)  # fmt: skip
+    srevoke.add_argument("id", metavar="ID", help="its id (or the whole token)")
     log = _sub(
         top,
         "audit",

@@ -3,6 +3,8 @@ interceptor (controller/authz.py) admits only the admin role to any of it."""
 
 from __future__ import annotations
 
+import hmac
+import re
 import secrets
 import string
 import time
@@ -14,10 +16,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from controller.api import rpc
 from controller.core import events as ev
 from controller.enrol_api import secret_hash
-from controller.records import AuditEntry, JoinToken, NodeCredential
+from controller.records import AuditEntry, JoinToken, NodeCredential, ServiceToken
 from controller.runner import Runner
 from controller.store import Store
+from controller.view import ControllerView
 from shared.errors import InvalidArgument
+from shared.identity import Role, ServiceIdentity
 from shared.pb.v1 import admin_pb2 as adpb
 from shared.pb.v1 import admin_pb2_grpc
 
@@ -67,6 +71,35 @@ def audit_to_pb(e: AuditEntry) -> adpb.AuditRecord:
         result=e.result,
         request_id=e.request_id,
     )
+
+
+SERVICE_TOKEN = re.compile(r"^ncs\.([a-z0-9]{8})\.([a-z0-9]{32})$")
+DEFAULT_SERVICE_TTL_S = 30 * 86400
+
+
+def service_token_to_pb(t: ServiceToken) -> adpb.ServiceToken:
+    return adpb.ServiceToken(
+        id=t.id,
+        name=t.name,
+        role=t.role,
+        expires_at=_ts(t.expires_at),
+        created_at=_ts(t.created_at),
+        created_by=t.created_by,
+        revoked=t.revoked,
+    )
+
+
+def service_identity(view: ControllerView, token: str) -> ServiceIdentity | None:
+    """The service a bearer token stands for (constant-time compare), or None."""
+    match = SERVICE_TOKEN.match(token)
+    if match is None:
+        return None
+    record = view.service_token(match.group(1))
+    if record is None or not record.usable(time.time()):
+        return None
+    if not hmac.compare_digest(record.secret_hash, secret_hash(match.group(2))):
+        return None
+    return ServiceIdentity(record.name, Role.parse(record.role), record.id)
 
 
 def _random(n: int) -> str:
@@ -127,6 +160,39 @@ class AdminAPIServicer(admin_pb2_grpc.AdminAPIServicer):
             ev.NodeRemoveRequested, node_id=request.node_id, force=request.force
         )
         return adpb.RemovedNode(node_id=request.node_id, vms_forgotten=list(names))
+
+    @rpc
+    async def CreateServiceToken(
+        self, request: adpb.CreateServiceTokenRequest, context: Ctx
+    ) -> adpb.CreatedServiceToken:
+        token_id, secret = _random(8), _random(32)
+        token: ServiceToken = await self.runner.request(
+            ev.ServiceTokenCreateRequested,
+            token_id=token_id,
+            secret_hash=secret_hash(secret),
+            name=request.name,
+            role=request.role,
+            ttl=float(request.ttl_seconds or DEFAULT_SERVICE_TTL_S),
+        )
+        return adpb.CreatedServiceToken(
+            token=service_token_to_pb(token), secret_token=f"ncs.{token_id}.{secret}"
+        )
+
+    @rpc
+    async def ListServiceTokens(
+        self, request: adpb.ListServiceTokensRequest, context: Ctx
+    ) -> adpb.ListServiceTokensResponse:
+        tokens = self.runner.view.service_tokens()
+        return adpb.ListServiceTokensResponse(tokens=[service_token_to_pb(t) for t in tokens])
+
+    @rpc
+    async def RevokeServiceToken(
+        self, request: adpb.RevokeServiceTokenRequest, context: Ctx
+    ) -> adpb.ServiceToken:
+        token: ServiceToken = await self.runner.request(
+            ev.ServiceTokenRevokeRequested, token_id=request.id
+        )
+        return service_token_to_pb(token)
 
     @rpc
     async def ListAudit(

@@ -15,7 +15,14 @@ from typing import Any
 import grpc
 
 from controller.security_policy import TlsPolicy, version_refusal
-from shared.identity import ClientIdentity, Identity, NodeIdentity, Role, parse_uri
+from shared.identity import (
+    ClientIdentity,
+    Identity,
+    NodeIdentity,
+    Role,
+    ServiceIdentity,
+    parse_uri,
+)
 
 ANYONE, NODE = "anyone", "node"
 Rule = Role | str
@@ -36,7 +43,7 @@ EDGE_CHANGES = (
 )  # fmt: skip
 ADMIN = (
     "CreateJoinToken", "ListJoinTokens", "RevokeJoinToken", "RevokeNode", "RemoveNode",
-    "ListAudit",
+    "ListAudit", "CreateServiceToken", "ListServiceTokens", "RevokeServiceToken",
 )  # fmt: skip
 
 POLICY: dict[str, Rule] = {
@@ -54,6 +61,8 @@ POLICY: dict[str, Rule] = {
 
 # (actor, method, why): records a refused call of a known caller in the audit trail
 OnRefused = Callable[[str, str, str], Awaitable[None]]
+# a bearer token -> the service it stands for, or None (unknown, wrong, expired, revoked)
+Bearer = Callable[[str], ServiceIdentity | None]
 
 CALLER: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("caller", default=None)
 
@@ -88,9 +97,9 @@ def refusal(rule: Rule | None, identity: Identity | None) -> tuple[grpc.StatusCo
             return None
         return grpc.StatusCode.PERMISSION_DENIED, "only an enrolled node may call this"
     assert isinstance(rule, Role)
-    if isinstance(identity, ClientIdentity) and identity.role >= rule:
+    if isinstance(identity, ClientIdentity | ServiceIdentity) and identity.role >= rule:
         return None
-    has = identity.role.label if isinstance(identity, ClientIdentity) else "node"
+    has = identity.role.label if isinstance(identity, ClientIdentity | ServiceIdentity) else "node"
     return (
         grpc.StatusCode.PERMISSION_DENIED,
         f"needs the {rule.label} role ({identity.actor} is {has})",
@@ -106,8 +115,10 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
         *,
         enforce: bool = True,
         on_refused: OnRefused | None = None,
+        bearer: Bearer | None = None,
     ) -> None:
         self._tls = tls or TlsPolicy()
+        self._bearer = bearer
         self._enforce = enforce  # False (--insecure): only undecodable requests are refused
         self._on_refused = on_refused
 
@@ -124,7 +135,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         rule = POLICY.get(method) if self._enforce else ANYONE
         guarded: grpc.RpcMethodHandler[Any, Any] = _guarded(
-            handler, rule, method, self._tls, self._on_refused
+            handler, rule, method, self._tls, self._on_refused, self._bearer
         )
         return guarded
 
@@ -150,8 +161,21 @@ def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     return decode
 
 
+def bearer_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The `authorization: Bearer <token>` of the call ("" without one)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value[len("Bearer ") :].strip()
+    return ""
+
+
 def _guarded(
-    handler: Any, rule: Rule | None, method: str, tls: TlsPolicy, on_refused: OnRefused | None
+    handler: Any,
+    rule: Rule | None,
+    method: str,
+    tls: TlsPolicy,
+    on_refused: OnRefused | None,
+    bearer: Bearer | None,
 ) -> Any:
     """The handler, behind the rule: the identity is checked, then set as the caller."""
 
@@ -161,6 +185,13 @@ def _guarded(
         if old is not None:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, old)
         identity = peer_identity(context)
+        token = bearer_of(context) if identity is None and bearer is not None else ""
+        if token and bearer is not None:
+            identity = bearer(token)
+            if identity is None:
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED, "the bearer token is not valid"
+                )
         denied = refusal(rule, identity)
         if denied is not None:
             # a certificate holder's refusal is audited (before the reply); an anonymous

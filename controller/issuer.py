@@ -17,7 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from controller.pki import BACKDATE, Pki, key_usage, pem_key
 from shared.errors import InvalidArgument
-from shared.identity import ClientIdentity, Identity
+from shared.identity import CertIdentity, ClientIdentity
 
 NODE_LIFETIME = dt.timedelta(hours=24)  # renewed at 2/3 over the stream (agent/renewal.py)
 CLIENT_LIFETIME = dt.timedelta(days=365)
@@ -41,7 +41,7 @@ class Issuer:
         self._key = key
 
     def sign_request(
-        self, csr_pem: bytes, identity: Identity, lifetime: dt.timedelta, now: dt.datetime
+        self, csr_pem: bytes, identity: CertIdentity, lifetime: dt.timedelta, now: dt.datetime
     ) -> Issued:
         """A certificate for the CSR's public key (checked by `verify_request`)."""
         return self.sign_key(verify_request(csr_pem), identity, lifetime, now)
@@ -57,7 +57,7 @@ class Issuer:
     def sign_key(
         self,
         public: ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey,
-        identity: Identity,
+        identity: CertIdentity,
         lifetime: dt.timedelta,
         now: dt.datetime,
     ) -> Issued:

@@ -254,3 +254,20 @@ class NodeCredential:
 
     def accepts(self, epoch: int) -> bool:
         return not self.revoked and epoch == self.epoch
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceToken:
+    """A bearer token of one role (`ncs.<id>.<secret>`); only the secret's SHA-256 is kept."""
+
+    id: str
+    secret_hash: str
+    name: str
+    role: str  # viewer, operator, admin
+    expires_at: float
+    created_at: float
+    created_by: str
+    revoked: bool = False
+
+    def usable(self, now: float) -> bool:
+        return not self.revoked and now < self.expires_at

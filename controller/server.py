@@ -12,7 +12,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from controller.admin_api import AdminAPIServicer
+from controller.admin_api import AdminAPIServicer, service_identity
 from controller.api import EdgeAPIServicer
 from controller.authz import AuthorizationInterceptor
 from controller.config import ControllerConfig, FailureDetectorConfig, enrol_listen_of
@@ -118,6 +118,7 @@ class ControllerServer:
             drains=stored.drains,
             tokens=stored.tokens,
             credentials=stored.credentials,
+            service_tokens=stored.service_tokens,
         )
         log.info(
             "state loaded",
@@ -140,7 +141,10 @@ class ControllerServer:
             options=SERVER_OPTIONS,
             interceptors=[
                 AuthorizationInterceptor(
-                    self.config.tls, enforce=pki is not None, on_refused=audit_refusal
+                    self.config.tls,
+                    enforce=pki is not None,
+                    on_refused=audit_refusal,
+                    bearer=lambda token: service_identity(controller.view, token),
                 )
             ],
         )

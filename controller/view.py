@@ -18,6 +18,7 @@ from controller.records import (
     MigrationRecord,
     NodeCredential,
     NodeRecord,
+    ServiceToken,
     VMRecord,
 )
 from shared.domain import Capacity, Location, NodeCondition, VMSpec
@@ -110,6 +111,12 @@ class ControllerView:
 
     def tokens(self) -> list[JoinToken]:
         return sorted(self.core.state.tokens.values(), key=lambda t: t.created_at)
+
+    def service_token(self, token_id: str) -> ServiceToken | None:
+        return self.core.state.service_tokens.get(token_id)
+
+    def service_tokens(self) -> list[ServiceToken]:
+        return sorted(self.core.state.service_tokens.values(), key=lambda t: t.created_at)
 
     def failover_waiting(self, vm_id: str) -> str:
         return self.core.state.failover_waiting.get(vm_id, "")

@@ -68,7 +68,21 @@ class ClientIdentity:
         return f"client:{self.name}"
 
 
-Identity = NodeIdentity | ClientIdentity
+@dataclass(frozen=True, slots=True)
+class ServiceIdentity:
+    """A caller with a bearer token (no certificate): a service of one role."""
+
+    name: str
+    role: Role
+    token_id: str
+
+    @property
+    def actor(self) -> str:
+        return f"service:{self.name}"
+
+
+Identity = NodeIdentity | ClientIdentity | ServiceIdentity
+CertIdentity = NodeIdentity | ClientIdentity  # what a certificate of ours can carry
 
 
 def check_name(what: str, name: str) -> str:

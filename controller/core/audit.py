@@ -28,6 +28,8 @@ ACTIONS: dict[type[ev.Event], str] = {
     ev.EnrolRequested: "node.enrol",
     ev.NodeRevokeRequested: "node.revoke",
     ev.NodeRemoveRequested: "node.remove",
+    ev.ServiceTokenCreateRequested: "service-token.create",
+    ev.ServiceTokenRevokeRequested: "service-token.revoke",
 }
 
 
@@ -41,7 +43,13 @@ def target_of(event: ev.Event) -> str:
         return event.spec.name
     if isinstance(event, ev.DeployManyRequested):
         return ",".join(s.name for s in event.specs)
-    if isinstance(event, ev.TokenCreateRequested | ev.TokenRevokeRequested):
+    if isinstance(
+        event,
+        ev.TokenCreateRequested
+        | ev.TokenRevokeRequested
+        | ev.ServiceTokenCreateRequested
+        | ev.ServiceTokenRevokeRequested,
+    ):
         return event.token_id
     for name in ("name_or_id", "node_id"):
         value = getattr(event, name, None)
@@ -59,6 +67,8 @@ def detail_of(event: ev.Event) -> str:
         return "cordon" if event.cordoned else "uncordon"
     if isinstance(event, ev.EnrolRequested):
         return f"token={event.token_id}"
+    if isinstance(event, ev.ServiceTokenCreateRequested):
+        return f"name={event.name} role={event.role} ttl={event.ttl:g}s"
     if isinstance(event, ev.TokenCreateRequested):
         bound = event.node_id or "(any new node)"
         return f"node={bound} uses={event.uses} ttl={event.ttl:g}s"

@@ -67,6 +67,8 @@ REQUESTS: tuple[type[ev.Event], ...] = (
     ev.EnrolRequested,
     ev.NodeRevokeRequested,
     ev.NodeRemoveRequested,
+    ev.ServiceTokenCreateRequested,
+    ev.ServiceTokenRevokeRequested,
     ev.IdentityRefused,
 )
 

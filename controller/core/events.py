@@ -57,6 +57,20 @@ class NodeRevokeRequested(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceTokenCreateRequested(Event):
+    token_id: str
+    secret_hash: str
+    name: str
+    role: str
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceTokenRevokeRequested(Event):
+    token_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeRemoveRequested(Event):
     node_id: str
     force: bool = False
@@ -276,6 +290,8 @@ __all__ = [
     "PersistFailed",
     "PowerRequested",
     "RotateKeyRequested",
+    "ServiceTokenCreateRequested",
+    "ServiceTokenRevokeRequested",
     "Started",
     "Tick",
     "TimerFired",

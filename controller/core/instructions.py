@@ -16,6 +16,7 @@ from controller.records import (
     MigrationRecord,
     NodeCredential,
     NodeRecord,
+    ServiceToken,
     Tombstone,
     VMRecord,
 )
@@ -37,6 +38,7 @@ class Persist:
     drains: tuple[Drain, ...] = ()
     tokens: tuple[JoinToken, ...] = ()
     credentials: tuple[NodeCredential, ...] = ()
+    service_tokens: tuple[ServiceToken, ...] = ()
     audit: tuple[AuditEntry, ...] = ()
 
     def __bool__(self) -> bool:
@@ -51,6 +53,7 @@ class Persist:
             or self.drains
             or self.tokens
             or self.credentials
+            or self.service_tokens
             or self.audit
         )
 
@@ -116,6 +119,7 @@ class Outbox:
     drains: dict[str, Drain] = field(default_factory=dict)
     tokens: dict[str, JoinToken] = field(default_factory=dict)
     credentials: dict[str, NodeCredential] = field(default_factory=dict)
+    service_tokens: dict[str, ServiceToken] = field(default_factory=dict)
     audit: list[AuditEntry] = field(default_factory=list)
     actions: list[Instruction] = field(default_factory=list)
 
@@ -131,6 +135,7 @@ class Outbox:
             drains=tuple(self.drains.values()),
             tokens=tuple(self.tokens.values()),
             credentials=tuple(self.credentials.values()),
+            service_tokens=tuple(self.service_tokens.values()),
             audit=tuple(self.audit),
         )
         return ([persist] if persist else []) + self.actions

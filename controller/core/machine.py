@@ -8,6 +8,7 @@ from dataclasses import replace
 from controller.core import events as ev
 from controller.core.enrolment import EnrolmentMixin
 from controller.core.node_removal import NodeRemovalMixin
+from controller.core.service_tokens import ServiceTokenMixin
 from controller.core.state import Settings
 from controller.placement import ScoredEngine
 from controller.records import (
@@ -17,13 +18,14 @@ from controller.records import (
     MigrationRecord,
     NodeCredential,
     NodeRecord,
+    ServiceToken,
     Tombstone,
     VMRecord,
 )
 from shared.domain import VMState
 
 
-class ControllerCore(EnrolmentMixin, NodeRemovalMixin):
+class ControllerCore(EnrolmentMixin, ServiceTokenMixin, NodeRemovalMixin):
     def __init__(self, settings: Settings, engine: ScoredEngine) -> None:
         super().__init__(settings, engine)
         self._handlers = {
@@ -44,6 +46,8 @@ class ControllerCore(EnrolmentMixin, NodeRemovalMixin):
             ev.EnrolRequested: self.on_enrol,
             ev.NodeRevokeRequested: self.on_node_revoke,
             ev.NodeRemoveRequested: self.on_node_remove,
+            ev.ServiceTokenCreateRequested: self.on_service_token_create,
+            ev.ServiceTokenRevokeRequested: self.on_service_token_revoke,
             ev.IdentityRefused: self.on_identity_refused,
             ev.AgentHello: self.on_hello,
             ev.AgentHeartbeat: self.on_heartbeat,
@@ -101,6 +105,7 @@ class ControllerCore(EnrolmentMixin, NodeRemovalMixin):
         drains: Iterable[Drain] = (),
         tokens: Iterable[JoinToken] = (),
         credentials: Iterable[NodeCredential] = (),
+        service_tokens: Iterable[ServiceToken] = (),
     ) -> None:
         """Start from persisted records (a restart). Until its node reports, a VM's observed
         state is unknown; peer-set versions keep growing (they start from the clock)."""
@@ -131,5 +136,6 @@ class ControllerCore(EnrolmentMixin, NodeRemovalMixin):
             state.tombstones[stone.vm_id] = stone
         state.tokens.update((t.id, t) for t in tokens)
         state.credentials.update((c.node_id, c) for c in credentials)
+        state.service_tokens.update((t.id, t) for t in service_tokens)
         state.counters["mesh_version"] = max(state.counters.get("mesh_version", 0), int(now * 1000))
         state.fleet_changed()

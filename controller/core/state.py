@@ -20,6 +20,7 @@ from controller.records import (
     MigrationRecord,
     NodeCredential,
     NodeRecord,
+    ServiceToken,
     Tombstone,
     VMRecord,
 )
@@ -130,6 +131,7 @@ class FleetState:
     drains: dict[str, Drain] = field(default_factory=dict)  # node -> its drain (the latest)
     tokens: dict[str, JoinToken] = field(default_factory=dict)  # join tokens by public id
     credentials: dict[str, NodeCredential] = field(default_factory=dict)  # by node id
+    service_tokens: dict[str, ServiceToken] = field(default_factory=dict)  # by public id
     ipam: Ipam = field(init=False)
     vm_ipam: Ipam = field(init=False)
     _table: NodeTable | None = None

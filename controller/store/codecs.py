@@ -16,9 +16,10 @@ from controller.records import (
     MigrationRecord,
     NodeCredential,
     NodeRecord,
+    ServiceToken,
     VMRecord,
 )
-from controller.store.schema import MIGRATION_COLUMNS, TOKEN_COLUMNS
+from controller.store.schema import MIGRATION_COLUMNS, SERVICE_TOKEN_COLUMNS, TOKEN_COLUMNS
 from shared import convert
 from shared.domain import (
     Capacity,
@@ -165,3 +166,13 @@ def credential_from_row(r: Sequence[Any]) -> NodeCredential:
 def astuple_shallow(record: Any) -> tuple[Any, ...]:
     """A dataclass's fields in order, not copied deeply (dataclasses.astuple recurses)."""
     return tuple(getattr(record, f.name) for f in fields(record))
+
+
+def service_token_row(t: ServiceToken) -> tuple[Any, ...]:
+    return tuple(int(v) if isinstance(v, bool) else v for v in astuple_shallow(t))
+
+
+def service_token_from_row(r: Sequence[Any]) -> ServiceToken:
+    values = dict(zip(SERVICE_TOKEN_COLUMNS, r, strict=True))
+    values["revoked"] = bool(values["revoked"])
+    return ServiceToken(**values)

@@ -15,6 +15,7 @@ log = structlog.get_logger(__name__)
 
 SCHEMA_VERSION = 6  # 2: vms.migrating_to; 3: migrations, tombstones, meta.installation_id;
 # 4: failovers; 5: drains, migrations.stays_stopped; 6: join_tokens, node_credentials,
+# service_tokens,
 # audit.result and audit.request_id, the audit table append-only
 DB_NAME = "controller.db"
 
@@ -70,6 +71,10 @@ TABLES = (  # schema 6; IF NOT EXISTS so that an upgrade adds what an older sche
     """CREATE TABLE IF NOT EXISTS node_credentials (
         node_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL, enrolled_at REAL NOT NULL,
         token_id TEXT NOT NULL, revoked INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS service_tokens (
+        id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, name TEXT NOT NULL, role TEXT NOT NULL,
+        expires_at REAL NOT NULL, created_at REAL NOT NULL, created_by TEXT NOT NULL,
+        revoked INTEGER NOT NULL)""",
 )
 APPEND_ONLY = tuple(  # made after the audit table's upgrade (a trigger would block it)
     f"""CREATE TRIGGER IF NOT EXISTS audit_no_{verb.lower()} BEFORE {verb} ON audit
@@ -84,6 +89,13 @@ TOKEN_COLUMNS = (  # in JoinToken's field order
 PUT_TOKEN = (
     f"INSERT OR REPLACE INTO join_tokens({', '.join(TOKEN_COLUMNS)})"
     f" VALUES ({', '.join('?' * len(TOKEN_COLUMNS))})"
+)
+SERVICE_TOKEN_COLUMNS = (  # in ServiceToken's field order
+    "id", "secret_hash", "name", "role", "expires_at", "created_at", "created_by", "revoked",
+)  # fmt: skip
+PUT_SERVICE_TOKEN = (
+    f"INSERT OR REPLACE INTO service_tokens({', '.join(SERVICE_TOKEN_COLUMNS)})"
+    f" VALUES ({', '.join('?' * len(SERVICE_TOKEN_COLUMNS))})"
 )
 CREDENTIAL_COLUMNS = ("node_id", "epoch", "enrolled_at", "token_id", "revoked")
 PUT_CREDENTIAL = (

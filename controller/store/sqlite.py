@@ -35,6 +35,7 @@ from controller.records import (
     MigrationRecord,
     NodeCredential,
     NodeRecord,
+    ServiceToken,
     Tombstone,
     VMRecord,
 )
@@ -67,6 +68,7 @@ class StoredState:
     drains: list[Drain] = field(default_factory=list)
     tokens: list[JoinToken] = field(default_factory=list)
     credentials: list[NodeCredential] = field(default_factory=list)
+    service_tokens: list[ServiceToken] = field(default_factory=list)
 
 
 class Store(Protocol):
@@ -255,6 +257,7 @@ class SQLiteStore:
             drains,
             tokens,
             creds,
+            services,
         ) = await asyncio.to_thread(
             self._read,
             f"SELECT {schema.NODE_COLUMNS} FROM nodes ORDER BY node_id",
@@ -265,6 +268,7 @@ class SQLiteStore:
             f"SELECT {', '.join(schema.DRAIN_COLUMNS)} FROM drains ORDER BY node_id",
             f"SELECT {', '.join(schema.TOKEN_COLUMNS)} FROM join_tokens ORDER BY created_at",
             f"SELECT {', '.join(schema.CREDENTIAL_COLUMNS)} FROM node_credentials",
+            f"SELECT {', '.join(schema.SERVICE_TOKEN_COLUMNS)} FROM service_tokens",
         )
         return StoredState(
             nodes=[codecs.node_from_row(r) for r in nodes],
@@ -276,6 +280,7 @@ class SQLiteStore:
             drains=[codecs.drain_from_row(r) for r in drains],
             tokens=[codecs.token_from_row(r) for r in tokens],
             credentials=[codecs.credential_from_row(r) for r in creds],
+            service_tokens=[codecs.service_token_from_row(r) for r in services],
         )
 
     async def load_nodes(self) -> list[NodeRecord]:
@@ -356,6 +361,10 @@ class SQLiteStore:
             (schema.PUT_DRAIN, [codecs.drain_row(d) for d in persist.drains]),
             (schema.PUT_TOKEN, [codecs.token_row(t) for t in persist.tokens]),
             (schema.PUT_CREDENTIAL, [codecs.credential_row(c) for c in persist.credentials]),
+            (
+                schema.PUT_SERVICE_TOKEN,
+                [codecs.service_token_row(t) for t in persist.service_tokens],
+            ),
             (
                 schema.PUT_AUDIT,
                 [

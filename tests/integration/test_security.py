@@ -331,3 +331,44 @@ async def test_the_serving_certificate_rotates_without_dropping_streams(
     async with secure.client_channel(secure.pki.directory / "admin") as fresh:  # a new client
         assert (await edge_api_pb2_grpc.EdgeAPIStub(fresh).ListNodes(epb.ListNodesRequest())).nodes
     assert agent.session.sessions == 1 and agent.session.connected.is_set()  # the stream stayed
+
+
+async def test_a_service_with_a_bearer_token_calls_the_join_port_with_its_role(
+    secure: Cluster, images: Path
+) -> None:
+    await secure.start_agent("edge-a", secure.test_uri("edge-a"), images)
+    created = await secure.admin.CreateServiceToken(
+        adpb.CreateServiceTokenRequest(name="ci", role="operator", ttl_seconds=3600)
+    )
+    viewer = await secure.admin.CreateServiceToken(
+        adpb.CreateServiceTokenRequest(name="grafana", role="viewer")
+    )
+    ca = secure.pki.ca_cert.read_bytes()
+
+    def channel(token: str) -> grpc.aio.Channel:
+        credentials = grpc.composite_channel_credentials(
+            grpc.ssl_channel_credentials(ca), grpc.access_token_call_credentials(token)
+        )
+        return grpc.aio.secure_channel(f"127.0.0.1:{secure.enrol_port}", credentials)
+
+    async with channel(created.secret_token) as ch:
+        vm = await edge_api_pb2_grpc.EdgeAPIStub(ch).DeployVM(deploy("svc-1"))
+        assert vm.state == pb.VM_STATE_RUNNING
+    [record] = await audit(secure, "vm.deploy")
+    assert record.actor == "service:ci"
+    async with channel(viewer.secret_token) as ch:
+        code, message = await refused(edge_api_pb2_grpc.EdgeAPIStub(ch).DeployVM(deploy("svc-2")))
+    assert code is grpc.StatusCode.PERMISSION_DENIED
+    assert message == "needs the operator role (service:grafana is viewer)"
+    wrong = created.secret_token[:-4] + "zzzz"
+    async with channel(wrong) as ch:
+        code, _ = await refused(edge_api_pb2_grpc.EdgeAPIStub(ch).ListVMs(epb.ListVMsRequest()))
+    assert code is grpc.StatusCode.UNAUTHENTICATED
+    await secure.admin.RevokeServiceToken(adpb.RevokeServiceTokenRequest(id=created.token.id))
+    async with channel(created.secret_token) as ch:
+        code, message = await refused(
+            edge_api_pb2_grpc.EdgeAPIStub(ch).ListVMs(epb.ListVMsRequest())
+        )
+    assert code is grpc.StatusCode.UNAUTHENTICATED and message == "the bearer token is not valid"
+    stored = secure.server.controller.view.service_token(created.token.id)  # type: ignore[union-attr]
+    assert stored is not None and created.secret_token.split(".")[2] not in repr(stored)

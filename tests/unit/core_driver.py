@@ -53,6 +53,7 @@ class Driver:
             "drains": {},
             "tokens": {},
             "credentials": {},
+            "service_tokens": {},
         }
     )
     audit: list[AuditEntry] = field(default_factory=list)
@@ -77,6 +78,7 @@ class Driver:
             drains=self.store["drains"].values(),
             tokens=self.store["tokens"].values(),
             credentials=self.store["credentials"].values(),
+            service_tokens=self.store["service_tokens"].values(),
         )
         return core
 
@@ -128,6 +130,8 @@ class Driver:
             self.store["tokens"][token.id] = token
         for credential in p.credentials:
             self.store["credentials"][credential.node_id] = credential
+        for service in p.service_tokens:
+            self.store["service_tokens"][service.id] = service
         self.audit.extend(p.audit)
 
     # ------------------------------------------------------------ agents

@@ -105,3 +105,35 @@ policies:
         text = f"policies:\n  security:\n    - name: p\n      {key}: {value}\n"
         with pytest.raises(ConfigError, match=message):
             load_config(write(tmp_path, text), {})
+
+
+def test_a_service_token_stands_for_its_service_until_it_expires_or_is_revoked() -> None:
+    import time
+    from dataclasses import replace
+
+    from controller.admin_api import service_identity
+    from controller.enrol_api import secret_hash
+    from controller.records import ServiceToken
+    from shared.identity import ServiceIdentity
+
+    secret = "s" * 32
+    token = ServiceToken(
+        "abcd1234", secret_hash(secret), "ci", "operator", time.time() + 60, 0.0, "x"
+    )
+
+    class View:
+        def __init__(self, record: ServiceToken) -> None:
+            self.record = record
+
+        def service_token(self, token_id: str) -> ServiceToken | None:
+            return self.record if token_id == self.record.id else None
+
+    good = f"ncs.abcd1234.{secret}"
+    assert service_identity(View(token), good) == ServiceIdentity("ci", Role.OPERATOR, "abcd1234")  # type: ignore[arg-type]
+    for view, presented in (
+        (View(token), f"ncs.abcd1234.{'t' * 32}"),  # wrong secret
+        (View(token), "ncs.abcd1234.short"),  # malformed
+        (View(replace(token, expires_at=time.time() - 1)), good),  # expired
+        (View(replace(token, revoked=True)), good),
+    ):
+        assert service_identity(view, presented) is None  # type: ignore[arg-type]

@@ -25,39 +25,51 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18shared/pb/v1/admin.proto\x12\x10novacron.edge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd5\x01\n\tJoinToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x11\n\tuses_left\x18\x03 \x01(\r\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x06 \x01(\t\x12\x0f\n\x07revoked\x18\x07 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\"a\n\x16\x43reateJoinTokenRequest\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04uses\x18\x03 \x01(\r\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"d\n\x10\x43reatedJoinToken\x12*\n\x05token\x18\x01 \x01(\x0b\x32\x1b.novacron.edge.v1.JoinToken\x12\x14\n\x0csecret_token\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61_pin\x18\x03 \x01(\t\"\x17\n\x15ListJoinTokensRequest\"E\n\x16ListJoinTokensResponse\x12+\n\x06tokens\x18\x01 \x03(\x0b\x32\x1b.novacron.edge.v1.JoinToken\"$\n\x16RevokeJoinTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"$\n\x11RevokeNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"3\n\x11RemoveNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"5\n\x0bRemovedNode\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rvms_forgotten\x18\x02 \x03(\t\"\x84\x01\n\x0eNodeCredential\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\x0f\n\x07revoked\x18\x03 \x01(\x08\x12/\n\x0b\x65nrolled_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08token_id\x18\x05 \x01(\t\"G\n\x10ListAuditRequest\x12\x15\n\rsince_seconds\x18\x01 \x01(\x01\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\"\xa5\x01\n\x0b\x41uditRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x0e\n\x06result\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"C\n\x11ListAuditResponse\x12.\n\x07records\x18\x01 \x03(\x0b\x32\x1d.novacron.edge.v1.AuditRecord2\xa7\x04\n\x08\x41\x64minAPI\x12_\n\x0f\x43reateJoinToken\x12(.novacron.edge.v1.CreateJoinTokenRequest\x1a\".novacron.edge.v1.CreatedJoinToken\x12\x63\n\x0eListJoinTokens\x12\'.novacron.edge.v1.ListJoinTokensRequest\x1a(.novacron.edge.v1.ListJoinTokensResponse\x12X\n\x0fRevokeJoinToken\x12(.novacron.edge.v1.RevokeJoinTokenRequest\x1a\x1b.novacron.edge.v1.JoinToken\x12S\n\nRevokeNode\x12#.novacron.edge.v1.RevokeNodeRequest\x1a .novacron.edge.v1.NodeCredential\x12P\n\nRemoveNode\x12#.novacron.edge.v1.RemoveNodeRequest\x1a\x1d.novacron.edge.v1.RemovedNode\x12T\n\tListAudit\x12\".novacron.edge.v1.ListAuditRequest\x1a#.novacron.edge.v1.ListAuditResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18shared/pb/v1/admin.proto\x12\x10novacron.edge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\x01\n\x0cServiceToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x06 \x01(\t\x12\x0f\n\x07revoked\x18\x07 \x01(\x08\"L\n\x19\x43reateServiceTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\r\"Z\n\x13\x43reatedServiceToken\x12-\n\x05token\x18\x01 \x01(\x0b\x32\x1e.novacron.edge.v1.ServiceToken\x12\x14\n\x0csecret_token\x18\x02 \x01(\t\"\x1a\n\x18ListServiceTokensRequest\"K\n\x19ListServiceTokensResponse\x12.\n\x06tokens\x18\x01 \x03(\x0b\x32\x1e.novacron.edge.v1.ServiceToken\"\'\n\x19RevokeServiceTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xd5\x01\n\tJoinToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x11\n\tuses_left\x18\x03 \x01(\r\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x06 \x01(\t\x12\x0f\n\x07revoked\x18\x07 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\"a\n\x16\x43reateJoinTokenRequest\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04uses\x18\x03 \x01(\r\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"d\n\x10\x43reatedJoinToken\x12*\n\x05token\x18\x01 \x01(\x0b\x32\x1b.novacron.edge.v1.JoinToken\x12\x14\n\x0csecret_token\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61_pin\x18\x03 \x01(\t\"\x17\n\x15ListJoinTokensRequest\"E\n\x16ListJoinTokensResponse\x12+\n\x06tokens\x18\x01 \x03(\x0b\x32\x1b.novacron.edge.v1.JoinToken\"$\n\x16RevokeJoinTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"$\n\x11RevokeNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"3\n\x11RemoveNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"5\n\x0bRemovedNode\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rvms_forgotten\x18\x02 \x03(\t\"\x84\x01\n\x0eNodeCredential\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\x0f\n\x07revoked\x18\x03 \x01(\x08\x12/\n\x0b\x65nrolled_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08token_id\x18\x05 \x01(\t\"G\n\x10ListAuditRequest\x12\x15\n\rsince_seconds\x18\x01 \x01(\x01\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\"\xa5\x01\n\x0b\x41uditRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x0e\n\x06result\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"C\n\x11ListAuditResponse\x12.\n\x07records\x18\x01 \x03(\x0b\x32\x1d.novacron.edge.v1.AuditRecord2\xe2\x06\n\x08\x41\x64minAPI\x12_\n\x0f\x43reateJoinToken\x12(.novacron.edge.v1.CreateJoinTokenRequest\x1a\".novacron.edge.v1.CreatedJoinToken\x12\x63\n\x0eListJoinTokens\x12\'.novacron.edge.v1.ListJoinTokensRequest\x1a(.novacron.edge.v1.ListJoinTokensResponse\x12X\n\x0fRevokeJoinToken\x12(.novacron.edge.v1.RevokeJoinTokenRequest\x1a\x1b.novacron.edge.v1.JoinToken\x12S\n\nRevokeNode\x12#.novacron.edge.v1.RevokeNodeRequest\x1a .novacron.edge.v1.NodeCredential\x12P\n\nRemoveNode\x12#.novacron.edge.v1.RemoveNodeRequest\x1a\x1d.novacron.edge.v1.RemovedNode\x12T\n\tListAudit\x12\".novacron.edge.v1.ListAuditRequest\x1a#.novacron.edge.v1.ListAuditResponse\x12h\n\x12\x43reateServiceToken\x12+.novacron.edge.v1.CreateServiceTokenRequest\x1a%.novacron.edge.v1.CreatedServiceToken\x12l\n\x11ListServiceTokens\x12*.novacron.edge.v1.ListServiceTokensRequest\x1a+.novacron.edge.v1.ListServiceTokensResponse\x12\x61\n\x12RevokeServiceToken\x12+.novacron.edge.v1.RevokeServiceTokenRequest\x1a\x1e.novacron.edge.v1.ServiceTokenb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shared.pb.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOINTOKEN']._serialized_start=80
-  _globals['_JOINTOKEN']._serialized_end=293
-  _globals['_CREATEJOINTOKENREQUEST']._serialized_start=295
-  _globals['_CREATEJOINTOKENREQUEST']._serialized_end=392
-  _globals['_CREATEDJOINTOKEN']._serialized_start=394
-  _globals['_CREATEDJOINTOKEN']._serialized_end=494
-  _globals['_LISTJOINTOKENSREQUEST']._serialized_start=496
-  _globals['_LISTJOINTOKENSREQUEST']._serialized_end=519
-  _globals['_LISTJOINTOKENSRESPONSE']._serialized_start=521
-  _globals['_LISTJOINTOKENSRESPONSE']._serialized_end=590
-  _globals['_REVOKEJOINTOKENREQUEST']._serialized_start=592
-  _globals['_REVOKEJOINTOKENREQUEST']._serialized_end=628
-  _globals['_REVOKENODEREQUEST']._serialized_start=630
-  _globals['_REVOKENODEREQUEST']._serialized_end=666
-  _globals['_REMOVENODEREQUEST']._serialized_start=668
-  _globals['_REMOVENODEREQUEST']._serialized_end=719
-  _globals['_REMOVEDNODE']._serialized_start=721
-  _globals['_REMOVEDNODE']._serialized_end=774
-  _globals['_NODECREDENTIAL']._serialized_start=777
-  _globals['_NODECREDENTIAL']._serialized_end=909
-  _globals['_LISTAUDITREQUEST']._serialized_start=911
-  _globals['_LISTAUDITREQUEST']._serialized_end=982
-  _globals['_AUDITRECORD']._serialized_start=985
-  _globals['_AUDITRECORD']._serialized_end=1150
-  _globals['_LISTAUDITRESPONSE']._serialized_start=1152
-  _globals['_LISTAUDITRESPONSE']._serialized_end=1219
-  _globals['_ADMINAPI']._serialized_start=1222
-  _globals['_ADMINAPI']._serialized_end=1773
+  _globals['_SERVICETOKEN']._serialized_start=80
+  _globals['_SERVICETOKEN']._serialized_end=267
+  _globals['_CREATESERVICETOKENREQUEST']._serialized_start=269
+  _globals['_CREATESERVICETOKENREQUEST']._serialized_end=345
+  _globals['_CREATEDSERVICETOKEN']._serialized_start=347
+  _globals['_CREATEDSERVICETOKEN']._serialized_end=437
+  _globals['_LISTSERVICETOKENSREQUEST']._serialized_start=439
+  _globals['_LISTSERVICETOKENSREQUEST']._serialized_end=465
+  _globals['_LISTSERVICETOKENSRESPONSE']._serialized_start=467
+  _globals['_LISTSERVICETOKENSRESPONSE']._serialized_end=542
+  _globals['_REVOKESERVICETOKENREQUEST']._serialized_start=544
+  _globals['_REVOKESERVICETOKENREQUEST']._serialized_end=583
+  _globals['_JOINTOKEN']._serialized_start=586
+  _globals['_JOINTOKEN']._serialized_end=799
+  _globals['_CREATEJOINTOKENREQUEST']._serialized_start=801
+  _globals['_CREATEJOINTOKENREQUEST']._serialized_end=898
+  _globals['_CREATEDJOINTOKEN']._serialized_start=900
+  _globals['_CREATEDJOINTOKEN']._serialized_end=1000
+  _globals['_LISTJOINTOKENSREQUEST']._serialized_start=1002
+  _globals['_LISTJOINTOKENSREQUEST']._serialized_end=1025
+  _globals['_LISTJOINTOKENSRESPONSE']._serialized_start=1027
+  _globals['_LISTJOINTOKENSRESPONSE']._serialized_end=1096
+  _globals['_REVOKEJOINTOKENREQUEST']._serialized_start=1098
+  _globals['_REVOKEJOINTOKENREQUEST']._serialized_end=1134
+  _globals['_REVOKENODEREQUEST']._serialized_start=1136
+  _globals['_REVOKENODEREQUEST']._serialized_end=1172
+  _globals['_REMOVENODEREQUEST']._serialized_start=1174
+  _globals['_REMOVENODEREQUEST']._serialized_end=1225
+  _globals['_REMOVEDNODE']._serialized_start=1227
+  _globals['_REMOVEDNODE']._serialized_end=1280
+  _globals['_NODECREDENTIAL']._serialized_start=1283
+  _globals['_NODECREDENTIAL']._serialized_end=1415
+  _globals['_LISTAUDITREQUEST']._serialized_start=1417
+  _globals['_LISTAUDITREQUEST']._serialized_end=1488
+  _globals['_AUDITRECORD']._serialized_start=1491
+  _globals['_AUDITRECORD']._serialized_end=1656
+  _globals['_LISTAUDITRESPONSE']._serialized_start=1658
+  _globals['_LISTAUDITRESPONSE']._serialized_end=1725
+  _globals['_ADMINAPI']._serialized_start=1728
+  _globals['_ADMINAPI']._serialized_end=2594
 # @@protoc_insertion_point(module_scope)

@@ -64,6 +64,21 @@ class AdminAPIStub:
                 request_serializer=shared_dot_pb_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=shared_dot_pb_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
+        self.CreateServiceToken = channel.unary_unary(
+                '/novacron.edge.v1.AdminAPI/CreateServiceToken',
+                request_serializer=shared_dot_pb_dot_v1_dot_admin__pb2.CreateServiceTokenRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_v1_dot_admin__pb2.CreatedServiceToken.FromString,
+                _registered_method=True)
+        self.ListServiceTokens = channel.unary_unary(
+                '/novacron.edge.v1.AdminAPI/ListServiceTokens',
+                request_serializer=shared_dot_pb_dot_v1_dot_admin__pb2.ListServiceTokensRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_v1_dot_admin__pb2.ListServiceTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeServiceToken = channel.unary_unary(
+                '/novacron.edge.v1.AdminAPI/RevokeServiceToken',
+                request_serializer=shared_dot_pb_dot_v1_dot_admin__pb2.RevokeServiceTokenRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_v1_dot_admin__pb2.ServiceToken.FromString,
+                _registered_method=True)
 
 
 class AdminAPIServicer:
@@ -108,6 +123,26 @@ class AdminAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateServiceToken(self, request, context):
+        """Bearer tokens of a role, for services that cannot hold a client certificate: sent as
+        `authorization: Bearer <token>` to the join port (TLS, no client certificate).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListServiceTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeServiceToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +175,21 @@ def add_AdminAPIServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=shared_dot_pb_dot_v1_dot_admin__pb2.ListAuditRequest.FromString,
                     response_serializer=shared_dot_pb_dot_v1_dot_admin__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'CreateServiceToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateServiceToken,
+                    request_deserializer=shared_dot_pb_dot_v1_dot_admin__pb2.CreateServiceTokenRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_v1_dot_admin__pb2.CreatedServiceToken.SerializeToString,
+            ),
+            'ListServiceTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListServiceTokens,
+                    request_deserializer=shared_dot_pb_dot_v1_dot_admin__pb2.ListServiceTokensRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_v1_dot_admin__pb2.ListServiceTokensResponse.SerializeToString,
+            ),
+            'RevokeServiceToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeServiceToken,
+                    request_deserializer=shared_dot_pb_dot_v1_dot_admin__pb2.RevokeServiceTokenRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_v1_dot_admin__pb2.ServiceToken.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -304,6 +354,87 @@ class AdminAPI:
             '/novacron.edge.v1.AdminAPI/ListAudit',
             shared_dot_pb_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
             shared_dot_pb_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateServiceToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/novacron.edge.v1.AdminAPI/CreateServiceToken',
+            shared_dot_pb_dot_v1_dot_admin__pb2.CreateServiceTokenRequest.SerializeToString,
+            shared_dot_pb_dot_v1_dot_admin__pb2.CreatedServiceToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListServiceTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/novacron.edge.v1.AdminAPI/ListServiceTokens',
+            shared_dot_pb_dot_v1_dot_admin__pb2.ListServiceTokensRequest.SerializeToString,
+            shared_dot_pb_dot_v1_dot_admin__pb2.ListServiceTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeServiceToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/novacron.edge.v1.AdminAPI/RevokeServiceToken',
+            shared_dot_pb_dot_v1_dot_admin__pb2.RevokeServiceTokenRequest.SerializeToString,
+            shared_dot_pb_dot_v1_dot_admin__pb2.ServiceToken.FromString,
             options,
             channel_credentials,
             insecure,

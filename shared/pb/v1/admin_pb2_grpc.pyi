@@ -43,6 +43,12 @@ class AdminAPIStub:
     (its VMs' records are then forgotten: copies that come back are destroyed as deleted).
     """
     ListAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]
+    CreateServiceToken: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateServiceTokenRequest, _admin_pb2.CreatedServiceToken]
+    """Bearer tokens of a role, for services that cannot hold a client certificate: sent as
+    `authorization: Bearer <token>` to the join port (TLS, no client certificate).
+    """
+    ListServiceTokens: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListServiceTokensRequest, _admin_pb2.ListServiceTokensResponse]
+    RevokeServiceToken: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeServiceTokenRequest, _admin_pb2.ServiceToken]
 
 @_typing.type_check_only
 class AdminAPIAsyncStub(AdminAPIStub):
@@ -57,6 +63,12 @@ class AdminAPIAsyncStub(AdminAPIStub):
     (its VMs' records are then forgotten: copies that come back are destroyed as deleted).
     """
     ListAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]  # type: ignore[assignment]
+    CreateServiceToken: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateServiceTokenRequest, _admin_pb2.CreatedServiceToken]  # type: ignore[assignment]
+    """Bearer tokens of a role, for services that cannot hold a client certificate: sent as
+    `authorization: Bearer <token>` to the join port (TLS, no client certificate).
+    """
+    ListServiceTokens: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListServiceTokensRequest, _admin_pb2.ListServiceTokensResponse]  # type: ignore[assignment]
+    RevokeServiceToken: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeServiceTokenRequest, _admin_pb2.ServiceToken]  # type: ignore[assignment]
 
 class AdminAPIServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -104,5 +116,29 @@ class AdminAPIServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListAuditRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListAuditResponse, _abc.Awaitable[_admin_pb2.ListAuditResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateServiceToken(
+        self,
+        request: _admin_pb2.CreateServiceTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CreatedServiceToken, _abc.Awaitable[_admin_pb2.CreatedServiceToken]]:
+        """Bearer tokens of a role, for services that cannot hold a client certificate: sent as
+        `authorization: Bearer <token>` to the join port (TLS, no client certificate).
+        """
+
+    @_abc_1.abstractmethod
+    def ListServiceTokens(
+        self,
+        request: _admin_pb2.ListServiceTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListServiceTokensResponse, _abc.Awaitable[_admin_pb2.ListServiceTokensResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeServiceToken(
+        self,
+        request: _admin_pb2.RevokeServiceTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ServiceToken, _abc.Awaitable[_admin_pb2.ServiceToken]]: ...
 
 def add_AdminAPIServicer_to_server(servicer: AdminAPIServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
