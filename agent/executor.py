@@ -31,6 +31,7 @@ from agent.images.catalog import ImageCatalog
 from agent.installation import InstallationGuard
 from agent.mesh import MeshManager
 from agent.migration_executor import MigrationCommands
+from agent.migration_gateway import MigrationGateway
 from agent.progress import PROGRESS_INTERVAL_S, ProgressSink
 from agent.vm_files import CONSOLE_FILE as CONSOLE_FILE
 from agent.vm_files import SAVE_FILE
@@ -87,8 +88,10 @@ class CommandExecutor(MigrationCommands):
         progress_interval_s: float = PROGRESS_INTERVAL_S,
         on_key_rotated: Callable[[], None] | None = None,
         desired: DesiredStateCache | None = None,
+        gateway: MigrationGateway | None = None,
     ) -> None:
         self.hypervisor = hypervisor
+        self.gateway = gateway
         self.vmnet = vmnet
         self.mesh = mesh
         self.installation = installation or InstallationGuard(state_dir)
@@ -108,6 +111,10 @@ class CommandExecutor(MigrationCommands):
         self._results: OrderedDict[str, CommandResult] = OrderedDict()
         self._running: dict[str, asyncio.Task[CommandResult]] = {}
         self._vm_locks: dict[str, asyncio.Lock] = {}
+
+    async def close(self) -> None:
+        if self.gateway is not None:
+            await self.gateway.close()
 
     def vm_dir(self, vm_id: str) -> Path:
         if not vm_id or "/" in vm_id or vm_id.startswith("."):

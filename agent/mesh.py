@@ -10,6 +10,7 @@ import time
 
 import structlog
 
+from agent.overlay_guard import guard
 from agent.vmnet import VMNetwork
 from agent.wireguard.base import PeerConfig, WireGuardDriver
 from shared.errors import InvalidArgument, NovaCronError
@@ -124,10 +125,18 @@ class MeshManager:
             ipaddress.ip_interface(cidr)
         except ValueError as exc:
             raise InvalidArgument(f"mesh address {cidr!r}: {exc}") from None
-        if cidr != self._address and self._address:
-            _ip("addr", "del", self._address, "dev", self.driver.name, check=False)
+        previous = self._address
+        if cidr != previous and previous:
+            _ip("addr", "del", previous, "dev", self.driver.name, check=False)
         _ip("addr", "replace", cidr, "dev", self.driver.name)
+        if cidr != previous:  # only the tunnel delivers to it (agent/overlay_guard.py)
+            guard(cidr.split("/")[0], self.driver.name, previous.split("/")[0])
         self._address = cidr
+
+    @property
+    def address_ip(self) -> str:
+        """This node's mesh address, without prefix ("" before the controller gave one)."""
+        return self._address.split("/")[0]
 
 
 def _ip(*args: str, check: bool = True) -> None:

@@ -19,12 +19,14 @@ from agent.hypervisor.base import (
     NetworkAttachment,
 )
 from agent.images.catalog import ImageCatalog
+from agent.mesh import MeshManager
+from agent.migration_gateway import MigrationGateway
 from agent.progress import ProgressSink, watch_migration
 from agent.vm_files import CONSOLE_FILE, INCOMING_DISK
 from agent.vmnet import VMNetwork
 from shared.commands import CreateVM, FinishMigration, LandMigration, Migrate, PrepareMigration
 from shared.domain import VMSpec, VMState, VMStatus
-from shared.errors import AlreadyExists, FailedPrecondition, NotFound
+from shared.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 
 DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
 
@@ -38,6 +40,8 @@ class MigrationCommands:
     on_progress: ProgressSink | None
     progress_interval_s: float
     migration_host: str
+    gateway: MigrationGateway | None  # set: migrations arrive over the mesh only
+    mesh: MeshManager | None
     postcopy_cap_mbit: int
     _incoming: dict[str, str]
     _outgoing: dict[str, str]
@@ -58,10 +62,7 @@ class MigrationCommands:
 
     async def _prepare_migration(self, prepare: PrepareMigration) -> MigrationTarget:
         """Stage the VM's media here and say where the source should send it."""
-        if not self.migration_host:
-            raise FailedPrecondition(
-                "this node accepts no live migrations (agent.migration_host is not set)"
-            )
+        host, listen = await self._migration_endpoint()
         held, _ = await self._fenced(prepare.vm_id, prepare.generation, "prepare_migration")
         if held is not None:
             raise AlreadyExists(f"VM {prepare.spec.name!r} already exists on this node")
@@ -73,15 +74,34 @@ class MigrationCommands:
         media = await asyncio.to_thread(self.catalog.prepare, prepare.spec.image, vm_dir)
         if prepare.address:
             self._incoming[prepare.vm_id] = prepare.address
-        host = self.migration_host
         return MigrationTarget(
             libvirt_uri=f"qemu+tcp://{host}/system",
             data_uri=f"tcp://{host}",
+            listen_address=listen,
             kernel=media.kernel,
             initrd=media.initrd,
             disk=media.disk,  # an empty overlay on this node's base: the source fills it
             console_log=str(vm_dir / CONSOLE_FILE),
         )
+
+    async def _migration_endpoint(self) -> tuple[str, str]:
+        """(host the source dials, address QEMU listens on): the mesh address when this node
+        is on the mesh (the gateway relays libvirtd there; docs/security.md); else the
+        configured migration_host, in clear text on the underlay."""
+        if self.gateway is not None and self.mesh is not None:
+            address = self.mesh.address_ip
+            if not address:
+                raise Unavailable(
+                    "this node has no mesh address yet (the controller gives it one on "
+                    "connect): migrations arrive only over the mesh"
+                )
+            await self.gateway.ensure(address, self.mesh.driver.name)
+            return address, address
+        if not self.migration_host:
+            raise FailedPrecondition(
+                "this node accepts no live migrations (agent.migration_host is not set)"
+            )
+        return self.migration_host, ""
 
     async def _migrate(self, migrate: Migrate) -> None:
         """Send the VM to the destination, reporting the job's progress meanwhile; once it

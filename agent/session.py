@@ -29,6 +29,7 @@ from agent.images.catalog import ImageCatalog
 from agent.installation import InstallationGuard
 from agent.latency import LatencyWindow, Prober, probe_gap
 from agent.mesh import MeshManager
+from agent.migration_gateway import migration_gateway
 from agent.offline import OfflineRestore
 from agent.peer_probe import PeerProber, reachable_peers
 from agent.qos import postcopy_cap_mbit
@@ -92,6 +93,7 @@ class AgentSession:
             on_progress=self._send_progress,
             on_key_rotated=self._key_rotated,
             desired=self.desired,
+            gateway=migration_gateway(config.libvirt_uri) if mesh else None,
         )
         cached = self.desired.settings()  # the controller's, from its last welcome
         self.heartbeat_interval: float = cached.get(HEARTBEAT_INTERVAL, config.heartbeat_interval)
@@ -282,8 +284,7 @@ class AgentSession:
                 call.cancel()
 
     def restart_session(self, why: str = "after self-fencing") -> None:
-        """After self-fencing: end the session, so the next one's hello makes the controller
-        decide about the paused VMs (resume them, or destroy them as replaced)."""
+        """End the session: after self-fencing, the next hello has the controller decide."""
         if self._outbox is not None:  # ends our half of the stream; the controller then ends
             self.log.warning("restarting the session", why=why)
             self._outbox.put_nowait(None)  # its half (or keepalive ends a dead link)
@@ -294,6 +295,7 @@ class AgentSession:
 
     async def close(self) -> None:
         self.peer_prober.close()
+        await self.executor.close()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

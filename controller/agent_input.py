@@ -1,14 +1,22 @@
 """What the controller accepts from an agent (issue 11, item 9): a broken or hostile agent
 must not poison placement (2^32-1 vCPUs, NaN locations or costs), the operator's terminal
 (escape sequences in ids and labels) or every listing (megabyte labels). Checked on the
-domain values, after conversion from the wire (which refuses unknown enum values)."""
+domain values, after conversion from the wire (which refuses unknown enum values).
+
+A hello out of bounds is refused. A heartbeat never is: it is the node's liveness, and a
+figure out of bounds (a NaN load, an RTT made negative by a clock step) must not make a live
+node look lost. Its bad figures are dropped instead, and VM statuses it cannot trust are
+treated as unknown (as when libvirt is unreachable), never as "no VMs"."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from dataclasses import replace
 
 from shared import bounds
 from shared.domain import LatencyStats, NodeInfo, Utilization, VMStatus
+from shared.errors import InvalidArgument
 from shared.identity import check_name
 
 MAX_VCPUS = 4096
@@ -34,26 +42,49 @@ def check_node_info(info: NodeInfo) -> None:
     bounds.labels("hello.node.labels", info.labels)
 
 
-def check_vms(field: str, vms: Iterable[VMStatus]) -> None:
-    reported = list(vms)
+MAX_REASON = 1024
+
+
+def checked_vms(field: str, vms: Iterable[VMStatus]) -> tuple[VMStatus, ...]:
+    """Ids, names and images are ours (domain metadata): out of bounds, they are refused.
+    A reason is libvirt's or QEMU's free text (newlines and all): it is cut, never refused,
+    or one long error message would keep a node from ever connecting."""
+    reported = tuple(vms)
     bounds.count(f"{field} (count)", len(reported), 0, MAX_VMS_REPORTED)
     for vm in reported:
         bounds.text(f"{field}.vm_id", vm.vm_id, 64)
         bounds.text(f"{field}.name", vm.name, 63)
         bounds.text(f"{field}.image", vm.image, 128)
-        bounds.text(f"{field}.reason", vm.reason, 1024)
+    return tuple(
+        replace(vm, reason=vm.reason[:MAX_REASON]) if len(vm.reason) > MAX_REASON else vm
+        for vm in reported
+    )
 
 
-def check_utilization(u: Utilization) -> None:
-    bounds.number("heartbeat.utilization.cpu_percent", u.cpu_percent, 0.0, 100.0 * MAX_VCPUS)
-    bounds.number("heartbeat.utilization.load_1m", u.load_1m, 0.0, 1e6)
-    for name in ("memory_used_mib", "memory_total_mib", "disk_used_gib", "disk_total_gib"):
-        bounds.number(f"heartbeat.utilization.{name}", getattr(u, name), 0.0, 1e12)
+def utilization_or_none(u: Utilization) -> Utilization | None:
+    """The figures, or None if any is out of bounds (NaN, negative, absurd): dropped, while
+    the heartbeat itself still counts (its liveness must never hang on a figure)."""
+    try:
+        bounds.number("cpu_percent", u.cpu_percent, 0.0, 100.0 * MAX_VCPUS)
+        bounds.number("load_1m", u.load_1m, 0.0, 1e6)
+        for name in ("memory_used_mib", "memory_total_mib", "disk_used_gib", "disk_total_gib"):
+            bounds.number(name, getattr(u, name), 0.0, 1e12)
+    except InvalidArgument:
+        return None
+    return u
 
 
-def check_latencies(stats: Iterable[LatencyStats]) -> None:
+def valid_latencies(stats: Iterable[LatencyStats]) -> tuple[LatencyStats, ...]:
+    """The stats in bounds; one out of bounds (a clock step can make an RTT negative) is
+    dropped alone."""
+    kept = []
     for s in stats:
-        bounds.text("heartbeat.latencies.target", s.target, 63)
-        for name in ("p50_ms", "p95_ms", "p99_ms", "jitter_ms"):
-            bounds.number(f"heartbeat.latencies.{name}", getattr(s, name), 0.0, MAX_LATENCY_MS)
-        bounds.number("heartbeat.latencies.loss_pct", s.loss_pct, 0.0, 100.0)
+        figures = (s.p50_ms, s.p95_ms, s.p99_ms, s.jitter_ms)
+        if (
+            len(s.target) <= 63
+            and all(math.isfinite(v) and 0.0 <= v <= MAX_LATENCY_MS for v in figures)
+            and math.isfinite(s.loss_pct)
+            and 0.0 <= s.loss_pct <= 100.0
+        ):
+            kept.append(s)
+    return tuple(kept)

@@ -15,7 +15,12 @@ from typing import Any
 import grpc
 import structlog
 
-from controller.agent_input import check_latencies, check_node_info, check_utilization, check_vms
+from controller.agent_input import (
+    check_node_info,
+    checked_vms,
+    utilization_or_none,
+    valid_latencies,
+)
 from controller.api import rpc
 from controller.authz import peer_identity
 from controller.core import events as ev
@@ -23,6 +28,7 @@ from controller.core.instructions import SendCommand, Welcome
 from controller.enrol_api import Enrolment
 from controller.runner import Runner
 from shared import convert
+from shared.domain import Utilization
 from shared.errors import InvalidArgument, NovaCronError, PermissionDenied, Unavailable
 from shared.grpc_status import status_code
 from shared.identity import NodeIdentity
@@ -85,8 +91,7 @@ def hello_fields(hello: apb.Hello) -> dict[str, object]:
     the field a broken or hostile agent got wrong."""
     info = convert.node_info_from_pb(hello.node)
     check_node_info(info)
-    vms = tuple(convert.vm_status_from_pb(v) for v in hello.vms)
-    check_vms("hello.vms", vms)
+    vms = checked_vms("hello.vms", (convert.vm_status_from_pb(v) for v in hello.vms))
     return {
         "info": info,
         "images": tuple(convert.image_from_pb(i) for i in hello.images),
@@ -255,19 +260,21 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
         elif kind == "heartbeat":
             hb = message.heartbeat
             conn.heartbeat_seq = max(conn.heartbeat_seq, hb.seq)
-            utilization = convert.utilization_from_pb(hb.utilization)
-            latencies = tuple(convert.latency_from_pb(s) for s in hb.latencies)
-            vms = tuple(convert.vm_status_from_pb(v) for v in hb.vms)
-            check_utilization(utilization)  # a bad one is dropped (logged), the node stays
-            check_latencies(latencies)
-            check_vms("heartbeat.vms", vms)
+            problem = hb.hypervisor_problem
+            try:
+                vms = checked_vms("heartbeat.vms", map(convert.vm_status_from_pb, hb.vms))
+            except InvalidArgument as exc:  # unknown, never "none" (agent_input)
+                vms, problem = (), f"VM statuses refused: {exc}"
+            used = utilization_or_none(convert.utilization_from_pb(hb.utilization))
+            if used is None:
+                log.warning("utilization out of bounds: dropped", node_id=conn.node_id)
             submit(
                 ev.AgentHeartbeat,
-                utilization=utilization,
-                latencies=latencies,
+                utilization=used or Utilization(),
+                latencies=valid_latencies(convert.latency_from_pb(s) for s in hb.latencies),
                 mesh=convert.mesh_status_from_pb(hb.mesh) if hb.HasField("mesh") else None,
                 vms=vms,
-                hypervisor_problem=hb.hypervisor_problem,
+                hypervisor_problem=problem,
                 **ids,
             )
         elif kind == "result":

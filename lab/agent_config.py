@@ -27,7 +27,7 @@ def agent_config(lab: _Lab, site: Site, join_token: str, ca_pin: str) -> dict[st
             "join_token": join_token,
             "ca_pin": ca_pin,
             "libvirt_uri": lab.libvirt_uri(site.id),
-            "migration_host": site.address,  # its libvirtd listens there (see Lab.libvirtd)
+            # no migration_host: migrations arrive over the mesh only (agent/migration_gateway)
             "edge_type": site.edge_type.value,
             "labels": {"site": site.id, "city": site.city, **site.labels},
             "location": {

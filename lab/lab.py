@@ -139,15 +139,13 @@ class Lab(Faults):
 
     def libvirtd(self, site_id: str) -> PrivateLibvirtd:
         site = self.topology.site(site_id)
+        # No TCP at all: peers reach this libvirtd through its agent's migration gateway on
+        # the mesh address, and each migration tells QEMU to listen there too (its
+        # listen_address; qemu.conf refuses 127.0.0.1 as a default). docs/security.md
         return PrivateLibvirtd(
             self.site_dir(site.id) / "libvirtd",
             netns=netns.netns_path(site.netns),
-            listen=True,
-            extra_libvirtd_conf={"listen_addr": f'"{site.address}"'},
-            extra_qemu_conf={
-                "migration_address": f'"{site.address}"',
-                "migration_host": f'"{site.address}"',
-            },
+            listen=False,
         )
 
     def libvirt_uri(self, site_id: str) -> str:

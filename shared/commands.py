@@ -84,6 +84,7 @@ class MigrationTarget:
     initrd: str = ""
     disk: str = ""
     console_log: str = ""
+    listen_address: str = ""  # where the destination's QEMU listens ("" = qemu.conf's)
 
 
 @dataclass(frozen=True, slots=True)

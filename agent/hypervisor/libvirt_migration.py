@@ -95,6 +95,8 @@ class LibvirtMigration(LibvirtConnection):
         }
         if target.data_uri:  # else libvirt uses the destination's migration_host
             params[libvirt.VIR_MIGRATE_PARAM_URI] = target.data_uri
+        if target.listen_address:  # the destination's QEMU (and its NBD disk server) bind it
+            params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = target.listen_address
         if bandwidth_mbit > 0:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = _mib_per_s(bandwidth_mbit)
             if postcopy:  # else post-copy pages go uncapped

@@ -44,6 +44,7 @@ def migration_target_to_pb(t: c.MigrationTarget) -> apb.MigrationTarget:
         initrd=t.initrd,
         disk=t.disk,
         console_log=t.console_log,
+        listen_address=t.listen_address,
     )
 
 
@@ -55,6 +56,7 @@ def migration_target_from_pb(t: apb.MigrationTarget) -> c.MigrationTarget:
         initrd=t.initrd,
         disk=t.disk,
         console_log=t.console_log,
+        listen_address=t.listen_address,
     )
 
 

@@ -3,8 +3,10 @@ field named, and afterwards the controller still serves and the listings still w
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -103,6 +105,36 @@ async def test_a_heartbeat_with_nan_is_dropped_and_the_node_stays(
     n = await cluster.api.GetNode(epb.GetNodeRequest(node_id="edge-ok"))
     assert not math.isnan(n.utilization.cpu_percent)
     await still_serving(cluster)
+
+
+async def test_vm_statuses_out_of_bounds_are_unknown_never_none_and_reasons_are_cut(
+    cluster: Cluster,
+) -> None:
+    info = node("edge-r")
+    long_reason = pb.VMStatus(vm_id="v1", name="ok", reason="qemu said:\n" + "x" * 5000)
+    done = asyncio.Event()
+
+    async def stream() -> AsyncIterator[apb.AgentMessage]:
+        yield apb.AgentMessage(hello=apb.Hello(node=info, vms=[long_reason]))
+        bad = pb.VMStatus(vm_id="v2", name="n" * 100)
+        yield apb.AgentMessage(heartbeat=apb.Heartbeat(seq=1, vms=[bad]))
+        await done.wait()  # the session stays open while we look
+
+    async with grpc.aio.insecure_channel(cluster.address) as channel:
+        call = agent_pb2_grpc.AgentSessionStub(channel).Connect(stream())
+        welcome = await call.read()  # a long, multi-line reason does not refuse the node
+        assert welcome.WhichOneof("body") == "welcome"
+
+        async def flagged() -> bool:
+            n = await cluster.api.GetNode(epb.GetNodeRequest(node_id="edge-r"))
+            return "VM statuses refused" in n.condition_reason
+
+        try:
+            await eventually(flagged, 10, "the heartbeat's VM list to count as unknown")
+        finally:
+            done.set()
+            call.cancel()
+    await cluster.api.ListNodes(epb.ListNodesRequest())
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import statistics
 import subprocess
 import threading
@@ -358,3 +359,84 @@ def _route_dev(lab: Lab, site: str, ip: str) -> str:
         check=False,
     ).stdout.split()
     return out[out.index("dev") + 1] if "dev" in out else ""
+
+
+def test_a_live_migration_crosses_the_underlay_only_inside_wireguard(lab: Lab) -> None:
+    """Issue 11 item 7: captured on the source site's uplink during a live migration, no
+    packet of libvirtd (16509) or of QEMU's migration and disk streams (49152-49215) is in
+    clear text; the migration is WireGuard (UDP 51820) there. And no site listens for
+    migrations on its underlay address: the gateway listens on the mesh address only."""
+    wait_for(lambda: _mesh_converged(lab), 60, "the mesh")
+    source, target = "iot-munich", "mec-berlin"
+    with lab.channel() as channel:
+        stub = edge_api_pb2_grpc.EdgeAPIStub(channel)
+        spec = pb.VMSpec(name="sealed", image="tiny", vcpus=1, memory_mib=128)
+        stub.CordonNode(api.CordonNodeRequest(node_id=target, cordoned=True), timeout=10)
+        try:
+            vm = stub.DeployVM(api.DeployVMRequest(spec=spec), timeout=120)
+        finally:
+            stub.CordonNode(api.CordonNodeRequest(node_id=target, cordoned=False), timeout=10)
+        try:
+            assert vm.node_id == source
+            ip = vm.address.split("/")[0]
+            wait_for(  # a booted guest dirties little memory: the pre-copy converges
+                lambda: f"net eth0 {ip}" in _vm_console(lab, "sealed"),
+                120,
+                "the guest to boot",
+                interval_s=1.0,
+            )
+            uplink = _route_dev(lab, source, lab.topology.site(target).address)
+            clear = _capture(lab, source, uplink, "tcp port 16509 or tcp portrange 49152-49215")
+            sealed = _capture(lab, source, uplink, "udp port 51820", count=300)
+            try:
+                moved = stub.MigrateVM(
+                    api.MigrateVMRequest(
+                        name_or_id="sealed", target_node_id=target, timeout_seconds=240
+                    ),
+                    timeout=300,
+                )
+            finally:
+                clear_lines, sealed_lines = _stop(clear), _stop(sealed)
+            assert moved.vm.node_id == target and moved.memory_bytes > 0
+            assert clear_lines == [], clear_lines[:5]
+            assert len(sealed_lines) == 300  # the guest's memory went through the tunnel
+            for site in (source, target):
+                listening = _listeners(lab, site)
+                underlay = lab.topology.site(site).address
+                assert not [a for a in listening if a.startswith((f"{underlay}:", "0.0.0.0:", "*:"))
+                            and a.rsplit(":", 1)[1] == "16509"], listening  # fmt: skip
+        finally:
+            stub.DeleteVM(api.DeleteVMRequest(name_or_id=vm.spec.name), timeout=60)
+    print(
+        f"\nmigration over the mesh: {moved.memory_bytes / 2**20:.1f} MiB in "
+        f"{moved.elapsed_ms:.0f} ms; {len(sealed_lines)} WireGuard packets on {source}'s "
+        "uplink, 0 clear-text migration packets"
+    )
+
+
+def _capture(lab: Lab, site: str, ifname: str, bpf: str, count: int = 0) -> subprocess.Popen[str]:
+    """tcpdump on `ifname` in `site`, once it is armed; `count`: exit after that many."""
+    argv = ["tcpdump", "-i", ifname, "-nn", "-q", "-l", "--immediate-mode"]
+    argv += [*(["-c", str(count)] if count else []), bpf]
+    proc = subprocess.Popen(
+        lab.exec_argv(site, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:  # "listening on ...": the capture is armed
+        if "listening on" in line:
+            return proc
+    pytest.fail(f"tcpdump did not start: {proc.wait()}")
+
+
+def _stop(proc: subprocess.Popen[str]) -> list[str]:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)  # our own tcpdump, by its pid
+    out, _ = proc.communicate(timeout=30)
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def _listeners(lab: Lab, site: str) -> list[str]:
+    out = subprocess.run(
+        lab.exec_argv(site, ["ss", "-ltnH"]), capture_output=True, text=True, check=True
+    ).stdout
+    return [line.split()[3] for line in out.splitlines() if len(line.split()) > 3]

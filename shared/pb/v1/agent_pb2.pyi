@@ -433,6 +433,7 @@ class MigrationTarget(_message.Message):
     INITRD_FIELD_NUMBER: _builtins.int
     DISK_FIELD_NUMBER: _builtins.int
     CONSOLE_LOG_FIELD_NUMBER: _builtins.int
+    LISTEN_ADDRESS_FIELD_NUMBER: _builtins.int
     libvirt_uri: _builtins.str
     """qemu+tcp://<host>/system: the source's libvirtd connects here"""
     data_uri: _builtins.str
@@ -441,6 +442,10 @@ class MigrationTarget(_message.Message):
     initrd: _builtins.str
     disk: _builtins.str
     console_log: _builtins.str
+    listen_address: _builtins.str
+    """The address the destination's QEMU listens on for the migration and disk streams (its
+    mesh address: the streams then cross only the WireGuard tunnel); "" = its default.
+    """
     def __init__(
         self,
         *,
@@ -450,10 +455,11 @@ class MigrationTarget(_message.Message):
         initrd: _builtins.str = ...,
         disk: _builtins.str = ...,
         console_log: _builtins.str = ...,
+        listen_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["console_log", b"console_log", "data_uri", b"data_uri", "disk", b"disk", "initrd", b"initrd", "kernel", b"kernel", "libvirt_uri", b"libvirt_uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["console_log", b"console_log", "data_uri", b"data_uri", "disk", b"disk", "initrd", b"initrd", "kernel", b"kernel", "libvirt_uri", b"libvirt_uri", "listen_address", b"listen_address"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
