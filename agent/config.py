@@ -111,8 +111,10 @@ class AgentConfig:
     node_id: str = ""
     controller: str = "127.0.0.1:7700"
     libvirt_uri: str = "qemu:///system"
-    # The address other nodes' libvirtd reach this node's libvirtd at (TCP, port 16509) and
-    # send migration data to; "" = this node accepts no incoming live migrations.
+    # Without the mesh only: the address other nodes' libvirtd reach this node's libvirtd at
+    # (TCP, port 16509, in clear text: keep such nodes on a trusted network) and send
+    # migration data to. On the mesh, migrations arrive over WireGuard on the mesh address
+    # instead (agent/migration_gateway.py) and this is not used.
     migration_host: str = ""
     virt_type: str = "auto"
     edge_type: EdgeType = EdgeType.ONPREM

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import signal
 import socket
 import sys
@@ -174,8 +175,10 @@ async def node_credentials(config: AgentConfig) -> NodeCredentials | None:
         )
         return None
     stored = await asyncio.to_thread(load_credentials, config.state_dir)
-    if stored is not None:
+    if stored is not None and stored.not_after() > dt.datetime.now(dt.UTC):
         return stored
+    if stored is not None:  # offline for longer than its lifetime: it cannot reconnect
+        return await enrol_again(config, stored)
     if not config.join_token or not config.ca_pin:
         raise ConfigError(
             f"this node is not enrolled (no certificate in {config.state_dir}/pki): start it "
@@ -192,6 +195,32 @@ async def node_credentials(config: AgentConfig) -> NodeCredentials | None:
     )
     log.info("enrolled", node_id=config.node_id, not_after=enrolled.not_after().isoformat())
     return enrolled
+
+
+async def enrol_again(config: AgentConfig, expired: NodeCredentials) -> NodeCredentials:
+    """With the configured token if it still works (one made with --node-id); else the agent
+    runs on without the controller (its VMs, self-fencing and offline restore go on) and
+    says what to do."""
+    why = f"this node's certificate expired at {expired.not_after().isoformat()}"
+    if config.join_token and config.ca_pin:
+        try:
+            return await enrol(
+                config.state_dir,
+                config.node_id,
+                config.controller,
+                config.enrol_address,
+                config.join_token,
+                config.ca_pin,
+            )
+        except NovaCronError as exc:
+            why += f"; enrolling again with the configured token failed: {exc}"
+    log.error(
+        "cannot reconnect to the controller",
+        why=why,
+        fix=f"novacron token create --node-id {config.node_id}, then start the agent "
+        "with --join-token (the VMs run on meanwhile)",
+    )
+    return expired
 
 
 async def run(config: AgentConfig) -> None:

@@ -136,7 +136,9 @@ class ControllerConfig:
     # Where joining agents call Enroll (TLS, no client certificate): "" = the host of
     # `listen`, its port + 1. Every other method is served only on `listen`, with mTLS.
     enrol_listen: str = ""
-    node_certificate_lifetime: Seconds = Seconds(86400.0)  # renewed at 2/3 of it
+    # renewed at 2/3 of it; a node offline for longer must enrol again (docs/security.md):
+    # 30 days, so that a gateway that boots offline for a week or two comes back by itself
+    node_certificate_lifetime: Seconds = Seconds(30 * 86400.0)
     # This state dir starts a new installation: agents that remember another installation are
     # taken over (their VMs shown as orphans, never deleted).
     new_installation: bool = False

@@ -19,7 +19,6 @@ from controller.pki import BACKDATE, Pki, key_usage, pem_key
 from shared.errors import InvalidArgument
 from shared.identity import CertIdentity, ClientIdentity
 
-NODE_LIFETIME = dt.timedelta(hours=24)  # renewed at 2/3 over the stream (agent/renewal.py)
 CLIENT_LIFETIME = dt.timedelta(days=365)
 
 

@@ -372,3 +372,40 @@ async def test_a_service_with_a_bearer_token_calls_the_join_port_with_its_role(
     assert code is grpc.StatusCode.UNAUTHENTICATED and message == "the bearer token is not valid"
     stored = secure.server.controller.view.service_token(created.token.id)  # type: ignore[union-attr]
     assert stored is not None and created.secret_token.split(".")[2] not in repr(stored)
+
+
+async def test_a_node_back_after_its_certificate_expired_enrols_again_with_a_bound_token(
+    secure: Cluster,
+) -> None:
+    import datetime as dt
+
+    from agent.config import AgentConfig
+    from agent.credentials import NodeCredentials, new_key_and_request, save
+    from agent.main import node_credentials
+    from controller.issuer import Issuer
+    from shared.identity import NodeIdentity
+
+    await secure.enrol("edge-old")
+    key, csr = new_key_and_request("edge-old")
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+    expired = Issuer(secure.pki).sign_request(
+        csr, NodeIdentity("edge-old", 0), dt.timedelta(hours=1), past
+    )
+    state = secure.agent_state_dir("edge-old")
+    save(state, NodeCredentials(secure.pki.ca_cert.read_bytes(), key, expired.certificate_pem))
+
+    def config(token: str) -> AgentConfig:
+        return AgentConfig(
+            node_id="edge-old",
+            controller=secure.address,
+            enrol_address=f"127.0.0.1:{secure.enrol_port}",
+            state_dir=state,
+            join_token=token,
+            ca_pin=secure.pki.pin() if token else "",
+        )
+
+    kept = await node_credentials(config(""))  # no token: runs on, says what to do
+    assert kept is not None and kept.not_after() < dt.datetime.now(dt.UTC)
+    fresh = await node_credentials(config(await secure.join_token("edge-old")))
+    assert fresh is not None and fresh.not_after() > dt.datetime.now(dt.UTC)
+    assert load_credentials(state) == fresh
