@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 
 from controller.agent_input import (
     check_node_info,
@@ -173,6 +174,10 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
             first = await anext(aiter(request_iterator))
         except StopAsyncIteration:
             return
+        except DecodeError:  # grpcio would answer UNKNOWN
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the first message is not an AgentMessage"
+            )
         if first.WhichOneof("body") != "hello":
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "the first message on a session must be hello"
