@@ -15,9 +15,11 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from shared import bounds
+from shared.commands import MigrationProgress
 from shared.domain import LatencyStats, NodeInfo, Utilization, VMStatus
 from shared.errors import InvalidArgument
 from shared.identity import check_name
+from shared.mesh import MeshStatus
 
 MAX_VCPUS = 4096
 MAX_MEMORY_MIB = 64 * 1024 * 1024  # 64 TiB
@@ -88,3 +90,32 @@ def valid_latencies(stats: Iterable[LatencyStats]) -> tuple[LatencyStats, ...]:
         ):
             kept.append(s)
     return tuple(kept)
+
+
+MAX_PEERS = 10_000
+
+
+def mesh_status_or_none(status: MeshStatus | None) -> MeshStatus | None:
+    """The node's mesh status, or None (kept as last known) if any part is out of bounds."""
+    if status is None:
+        return None
+    try:
+        bounds.count("mesh.peers (count)", len(status.peers), 0, MAX_PEERS)
+        bounds.text("mesh.public_key", status.public_key, 64)
+        bounds.text("mesh.address", status.address, 64)
+        bounds.text("mesh.error", status.error[:1024], 1024)
+        for peer in status.peers:
+            bounds.text("mesh.peers.node_id", peer.node_id, 63)
+            bounds.text("mesh.peers.public_key", peer.public_key, 64)
+            bounds.text("mesh.peers.endpoint", peer.endpoint, 128)
+            bounds.number("mesh.peers.last_handshake_age_s", peer.last_handshake_age_s, -1, 1e12)
+    except InvalidArgument:
+        return None
+    return status
+
+
+def checked_progress(progress: MigrationProgress) -> MigrationProgress:
+    """Migration progress: ids are ours (refused out of bounds), figures are counters."""
+    bounds.text("migration_progress.vm_id", progress.vm_id, 64)
+    bounds.text("migration_progress.migration_id", progress.migration_id, 64)
+    return progress

@@ -18,7 +18,9 @@ from google.protobuf.message import DecodeError
 
 from controller.agent_input import (
     check_node_info,
+    checked_progress,
     checked_vms,
+    mesh_status_or_none,
     utilization_or_none,
     valid_latencies,
 )
@@ -28,7 +30,7 @@ from controller.core import events as ev
 from controller.core.instructions import SendCommand, Welcome
 from controller.enrol_api import Enrolment
 from controller.runner import Runner
-from shared import convert
+from shared import bounds, convert
 from shared.domain import Utilization
 from shared.errors import InvalidArgument, NovaCronError, PermissionDenied, Unavailable
 from shared.grpc_status import status_code
@@ -93,6 +95,9 @@ def hello_fields(hello: apb.Hello) -> dict[str, object]:
     info = convert.node_info_from_pb(hello.node)
     check_node_info(info)
     vms = checked_vms("hello.vms", (convert.vm_status_from_pb(v) for v in hello.vms))
+    bounds.text("hello.mesh.public_key", hello.mesh.public_key, 64)
+    bounds.text("hello.mesh.endpoint", hello.mesh.endpoint, 128)
+    bounds.count("hello.images (count)", len(hello.images), 0, 1000)
     return {
         "info": info,
         "images": tuple(convert.image_from_pb(i) for i in hello.images),
@@ -277,7 +282,9 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
                 ev.AgentHeartbeat,
                 utilization=used or Utilization(),
                 latencies=valid_latencies(convert.latency_from_pb(s) for s in hb.latencies),
-                mesh=convert.mesh_status_from_pb(hb.mesh) if hb.HasField("mesh") else None,
+                mesh=mesh_status_or_none(
+                    convert.mesh_status_from_pb(hb.mesh) if hb.HasField("mesh") else None
+                ),
                 vms=vms,
                 hypervisor_problem=problem,
                 **ids,
@@ -292,7 +299,9 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
                 **ids,
             )
         elif kind == "migration_progress":
-            progress = convert.migration_progress_from_pb(message.migration_progress)
+            progress = checked_progress(
+                convert.migration_progress_from_pb(message.migration_progress)
+            )
             submit(ev.AgentProgress, progress=progress, **ids)
         else:
             log.warning("unexpected message on session", node_id=conn.node_id, kind=kind)
