@@ -33,6 +33,7 @@ from agent.mesh import MeshManager
 from agent.migration_executor import MigrationCommands
 from agent.migration_gateway import MigrationGateway
 from agent.progress import PROGRESS_INTERVAL_S, ProgressSink
+from agent.qos import postcopy_cap_mbit
 from agent.vm_files import CONSOLE_FILE as CONSOLE_FILE
 from agent.vm_files import SAVE_FILE
 from agent.vmnet import VMNetwork
@@ -80,7 +81,7 @@ class CommandExecutor(MigrationCommands):
         clock: Callable[[], float] = time.time,
         vmnet: VMNetwork | None = None,
         migration_host: str = "",
-        postcopy_cap_mbit: int = 0,
+        migration_class_mbit: float = 0.0,
         *,
         mesh: MeshManager | None = None,
         installation: InstallationGuard | None = None,
@@ -100,7 +101,10 @@ class CommandExecutor(MigrationCommands):
         self.on_key_rotated = on_key_rotated
         self.desired = desired
         self.migration_host = migration_host
-        self.postcopy_cap_mbit = postcopy_cap_mbit  # agent.qos.postcopy_cap_mbit
+        # QEMU's own caps: a post-copy's (agent.qos.postcopy_cap_mbit), and a pre-copy's over
+        # the mesh, which the uplink's migration class cannot see inside WireGuard
+        self.postcopy_cap_mbit = postcopy_cap_mbit(migration_class_mbit)
+        self.tunnel_cap_mbit = int(migration_class_mbit)
         # live migrations under way: VM id -> its VM-network address, to route on arrival
         # (destination) or to withdraw on departure (source)
         self._incoming: dict[str, str] = {}

@@ -237,12 +237,6 @@ async def run(config: AgentConfig) -> None:
     host = await asyncio.to_thread(hypervisor.host_info)
     config.capacity.check_against(host.capacity.vcpus, host.capacity.memory_mib)
     mesh = await start_mesh(config) if config.mesh.enabled else None
-    if mesh is not None and config.qos.enabled:  # migrations cross the tunnel: cap them there
-        tunnel = UplinkClasses(mesh.driver.name, config.qos.link_mbit, config.qos.migration_mbit)
-        try:
-            await asyncio.to_thread(tunnel.apply)
-        except InvalidArgument as exc:
-            log.warning("qos on the mesh device not applied", error=str(exc))
     catalog = ImageCatalog(config.images_dir)
     session = AgentSession(config, hypervisor, catalog, mesh=mesh, credentials=credentials)
     loop = asyncio.get_running_loop()

@@ -43,6 +43,7 @@ class MigrationCommands:
     gateway: MigrationGateway | None  # set: migrations arrive over the mesh only
     mesh: MeshManager | None
     postcopy_cap_mbit: int
+    tunnel_cap_mbit: int
     _incoming: dict[str, str]
     _outgoing: dict[str, str]
 
@@ -120,7 +121,7 @@ class MigrationCommands:
                     self.hypervisor.migrate,
                     migrate.vm_id,
                     migrate.target,
-                    migrate.bandwidth_mbit or (self.postcopy_cap_mbit if migrate.postcopy else 0),
+                    migrate.bandwidth_mbit or self._default_cap_mbit(migrate),
                     migrate.max_downtime_ms,
                     postcopy=migrate.postcopy,
                     generation=migrate.generation,
@@ -134,6 +135,15 @@ class MigrationCommands:
             await asyncio.to_thread(self.vmnet.unshape, migrate.vm_id)
             if migrate.address:  # this node's traffic to the VM now goes into the mesh
                 await asyncio.to_thread(self.vmnet.detach, migrate.address)
+
+    def _default_cap_mbit(self, migrate: Migrate) -> int:
+        """QEMU's rate when the request names none: a post-copy's share of the migration
+        class; over the mesh, the class itself (htb cannot tell a migration from other
+        traffic inside WireGuard, and htb on the WireGuard device stalled the route switch:
+        docs/benchmarks.md)."""
+        if migrate.postcopy:
+            return self.postcopy_cap_mbit
+        return self.tunnel_cap_mbit if migrate.target.listen_address else 0
 
     async def _send_offline(self, migrate: Migrate) -> None:
         """Stop (or save) the guest and put its files into the target's staged directory,

@@ -32,7 +32,6 @@ from agent.mesh import MeshManager
 from agent.migration_gateway import migration_gateway
 from agent.offline import OfflineRestore
 from agent.peer_probe import PeerProber, reachable_peers
-from agent.qos import postcopy_cap_mbit
 from agent.renewal import renew_when_due
 from agent.resources import ResourceSampler
 from agent.self_fence import SelfFence
@@ -85,9 +84,7 @@ class AgentSession:
             config.state_dir,
             vmnet=mesh.vmnet if mesh else None,
             migration_host=config.migration_host,
-            postcopy_cap_mbit=postcopy_cap_mbit(
-                config.qos.migration_mbit if config.qos.enabled else 0.0
-            ),
+            migration_class_mbit=config.qos.migration_mbit if config.qos.enabled else 0.0,
             mesh=mesh,
             installation=self.installation,
             on_progress=self._send_progress,

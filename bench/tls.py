@@ -63,11 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         plain_dir, tls_dir = work / "plain", work / "tls"
         plain, secure = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
         enrol = f"127.0.0.1:{free_port()}"
-        daemons.append(start_controller(plain_dir, plain, log_level="warning"))
+        off = ("--metrics-listen", "")  # two controllers: one metrics port each would clash
+        daemons.append(start_controller(plain_dir, plain, *off, log_level="warning"))
         pin = trust.init_controller(tls_dir, ["127.0.0.1"])
         daemons.append(
             start_controller(
-                tls_dir, secure, "--enrol-listen", enrol, log_level="warning", insecure=False
+                tls_dir, secure, "--enrol-listen", enrol, *off, log_level="warning", insecure=False
             )
         )
         client = trust.admin_dir(tls_dir)
