@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -92,6 +93,16 @@ async def test_enrolment_is_refused_for_bad_tokens_and_a_wrong_ca(secure: Cluste
     assert "was revoked" in await refusal("edge-r", revoked)
     wrong_secret = (await secure.join_token("edge-w"))[:7] + "0" * 16
     assert await refusal("edge-w", wrong_secret) == "enrolment refused: the join token is not valid"
+    short = await secure.admin.CreateJoinToken(
+        adpb.CreateJoinTokenRequest(node_id="edge-e", ttl_seconds=1)
+    )
+    expiry = short.token.expires_at.ToNanoseconds() / 1e9
+
+    async def past_its_expiry() -> bool:  # the clock, not a synchronisation
+        return time.time() > expiry
+
+    await eventually(past_its_expiry, 5, "the short token's expiry")
+    assert "has expired" in await refusal("edge-e", short.secret_token)
     bound = await secure.join_token("edge-b")
     assert "is for node edge-b, not edge-x" in await refusal("edge-x", bound)
     unbound = await secure.join_token()
@@ -103,6 +114,7 @@ async def test_enrolment_is_refused_for_bad_tokens_and_a_wrong_ca(secure: Cluste
     assert results.count(("edge-u", "ok")) == 1
     assert ("edge-p", "refused") not in results and ("edge-p", "ok") not in results  # never sent
     assert {("edge-r", "refused"), ("edge-w", "refused"), ("edge-x", "refused")} <= set(results)
+    assert ("edge-e", "refused") in results
     # the token for edge-p was not spent: the real CA's pin enrols with it
     await secure.enrol("edge-p", token)
 
