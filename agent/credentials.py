@@ -8,7 +8,6 @@ the new one, never a key without its certificate.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from shared.errors import ConfigError
+from shared.files import replace_file
 
 PKI_DIR = "pki"
 CA, KEY, CERT = "ca.crt", "node.key", "node.crt"
@@ -83,18 +83,7 @@ def save(state_dir: Path, credentials: NodeCredentials) -> None:
         (KEY, credentials.key_pem, 0o600),
         (CERT, credentials.cert_pem, 0o644),
     ):
-        _replace(directory / name, data, mode)
-
-
-def _replace(path: Path, data: bytes, mode: int) -> None:
-    temporary = path.with_name(f".{path.name}.new")
-    temporary.unlink(missing_ok=True)
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
+        replace_file(directory / name, data, mode)
 
 
 def open_channel(

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from shared.files import replace_file
 
 PKI_DIR = "pki"
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
@@ -105,14 +106,8 @@ def rotate_serving(pki: Pki, advertise: list[str], now: dt.datetime | None = Non
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise InvalidArgument(f"{pki.ca_key}: not the installation's ECDSA CA key")
     key, cert = _serving(ca_key, ca.subject, sans, now or dt.datetime.now(dt.UTC))
-    for path, data in (
-        (pki.server_key, pem_key(key)),
-        (pki.server_cert, cert.public_bytes(serialization.Encoding.PEM)),
-    ):
-        temporary = path.with_name(f".{path.name}.new")
-        temporary.unlink(missing_ok=True)
-        write_private(temporary, data)
-        os.replace(temporary, path)
+    replace_file(pki.server_key, pem_key(key), 0o600)
+    replace_file(pki.server_cert, cert.public_bytes(serialization.Encoding.PEM), 0o600)
 
 
 def _serving(
