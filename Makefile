@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PACKAGES := shared controller agent cli lab bench
 
-.PHONY: demo test lint typecheck unit bootstrap proto clean
+.PHONY: demo test lint typecheck unit bootstrap proto clean packages
 
 bootstrap:
 	@scripts/bootstrap
@@ -14,14 +14,19 @@ test: bootstrap lint typecheck
 	$(PY) -m pytest -ra
 
 lint:
-	.venv/bin/ruff check $(PACKAGES) tests bench
-	.venv/bin/ruff format --check $(PACKAGES) tests bench
+	.venv/bin/ruff check $(PACKAGES) tests bench packaging
+	.venv/bin/ruff format --check $(PACKAGES) tests bench packaging
 
 typecheck:
 	.venv/bin/mypy --strict $(PACKAGES)
+	.venv/bin/mypy --strict packaging/*.py
+
+# dist/novacron-{edge-common,controller,agent}_<version>_{amd64,arm64}.deb (packaging/README.md)
+packages: bootstrap
+	$(PY) packaging/build_deb.py --out dist
 
 proto:
 	PYTHON=$(PY) scripts/gen-proto
 
 clean:
-	rm -rf .state .mypy_cache .ruff_cache .pytest_cache
+	rm -rf .state .mypy_cache .ruff_cache .pytest_cache build/deb dist

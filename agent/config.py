@@ -9,11 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.config import Seconds, build, env_overrides, read_yaml
+from shared.config import Seconds, build, check_sections, env_overrides, read_yaml
 from shared.domain import EdgeType, Location
 from shared.errors import ConfigError
 
 ENV_PREFIX = "NOVACRON_AGENT"
+# One file per daemon: a controller section in the agent's file is a file mixed up
+FOREIGN = {
+    name: "belongs to the controller's file (novacron-controller --config), not the agent's"
+    for name in ("controller", "edge_computing", "policies")
+}
 _NODE_ID = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
 
 
@@ -137,6 +142,7 @@ class AgentConfig:
     ca_pin: str = ""
     enrol_address: str = ""  # the controller's join port; "" = its port + 1
     log_level: str = "info"
+    metrics_listen: str = "127.0.0.1:9471"  # Prometheus /metrics, HOST:PORT ("" = off)
 
     def __post_init__(self) -> None:
         if not self.node_id:
@@ -160,12 +166,19 @@ class AgentConfig:
                 raise ConfigError(
                     f"agent.migration_host: {self.migration_host!r} is not an IP address"
                 ) from None
+        host, _, port = self.metrics_listen.rpartition(":")
+        if self.metrics_listen and not (host and port.isdigit() and int(port) < 65536):
+            raise ConfigError(
+                f"agent.metrics_listen: {self.metrics_listen!r} is not HOST:PORT (empty = off)"
+            )
         if ":" not in self.controller:
             raise ConfigError(f"agent.controller: expected HOST:PORT, got {self.controller!r}")
 
 
 def load_config(path: Path | None, flags: dict[str, Any]) -> AgentConfig:
     """File < environment (NOVACRON_AGENT_<KEY>) < flags that were given."""
+    if path is not None:
+        check_sections(path, ("agent",), FOREIGN)
     raw: dict[str, Any] = read_yaml(path, "agent") if path else {}
     raw.update(env_overrides(ENV_PREFIX, AgentConfig))
     for key, value in flags.items():

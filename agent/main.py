@@ -1,4 +1,8 @@
-"""novacron-agent: the node daemon's command line."""
+"""novacron-agent: the node daemon's command line.
+
+`novacron-agent config check FILE [flags]` prints the effective configuration, each key with its
+source (default, file, env, flag); exit 2 with the errors if FILE is refused.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,11 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import structlog
 
-from agent import __version__
+from agent import __version__, config_check
 from agent.backoff import Backoff
 from agent.config import AgentConfig, load_config
 from agent.credentials import NodeCredentials
@@ -21,8 +26,10 @@ from agent.enrolment import enrol
 from agent.hypervisor.libvirt_driver import LibvirtHypervisor
 from agent.images.catalog import ImageCatalog
 from agent.mesh import MeshManager
+from agent.metrics import serve_metrics
 from agent.qos import UplinkClasses, route_device
 from agent.session import AgentSession
+from agent.unit import AgentUnit
 from agent.vmnet import VMNetwork
 from agent.wireguard import InterfaceConfig, UserspaceWireGuard, interface_name
 from shared.errors import ConfigError, InvalidArgument, NovaCronError, Unavailable
@@ -100,6 +107,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="talk to the controller without TLS (local development only)",
     )
+    p.add_argument("--metrics-listen", help='Prometheus HOST:PORT (default 127.0.0.1:9471, "" off)')
     p.add_argument("--log-level", help="debug, info, warning, error")
     p.add_argument("--log-format", choices=["json", "console"], help="default: console on a TTY")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -224,6 +232,9 @@ async def enrol_again(config: AgentConfig, expired: NodeCredentials) -> NodeCred
 
 
 async def run(config: AgentConfig) -> None:
+    unit = AgentUnit(config)  # systemd: READY=1, STATUS=, WATCHDOG=1 (agent/unit.py)
+    # before libvirt: while it is away, a scrape says so (novacron_agent_libvirt_up 0)
+    metrics = serve_metrics(config.node_id, config.metrics_listen)
     config.state_dir.mkdir(parents=True, exist_ok=True)
     credentials = await node_credentials(config)
     qos: asyncio.Task[None] | None = None
@@ -239,6 +250,9 @@ async def run(config: AgentConfig) -> None:
     mesh = await start_mesh(config) if config.mesh.enabled else None
     catalog = ImageCatalog(config.images_dir)
     session = AgentSession(config, hypervisor, catalog, mesh=mesh, credentials=credentials)
+    unit.watch(session)
+    if metrics is not None:
+        metrics.attach(hypervisor, mesh, session.latencies)
     loop = asyncio.get_running_loop()
     main_task = asyncio.create_task(session.run_forever())
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -248,39 +262,49 @@ async def run(config: AgentConfig) -> None:
     except asyncio.CancelledError:
         log.info("agent stopping")
     finally:
+        unit.stopping()
         if qos is not None:
             qos.cancel()
         await session.close()
         await asyncio.to_thread(hypervisor.close)
         if mesh is not None:
             await asyncio.to_thread(mesh.driver.close)
+        if metrics is not None:
+            await asyncio.to_thread(metrics.stop)
+        await unit.close()
+
+
+def flags_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags as configuration keys (None: not given)."""
+    return {
+        "node_id": args.node_id,
+        "controller": args.controller,
+        "libvirt_uri": args.libvirt_uri,
+        "virt_type": args.virt_type,
+        "edge_type": args.edge_type,
+        "labels": _labels(args.label),
+        "location": _location(args.location, args.country),
+        "cost_per_hour": args.cost_per_hour,
+        "state_dir": args.state_dir,
+        "images_dir": args.images_dir,
+        "heartbeat_interval": args.heartbeat_interval,
+        "probe_interval": args.probe_interval,
+        "insecure": args.insecure,
+        "join_token": args.join_token,
+        "ca_pin": args.ca_pin,
+        "enrol_address": args.enrol_address,
+        "log_level": args.log_level,
+        "metrics_listen": args.metrics_listen,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["config"]:  # config check FILE [flags]: effective values, their source
+        return config_check.main(argv[1:], lambda rest: flags_of(parse_args(rest)))
     args = parse_args(argv)
     try:
-        config = load_config(
-            args.config,
-            {
-                "node_id": args.node_id,
-                "controller": args.controller,
-                "libvirt_uri": args.libvirt_uri,
-                "virt_type": args.virt_type,
-                "edge_type": args.edge_type,
-                "labels": _labels(args.label),
-                "location": _location(args.location, args.country),
-                "cost_per_hour": args.cost_per_hour,
-                "state_dir": args.state_dir,
-                "images_dir": args.images_dir,
-                "heartbeat_interval": args.heartbeat_interval,
-                "probe_interval": args.probe_interval,
-                "insecure": args.insecure,
-                "join_token": args.join_token,
-                "ca_pin": args.ca_pin,
-                "enrol_address": args.enrol_address,
-                "log_level": args.log_level,
-            },
-        )
+        config = load_config(args.config, flags_of(args))
         fmt = {"json": True, "console": False}.get(args.log_format or "")
         configure_logging(config.log_level, json=fmt)
         asyncio.run(run(config))

@@ -93,6 +93,11 @@ class MeshManager:
                 self._set_address(self._address)
             return self._status_locked()
 
+    def peek(self) -> MeshStatus:
+        """The status without repairing anything (a metrics scrape must change nothing)."""
+        with self._lock:
+            return self._status_locked()
+
     def _status_locked(self) -> MeshStatus:
         device = self.driver.status()
         by_key = {p.public_key: p for p in self._peers}

@@ -41,6 +41,7 @@ class OfflineRestore:
         self.mesh = mesh
         self.started: list[str] = []  # VM ids started from the cache
         self.kept_stopped: dict[str, str] = {}  # VM id -> why it stays stopped
+        self.restored = asyncio.Event()  # the restore has run (agent/unit.py: READY=1)
 
     def restore(self) -> None:
         """Blocking (libvirt, `ip`, WireGuard): the whole offline restore, once."""
@@ -90,3 +91,4 @@ class OfflineRestore:
             await asyncio.to_thread(self.restore)
         except NovaCronError as err:  # e.g. libvirt not back yet
             log.error("offline restore failed", error=str(err))
+        self.restored.set()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import platform
 import random
 import socket
 import time
@@ -36,6 +35,7 @@ from agent.renewal import renew_when_due
 from agent.resources import ResourceSampler
 from agent.self_fence import SelfFence
 from shared import convert
+from shared.arch import host_arch
 from shared.commands import MigrationProgress
 from shared.domain import Capacity, LatencyStats, NodeInfo, VMStatus
 from shared.errors import NovaCronError
@@ -132,7 +132,7 @@ class AgentSession:
         return NodeInfo(
             node_id=self.config.node_id,
             hostname=socket.gethostname(),
-            arch=host.arch or platform.machine(),
+            arch=host_arch(),  # the agent's machine; a guest takes its image's
             edge_type=self.config.edge_type,
             capacity=capacity,
             location=self.config.location.to_domain() if self.config.location else None,

@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         plain_dir, tls_dir = work / "plain", work / "tls"
         plain, secure = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
         enrol = f"127.0.0.1:{free_port()}"
-        off = ("--metrics-listen", "")  # two controllers: one metrics port each would clash
+        # two controllers: one metrics (and dashboard) port each would clash
+        off = ("--metrics-listen", "", "--dashboard-listen", "")
         daemons.append(start_controller(plain_dir, plain, *off, log_level="warning"))
         pin = trust.init_controller(tls_dir, ["127.0.0.1"])
         daemons.append(

@@ -244,6 +244,12 @@ class EdgeClient:
         req = api.GetMigrationRequest(migration_id=migration_id, vm=vm)
         return self._stub.WatchMigration(req, timeout=timeout or None)
 
+    def watch_events(
+        self, request: api.WatchEventsRequest, timeout: float | None = None
+    ) -> Iterator[api.ControllerEvent]:
+        """Open WatchEvents (cli/events.py); grpc.RpcError surfaces while iterating."""
+        return self._stub.WatchEvents(request, timeout=timeout)
+
     def list_orphans(self) -> list[api.Orphan]:
         return list(self._call(self._stub.ListOrphans, api.ListOrphansRequest()).orphans)
 

@@ -13,6 +13,7 @@ from cli import args as types
 from cli import commands
 from cli import drain as drain_cmd
 from cli.client import DEFAULT_CONTROLLER, DEFAULT_DEPLOY_WAIT
+from cli.events import add_events_command
 from cli.parser_migration import add_migration_group, add_orphan_verbs
 from cli.parser_util import ENV_CONTROLLER, Formatter, global_options
 from cli.parser_util import group as _group
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  novacron status\n  novacron status -o yaml\n",
         commands.status,
     )
+    add_events_command(top)
 
     # -- node --
     node = _group(

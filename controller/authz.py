@@ -35,6 +35,7 @@ _EDGE, _AGENT, _ADMIN = (
 EDGE_READS = (
     "GetVM", "ListVMs", "ListNodes", "GetNode", "GetStatus", "PlaceVM", "RecommendPlacement",
     "FindNearestNodes", "GetMigrationStatus", "ListMigrations", "WatchMigration", "ListOrphans",
+    "WatchEvents",
 )  # fmt: skip
 EDGE_CHANGES = (
     "DeployVM", "DeployVMs", "MigrateVM", "DeleteVM", "SuspendVM", "ResumeVM", "CordonNode",

@@ -7,72 +7,26 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import structlog
+
+from controller.alerts import AlertsConfig
+from controller.edge_config import (  # noqa: F401  (PlacementWeights: re-exported)
+    EdgeComputingConfig,
+    PlacementWeights,
+    apply_to_controller,
+    build_edge,
+)
 from controller.placement import PlacementProfile
-from controller.placement.filters import FILTERS
-from controller.security_policy import SecurityPolicy, TlsPolicy, combine, load_policies
-from shared.config import Seconds, SecondsOrNever, build, env_overrides, read_yaml
-from shared.domain import PlacementMode
+from controller.policies import Policies, load_policies
+from controller.security_policy import TlsPolicy, combine
+from shared.config import Seconds, SecondsOrNever, build, check_sections, env_overrides, read_yaml
+from shared.config_sources import Setting, describe
 from shared.errors import ConfigError
 
 ENV_PREFIX = "NOVACRON_CONTROLLER"
-
-
-@dataclass(frozen=True, slots=True)
-class PlacementWeights:
-    latency: float = 0.5
-    resources: float = 0.3
-    cost: float = 0.2
-    proximity: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class EdgeComputingConfig:
-    """The spec's `edge_computing:` block. Every key of the spec's example is accepted (and
-    type-checked); the placement keys drive the engine, the others are not used yet."""
-
-    placement_weights: PlacementWeights = field(default_factory=PlacementWeights)
-    placement_filters: tuple[str, ...] = tuple(FILTERS)
-    placement_mode: PlacementMode = PlacementMode.SPREAD
-    max_edge_latency: Seconds = Seconds(0.1)
-    max_edge_vms_per_node: int = 10
-    edge_resource_buffer: float = 0.15
-    # accepted from the spec, not used yet
-    discovery_interval: Seconds = Seconds(30.0)
-    discovery_timeout: Seconds = Seconds(5.0)
-    min_edge_resources: dict[str, str] = field(default_factory=dict)
-    migration_timeout: Seconds = Seconds(5.0)
-    migration_bandwidth: int = 0
-    enable_mec: bool = False
-    enable_iot_gateway: bool = False
-    enable_cdn_edge: bool = False
-    enable_telco_edge: bool = False
-    target_provision_time: Seconds = Seconds(30.0)
-    target_migration_time: Seconds = Seconds(5.0)
-    target_placement_time: Seconds = Seconds(0.1)
-    edge_mesh_enabled: bool = False
-    vpn_enabled: bool = False
-    offline_mode: bool = False
-    metrics_interval: Seconds = Seconds(10.0)
-    health_check_interval: Seconds = Seconds(15.0)
-    require_tls: bool = False
-    allowed_regions: tuple[str, ...] = ("*",)
-    data_residency_rules: tuple[str, ...] = ()
-
-    def placement_profile(self) -> PlacementProfile:
-        w = self.placement_weights
-        return PlacementProfile(
-            weights={
-                "latency": w.latency,
-                "resources": w.resources,
-                "cost": w.cost,
-                "proximity": w.proximity,
-            },
-            filters=self.placement_filters,
-            mode=self.placement_mode,
-            max_edge_latency_ms=self.max_edge_latency * 1000,
-            edge_resource_buffer=self.edge_resource_buffer,
-            max_edge_vms_per_node=self.max_edge_vms_per_node,
-        )
+log = structlog.get_logger(__name__)
+SECTIONS = ("controller", "edge_computing", "policies")
+FOREIGN = {"agent": "belongs to the agent's file (novacron-agent --config), not the controller's"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,14 +101,22 @@ class ControllerConfig:
     mesh_pool: str = "10.250.0.0/16"  # overlay addresses for the WireGuard mesh
     vm_pool: str = "10.251.0.0/16"  # VM addresses, routed between sites over the mesh
     metrics_listen: str = "127.0.0.1:9470"  # Prometheus /metrics ("" = off)
+    # the read-only web dashboard (controller/dashboard/): HTTPS behind the API's
+    # authentication, plain HTTP only with --insecure ("" = off)
+    dashboard_listen: str = "127.0.0.1:7780"
     failure_detector: FailureDetectorConfig = field(default_factory=FailureDetectorConfig)
     failover: FailoverConfig = field(default_factory=FailoverConfig)
     edge_computing: EdgeComputingConfig = field(default_factory=EdgeComputingConfig)
-    security_policies: tuple[SecurityPolicy, ...] = ()  # the file's `policies.security`
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)  # controller/alerts.py
+    policies: Policies = field(default_factory=Policies)  # the file's `policies:` section
 
     @property
     def tls(self) -> TlsPolicy:
-        return combine(self.security_policies, self.edge_computing.require_tls)
+        return combine(self.policies.security, self.edge_computing.require_tls)
+
+    def placement_profile(self) -> PlacementProfile:
+        """edge_computing's placement keys, with policies.data_residency's rules."""
+        return self.edge_computing.placement_profile(self.policies.residency())
 
     def __post_init__(self) -> None:
         for name in (
@@ -173,7 +135,7 @@ class ControllerConfig:
                 ipaddress.ip_network(getattr(self, name))
             except ValueError as exc:
                 raise ConfigError(f"controller.{name}: {exc}") from None
-        for name in ("listen", "metrics_listen", "enrol_listen"):
+        for name in ("listen", "metrics_listen", "enrol_listen", "dashboard_listen"):
             value = getattr(self, name)
             if name != "listen" and not value:
                 continue
@@ -189,24 +151,77 @@ def enrol_listen_of(config: ControllerConfig) -> str:
     return f"{host}:{int(port) + 1 if int(port) else 0}"
 
 
-def load_config(path: Path | None, flags: dict[str, Any]) -> ControllerConfig:
-    """File < environment (NOVACRON_CONTROLLER_<KEY>) < flags that were given."""
-    raw: dict[str, Any] = read_yaml(path, "controller") if path else {}
-    raw.pop("edge_computing", None)
-    raw.update(env_overrides(ENV_PREFIX, ControllerConfig))
-    raw.update({k: v for k, v in flags.items() if v is not None})
-    edge = build(
-        EdgeComputingConfig, read_yaml(path, "edge_computing") if path else {}, "edge_computing"
-    )
-    edge.placement_profile()  # refuse a bad profile at start-up, naming the bad key
+def _layers(
+    path: Path | None, flags: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], EdgeComputingConfig]:
+    """The file's `controller:` block, the environment, the flags given, and edge_computing."""
+    if path is not None:
+        check_sections(path, SECTIONS, FOREIGN)
+    file: dict[str, Any] = read_yaml(path, "controller") if path else {}
+    for key in ("edge_computing", "policies"):
+        if key in file:
+            raise ConfigError(f"controller.{key}: {key} is a top-level section, not in controller:")
+    env = env_overrides(ENV_PREFIX, ControllerConfig)
+    for key in ("edge_computing", "policies"):
+        if env.pop(key, None) is not None:
+            raise ConfigError(f"{ENV_PREFIX}_{key.upper()}: set {key} in the file")
+    given = {k: v for k, v in flags.items() if v is not None}
+    problems: list[str] = []  # every refused key of both sections at once
+    try:
+        edge = build_edge(read_yaml(path, "edge_computing") if path else {})
+    except ConfigError as exc:
+        problems.append(str(exc))
+    try:
+        load_policies(path)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return file, env, given, edge
+
+
+def load_config(path: Path | None, flags: dict[str, Any], warn: bool = True) -> ControllerConfig:
+    """File < environment (NOVACRON_CONTROLLER_<KEY>) < flags that were given; the
+    edge_computing keys that set a controller value are applied (or refused) last."""
+    file, env, given, edge = _layers(path, flags)
+    policies = load_policies(path)
+    raw = apply_to_controller(edge, {**file, **env, **given})
     config = replace(
-        build(ControllerConfig, raw, "controller"),
-        edge_computing=edge,
-        security_policies=load_policies(path),
+        build(ControllerConfig, raw, "controller"), edge_computing=edge, policies=policies
     )
+    config.placement_profile()  # refuse a bad profile at start-up, naming the bad key
+    if warn and (warning := edge.weights_warning()):
+        log.warning(warning)
     if config.insecure and config.tls.require_tls:
         raise ConfigError(
             "require_tls is true (edge_computing.require_tls or a policies.security entry), "
             "so --insecure is refused: run `novacron-controller init` and start with TLS"
         )
     return config
+
+
+def describe_config(path: Path, flags: dict[str, Any]) -> tuple[list[Setting], list[str]]:
+    """`novacron-controller config check`: every effective key with its source, and the
+    warnings the file earns."""
+    config = load_config(path, flags, warn=False)
+    file, env, given, edge = _layers(path, flags)
+    derived: dict[str, Any] = {}
+    if edge.health_check_interval is not None:
+        derived["heartbeat_interval"] = True
+    if edge.offline_mode:
+        derived["failover"] = {"stop_after": True}
+    top = replace(config, edge_computing=EdgeComputingConfig(), policies=Policies())
+    settings = describe(
+        top,
+        "controller",
+        [("file", file), ("file (edge_computing)", derived), ("env", env), ("flag", given)],
+    )
+    settings = [
+        s
+        for s in settings
+        if not s.path.startswith(("controller.edge_computing", "controller.policies"))
+    ]
+    settings += describe(edge, "edge_computing", [("file", read_yaml(path, "edge_computing"))])
+    settings += describe(config.policies, "policies", [("file", read_yaml(path, "policies"))])
+    warnings = [w for w in (edge.weights_warning(),) if w]
+    return settings, warnings

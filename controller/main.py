@@ -13,6 +13,10 @@ an unknown schema, or otherwise refused stops start-up: printed as `novacron-con
 `novacron-controller init --state-dir DIR --advertise-address ADDR [...]` creates the
 installation's CA and the controller's serving certificate once (controller/pki.py) and prints
 the CA's pin; it refuses a state dir that has a CA already.
+
+`novacron-controller config check FILE [flags]` prints the effective configuration, each key with
+its source (default, file, env, flag); exit 2 with the errors if FILE is refused
+(docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from controller import __version__, pki_cli
+from controller import __version__, config_check, pki_cli
 from controller.config import load_config
 from controller.server import ControllerServer
+from controller.unit import ControllerUnit
 from shared.errors import NovaCronError
 from shared.logging import configure_logging
 
@@ -49,6 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--controller-id", help="stable id of this controller")
     p.add_argument("--metrics-listen", help='Prometheus HOST:PORT (default 127.0.0.1:9470, "" off)')
     p.add_argument(
+        "--dashboard-listen", help='web dashboard HOST:PORT (default 127.0.0.1:7780, "" off)'
+    )
+    p.add_argument(
         "--insecure",
         action="store_true",
         default=None,
@@ -68,18 +76,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def serve(server: ControllerServer) -> None:
+    unit = ControllerUnit(server)  # systemd: READY=1, STATUS=, WATCHDOG=1 (controller/unit.py)
     await server.start()
+    unit.serving()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     waiter = asyncio.create_task(server.wait())
     await asyncio.wait([waiter, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
+    unit.stopping()
     await server.stop()
+    await unit.close()
+
+
+def flags_of(args: argparse.Namespace) -> dict[str, object]:
+    """The flags as configuration keys (None: not given)."""
+    return {
+        "listen": args.listen,
+        "state_dir": args.state_dir,
+        "enrol_listen": args.enrol_listen,
+        "heartbeat_interval": args.heartbeat_interval,
+        "deploy_timeout": args.deploy_timeout,
+        "controller_id": args.controller_id,
+        "metrics_listen": args.metrics_listen,
+        "dashboard_listen": args.dashboard_listen,
+        "insecure": args.insecure,
+        "new_installation": args.new_installation,
+        "log_level": args.log_level,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["config"]:  # config check FILE [flags]: effective values, their source
+        return config_check.main(argv[1:], lambda rest: flags_of(parse_args(rest)))
     if argv[:1] == ["init"]:
         return pki_cli.init(argv[1:])
     if argv[:1] == ["issue-client"]:
@@ -88,21 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         return pki_cli.rotate_serving_cert(argv[1:])
     args = parse_args(argv)
     try:
-        config = load_config(
-            args.config,
-            {
-                "listen": args.listen,
-                "state_dir": args.state_dir,
-                "enrol_listen": args.enrol_listen,
-                "heartbeat_interval": args.heartbeat_interval,
-                "deploy_timeout": args.deploy_timeout,
-                "controller_id": args.controller_id,
-                "metrics_listen": args.metrics_listen,
-                "insecure": args.insecure,
-                "new_installation": args.new_installation,
-                "log_level": args.log_level,
-            },
-        )
+        config = load_config(args.config, flags_of(args))
         fmt = {"json": True, "console": False}.get(args.log_format or "")
         configure_logging(config.log_level, json=fmt)
         asyncio.run(serve(ControllerServer(config)))

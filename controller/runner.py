@@ -90,9 +90,14 @@ class Runner:
         self._queue: asyncio.Queue[ev.Event] = asyncio.Queue()
         self._waiters: dict[str, asyncio.Future[Any]] = {}
         self._sessions: dict[str, Session] = {}  # session id -> session
+        self.sessions_opened = 0
         self._timers: set[asyncio.TimerHandle] = set()
         self._watchers: set[asyncio.Queue[MigrationRecord]] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        # told of every Persist once it is written (the event feed, the alerts); and the
+        # error of the last write if it failed (gRPC health: the store is not writable)
+        self.on_persisted: list[Callable[[Persist], None]] = []
+        self.persist_error: NovaCronError | None = None
 
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._loop(), name="core-loop"))
@@ -100,6 +105,11 @@ class Runner:
         self.submit(
             ev.Started,
         )
+
+    @property
+    def alive(self) -> bool:
+        """The event loop and the ticker run (gRPC health)."""
+        return bool(self._tasks) and not any(task.done() for task in self._tasks)
 
     # ------------------------------------------------------------ events in
 
@@ -126,6 +136,11 @@ class Runner:
 
     def attach(self, session: Session) -> None:
         self._sessions[session.session_id] = session
+        self.sessions_opened += 1  # metrics (agent streams)
+
+    @property
+    def open_sessions(self) -> int:
+        return len(self._sessions)
 
     def detach(self, session: Session) -> None:
         self._sessions.pop(session.session_id, None)
@@ -165,6 +180,7 @@ class Runner:
                     error=str(exc),
                 )
                 self.core.rollback()
+                self.persist_error = exc
                 stimulus_id, now = self.stimulus()
                 failed = ev.PersistFailed(stimulus_id=stimulus_id, now=now, failed=event, error=exc)
                 self._welcome_refused(event, exc)
@@ -173,6 +189,13 @@ class Runner:
                 return
             if persist.migrations:
                 self._publish(persist.migrations)
+            if persist:
+                self.persist_error = None
+                for hook in self.on_persisted:
+                    try:
+                        hook(persist)
+                    except Exception:  # an observer's bug must not stop the event's acts
+                        log.exception("a persist observer failed", stimulus_id=event.stimulus_id)
             instructions = instructions[1:]
         for instruction in instructions:
             self._execute(instruction)

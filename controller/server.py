@@ -13,18 +13,24 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controller.admin_api import AdminAPIServicer, service_identity
-from controller.api import EdgeAPIServicer
+from controller.alert_metrics import AlertCollector
+from controller.alert_runner import AlertRunner
 from controller.authz import AuthorizationInterceptor
+from controller.cert_watch import CertificateWatch, WatchedIssuer, watching_identity
 from controller.config import ControllerConfig, FailureDetectorConfig, enrol_listen_of
 from controller.core import ControllerCore, Settings
 from controller.core import events as ev
 from controller.core.detector import DetectorConfig
 from controller.core.disconnect import FailoverSettings
+from controller.dashboard import DashboardServer
+from controller.dashboard.events import event_source
 from controller.enrol_api import Enrolment
-from controller.issuer import Issuer
+from controller.event_feed import EventFeed
+from controller.events_api import EdgeAPIWithEvents
+from controller.health import HealthMonitor
 from controller.metrics import MetricsServer
+from controller.metrics_records import TimedEngine
 from controller.pki import require_pki
-from controller.placement import ScoredEngine
 from controller.runner import Runner
 from controller.serving import ServingCredentials
 from controller.sessions import (
@@ -73,6 +79,11 @@ class ControllerServer:
         self.enrol_port = 0
         self._server: grpc.aio.Server | None = None
         self.metrics: MetricsServer | None = None
+        # the event feed (novacron events, the web dashboard) and what feeds it
+        self.feed = EventFeed(config.alerts.events_kept)
+        self.alerts: AlertRunner | None = None
+        self.health: HealthMonitor | None = None
+        self.dashboard: DashboardServer | None = None
 
     async def start(self) -> int:
         if self.config.insecure and self.config.tls.require_tls:
@@ -104,10 +115,9 @@ class ControllerServer:
                 max_per_interval=self.config.failover.max_per_interval,
                 interval_s=self.config.failover.interval,
             ),
+            **self.config.edge_computing.core_settings(),  # migration defaults, targets
         )
-        core = ControllerCore(
-            settings, ScoredEngine(self.config.edge_computing.placement_profile())
-        )
+        core = ControllerCore(settings, TimedEngine(self.config.placement_profile()))
         core.load(
             stored.nodes,
             stored.vms,
@@ -148,17 +158,22 @@ class ControllerServer:
                 )
             ],
         )
-        issuer = Issuer(pki) if pki is not None else None
+        certificates = CertificateWatch(pki)
+        issuer = WatchedIssuer(pki, certificates) if pki is not None else None
         lifetime = dt.timedelta(seconds=self.config.node_certificate_lifetime)
         agent_pb2_grpc.add_AgentSessionServicer_to_server(
             AgentSessionServicer(
                 controller,
-                node_identity_from_certificate if pki is not None else node_identity_insecure,
+                watching_identity(node_identity_from_certificate, certificates)
+                if pki is not None
+                else node_identity_insecure,
                 Enrolment(controller, issuer, lifetime),
             ),
             server,
         )
-        edge_api_pb2_grpc.add_EdgeAPIServicer_to_server(EdgeAPIServicer(controller), server)
+        edge_api_pb2_grpc.add_EdgeAPIServicer_to_server(
+            EdgeAPIWithEvents(controller, self.feed), server
+        )
         admin_pb2_grpc.add_AdminAPIServicer_to_server(
             AdminAPIServicer(controller, store, pki.pin() if pki is not None else ""), server
         )
@@ -186,14 +201,42 @@ class ControllerServer:
                 raise InvalidArgument(f"cannot listen on {enrol} (enrol_listen)")
         if self.port == 0:
             raise InvalidArgument(f"cannot listen on {self.config.listen}")
+        for name in ("", *services[:3]):  # SERVING once the first check passes
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.start()
-        for name in ("", *services[:3]):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        alerts = AlertRunner(
+            controller.view, self.feed, self.config.alerts, certificates, controller.clock
+        )
+        controller.on_persisted.append(alerts.persisted)
+        alerts.start()
+        self.alerts = alerts
+        self.health = HealthMonitor(
+            health_servicer,
+            ("", *services[:3]),
+            controller,
+            store.probe,
+            self.config.alerts.health_probe_interval,
+            self.feed,
+        )
+        await self.health.check()
+        self.health.start()
         self._server = server
         self.controller = controller
         if self.config.metrics_listen:
-            self.metrics = MetricsServer(controller.view, self.config.metrics_listen)
+            self.metrics = MetricsServer(controller, self.config.metrics_listen)
+            self.metrics.registry.register(AlertCollector(alerts))
             log.info("metrics on /metrics", port=self.metrics.port)
+        if self.config.dashboard_listen:
+            self.dashboard = DashboardServer(
+                controller.view,
+                event_source(store, self.feed),
+                self.config.dashboard_listen,
+                asyncio.get_running_loop(),
+                pki=pki,
+                verify=lambda token: service_identity(controller.view, token),
+                tls_policy=self.config.tls,
+            )
+            log.info("dashboard", url=self.dashboard.url)
         log.info(
             "controller listening",
             listen=self.config.listen,
@@ -215,6 +258,15 @@ class ControllerServer:
             await self._server.wait_for_termination()
 
     async def stop(self, grace: float = 3.0) -> None:
+        if self.health is not None:  # NOT_SERVING from the first moment of the shutdown
+            await self.health.stop()
+            self.health = None
+        if self.alerts is not None:
+            await self.alerts.stop()
+            self.alerts = None
+        if self.dashboard is not None:
+            await asyncio.to_thread(self.dashboard.stop)
+            self.dashboard = None
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)
             self.metrics = None

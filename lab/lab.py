@@ -52,6 +52,7 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_IMAGES_DIR = Path("/var/cache/novacron-lab/images")
 METRICS_PORT = 9470  # the controller's Prometheus endpoint, on the management veth
+DASHBOARD_PORT = 7780  # its web dashboard (HTTPS), on the management veth too
 # What `up` creates under the state dir; `down` removes exactly these (never the dir's other files).
 # The router lives in a namespace of its own: its TUNs are born there before moving to the sites,
 # and a router left over from a crash is found like every other lab process, by its namespace.
@@ -116,6 +117,11 @@ class Lab(Faults):
     def metrics_url(self) -> str:
         """The controller's Prometheus endpoint, from the host (management veth)."""
         return f"http://{self.topology.mgmt_controller_ip}:{METRICS_PORT}/metrics"
+
+    @property
+    def dashboard_url(self) -> str:
+        """The controller's web dashboard, from the host (a service token or client cert)."""
+        return f"https://{self.topology.mgmt_controller_ip}:{DASHBOARD_PORT}/"
 
     @property
     def client_dir(self) -> Path:
@@ -294,6 +300,7 @@ class Lab(Faults):
             "--state-dir", str(self.state_dir / "controller"),
             "--heartbeat-interval", self.heartbeat, "--log-format", "json",
             "--metrics-listen", f"{topo.mgmt_controller_ip}:{METRICS_PORT}",
+            "--dashboard-listen", f"{topo.mgmt_controller_ip}:{DASHBOARD_PORT}",
         ]  # fmt: skip
         self._spawn("controller", netns.nsenter(topo.controller.netns, argv))
 

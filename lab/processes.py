@@ -103,7 +103,9 @@ def start_agent(
         str(BIN / "novacron-agent"), *(["--insecure"] if insecure else []), "--node-id", node_id,
         "--controller", address, "--libvirt-uri", libvirt_uri,
         "--state-dir", str(work / "agents" / node_id), "--images-dir", str(images),
-        "--log-format", "json", "--log-level", log_level, *extra,
+        "--log-format", "json", "--log-level", log_level,
+        "--metrics-listen", "127.0.0.1:0",  # agents may share a namespace: any free port
+        *extra,
     ]  # fmt: skip
     return start_daemon(f"agent {node_id}", argv, work / "logs" / f"agent-{node_id}.log")
 

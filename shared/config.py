@@ -7,6 +7,7 @@ so an operator never has to guess which line is wrong.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import math
 import os
@@ -61,6 +62,34 @@ def read_yaml(path: Path, section: str) -> dict[str, Any]:
     return body
 
 
+def did_you_mean(name: str, known: typing.Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for the nearest of `known`, or `` when none is close."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_sections(path: Path, known: typing.Iterable[str], foreign: Mapping[str, str]) -> None:
+    """Refuse a top-level section this daemon does not read: a misspelt one (with the nearest
+    valid name), or one that belongs to another daemon's file (`foreign`: name -> why)."""
+    text = path.read_text() if path.is_file() else ""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        return  # read_yaml names that problem
+    names = list(known)
+    for section in data:
+        if str(section) in names:
+            continue
+        if str(section) in foreign:
+            raise ConfigError(f"{path}: section {section!r}: {foreign[str(section)]}")
+        raise ConfigError(
+            f"{path}: unknown section {section!r}{did_you_mean(str(section), names)} "
+            f"(this file may hold: {', '.join(names)})"
+        )
+
+
 def env_overrides(prefix: str, cls: type[Any]) -> dict[str, str]:
     """`PREFIX_KEY=value` for each top-level field of `cls` (e.g. NOVACRON_AGENT_NODE_ID)."""
     found = {}
@@ -77,7 +106,8 @@ def build(cls: type[T], raw: Mapping[str, Any], where: str) -> T:
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(raw) - names)
     if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
+        hint = did_you_mean(unknown[0], names) or f" (known: {', '.join(sorted(names))})"
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key{hint}")
     values: dict[str, Any] = {}
     for name, value in raw.items():
         values[name] = _coerce(hints[name], value, f"{where}.{name}")

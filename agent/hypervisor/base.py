@@ -45,6 +45,7 @@ class BootMedia:
     cmdline: str = ""
     disk: str = ""  # path of the VM's own qcow2 (an overlay on the image's base), or ""
     network: NetworkAttachment | None = None  # no NIC when None
+    arch: str = ""  # the guest's: its image's architecture ("" = the host's)
 
 
 def mac_for(vm_id: str) -> str:

@@ -29,6 +29,7 @@ _BRIDGE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,14}$")  # a Linux ifname:
 _NET_KEYS = ("nc.ip=", "nc.gw=", "nc.ping=")
 PING_LABEL = "novacron.io/ping"  # a VM label: the tiny guest pings this address and says so
 _SERIAL_CONSOLE = {"x86_64": "ttyS0", "i686": "ttyS0", "aarch64": "ttyAMA0"}
+AARCH64_TCG_CPU = "cortex-a57"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +83,12 @@ def build_domain_xml(
     virt_type: str = "qemu",
     arch: str = "x86_64",
 ) -> str:
-    """Domain XML for one VM: kernel boot when media has a kernel, else disk boot."""
+    """Domain XML for one VM: kernel boot when media has a kernel, else disk boot. `arch` is
+    the host's; the guest's is its image's (media.arch), emulated (TCG) when they differ."""
     vm_id = validate_vm(vm_id, spec, generation)
+    host_arch, arch = arch, media.arch or arch
+    if virt_type == "kvm" and arch != host_arch:
+        virt_type = "qemu"  # KVM runs only the host's own architecture
     if virt_type not in VIRT_TYPES:
         raise InvalidArgument(f"virt_type must be one of {VIRT_TYPES}, got {virt_type!r}")
     if not media.kernel and not media.disk:
@@ -102,7 +107,11 @@ def build_domain_xml(
     ET.SubElement(dom, "vcpu").text = str(spec.vcpus)
 
     os_el = ET.SubElement(dom, "os")
-    ET.SubElement(os_el, "type", arch=arch).text = "hvm"
+    os_type = ET.SubElement(os_el, "type", arch=arch)
+    os_type.text = "hvm"
+    aarch64 = arch == "aarch64" and virt_type != "test"
+    if aarch64:
+        os_type.set("machine", "virt")  # direct kernel boot: no UEFI firmware needed
     if media.kernel:
         ET.SubElement(os_el, "kernel").text = media.kernel
         if media.initrd:
@@ -115,14 +124,22 @@ def build_domain_xml(
 
     if virt_type != "test" and arch in ("x86_64", "i686"):
         ET.SubElement(ET.SubElement(dom, "features"), "acpi")
+    if aarch64:  # GICv3 emulated under TCG; KVM takes the host's GIC version
+        gic = "host" if virt_type == "kvm" else "3"
+        ET.SubElement(ET.SubElement(dom, "features"), "gic", version=gic)
     if virt_type == "kvm":
         ET.SubElement(dom, "cpu", mode="host-passthrough")
+    elif aarch64:  # TCG has no "host" CPU; a Cortex-A57 runs Debian's arm64 kernel
+        cpu = ET.SubElement(dom, "cpu", mode="custom", match="exact")
+        ET.SubElement(cpu, "model", fallback="forbid").text = AARCH64_TCG_CPU
     ET.SubElement(dom, "clock", offset="utc")
     ET.SubElement(dom, "on_poweroff").text = "destroy"
     ET.SubElement(dom, "on_reboot").text = "restart"
     ET.SubElement(dom, "on_crash").text = "destroy"
 
     devices = ET.SubElement(dom, "devices")
+    if aarch64:  # the virt machine: virtio on PCIe, pl011 serial; no USB, no legacy devices
+        ET.SubElement(devices, "controller", type="usb", model="none")
     if media.disk:
         disk = ET.SubElement(devices, "disk", type="file", device="disk")
         ET.SubElement(disk, "driver", name="qemu", type="qcow2")

@@ -235,6 +235,24 @@ class LibvirtConnection:
                 return None
             raise Internal(f"get_vm {vm_id}: {err.get_error_message()}") from err
 
+    def domain_stats(self, stats: int) -> list[tuple[VMMetadata, dict[str, Any]]]:
+        """libvirt's bulk statistics (virConnectGetAllDomainStats) of our domains: one call
+        for all of them, on this connection (agent/domain_stats.py reads them)."""
+        with _mapped("domain_stats"):
+            records = self._conn.getAllDomainStats(stats, 0)
+        ours = []
+        for dom, record in records:
+            with self._lock:
+                meta = self._known.get(dom.UUIDString())
+            if meta is None:
+                try:
+                    meta = self._meta(dom)
+                except libvirt.libvirtError:
+                    continue  # vanished since
+            if meta is not None:
+                ours.append((meta, record))
+        return ours
+
     def close(self) -> None:
         with self._lock:
             if self._closed:

@@ -32,6 +32,9 @@ import structlog
 import yaml
 
 from agent.images.catalog import MANIFEST, load_manifest, qemu_img
+from agent.images.foreign import guest_parts
+from shared.arch import host_arch
+from shared.arch import require as require_arch
 from shared.errors import ConfigError, FailedPrecondition, Internal, InvalidArgument
 
 log = structlog.get_logger(__name__)
@@ -286,8 +289,12 @@ def _write_cpio_entry(out: io.BytesIO, ino: int, entry: _Entry) -> None:
     out.write(b"\0" * (-len(entry.data) % 4))
 
 
-def build_tiny_image(output_dir: Path | str, name: str = "tiny", force: bool = False) -> Path:
-    """Build (or keep) <output_dir>/<name>; atomic: built in a temp dir, then renamed."""
+def build_tiny_image(
+    output_dir: Path | str, name: str = "tiny", force: bool = False, arch: str = ""
+) -> Path:
+    """Build (or keep) <output_dir>/<name> for `arch` (default: this host's); atomic: built in a
+    temp dir, then renamed. Another architecture's parts come from its Debian packages."""
+    arch = require_arch(arch or host_arch(), "image arch")
     if not re.match(r"^[a-z0-9][a-z0-9._-]{0,62}$", name):
         raise InvalidArgument(
             f"image name {name!r} must be lowercase letters, digits, '.', '_', '-'"
@@ -296,15 +303,23 @@ def build_tiny_image(output_dir: Path | str, name: str = "tiny", force: bool = F
     target = output_dir / name
     if target.exists() and not force:
         try:
-            load_manifest(target)
+            if load_manifest(target).arch != arch:
+                raise ConfigError(f"{target} is for {load_manifest(target).arch}, not {arch}")
             _check_stamp(target)
             log.info("image_exists", image=name, path=str(target))
             return target
         except ConfigError as err:
             log.warning("image_rebuild", image=name, reason=str(err))
-    kernel = newest_kernel()
-    busybox = static_busybox()
-    modules = guest_modules(kernel_version(kernel))
+    if arch == host_arch():
+        kernel, busybox, modules_dir = newest_kernel(), static_busybox(), MODULES_DIR
+    else:
+        parts = guest_parts(arch)
+        kernel, busybox, modules_dir = (
+            newest_kernel(parts.boot_dir),
+            parts.busybox,
+            parts.modules_dir,
+        )
+    modules = guest_modules(kernel_version(kernel), modules_dir=modules_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=output_dir))
     try:
@@ -329,10 +344,10 @@ def build_tiny_image(output_dir: Path | str, name: str = "tiny", force: bool = F
         manifest = {
             "name": name,
             "kind": "kernel",
-            "arch": "x86_64",
+            "arch": arch,
             "kernel": "vmlinuz",
             "initrd": "initrd.img",
-            "cmdline": "console=ttyS0 quiet panic=-1",
+            "cmdline": f"console={'ttyAMA0' if arch == 'aarch64' else 'ttyS0'} quiet panic=-1",
             "disk": "base.qcow2",
             "description": f"NovaCron tiny guest: kernel {kernel_version(kernel)}, "
             f"busybox initramfs, {BASE_DISK_MIB} MiB empty base disk",
@@ -341,6 +356,7 @@ def build_tiny_image(output_dir: Path | str, name: str = "tiny", force: bool = F
         stamp = {
             "format": BUILD_FORMAT,
             "kernel": kernel_version(kernel),
+            "arch": arch,
             "modules": [m for m, _ in modules],
         }
         (tmp / BUILD_STAMP).write_text(json.dumps(stamp, indent=2) + "\n")

@@ -188,6 +188,7 @@ class ImageCatalog:
             initrd=str(manifest.initrd) if manifest.initrd else "",
             cmdline=manifest.cmdline,
             disk=disk,
+            arch=manifest.arch,
         )
 
     def adopt_overlay(self, name: str, vm_dir: Path | str, incoming: Path) -> None:

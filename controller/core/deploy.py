@@ -8,6 +8,7 @@ from controller.core import events as ev
 from controller.core.base import CoreBase
 from controller.core.disconnect import min_stop_after, resolve
 from controller.core.state import Join, Pending
+from controller.core.targets import over_target
 from controller.mesh import gateway_of
 from controller.placement import BatchPlacer, Explanation
 from controller.records import VMRecord
@@ -260,6 +261,8 @@ class DeployMixin(CoreBase):
                 self.reply_error(waiter, NotFound(gone))
             return
         error = self.command_failed(vm, pending, result, lost)
+        if error is None and pending.purpose == "create":
+            over_target(self.log, "provision", self._now - vm.created_at, self.settings, vm=vm.id)
         if error is None and result is not None and result.vm is not None:
             vm = self.observe(vm, result.vm.state, result.vm.reason or "reported by node")
         for waiter in pending.waiters:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from controller.core import events as ev
 from controller.core.agents import AgentsMixin
 from controller.core.state import Pending
+from controller.core.targets import migration_over_target
 from controller.records import MigrationPhase, MigrationRecord, VMRecord
 from shared.commands import (
     CommandResult,
@@ -104,11 +105,11 @@ class MigrationMixin(AgentsMixin):
             reason=event.reason or reason,
             priority=event.priority,
             max_downtime_ms=event.max_downtime_ms or self.settings.max_downtime_ms,
-            bandwidth_mbit=event.bandwidth_mbit,
+            bandwidth_mbit=event.bandwidth_mbit or self.settings.migration_bandwidth_mbit,
             started_at=self._now,
             phase_times=((MigrationPhase.PRE_CHECKS.value, self._now),),
             stimulus_id=event.stimulus_id,
-            timeout_s=event.timeout,
+            timeout_s=event.timeout or self.settings.migration_timeout,
             stays_stopped=vm.state is VMState.STOPPED,  # only cold moves take one
         )
         mig = self.put_migration(mig)
@@ -333,6 +334,7 @@ class MigrationMixin(AgentsMixin):
             bytes_remaining=0 if error is None else mig.bytes_remaining,
         )
         done = self.put_migration(done)
+        migration_over_target(self.log, done, self.settings)
         name = vm.spec.name
         if error is not None:
             self.answer_migration(

@@ -7,6 +7,7 @@ heartbeats, orphans, commands in flight) sits beside them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from controller.core.detector import DetectorConfig, HeartbeatHistory, judge
@@ -24,6 +25,7 @@ from controller.records import (
     Tombstone,
     VMRecord,
 )
+from shared.arch import runs_on
 from shared.commands import AgentCommand
 from shared.domain import Capacity, Location, NodeCondition, VMStatus
 from shared.errors import NotFound, NovaCronError
@@ -100,6 +102,11 @@ class Settings:
     vm_pool: str = "10.251.0.0/16"
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     failover: FailoverSettings = field(default_factory=FailoverSettings)
+    # edge_computing (controller/edge_config.py): a migration request's defaults, and targets
+    migration_timeout: float = 0.0  # 0 = deploy_timeout
+    migration_bandwidth_mbit: int = 0  # 0 = no cap (then the source agent's own, if any)
+    target_provision_s: float = math.inf  # a deploy or migration slower than this is logged
+    target_migration_s: float = math.inf
 
 
 @dataclass(slots=True)
@@ -302,7 +309,10 @@ class FleetState:
                     edge_type=info.edge_type,
                     arch=info.arch,
                     labels=info.labels,
-                    images=frozenset(i.name for i in node.images),
+                    images=frozenset(i.name for i in node.images if runs_on(i.arch, info.arch)),
+                    foreign_images={
+                        i.name: i.arch for i in node.images if not runs_on(i.arch, info.arch)
+                    },
                     cost_per_hour=info.cost_per_hour,
                     rtt_ms=node.controller_rtt_ms(),
                     groups=groups.get(node.node_id, {}),

@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+import structlog
 
 from controller.placement.explain import CandidateScore, Explanation, Rejection, ScoreTerm
 from controller.placement.filters import FILTERS, Filter
@@ -38,6 +39,7 @@ SHARED_CELLS = 8_000_000
 SPATIAL_CELLS = 4_000_000
 TIE = 1e-12
 V = TypeVar("V")
+log = structlog.get_logger(__name__)
 
 
 @dataclass(slots=True)
@@ -138,6 +140,7 @@ class ScoredEngine:
             mode=p.mode,
             buffer=p.edge_resource_buffer,
             max_vms_per_node=p.max_edge_vms_per_node,
+            policy=p.site_policy,
         )
 
     # -- deciding ----------------------------------------------------------------------------
@@ -278,6 +281,8 @@ class ScoredEngine:
         evaluation = self.evaluate(table, request)
         explanation = self.explain(evaluation, k)
         elapsed = (time.perf_counter() - started) * 1000
+        if elapsed > self.profile.target_placement_ms:
+            log.warning("placement over target_placement_time", ms=round(elapsed, 1))
         return Explanation(
             node_id=explanation.node_id,
             candidates=explanation.candidates,

@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.placement.request import Context, Key, PlacementRequest, Reads
+from controller.placement.site_filters import ResidencyFilter, SiteFilter
 from controller.placement.table import BOOL, EDGE_TYPES
 from shared.domain import SpreadScope
 
@@ -68,10 +69,24 @@ class ImageFilter:
         return ctx.table.image_mask(ctx.request.image)[ctx.rows]
 
     def reason(self, ctx: Context, row: int) -> str:
-        return f"image {ctx.request.image!r} not present"
+        image, t = ctx.request.image, ctx.table
+        arch = t.foreign_image_arch(row, image)
+        if arch:  # present, but built for another CPU: never placed there
+            return f"image {image!r} is {arch}, node is {t.arches.words[t.arch[row]]}"
+        return f"image {image!r} not present"
 
     def summary(self, ctx: Context, rows: IDX) -> list[tuple[int, str]]:
-        return [(len(rows), f"without image {ctx.request.image!r}")]
+        image, t = ctx.request.image, ctx.table
+        foreign: dict[str, int] = {}
+        for row in rows:
+            arch = t.foreign_image_arch(int(row), image)
+            if arch:
+                foreign[arch] = foreign.get(arch, 0) + 1
+        groups = [
+            (n, f"with image {image!r} only for {arch}") for arch, n in sorted(foreign.items())
+        ]
+        absent = len(rows) - sum(foreign.values())
+        return groups + ([(absent, f"without image {image!r}")] if absent else [])
 
 
 class ArchFilter:
@@ -322,6 +337,8 @@ FILTERS: dict[str, Filter] = {
         ArchFilter(),
         EdgeTypeFilter(),
         CountryFilter(),
+        SiteFilter(),
+        ResidencyFilter(),
         LabelFilter(),
         CostFilter(),
         LatencyFilter(),

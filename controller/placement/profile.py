@@ -7,9 +7,14 @@ from dataclasses import dataclass, field
 
 from controller.placement.filters import FILTERS
 from controller.placement.scores import SCORERS
+from controller.placement.site_policy import SitePolicy
 from shared.domain import PlacementMode
 from shared.errors import ConfigError
 
+_ENFORCES = {
+    "site": "min_edge_resources, the enable_* edge types and allowed_regions",
+    "residency": "the data residency rules of VMs labelled `regulation`",
+}
 DEFAULT_WEIGHTS = {"latency": 0.5, "resources": 0.3, "cost": 0.2, "proximity": 0.0}
 
 
@@ -21,6 +26,8 @@ class PlacementProfile:
     max_edge_latency_ms: float = 100.0
     edge_resource_buffer: float = 0.15
     max_edge_vms_per_node: int = 10
+    site_policy: SitePolicy = field(default_factory=SitePolicy)
+    target_placement_ms: float = math.inf  # a decision slower than this is logged
 
     def __post_init__(self) -> None:
         where = "edge_computing"
@@ -29,6 +36,16 @@ class PlacementProfile:
                 raise ConfigError(
                     f"{where}.placement_filters: unknown filter {name!r} "
                     f"(known: {', '.join(FILTERS)})"
+                )
+        needs = {
+            "site": self.site_policy.restricts_nodes,
+            "residency": bool(self.site_policy.residency),
+        }
+        for name, needed in needs.items():
+            if needed and name not in self.filters:
+                raise ConfigError(
+                    f"{where}.placement_filters: leaves out {name!r}, which enforces "
+                    f"{_ENFORCES[name]}; add it"
                 )
         for name, weight in self.weights.items():
             if name not in SCORERS:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.placement.geo import FIBER_KM_PER_MS_RTT, distances_km, radius_for_rtt_km
+from controller.placement.site_policy import REGULATION_LABEL, SitePolicy
 from controller.placement.table import BOOL, NodeTable
 from shared.domain import Capacity, PlacementConstraints, PlacementMode, VMSpec
 
@@ -42,6 +43,8 @@ class PlacementRequest:
     mode: PlacementMode
     buffer: float  # head-room kept free on every node (edge_resource_buffer)
     max_vms_per_node: int
+    policy: SitePolicy = field(default_factory=SitePolicy)  # fleet-wide rules (site_policy.py)
+    regulation: str = ""  # the VM's `regulation` label: its data residency rule
 
     @staticmethod
     def from_spec(
@@ -51,6 +54,7 @@ class PlacementRequest:
         mode: PlacementMode,
         buffer: float,
         max_vms_per_node: int,
+        policy: SitePolicy | None = None,
     ) -> PlacementRequest:
         c = spec.placement
         return PlacementRequest(
@@ -61,6 +65,8 @@ class PlacementRequest:
             mode=c.mode or mode,
             buffer=buffer,
             max_vms_per_node=max_vms_per_node,
+            policy=policy or SitePolicy(),
+            regulation=spec.labels.get(REGULATION_LABEL, "").upper(),
         )
 
     def spatial_key(self) -> Key:

@@ -38,7 +38,8 @@ class NodeRow:
     edge_type: EdgeType = EdgeType.ONPREM
     arch: str = "x86_64"
     labels: dict[str, str] = field(default_factory=dict)
-    images: frozenset[str] = frozenset()
+    images: frozenset[str] = frozenset()  # those it can run: of its own arch
+    foreign_images: dict[str, str] = field(default_factory=dict)  # name -> arch, not its own
     cost_per_hour: float = 0.0
     rtt_ms: tuple[float, float, float] | None = None  # measured p50, p95, p99
     groups: dict[str, int] = field(default_factory=dict)  # spread group -> VMs of it here
@@ -120,6 +121,7 @@ class NodeTable:
         self._label_masks: dict[tuple[str, str], BOOL] = {}
         self._images: list[frozenset[str]] = [r.images for r in ordered]
         self._image_masks: dict[str, BOOL] = {}
+        self._foreign_images: list[dict[str, str]] = [r.foreign_images for r in ordered]
         self.group_counts: dict[str, I32] = {}
         for i, r in enumerate(ordered):
             for group, count in r.groups.items():
@@ -141,6 +143,10 @@ class NodeTable:
             mask = np.array([labels.get(key) == value for labels in self._labels], dtype=bool)
             self._label_masks[(key, value)] = mask
         return mask
+
+    def foreign_image_arch(self, row: int, image: str) -> str:
+        """The arch of `image` where the node at `row` has it for another arch, else ''."""
+        return self._foreign_images[row].get(image, "")
 
     def image_mask(self, image: str) -> BOOL:
         mask = self._image_masks.get(image)

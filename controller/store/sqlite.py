@@ -375,6 +375,11 @@ class SQLiteStore:
         ]
         await asyncio.to_thread(self._write, [(sql, rows) for sql, rows in batch if rows])
 
+    async def probe(self) -> None:
+        """A real one-row write (gRPC health): raises the `StoreError` a write would."""
+        row = [("health_probe", repr(time.time()))]
+        await asyncio.to_thread(self._write, [("INSERT OR REPLACE INTO meta VALUES (?, ?)", row)])
+
     async def close(self) -> None:
         def work() -> None:
             with self._lock:

@@ -18,6 +18,7 @@ from agent.enrolment import enrol
 from agent.hypervisor.libvirt_driver import LibvirtHypervisor
 from agent.images.catalog import ImageCatalog
 from agent.session import AgentSession
+from controller.alerts import AlertsConfig
 from controller.config import ControllerConfig, EdgeComputingConfig, PlacementWeights
 from controller.pki import Pki, init_pki, pki_of
 from controller.pki_cli import ADMIN_DIR, write_client_set
@@ -84,6 +85,7 @@ class Cluster:
     placement_weights: PlacementWeights = field(default_factory=PlacementWeights)
     secure: bool = False  # mutual TLS: a CA in the state dir, agents enrol with join tokens
     node_certificate_lifetime: float = 86400.0
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)  # controller.alerts
 
     @property
     def address(self) -> str:
@@ -148,6 +150,8 @@ class Cluster:
             insecure=not self.secure,
             controller_id="ctl-test",
             metrics_listen="127.0.0.1:0",
+            alerts=self.alerts,
+            dashboard_listen="127.0.0.1:0",
             # no head-room buffer: the tests reason in whole MiB
             edge_computing=EdgeComputingConfig(
                 edge_resource_buffer=0.0, placement_weights=self.placement_weights
@@ -180,6 +184,7 @@ class Cluster:
         cost_per_hour: float = 0.0,
         migration_host: str = "",
         credentials: NodeCredentials | None = None,
+        labels: dict[str, str] | None = None,
     ) -> RunningAgent:
         config = AgentConfig(
             node_id=node_id,
@@ -189,7 +194,7 @@ class Cluster:
             edge_type=edge_type,
             location=location,
             cost_per_hour=cost_per_hour,
-            labels={"site": node_id},
+            labels={"site": node_id, **(labels or {})},
             capacity=capacity or CapacityConfig(storage_gib=100),
             state_dir=self.tmp / "agents" / node_id,
             images_dir=images_dir,

@@ -52,7 +52,8 @@ async def test_prometheus_metrics_describe_the_fleet(cluster: Cluster, tmp_path:
 
     async def has_rtt() -> bool:
         return (
-            'novacron_rtt_ms{node="edge-a",quantile="0.5",target="controller"}' in await scraped()
+            'novacron_rtt_seconds{node="edge-a",percentile="50",target="controller"}'
+            in await scraped()
         )
 
     await eventually(has_rtt, 20, "measured RTT in the metrics")

@@ -59,6 +59,112 @@ MIGRATION_PHASE_FAILED: MigrationPhase.ValueType  # 7
 Global___MigrationPhase: _TypeAlias = MigrationPhase  # noqa: Y015
 
 @_typing.final
+class WatchEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLAY_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    replay: _builtins.int
+    """unset = 100; at most what the controller keeps (alerts.events_kept)"""
+    follow: _builtins.bool
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """exact kinds ("alert.firing") or prefixes ("alert", "migration"); empty = every kind"""
+
+    def __init__(
+        self,
+        *,
+        replay: _builtins.int | None = ...,
+        follow: _builtins.bool = ...,
+        kinds: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_replay", b"_replay", "replay", b"replay"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_replay", b"_replay", "follow", b"follow", "kinds", b"kinds", "replay", b"replay"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__replay: _TypeAlias = _typing.Literal["replay"]  # noqa: Y015
+    _WhichOneofArgType__replay: _TypeAlias = _typing.Literal["_replay", b"_replay"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__replay) -> _WhichOneofReturnType__replay | None: ...
+
+Global___WatchEventsRequest: _TypeAlias = WatchEventsRequest  # noqa: Y015
+
+@_typing.final
+class ControllerEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class FieldsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """its place in this controller run's feed"""
+    kind: _builtins.str
+    """alert.firing, alert.resolved, node.condition, migration.<phase>, ..."""
+    severity: _builtins.str
+    """info, warning, critical"""
+    subject: _builtins.str
+    """"node edge-a", "vm web" """
+    message: _builtins.str
+    key: _builtins.str
+    """alerts: stable while the same thing is wrong ("NodeLost:node edge-a")"""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """alerts: when it began firing"""
+
+    @_builtins.property
+    def fields(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """alertname, phase, actor, ..."""
+
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        kind: _builtins.str = ...,
+        severity: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        message: _builtins.str = ...,
+        key: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        fields: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "fields", b"fields", "key", b"key", "kind", b"kind", "message", b"message", "seq", b"seq", "severity", b"severity", "since", b"since", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ControllerEvent: _TypeAlias = ControllerEvent  # noqa: Y015
+
+@_typing.final
 class PhaseTime(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

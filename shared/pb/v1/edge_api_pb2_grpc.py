@@ -160,6 +160,11 @@ class EdgeAPIStub:
                 request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.OrphanRef.SerializeToString,
                 response_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.Orphan.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/novacron.edge.v1.EdgeAPI/WatchEvents',
+                request_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.ControllerEvent.FromString,
+                _registered_method=True)
 
 
 class EdgeAPIServicer:
@@ -332,6 +337,15 @@ class EdgeAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEvents(self, request, context):
+        """The controller's event feed (docs/observability.md): alerts firing and resolved, node
+        condition changes, migration and failover phases, audited requests. The last `replay`
+        events (oldest first), then, if `follow`, each new one until the caller hangs up.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EdgeAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -459,6 +473,11 @@ def add_EdgeAPIServicer_to_server(servicer, server):
                     servicer.DeleteOrphan,
                     request_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.OrphanRef.FromString,
                     response_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.Orphan.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.WatchEventsRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_v1_dot_edge__api__pb2.ControllerEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1136,6 +1155,33 @@ class EdgeAPI:
             '/novacron.edge.v1.EdgeAPI/DeleteOrphan',
             shared_dot_pb_dot_v1_dot_edge__api__pb2.OrphanRef.SerializeToString,
             shared_dot_pb_dot_v1_dot_edge__api__pb2.Orphan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/novacron.edge.v1.EdgeAPI/WatchEvents',
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.WatchEventsRequest.SerializeToString,
+            shared_dot_pb_dot_v1_dot_edge__api__pb2.ControllerEvent.FromString,
             options,
             channel_credentials,
             insecure,

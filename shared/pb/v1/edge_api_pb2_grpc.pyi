@@ -80,6 +80,11 @@ class EdgeAPIStub:
     """
     AdoptVM: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.OrphanRef, _types_pb2.VM]
     DeleteOrphan: _grpc.UnaryUnaryMultiCallable[_edge_api_pb2.OrphanRef, _edge_api_pb2.Orphan]
+    WatchEvents: _grpc.UnaryStreamMultiCallable[_edge_api_pb2.WatchEventsRequest, _edge_api_pb2.ControllerEvent]
+    """The controller's event feed (docs/observability.md): alerts firing and resolved, node
+    condition changes, migration and failover phases, audited requests. The last `replay`
+    events (oldest first), then, if `follow`, each new one until the caller hangs up.
+    """
 
 @_typing.type_check_only
 class EdgeAPIAsyncStub(EdgeAPIStub):
@@ -132,6 +137,11 @@ class EdgeAPIAsyncStub(EdgeAPIStub):
     """
     AdoptVM: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.OrphanRef, _types_pb2.VM]  # type: ignore[assignment]
     DeleteOrphan: _aio.UnaryUnaryMultiCallable[_edge_api_pb2.OrphanRef, _edge_api_pb2.Orphan]  # type: ignore[assignment]
+    WatchEvents: _aio.UnaryStreamMultiCallable[_edge_api_pb2.WatchEventsRequest, _edge_api_pb2.ControllerEvent]  # type: ignore[assignment]
+    """The controller's event feed (docs/observability.md): alerts firing and resolved, node
+    condition changes, migration and failover phases, audited requests. The last `replay`
+    events (oldest first), then, if `follow`, each new one until the caller hangs up.
+    """
 
 class EdgeAPIServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -331,5 +341,16 @@ class EdgeAPIServicer(metaclass=_abc_1.ABCMeta):
         request: _edge_api_pb2.OrphanRef,
         context: _ServicerContext,
     ) -> _typing.Union[_edge_api_pb2.Orphan, _abc.Awaitable[_edge_api_pb2.Orphan]]: ...
+
+    @_abc_1.abstractmethod
+    def WatchEvents(
+        self,
+        request: _edge_api_pb2.WatchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_edge_api_pb2.ControllerEvent], _abc.AsyncIterator[_edge_api_pb2.ControllerEvent]]:
+        """The controller's event feed (docs/observability.md): alerts firing and resolved, node
+        condition changes, migration and failover phases, audited requests. The last `replay`
+        events (oldest first), then, if `follow`, each new one until the caller hangs up.
+        """
 
 def add_EdgeAPIServicer_to_server(servicer: EdgeAPIServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
