@@ -29,4 +29,4 @@ proto:
 	PYTHON=$(PY) scripts/gen-proto
 
 clean:
-	rm -rf .state .mypy_cache .ruff_cache .pytest_cache build/deb dist
+	rm -rf .state .mypy_cache .ruff_cache .pytest_cache dist

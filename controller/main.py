@@ -77,12 +77,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def serve(server: ControllerServer) -> None:
     unit = ControllerUnit(server)  # systemd: READY=1, STATUS=, WATCHDOG=1 (controller/unit.py)
-    await server.start()
-    unit.serving()
+    # before READY=1: systemd may send SIGTERM the moment it reads it, and that must stop us
+    # gracefully, not kill us with the default action
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    unit.serving()
     waiter = asyncio.create_task(server.wait())
     await asyncio.wait([waiter, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
     unit.stopping()

@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -132,9 +133,10 @@ def assemble_venv(tree: PackageTree, pyarch: str, lock: Path, cache: Path, versi
     write_dist_info(site, version, copy_our_code(site))
     # Compiled here, hash-checked (no mtimes inside): the daemons run with /opt read-only
     # (ProtectSystem=strict), and every .pyc is a file dpkg knows, so purge leaves nothing.
-    if not compileall.compile_dir(
-        site, quiet=2, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH, workers=0
-    ):
+    # ddir: the path recorded in each .pyc is where it is installed, not this staging tree's
+    mode = py_compile.PycInvalidationMode.CHECKED_HASH
+    ok = compileall.compile_dir(site, ddir=f"/{SITE}", quiet=2, invalidation_mode=mode, workers=0)
+    if not ok:
         raise SystemExit(f"build-deb: byte-compiling {site} failed")
 
 
@@ -160,6 +162,17 @@ def extra_configure(unit: Path) -> str:
     return "    :"
 
 
+def commented_out(example: str) -> str:
+    """The example with every key commented out: the installed file sets nothing, so every
+    node starts from the defaults (its hostname as node id, not the example's `mec-berlin-1`)
+    and the operator uncomments what this node needs."""
+    lines = []
+    for line in example.splitlines():
+        indented = line[:1].isspace() and line.strip() and not line.lstrip().startswith("#")
+        lines.append(f"#{line}" if indented else line)
+    return "\n".join(lines) + "\n"
+
+
 def add_daemon(tree: PackageTree, daemon: str) -> None:
     """The unit as it is in systemd/, the packaging drop-in, the conffile, maintainer scripts."""
     short = daemon.removeprefix("novacron-")
@@ -172,7 +185,8 @@ def add_daemon(tree: PackageTree, daemon: str) -> None:
         tree.copy(conf, f"lib/systemd/system/{daemon}.service.d/{conf.name}")
     # the agent's file holds the join token until the node has enrolled (read by root)
     mode = 0o600 if daemon == "novacron-agent" else 0o644
-    tree.copy(PACKAGING / f"{short}.example.yaml", f"etc/novacron/{short}.yaml", mode)
+    example = (PACKAGING / f"{short}.example.yaml").read_text()
+    tree.write(f"etc/novacron/{short}.yaml", commented_out(example), mode)
     tree.conffile(f"/etc/novacron/{short}.yaml")
     tree.script_template = "daemon"
     tree.substitutions["@STATE_DIRS@"] = " ".join(STATE_DIRS[daemon])
@@ -180,9 +194,15 @@ def add_daemon(tree: PackageTree, daemon: str) -> None:
 
 
 def build_arch(arch: str, version: str, out: Path, cache: Path, epoch: int) -> list[Path]:
+    # a private staging tree: two builds at once (e.g. two tests) must not share one
+    with tempfile.TemporaryDirectory(prefix=f"novacron-deb-{arch}-") as staging:
+        return build_trees(Path(staging), arch, version, out, cache, epoch)
+
+
+def build_trees(
+    staging: Path, arch: str, version: str, out: Path, cache: Path, epoch: int
+) -> list[Path]:
     pyarch = wheels.ARCHES[arch]
-    staging = ROOT / "build" / "deb" / arch
-    shutil.rmtree(staging, ignore_errors=True)
     names = ("novacron-edge-common", *DAEMONS)
     trees = {name: PackageTree(staging / name, name, version, arch, PACKAGING) for name in names}
     assemble_venv(trees["novacron-edge-common"], pyarch, PACKAGING / "requirements.lock", cache,

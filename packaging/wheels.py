@@ -10,6 +10,7 @@ directory, an unchanged one is never downloaded again.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -48,14 +49,18 @@ def fetch(pyarch: str, lock: Path, cache: Path) -> Path:
     wheel_dir = cache / "wheels" / lock_key(lock) / pyarch
     if (wheel_dir / ".complete").exists():
         return wheel_dir
-    partial = wheel_dir.with_name(pyarch + ".partial")
+    partial = wheel_dir.with_name(f".{pyarch}.{os.getpid()}.partial")  # one per build
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    pip("download", "-q", "--no-deps", "--require-hashes", "-r", str(lock), "-d", str(partial),
-        *pip_platform_args(pyarch))  # fmt: skip
-    (partial / ".complete").write_text(lock_key(lock) + "\n")
-    shutil.rmtree(wheel_dir, ignore_errors=True)
-    partial.rename(wheel_dir)
+    try:
+        pip("download", "-q", "--no-deps", "--require-hashes", "-r", str(lock), "-d",
+            str(partial), *pip_platform_args(pyarch))  # fmt: skip
+        (partial / ".complete").write_text(lock_key(lock) + "\n")
+        if not (wheel_dir / ".complete").exists():  # else another build got there first
+            shutil.rmtree(wheel_dir, ignore_errors=True)
+            partial.rename(wheel_dir)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return wheel_dir
 
 

@@ -57,6 +57,8 @@ def read_yaml(path: Path, section: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     body = data.get(section, {})
+    if body is None:  # a section whose keys are all commented out (the packaged files)
+        return {}
     if not isinstance(body, dict):
         raise ConfigError(f"{path}: {section}: expected a mapping")
     return body

@@ -87,16 +87,30 @@ def fresh_root(tarball: Path) -> Iterator[Path]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def in_root(root: Path, script: str, timeout: float = 300, check: bool = True) -> str:
-    """`script` (sh) inside the root, as root, with a clean environment; its stdout."""
+def _chrooted(root: Path, argv: Sequence[str], env: dict[str, str] | None = None) -> list[str]:
+    """A command line that runs `argv` in the root with /proc and /dev mounted privately; each
+    step execs the next, so its pid is the pid of `argv` itself."""
+    assignments = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND=noninteractive",
+                   "LC_ALL=C.UTF-8", *(f"{k}={v}" for k, v in (env or {}).items())]  # fmt: skip
     inner = (
         f"mount -t proc proc {shlex.quote(str(root / 'proc'))} && "
         f"mount --bind /dev {shlex.quote(str(root / 'dev'))} && "
-        f"exec chroot {shlex.quote(str(root))} /usr/bin/env -i "
-        "PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 "
-        f"/bin/sh -ec {shlex.quote(script)}"
+        f"exec chroot {shlex.quote(str(root))} /usr/bin/env -i " + shlex.join([*assignments, *argv])
     )
-    cmd = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", inner]
+    return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", inner]
+
+
+def spawn_in_root(
+    root: Path, argv: Sequence[str], env: dict[str, str], log: Path
+) -> subprocess.Popen[bytes]:
+    """`argv` started in the root, its output to `log`; the caller ends it (by this pid)."""
+    with log.open("wb") as out:
+        return subprocess.Popen(_chrooted(root, argv, env), stdout=out, stderr=subprocess.STDOUT)
+
+
+def in_root(root: Path, script: str, timeout: float = 300, check: bool = True) -> str:
+    """`script` (sh) inside the root, as root, with a clean environment; its stdout."""
+    cmd = _chrooted(root, ["/bin/sh", "-ec", script])
     if not check:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
         return f"{proc.returncode}\n{proc.stdout}{proc.stderr}"

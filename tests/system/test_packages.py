@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_backend
-from tests.system.debroot import build_root, file_list, fresh_root, in_root, run
+from tests.system.debroot import build_root, file_list, fresh_root, in_root, run, spawn_in_root
 
 pytestmark = pytest.mark.deb
 
@@ -156,6 +159,49 @@ def configured(root: Path, daemon: str, config: str) -> tuple[int, str]:
     return int(code), said
 
 
+def free_ports(count: int) -> list[int]:
+    socks = [socket.socket() for _ in range(count)]
+    for sock in socks:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in socks]
+    for sock in socks:
+        sock.close()
+    return ports
+
+
+def controller_serves(root: Path, log: Path) -> list[str]:
+    """The packaged controller, started as its unit starts it (Type=notify: a NOTIFY_SOCKET),
+    says READY=1 and ends with 0 on SIGTERM; the notify messages it sent."""
+    listen, enrol = free_ports(2)
+    (root / "tmp/controller-test.yaml").write_text(
+        f"controller:\n  listen: 127.0.0.1:{listen}\n  enrol_listen: 127.0.0.1:{enrol}\n"
+        '  metrics_listen: ""\n  dashboard_listen: ""\n'
+    )
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(root / "tmp/notify.sock"))
+    notify.settimeout(0.2)
+    argv = ["novacron-controller", "--config", "/tmp/controller-test.yaml"]
+    proc = spawn_in_root(root, argv, {"NOTIFY_SOCKET": "/tmp/notify.sock"}, log)
+    messages: list[str] = []
+    try:
+        deadline = time.monotonic() + 90
+        while not any("READY=1" in m.split("\n") for m in messages):
+            assert proc.poll() is None, f"exited {proc.returncode}: {log.read_text()[-1500:]}"
+            assert time.monotonic() < deadline, f"no READY=1 in 90 s: {messages}"
+            try:
+                messages.append(notify.recv(4096).decode())
+            except TimeoutError:
+                continue
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()[-1500:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()
+    return messages
+
+
 def test_install_upgrade_and_purge_leave_a_clean_root(
     debs: Path, debian_root: Path, tmp_path: Path
 ) -> None:
@@ -170,6 +216,9 @@ def test_install_upgrade_and_purge_leave_a_clean_root(
     imported = in_root(root, "/opt/novacron-edge/bin/python -c 'import grpc, libvirt, "
                        "cryptography, numpy, yaml, psutil; print(libvirt.__file__)'")  # fmt: skip
     assert imported.startswith("/usr/lib/python3/dist-packages/")  # Debian's python3-libvirt
+    # every entry point's module tree imports: nothing it needs was left out of the venv
+    in_root(root, "/opt/novacron-edge/bin/python -c 'import controller.main, controller.server, "
+            "agent.main, agent.images.cli, cli.main'")  # fmt: skip
     assert VERSION in in_root(root, "novacron --version")
     user = in_root(root, "getent passwd novacron").strip().split(":")
     assert user[5:] == ["/var/lib/novacron", "/usr/sbin/nologin"], user
@@ -201,6 +250,8 @@ def test_install_upgrade_and_purge_leave_a_clean_root(
     in_root(root, "novacron-controller init --state-dir /var/lib/novacron/controller "
             "--advertise-address 127.0.0.1")  # fmt: skip
     assert configured(root, "controller", "/etc/novacron/controller.yaml")[0] == 0
+    told = controller_serves(root, tmp_path / "controller.log")
+    assert any(line.startswith("STATUS=") for m in told for line in m.split("\n")), told
 
     # running the commands wrote nothing dpkg does not know about (no __pycache__ in /opt)
     shipped = set(in_root(root, "dpkg -L " + " ".join(PACKAGES)).split())
