@@ -43,7 +43,7 @@ class AlertsConfig:
 
     interval: Seconds = Seconds(10.0)  # also run on every persisted change (at most this often)
     capacity_ratio: float = 0.9  # allocated / capacity (vCPUs or memory) above which it fires
-    certificate_warning_days: float = 7.0  # below the renewal point (1/3 of 30 days left): renewal failed
+    certificate_warning_days: float = 7.0  # under the renewal point (10 of 30 days left)
     failure_window: Seconds = Seconds(3600.0)  # a failed migration/failover fires this long
     events_kept: int = 1000  # the event feed's ring buffer (novacron events)
     health_probe_interval: Seconds = Seconds(5.0)  # the store's write probe (gRPC health)
