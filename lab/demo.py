@@ -4,8 +4,8 @@ placed near their users, driven through the `novacron` CLI as an operator would.
 Brings the lab up, shows the sites, deploys tiny QEMU guests near given user locations and
 prints where each landed and why, explains one decision in full, waits for every guest's first
 console line, pings a guest across the mesh, live-migrates it to the cloud while pinging it,
-cuts a site's power and times its VM's failover (`lab.demo_failover`), shows the lab, deletes
-the VMs and tears everything down, even on failure.
+cuts a site's power and times its VM's failover (`lab.demo_failover`), shows the alerts that
+raised, shows the lab, deletes the VMs and tears everything down, even on failure.
 """
 
 from __future__ import annotations
@@ -151,6 +151,11 @@ def run(lab: Lab) -> None:
     print(f"paris -> {vm_ip} during the move: {summary[0] if summary else pinged[-200:]}")
 
     run_failover(lab, address, say, cli)
+
+    say("What the controller raised meanwhile: alerts and node conditions as events")
+    cli(address, "events", "--kind", "alert,node.condition", "-n", "10")
+    print(f"(live: `novacron events -w`; the same on /metrics, and on the dashboard at "
+          f"{lab.dashboard_url})")  # fmt: skip
 
     say("The lab as it stands")
     print(render_status(lab.status()), end="")

@@ -41,6 +41,8 @@ class PackageTree:
         path = self._path(rel)
         path.write_text(text)
         path.chmod(mode)
+        if mode == 0o600:
+            self.private.add(rel.lstrip("/"))
 
     def copy(self, src: Path, rel: str, mode: int = 0o644) -> None:
         path = self._path(rel)

@@ -19,7 +19,12 @@ from agent.hypervisor.libvirt_driver import LibvirtHypervisor
 from agent.images.catalog import ImageCatalog
 from agent.session import AgentSession
 from controller.alerts import AlertsConfig
-from controller.config import ControllerConfig, EdgeComputingConfig, PlacementWeights
+from controller.config import (
+    ControllerConfig,
+    EdgeComputingConfig,
+    FailureDetectorConfig,
+    PlacementWeights,
+)
 from controller.pki import Pki, init_pki, pki_of
 from controller.pki_cli import ADMIN_DIR, write_client_set
 from controller.server import ControllerServer
@@ -86,6 +91,7 @@ class Cluster:
     secure: bool = False  # mutual TLS: a CA in the state dir, agents enrol with join tokens
     node_certificate_lifetime: float = 86400.0
     alerts: AlertsConfig = field(default_factory=AlertsConfig)  # controller.alerts
+    failure_detector: FailureDetectorConfig = field(default_factory=FailureDetectorConfig)
 
     @property
     def address(self) -> str:
@@ -151,6 +157,7 @@ class Cluster:
             controller_id="ctl-test",
             metrics_listen="127.0.0.1:0",
             alerts=self.alerts,
+            failure_detector=self.failure_detector,
             dashboard_listen="127.0.0.1:0",
             # no head-room buffer: the tests reason in whole MiB
             edge_computing=EdgeComputingConfig(

@@ -19,6 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controller.alerts import AlertsConfig
+from controller.config import FailureDetectorConfig
 from shared.config import Seconds
 from shared.domain import NodeCondition
 from shared.identity import Role
@@ -129,6 +130,23 @@ async def test_a_lost_agent_streams_an_alert_that_the_cli_prints_and_metrics_exp
     # the in-process API the web dashboard reads holds the same events
     recent = fast.server.feed.recent(1000, ["alert"]) if fast.server else []
     assert [e.kind for e in recent if e.key == key] == ["alert.firing", "alert.resolved"]
+
+
+async def test_a_node_whose_stream_stays_closed_fires_node_lost(tmp_path: Path) -> None:
+    quick = FailureDetectorConfig(disconnect_lost_after=Seconds(1.0))
+    c = Cluster(tmp_path, alerts=FAST, failure_detector=quick)
+    await c.start_controller()
+    images = make_fake_kernel_images(tmp_path / "images")
+    stream = c.api.WatchEvents(epb.WatchEventsRequest(follow=True, replay=0, kinds=["alert"]))
+    seen: list[epb.ControllerEvent] = []
+    try:
+        await c.start_agent("edge-a", c.test_uri("edge-a"), images)
+        await c.stop_agent("edge-a")
+        lost = await next_event(stream, "alert.firing", "NodeLost:node edge-a", seen)
+        assert lost.severity == "critical" and "lost" in lost.message, lost
+    finally:
+        stream.cancel()
+        await c.close()
 
 
 async def test_the_cli_refuses_a_bad_kind_with_the_field_named(fast: Cluster) -> None:

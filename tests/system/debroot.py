@@ -31,6 +31,7 @@ INCLUDE = (
     "python3-libvirt",
     "iproute2",
     "wireguard-go",
+    "qemu-utils",  # qemu-img: the agent's per-VM overlays
     "adduser",
     "init-system-helpers",
     "systemd",  # what the units are verified against, as on a real node
