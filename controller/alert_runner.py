@@ -79,7 +79,9 @@ class AlertRunner:
                 for node_id in {vm.node_id, vm.migrating_to} - {""}:
                     allocated[node_id] = allocated.get(node_id, Capacity()) + vm.spec.capacity()
             bound = vm.spec.placement
-            if bound.max_latency_ms > 0:
+            # as placement judged it: a VM placed near its users has a latency estimated from
+            # distance (nothing measures it), one without has its node's measured RTT
+            if bound.max_latency_ms > 0 and bound.near is None:
                 vms.append(
                     VMFacts(
                         vm.spec.name, vm.node_id, bound.max_latency_ms, bound.latency_percentile
