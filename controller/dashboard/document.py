@@ -12,6 +12,7 @@ from typing import Any
 from controller.records import FailoverRecord, MigrationRecord, NodeRecord, VMRecord
 from controller.view import ControllerView
 from shared.domain import Capacity
+from shared.geo import haversine_km, rtt_estimate_ms
 
 RECENT_S = 600.0  # finished migrations and failovers stay on the page this long
 MAX_FINISHED = 20
@@ -64,15 +65,22 @@ def _node(view: ControllerView, n: NodeRecord) -> Doc:
 
 
 def _vm(v: VMRecord, node: NodeRecord | None, default_bound: float) -> Doc:
-    """Its latency is its node's RTT to the controller as that node's agent measured it, at
-    the percentile the VM's placement asked for; its bound is the one placement applied."""
+    """Its latency as placement judged it, against the bound placement applied: placed `near`
+    its users, the estimate from the distance to its node (nothing measures the users' side);
+    otherwise its node's RTT to the controller as that node's agent measured it, at the
+    percentile the VM's placement asked for."""
     c = v.spec.placement
     field = PERCENTILES.get(c.latency_percentile, "p95_ms")
-    measured = None
-    if node is not None:
+    latency, source = None, "measured"
+    if c.near is not None:
+        source = "estimated"
+        if node is not None and (at := node.info.location) is not None:
+            km = haversine_km(at.latitude, at.longitude, c.near.latitude, c.near.longitude)
+            latency = rtt_estimate_ms(km, node.info.edge_type)
+    elif node is not None:
         for stats in node.latencies:
             if stats.target == "controller" and stats.samples > 0:
-                measured = float(getattr(stats, field))
+                latency = float(getattr(stats, field))
     bound = c.max_latency_ms or default_bound
     return {
         "id": v.id,
@@ -87,10 +95,11 @@ def _vm(v: VMRecord, node: NodeRecord | None, default_bound: float) -> Doc:
         "memory_mib": v.spec.memory_mib,
         "address": v.address,
         "migrating_to": v.migrating_to,
-        "latency_ms": measured,
+        "latency_ms": latency,
+        "latency_source": source,
         "latency_percentile": c.latency_percentile,
         "latency_bound_ms": bound,
-        "latency_over": measured is not None and measured > bound,
+        "latency_over": latency is not None and latency > bound,
     }
 
 

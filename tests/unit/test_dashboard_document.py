@@ -17,7 +17,7 @@ from controller.event_feed import EventFeed, FeedEvent
 from controller.records import AuditEntry
 from controller.view import ControllerView
 from shared import commands as c
-from shared.domain import LatencyStats
+from shared.domain import LatencyStats, Location
 from shared.errors import ConfigError
 from shared.identity import Role, ServiceIdentity
 from tests.unit.core_driver import Driver
@@ -62,6 +62,21 @@ def test_a_vm_latency_is_its_node_rtt_at_the_vm_percentile() -> None:
     (n,) = state_document(view_of(d), d.now)["nodes"]
     assert n["rtt_ms"] == {"p50": 3.0, "p95": 140.0, "p99": 200.0}
     assert n["allocated"]["vcpus"] == vm.spec.vcpus and n["condition"] == "ready"
+
+
+def test_a_vm_placed_near_its_users_shows_the_estimate_placement_judged_it_by() -> None:
+    d = Driver()
+    d.hello("n1")  # a MEC node in Berlin (52.5, 13.4)
+    vm = d.deploy("ar", "n1")
+    node = d.core.state.nodes["n1"]
+    stats = LatencyStats("controller", 3.0, 140.0, 200.0, 1.0, 0.0, 20)
+    d.core.state.nodes["n1"] = replace(node, latencies=(stats,))  # not the users' latency
+    paris = replace(vm.spec.placement, near=Location(48.8566, 2.3522), max_latency_ms=10.0)
+    d.core.state.vms[vm.id] = replace(vm, spec=replace(vm.spec, placement=paris))
+    (shown,) = state_document(view_of(d), d.now)["vms"]
+    assert shown["latency_source"] == "estimated"
+    assert 9.5 < shown["latency_ms"] < 10.0  # ~876 km at 100 km per ms of RTT, + 1 ms MEC access
+    assert shown["latency_bound_ms"] == 10.0 and shown["latency_over"] is False
 
 
 def verify(token: str) -> ServiceIdentity | None:

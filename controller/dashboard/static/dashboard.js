@@ -148,8 +148,11 @@
       body.append(el("tr", { "data-vm": v.name, "data-node": v.node_id },
         el("td", { class: "wrap" }, v.name),
         el("td", { class: `state-${cls(v.state)}` }, v.migrating_to ? `${v.state} → ${v.migrating_to}` : v.state),
-        el("td", { class: over, title: `measured by the node's agent, p${v.latency_percentile}` },
-          `${fmtMs(v.latency_ms)} / ${fmtMs(v.latency_bound_ms)}`),
+        v.latency_source === "estimated"
+          ? el("td", { class: over, title: "estimated from the distance to its users (placed near them)" },
+            `est. ${fmtMs(v.latency_ms)} / ${fmtMs(v.latency_bound_ms)}`)
+          : el("td", { class: over, title: `RTT to the controller measured by the node's agent, p${v.latency_percentile}` },
+            `${fmtMs(v.latency_ms)} / ${fmtMs(v.latency_bound_ms)}`),
         el("td", {}, (v.address || "").replace(/\/32$/, ""))));
     }
     card.append(el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "VM"), el("th", {}, "state"), el("th", {}, "latency / bound"), el("th", {}, "address"))), body));
