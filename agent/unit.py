@@ -61,6 +61,10 @@ class AgentUnit:
 
     def watch(self, session: AgentSession) -> None:
         self.hypervisor = session.hypervisor
+        if not self.unit.notifier.enabled:
+            # not under systemd: nobody reads READY or STATUS, so no loop counts VMs over
+            # libvirt every few seconds beside the session's own calls
+            return
         self.unit.status(f"starting: saying hello to the controller at {self.config.controller}")
         self._task = asyncio.create_task(self._run(session))
 
