@@ -12,11 +12,14 @@ import datetime as dt
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from controller.records import FailoverRecord, MigrationPhase, MigrationRecord
 from shared.config import Seconds
 from shared.domain import Capacity, NodeCondition
 from shared.errors import ConfigError
+
+_Job = TypeVar("_Job", MigrationRecord, FailoverRecord)
 
 
 class Severity(enum.StrEnum):
@@ -183,15 +186,20 @@ def _latency_alert(found: _Found, vm: VMFacts, node: NodeFacts | None) -> None:
         found.add("VMLatencyOverBound", f"vm {vm.name}", text)
 
 
+def _latest_per_vm(records: Sequence[_Job]) -> list[_Job]:
+    """Each VM's newest record: a later move that worked clears the failed one."""
+    latest: dict[str, _Job] = {}
+    for rec in records:
+        seen = latest.get(rec.vm_id)
+        if seen is None or rec.started_at > seen.started_at:
+            latest[rec.vm_id] = rec
+    return list(latest.values())
+
+
 def _migration_alerts(
     found: _Found, migrations: Sequence[MigrationRecord], now: float, window: float
 ) -> None:
-    latest: dict[str, MigrationRecord] = {}
-    for mig in migrations:
-        seen = latest.get(mig.vm_id)
-        if seen is None or mig.started_at > seen.started_at:
-            latest[mig.vm_id] = mig
-    for mig in latest.values():
+    for mig in _latest_per_vm(migrations):
         if mig.phase is MigrationPhase.FAILED and now - mig.finished_at <= window:
             text = (
                 f"migration {mig.id[:8]} of VM {mig.vm_name} ({mig.source} -> {mig.target})"
@@ -203,12 +211,7 @@ def _migration_alerts(
 def _failover_alerts(
     found: _Found, failovers: Sequence[FailoverRecord], now: float, window: float
 ) -> None:
-    latest: dict[str, FailoverRecord] = {}
-    for rec in failovers:
-        seen = latest.get(rec.vm_id)
-        if seen is None or rec.started_at > seen.started_at:
-            latest[rec.vm_id] = rec
-    for rec in latest.values():
+    for rec in _latest_per_vm(failovers):
         ended = rec.running_at or rec.started_at
         if rec.outcome == "failed" and now - ended <= window:
             text = (
