@@ -168,6 +168,9 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
             return apb.ContactAnswer(heartbeat_seq=0)  # it may only ask after itself
         if conn is None or conn.closed or conn.node_id != request.node_id:
             return apb.ContactAnswer(heartbeat_seq=0)
+        self._runner.submit(
+            ev.AgentContactConfirmed, node_id=conn.node_id, session_id=conn.session_id
+        )
         return apb.ContactAnswer(heartbeat_seq=conn.heartbeat_seq)
 
     async def Connect(

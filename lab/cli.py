@@ -132,12 +132,12 @@ def _pairs(sites: Sequence[Site], n: int) -> list[tuple[Site, Site]]:
 def cmd_verify(args: argparse.Namespace) -> int:
     lab = _attached(args.state_dir)
     topo = lab.topology
-    print(f"{'PAIR':34} {'RTT conf':>9} {'RTT meas':>9} {'LOSS conf':>9} {'LOSS meas':>9}")
+    print(f"{'PAIR':34} {'RTT conf':>9} {'RTT p50':>9} {'LOSS conf':>9} {'LOSS meas':>9}")
     for a, b in [(topo.controller, s) for s in topo.sites[:1]] + _pairs(topo.sites, args.pairs):
         rtt = probe.ping(a, b, count=40, interval_s=0.05)
         loss = probe.udp_loss(a, b, count=2000, rate_pps=2000)
         print(
-            f"{a.id + ' -> ' + b.id:34} {probe.expected_rtt_ms(a, b):8.2f}m {rtt.avg_ms:8.2f}m"
+            f"{a.id + ' -> ' + b.id:34} {probe.expected_rtt_ms(a, b):8.2f}m {rtt.median_ms:8.2f}m"
             f" {probe.expected_loss_pct(a, b):8.2f}% {loss.loss_pct:8.2f}%",
             flush=True,
         )

@@ -12,6 +12,7 @@ import ctypes
 import os
 import re
 import socket
+import statistics
 import struct
 import subprocess
 import threading
@@ -86,15 +87,17 @@ class PingResult:
     avg_ms: float
     max_ms: float
     mdev_ms: float
+    median_ms: float  # of the replies: what a loaded WAN router's stragglers do not move
 
 
 _PING_COUNTS = re.compile(r"(\d+) packets transmitted, (\d+) received")
 _PING_RTT = re.compile(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms")
+_PING_REPLY = re.compile(r"icmp_seq=\d+ .*time=([\d.]+) ms")
 
 
 def ping(src: Site, dst: Site, count: int = 40, interval_s: float = 0.05) -> PingResult:
     """ICMP echo from `src`'s namespace to `dst`'s address (what an operator would run)."""
-    argv = ["ping", "-n", "-q", "-c", str(count), "-i", f"{interval_s:g}", "-W", "2", dst.address]
+    argv = ["ping", "-n", "-c", str(count), "-i", f"{interval_s:g}", "-W", "2", dst.address]
     done = subprocess.run(
         nsenter(src.netns, argv), capture_output=True, text=True, timeout=count * interval_s + 30
     )
@@ -102,8 +105,10 @@ def ping(src: Site, dst: Site, count: int = 40, interval_s: float = 0.05) -> Pin
     if counts is None:
         raise RuntimeError(f"ping {src.id} -> {dst.id} failed: {done.stdout}{done.stderr}")
     rtt = _PING_RTT.search(done.stdout)
-    values = [float(x) for x in rtt.groups()] if rtt else [0.0] * 4
-    return PingResult(int(counts.group(1)), int(counts.group(2)), *values)
+    low, avg, high, mdev = (float(x) for x in rtt.groups()) if rtt else (0.0,) * 4
+    replies = [float(m.group(1)) for m in _PING_REPLY.finditer(done.stdout)]
+    median = statistics.median(replies) if replies else 0.0
+    return PingResult(int(counts.group(1)), int(counts.group(2)), low, avg, high, mdev, median)
 
 
 # -- UDP: loss and throughput ---------------------------------------------------------------------

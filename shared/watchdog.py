@@ -124,8 +124,7 @@ class WatchdogFeeder:
     def round(self) -> str:
         """Check, and ping if alive. Returns the problem ("" = pinged)."""
         problem = self.check()
-        if not problem and self.notifier.watchdog():
-            self.pings += 1
+        # logged before the ping, so whoever sees the ping finds the line that explains it
         if problem and not self.problem:
             log.error("liveness check failed: not feeding the watchdog", problem=problem)
         elif self.problem and not problem:
@@ -133,6 +132,8 @@ class WatchdogFeeder:
         elif problem:
             log.debug("watchdog not fed", problem=problem)
         self.problem = problem
+        if not problem and self.notifier.watchdog():
+            self.pings += 1
         return problem
 
     def _run(self) -> None:

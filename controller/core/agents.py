@@ -114,6 +114,10 @@ class AgentsMixin(MeshMixin):
         for status in event.vms:
             self.observe_reported(event.node_id, status)
 
+    def on_contact_confirmed(self, event: ev.AgentContactConfirmed) -> None:
+        if self._current(event.node_id, event.session_id):
+            self.state.contact_confirmed(event.node_id, self._now)
+
     def _hypervisor_problem(self, node_id: str, problem: str) -> bool:
         """Note whether the node can read its hypervisor; while it cannot, its VMs are
         unknown (QEMU may well run on without libvirtd) and the node takes no new VMs."""

@@ -42,6 +42,7 @@ class HeartbeatHistory:
     window: int = 100
     intervals: deque[float] = field(default_factory=deque)
     last_at: float = 0.0
+    confirmed_at: float = 0.0  # the latest ConfirmContact of the current session
     # running sums of the intervals and their squares: every tick judges every node, so the
     # statistics must not cost a pass over the window (30 us each, 0.3 s a tick at 10k nodes)
     _sum: float = 0.0
@@ -62,6 +63,16 @@ class HeartbeatHistory:
     def reconnected(self, at: float) -> None:
         """A new session: the gap since the last heartbeat is not an interval of the link."""
         self.last_at = at
+        self.confirmed_at = 0.0
+
+    def confirmed(self, at: float) -> None:
+        """Proof of life on another connection (ConfirmContact): it ends the silence, but it
+        is not an interval of the heartbeats, so the learnt statistics do not change."""
+        self.confirmed_at = max(self.confirmed_at, at)
+
+    @property
+    def heard_at(self) -> float:
+        return max(self.last_at, self.confirmed_at)
 
     def stats(self) -> tuple[float, float]:
         """Mean and standard deviation of the intervals; before two heartbeats, the
@@ -117,7 +128,7 @@ def judge(
 def _by_silence(
     history: HeartbeatHistory | None, now: float, config: DetectorConfig
 ) -> tuple[NodeCondition, str]:
-    if history is None or not history.last_at:
+    if history is None or not history.heard_at:
         return NodeCondition.READY, ""
     learnt, std = history.stats()
     beat = history.expected_interval_s
@@ -126,12 +137,17 @@ def _by_silence(
     learnt = max(learnt, beat)
     pause = config.acceptable_pause_heartbeats * beat
     std = max(std, config.min_std_heartbeats * beat)
-    silence = max(0.0, now - history.last_at)
+    silence = max(0.0, now - history.heard_at)
     value = phi(silence, learnt + pause, std)
     if value < config.suspect_phi:
         return NodeCondition.READY, ""  # the common case: no reason to format
+    confirmed = history.confirmed_at > history.last_at
     why = (
-        f"no heartbeat for {silence:.1f}s: phi {value:.1f} (suspect at {config.suspect_phi:g}, "
+        f"no heartbeat for {now - history.last_at:.1f}s, no contact for {silence:.1f}s"
+        if confirmed
+        else f"no heartbeat for {silence:.1f}s"
+    ) + (
+        f": phi {value:.1f} (suspect at {config.suspect_phi:g}, "
         f"lost at {config.lost_phi:g}; intervals {learnt:.1f}s ± {std:.1f}s, "
         f"pause allowed {pause:.1f}s)"
     )

@@ -224,6 +224,15 @@ class AgentProgress(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AgentContactConfirmed(Event):
+    """The agent asked after its session on a connection of its own (ConfirmContact): it is
+    alive and reaches the controller, though its session's heartbeats may be stuck in TCP."""
+
+    node_id: str
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AgentDisconnected(Event):
     node_id: str
     session_id: str
@@ -268,6 +277,7 @@ class Started(Event):
 
 __all__ = [
     "AdoptRequested",
+    "AgentContactConfirmed",
     "AgentDisconnected",
     "AgentHeartbeat",
     "AgentHello",

@@ -51,6 +51,7 @@ class ControllerCore(EnrolmentMixin, ServiceTokenMixin, NodeRemovalMixin):
             ev.IdentityRefused: self.on_identity_refused,
             ev.AgentHello: self.on_hello,
             ev.AgentHeartbeat: self.on_heartbeat,
+            ev.AgentContactConfirmed: self.on_contact_confirmed,
             ev.AgentVMStatus: self.on_vm_status,
             ev.AgentResult: self.on_result,
             ev.AgentProgress: self.on_progress,

@@ -221,11 +221,19 @@ class FleetState:
             history.heard(at)
         self.disconnected_at.pop(node_id, None)
 
+    def contact_confirmed(self, node_id: str, at: float) -> None:
+        """The agent confirmed contact on a second connection: alive, not a heartbeat."""
+        history = self.histories.get(node_id)
+        if history is not None:
+            history.confirmed(at)
+
     def last_heard(self, node_id: str) -> float:
         """When the node was last heard from; after a restart, no earlier than the start (its
-        agent may have heard the old controller until then)."""
+        agent may have heard the old controller until then). A confirmed contact counts: the
+        agent's own contact clock only moves with heartbeats the controller has, so it
+        self-fences no later than the controller, which counts from this."""
         history = self.histories.get(node_id)
-        return max(history.last_at if history is not None else 0.0, self.started_at)
+        return max(history.heard_at if history is not None else 0.0, self.started_at)
 
     def allocated(self, node_id: str) -> Capacity:
         total = Capacity()

@@ -28,6 +28,20 @@ def lab_backend_problem() -> str:
     return ""
 
 
+def clear_stale_lab_in_ci() -> None:
+    """On a CI machine nobody else runs a lab, so lab namespaces found there are stale (a run
+    cut off mid-test leaves them): remove them, loudly, rather than fail every lab test. Off
+    CI, a lab found up may be someone's, and `Lab.up` refuses to touch it."""
+    if not os.environ.get("CI"):
+        return
+    from lab import netns
+    from lab.teardown import teardown
+
+    if netns.list_netns() + netns.list_links() + netns.lab_routes():
+        removed = teardown(Path(tempfile.mkdtemp(prefix="nclab-stale-", dir="/tmp")))
+        print(f"CI: removed a stale lab before this one: {', '.join(removed)}")
+
+
 def lab_state_dir() -> Path:
     # short: the sites' libvirtd sockets live under it and must fit in 107 bytes
     return Path(tempfile.mkdtemp(prefix="nclab-", dir="/tmp"))
@@ -37,6 +51,7 @@ def lab_state_dir() -> Path:
 def lab(tiny_image_dir: Path) -> Iterator[Lab]:
     problem = lab_backend_problem()
     require_backend(not problem, problem)
+    clear_stale_lab_in_ci()
     the_lab = Lab("small", lab_state_dir(), images_dir=tiny_image_dir)
     try:
         the_lab.up(timeout_s=90)

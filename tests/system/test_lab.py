@@ -52,7 +52,14 @@ def test_ping_rtt_is_as_configured(lab: Lab, a: str, b: str) -> None:
     expected = probe.expected_rtt_ms(src, dst)
     result = probe.ping(src, dst, count=50, interval_s=0.04)
     assert result.received >= 40
-    assert result.avg_ms == pytest.approx(expected, abs=max(1.0, 0.1 * expected))
+    # The median, not the mean: on a loaded host a few replies the userspace WAN router was late
+    # to forward pull the mean up by a millisecond or more. Late, never early: the bound above
+    # allows a busy router's lateness (1.2 ms seen in CI right after the lab came up), the one
+    # below does not; both still catch a delay not applied (~0.5 ms) or applied twice.
+    tolerance = max(1.0, 0.1 * expected)
+    assert expected - tolerance <= result.median_ms <= expected + 2 * tolerance
+    jitter = 2 * (src.wan.jitter_ms + dst.wan.jitter_ms)  # both ends' jitter, both directions
+    assert result.min_ms >= expected - jitter - 0.2  # the router is never early
 
 
 def test_loss_is_as_configured(lab: Lab) -> None:

@@ -15,7 +15,7 @@ import pytest
 from bench.lossy_soak import HEARTBEAT_S, LOSSY, soak
 from lab.lab import Lab
 from tests.conftest import require_backend
-from tests.system.conftest import lab_backend_problem, lab_state_dir
+from tests.system.conftest import clear_stale_lab_in_ci, lab_backend_problem, lab_state_dir
 
 pytestmark = pytest.mark.lab
 
@@ -26,6 +26,7 @@ SOAK_S = 90.0
 def lossy_lab(tiny_image_dir: Path) -> Iterator[Lab]:
     problem = lab_backend_problem()
     require_backend(not problem, problem)
+    clear_stale_lab_in_ci()
     lab = Lab("lossy", lab_state_dir(), images_dir=tiny_image_dir, heartbeat_s=HEARTBEAT_S)
     try:
         lab.up(timeout_s=180)

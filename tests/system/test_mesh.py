@@ -39,15 +39,19 @@ def test_agents_measured_rtt_to_the_controller_matches_the_wan(lab: Lab) -> None
 
     try:
         wait_for(lambda: (s := stats()) is not None and s.samples >= 10, 30, "10 probes")
+        # the baseline over the same WAN router at the same time: what the host's load adds to
+        # every packet it forwards is in both, so only the stacks' own cost is left between them
+        icmp = probe.ping(lab.topology.site("controller"), site, count=25, interval_s=0.04)
         measured = stats()
     finally:
         channel.close()
     assert measured is not None
-    assert expected * 0.95 <= measured.p50_ms <= expected * 1.1 + STACK_OVERHEAD_MS
+    assert measured.p50_ms >= expected * 0.95  # a real probe cannot beat the configured WAN
+    assert measured.p50_ms <= max(icmp.median_ms, expected) + STACK_OVERHEAD_MS
     assert measured.loss_pct == 0.0
 
 
-STACK_OVERHEAD_MS = 2.5  # per round trip, for the agent's and the controller's gRPC stacks
+STACK_OVERHEAD_MS = 3.0  # per round trip, for the agent's and the controller's gRPC stacks
 
 
 def _node(lab: Lab, node_id: str) -> pb.Node:

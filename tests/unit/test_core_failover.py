@@ -12,7 +12,7 @@ from controller.core.disconnect import FailoverSettings, detection_s, expected_f
 from controller.core.failover import FailoverOutcome
 from controller.records import FailoverRecord
 from shared import commands as c
-from shared.domain import NEVER, DisconnectPolicy, VMSpec, VMState
+from shared.domain import NEVER, DisconnectPolicy, NodeCondition, VMSpec, VMState
 from shared.errors import FailedPrecondition, InvalidArgument
 from tests.unit.core_driver import Driver, status
 
@@ -218,3 +218,33 @@ def test_expected_failover_time_reflects_detection_and_policy() -> None:
     assert "~22s after its stream closes" in line
     assert "never" in expected_failover(DisconnectPolicy(NEVER, NEVER), detection, 10.0, 2.0)
     assert "declares" in expected_failover(DisconnectPolicy(0.0, None), detection, 10.0, 2.0)
+
+
+def test_a_node_whose_heartbeats_are_stuck_but_confirms_contact_is_not_failed_over() -> None:
+    """A lossy link stalls the session's agent-to-controller half in TCP backoff: no heartbeat
+    arrives for longer than the detector's limit, but ConfirmContact, on a connection of its
+    own, still does. The node is alive, so nothing is replaced; once the confirmations stop
+    too, the silence and the failover count from the last of them."""
+    d = Driver()
+    d.hello("n1")
+    vm_id = deploy(d, "web", "n1", stop_after_s=15.0)
+    d.hello("n2")
+    stuck_at = d.now
+    for t in range(5, 60, 5):  # heartbeats of n2 only; n1 confirms every interval
+        d.now = stuck_at + t
+        d.feed(ev.AgentContactConfirmed, node_id="n1", session_id=d.sessions["n1"])
+        d.heartbeat("n2")
+        d.feed(ev.Tick)
+        assert d.core.state.condition(d.node("n1"), d.now) == (NodeCondition.READY, ""), t
+    assert not d.commands(c.CreateVM)[1:]
+    confirmed = d.now
+    d.feed(ev.AgentContactConfirmed, node_id="n1", session_id="an-old-session")  # ignored
+    for t in range(5, 65, 5):  # now n1 is silent on both paths
+        d.now = confirmed + t
+        d.heartbeat("n2")
+        d.feed(ev.Tick)
+    create = d.sent(c.CreateVM, "n2")
+    assert isinstance(create.envelope.command, c.CreateVM)
+    (record,) = failovers(d)
+    assert record.last_heard_at == confirmed
+    assert d.vm(vm_id).node_id == "n2"

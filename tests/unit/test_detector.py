@@ -114,3 +114,30 @@ def test_bad_thresholds_are_refused() -> None:
 
     with pytest.raises(ConfigError, match="suspect_phi < lost_phi"):
         FailureDetectorConfig(suspect_phi=9, lost_phi=8)
+
+
+def test_a_confirmed_contact_ends_the_silence_without_teaching_an_interval() -> None:
+    """Heartbeats stuck behind a stalled TCP half (a lossy link) while the agent's
+    ConfirmContact gets through on a connection of its own: the node is alive, not lost,
+    and the confirmation is no heartbeat interval for the statistics to learn."""
+    history = punctual()
+    stats = history.stats()
+    stalled_at = history.last_at
+    lost = first_at(history, LOST)
+    for t in range(5, int(lost) * 3, 5):  # a confirmation every interval, no heartbeat
+        history.confirmed(stalled_at + t)
+        assert judge(history, True, 0.0, stalled_at + t + 1.0, CONFIG) == (READY, "")
+    assert history.stats() == stats
+    assert history.last_at == stalled_at
+    # once the confirmations stop too, the silence counts from the last of them
+    last = history.heard_at
+    condition, why = judge(history, True, 0.0, last + lost, CONFIG)
+    assert condition is LOST
+    assert why.startswith(f"no heartbeat for {last + lost - stalled_at:.1f}s, no contact for")
+
+
+def test_a_new_session_forgets_the_old_sessions_confirmation() -> None:
+    history = punctual()
+    history.confirmed(history.last_at + 10.0)
+    history.reconnected(history.last_at + 12.0)
+    assert history.heard_at == history.last_at
