@@ -6,7 +6,7 @@ the send time of a message it knows arrived. A pong proves its ping arrived, and
 ordered, so every heartbeat (or the hello) queued before that ping arrived too; the send time
 of the latest of those is the confirmed contact. A welcome confirms the hello. So does the
 controller's answer to ConfirmContact, on a connection of its own: the latest heartbeat it
-received (agent/contact_check.py).
+received, or the query itself when the controller counted it (agent/contact_check.py).
 
 The moment is kept on disk (wall clock) so that an agent restarted while its VMs kept running
 does not start counting afresh: it fences at once what has been alone too long.
@@ -76,6 +76,10 @@ class ControllerContact:
         for older in [s for s in self._beats if s <= seq]:
             del self._beats[older]  # this one covers them
         self._confirm(sent)
+
+    def query_counted(self, sent_at: float) -> None:
+        """The controller counted a ConfirmContact sent at `sent_at` as contact."""
+        self._confirm(sent_at)
 
     def sent_ping(self, seq: int) -> None:
         self._pings[seq] = self._latest_sent

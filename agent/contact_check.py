@@ -8,11 +8,17 @@ no contact was confirmed for CONFIRM_AFTER_HEARTBEATS intervals, the agent asks 
 on a connection of its own, which starts with a fresh retransmission timer:
 ConfirmContact answers with the latest heartbeat of this session the controller received, and
 that heartbeat's send time is the confirmed contact (agent/contact.py), as with a pong.
+
+When the other half stalls too, that heartbeat is old. So the controller also counts the query
+itself as contact, and answers only once it has (`counted`): then the query's send time is the
+confirmed contact, since the controller's "last heard" is no earlier than its arrival.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
@@ -48,13 +54,23 @@ async def confirm_when_quiet(session: Session, session_id: str) -> None:
     handshake that lost its SYN retransmits it only after a second)."""
     query = apb.ContactQuery(node_id=session.config.node_id, session_id=session_id)
     contact = session.contact
-    tries: set[asyncio.Task[int]] = set()
+    tries: set[asyncio.Task[Answer]] = set()
 
-    def answered(task: asyncio.Task[int]) -> None:
+    def answered(task: asyncio.Task[Answer], sent_at: float) -> None:
         tries.discard(task)
-        if not task.cancelled() and task.exception() is None and (seq := task.result()):
-            contact.heartbeat_heard(seq)
-            log.info("contact confirmed on a second connection", heartbeat_seq=seq)
+        if task.cancelled() or task.exception() is not None:
+            return
+        answer = task.result()
+        if answer.counted:
+            contact.query_counted(sent_at)
+        if answer.heartbeat_seq:
+            contact.heartbeat_heard(answer.heartbeat_seq)
+        if answer.counted or answer.heartbeat_seq:
+            log.info(
+                "contact confirmed on a second connection",
+                heartbeat_seq=answer.heartbeat_seq,
+                query_counted=answer.counted,
+            )
 
     try:
         while True:
@@ -63,13 +79,20 @@ async def confirm_when_quiet(session: Session, session_id: str) -> None:
             if not quiet or len(tries) >= TRIES_AT_ONCE:
                 continue
             timeout = 2 * session.heartbeat_interval
+            sent_at = contact.now()
             asking = ask(session.config.controller, session.credentials, query, timeout)
             task = asyncio.create_task(asking)
             tries.add(task)
-            task.add_done_callback(answered)
+            task.add_done_callback(functools.partial(answered, sent_at=sent_at))
     finally:
         for task in list(tries):
             task.cancel()
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    heartbeat_seq: int = 0  # the latest heartbeat of the session it received (0: none)
+    counted: bool = False  # it counted the query itself as contact
 
 
 async def ask(
@@ -77,13 +100,13 @@ async def ask(
     credentials: NodeCredentials | None,
     query: apb.ContactQuery,
     timeout_s: float,
-) -> int:
-    """The controller's answer (0 when it has none, or the try failed)."""
+) -> Answer:
+    """The controller's answer (nothing confirmed when it has none, or the try failed)."""
     try:
         async with open_channel(controller, credentials, CHANNEL_OPTIONS) as channel:
             stub = agent_pb2_grpc.AgentSessionStub(channel)
             answer = await stub.ConfirmContact(query, timeout=timeout_s)
     except grpc.aio.AioRpcError as err:
         log.debug("contact check failed", code=err.code().name, details=err.details() or "")
-        return 0
-    return int(answer.heartbeat_seq)
+        return Answer()
+    return Answer(int(answer.heartbeat_seq), bool(answer.counted))

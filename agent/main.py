@@ -33,7 +33,7 @@ from agent.unit import AgentUnit
 from agent.vmnet import VMNetwork
 from agent.wireguard import InterfaceConfig, UserspaceWireGuard, interface_name
 from shared.errors import ConfigError, InvalidArgument, NovaCronError, Unavailable
-from shared.logging import configure_logging
+from shared.logging import configure_logging, dump_stacks_on_sigusr1
 
 log = structlog.get_logger(__name__)
 
@@ -307,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, flags_of(args))
         fmt = {"json": True, "console": False}.get(args.log_format or "")
         configure_logging(config.log_level, json=fmt)
+        dump_stacks_on_sigusr1()
         asyncio.run(run(config))
     except NovaCronError as exc:
         print(f"novacron-agent: {exc}", file=sys.stderr)

@@ -33,7 +33,7 @@ from controller.config import load_config
 from controller.server import ControllerServer
 from controller.unit import ControllerUnit
 from shared.errors import NovaCronError
-from shared.logging import configure_logging
+from shared.logging import configure_logging, dump_stacks_on_sigusr1
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, flags_of(args))
         fmt = {"json": True, "console": False}.get(args.log_format or "")
         configure_logging(config.log_level, json=fmt)
+        dump_stacks_on_sigusr1()
         asyncio.run(serve(ControllerServer(config)))
     except NovaCronError as exc:  # StoreCorrupt, StoreMissing, ... name the file themselves
         print(f"novacron-controller: {exc}", file=sys.stderr)

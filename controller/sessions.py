@@ -159,19 +159,22 @@ class AgentSessionServicer(agent_pb2_grpc.AgentSessionServicer):
         request: apb.ContactQuery,
         context: grpc.aio.ServicerContext[apb.ContactQuery, apb.ContactAnswer],
     ) -> apb.ContactAnswer:
-        """The latest heartbeat the named session delivered. Its event is queued for the core
+        """The latest heartbeat the named session delivered (its event is queued for the core
         already, which counts the node as heard from at its arrival, so the agent may count
-        its contact from that heartbeat's send time, as it does for a pong."""
+        its contact from that heartbeat's send time, as it does for a pong), and whether the
+        core counted this query itself as contact: answered only once it has, so the agent
+        may count from the query's send time (agent/contact_check.py)."""
         conn = self._runner.session(request.session_id)
         caller = peer_identity(context)
         if isinstance(caller, NodeIdentity) and caller.node_id != request.node_id:
             return apb.ContactAnswer(heartbeat_seq=0)  # it may only ask after itself
         if conn is None or conn.closed or conn.node_id != request.node_id:
             return apb.ContactAnswer(heartbeat_seq=0)
-        self._runner.submit(
+        seq = conn.heartbeat_seq  # received before the core counts the query: both are true
+        counted = await self._runner.request(
             ev.AgentContactConfirmed, node_id=conn.node_id, session_id=conn.session_id
         )
-        return apb.ContactAnswer(heartbeat_seq=conn.heartbeat_seq)
+        return apb.ContactAnswer(heartbeat_seq=seq, counted=bool(counted))
 
     async def Connect(
         self,

@@ -32,6 +32,26 @@ class Daemon:
         kept = [line for line in text.splitlines() if not skip or skip not in line]
         return "\n".join(kept[-lines:])
 
+    def stacks(self, wait_s: float = 2.0) -> str:
+        """Every thread's stack, which the daemon writes to its log on SIGUSR1
+        (shared.logging.dump_stacks_on_sigusr1): where it is stuck, for a timed-out wait."""
+        if not self.alive():
+            return ""
+        try:
+            before = self.log_path.stat().st_size
+        except OSError:
+            return ""
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + wait_s
+        text, previous = "", None
+        while time.monotonic() < deadline and (not text or text != previous):
+            time.sleep(0.2)  # until the dump has stopped growing
+            previous = text
+            with self.log_path.open("rb") as log:
+                log.seek(before)
+                text = log.read().decode(errors="replace")
+        return text
+
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM, then SIGKILL after `timeout`; only ever the process we started."""
         if self.alive():
@@ -141,6 +161,7 @@ def wait_until(
         if time.monotonic() > deadline:
             logs = "".join(
                 f"\n--- {d.name}, last lines but heartbeats:\n{d.log_tail(30, 'heartbeat')}"
+                f"\n--- {d.name}, its threads now:\n{d.stacks()}"
                 for d in daemons
             )
             raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}{logs}")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import logging
+import signal
 import sys
 
 import structlog
@@ -28,3 +31,12 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+def dump_stacks_on_sigusr1() -> None:
+    """`kill -USR1 PID` writes every thread's Python stack to stderr (the journal): how an
+    operator, or a test that timed out, sees where a daemon that stopped logging is stuck.
+    From a C-level handler, so it works even when the event loop is blocked."""
+    # stderr may be no file (captured in-process): then there is nowhere to dump to
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=False)

@@ -115,8 +115,17 @@ class AgentsMixin(MeshMixin):
             self.observe_reported(event.node_id, status)
 
     def on_contact_confirmed(self, event: ev.AgentContactConfirmed) -> None:
-        if self._current(event.node_id, event.session_id):
-            self.state.contact_confirmed(event.node_id, self._now)
+        """Counted only for the node's current session, and never once the node is lost:
+        its VMs may be replaced from then on, so its agent must not count a later contact."""
+        node_id = event.node_id
+        counted = (
+            self._current(node_id, event.session_id)
+            and node_id not in self.state.lost_at
+            and node_id not in self.state.declared_dead
+        )
+        if counted:
+            self.state.contact_confirmed(node_id, self._now)
+        self.reply(event.stimulus_id, counted)
 
     def _hypervisor_problem(self, node_id: str, problem: str) -> bool:
         """Note whether the node can read its hypervisor; while it cannot, its VMs are

@@ -226,7 +226,8 @@ class AgentProgress(Event):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentContactConfirmed(Event):
     """The agent asked after its session on a connection of its own (ConfirmContact): it is
-    alive and reaches the controller, though its session's heartbeats may be stuck in TCP."""
+    alive and reaches the controller, though its session's heartbeats may be stuck in TCP.
+    Replied: True if it counted as contact (the agent may then count from its send time)."""
 
     node_id: str
     session_id: str

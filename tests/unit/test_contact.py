@@ -120,3 +120,17 @@ def test_heartbeats_confirmed_by_pongs_are_not_kept() -> None:
         contact.sent_ping(seq)
         contact.ponged(seq)
     assert len(contact._beats) == 0  # a long-lived agent's table does not grow
+
+
+def test_a_counted_query_confirms_its_own_send_time_never_a_later_one() -> None:
+    """ConfirmContact answered `counted`: the controller heard the node when the query
+    arrived, so the query's send time is confirmed, not the answer's arrival."""
+    clock = Clock()
+    c = contact(None, clock)
+    clock.advance(20.0)
+    asked = clock.mono
+    clock.advance(4.0)  # a slow answer on a lossy link
+    c.query_counted(asked)
+    assert c.confirmed_at == asked and c.alone_s() == 4.0
+    c.query_counted(asked - 10.0)  # an older try answered late: nothing goes back
+    assert c.confirmed_at == asked

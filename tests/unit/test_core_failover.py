@@ -232,13 +232,20 @@ def test_a_node_whose_heartbeats_are_stuck_but_confirms_contact_is_not_failed_ov
     stuck_at = d.now
     for t in range(5, 60, 5):  # heartbeats of n2 only; n1 confirms every interval
         d.now = stuck_at + t
-        d.feed(ev.AgentContactConfirmed, node_id="n1", session_id=d.sessions["n1"])
+        d.feed(
+            ev.AgentContactConfirmed,
+            node_id="n1",
+            session_id=d.sessions["n1"],
+            stimulus_id=f"confirm-{t}",
+        )
+        assert d.reply(f"confirm-{t}").value is True  # the agent may count from it
         d.heartbeat("n2")
         d.feed(ev.Tick)
         assert d.core.state.condition(d.node("n1"), d.now) == (NodeCondition.READY, ""), t
     assert not d.commands(c.CreateVM)[1:]
-    confirmed = d.now
-    d.feed(ev.AgentContactConfirmed, node_id="n1", session_id="an-old-session")  # ignored
+    confirmed, session = d.now, d.sessions["n1"]
+    d.feed(ev.AgentContactConfirmed, node_id="n1", session_id="old", stimulus_id="stale")
+    assert d.reply("stale").value is False  # not its current session: nothing counted
     for t in range(5, 65, 5):  # now n1 is silent on both paths
         d.now = confirmed + t
         d.heartbeat("n2")
@@ -247,4 +254,7 @@ def test_a_node_whose_heartbeats_are_stuck_but_confirms_contact_is_not_failed_ov
     assert isinstance(create.envelope.command, c.CreateVM)
     (record,) = failovers(d)
     assert record.last_heard_at == confirmed
+    # once lost, its (closed) session's confirmation does not count: the agent fences
+    d.feed(ev.AgentContactConfirmed, node_id="n1", session_id=session, stimulus_id="late")
+    assert d.reply("late").value is False
     assert d.vm(vm_id).node_id == "n2"

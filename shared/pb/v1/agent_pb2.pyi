@@ -208,18 +208,25 @@ class ContactAnswer(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HEARTBEAT_SEQ_FIELD_NUMBER: _builtins.int
+    COUNTED_FIELD_NUMBER: _builtins.int
     heartbeat_seq: _builtins.int
     """The latest heartbeat of that session the controller has received; 0 = none, or the
     session is not the node's current one (nothing is confirmed).
+    """
+    counted: _builtins.bool
+    """The controller counted this query itself as contact from the node (answered only after
+    it did): the agent may count its contact from the query's send time. False for another
+    node's or a closed session, and once the node is lost (its VMs may be replaced).
     """
     def __init__(
         self,
         *,
         heartbeat_seq: _builtins.int = ...,
+        counted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_seq", b"heartbeat_seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counted", b"counted", "heartbeat_seq", b"heartbeat_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
