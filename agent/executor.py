@@ -188,29 +188,13 @@ class CommandExecutor(MigrationCommands):
         return replace(self.refuse(command_id, exc), vm=vm, mesh=mesh)
 
     async def _dispatch(self, command_id: str, command: AgentCommand) -> CommandResult:
-        hv = self.hypervisor
         if isinstance(command, CreateVM):
             return CommandResult(command_id, vm=await self._create(command))
         if isinstance(command, DeleteVM):
             await self._delete(command)
             return CommandResult(command_id)
         if isinstance(command, ChangePower):
-            await self._fenced(
-                command.vm_id, command.generation, command_name(command), required=True
-            )
-            if command.action is PowerAction.START:
-                await self._network_ready(command_name(command))
-            saved = self.vm_dir(command.vm_id) / SAVE_FILE
-            if command.action is PowerAction.START and saved.exists():  # a snapshot migration's
-                status = await asyncio.to_thread(hv.restore_saved, command.vm_id, str(saved))
-                return CommandResult(command_id, vm=status)  # source: it goes on where it was
-            op = {
-                PowerAction.SUSPEND: hv.suspend,
-                PowerAction.RESUME: hv.resume,
-                PowerAction.START: hv.start,
-                PowerAction.STOP: hv.stop,
-            }[command.action]
-            return CommandResult(command_id, vm=await asyncio.to_thread(op, command.vm_id))
+            return CommandResult(command_id, vm=await self._power(command))
         if isinstance(command, ReadConsole):
             console = await asyncio.to_thread(self._read_console, command)
             return CommandResult(command_id, console=console)
@@ -226,6 +210,30 @@ class CommandExecutor(MigrationCommands):
             return CommandResult(command_id, vm=await self._land_migration(command))
         status, stats = await self._finish_migration(command)
         return CommandResult(command_id, vm=status, migration_stats=stats)
+
+    async def _power(self, command: ChangePower) -> VMStatus:
+        """At a newer generation, the copy follows: the controller gave this copy the VM
+        again (a move whose target was lost while landing it), so it is stamped after the
+        power change (a restore from a save file brings back the saved generation)."""
+        hv = self.hypervisor
+        what = command_name(command)
+        _, verdict = await self._fenced(command.vm_id, command.generation, what, required=True)
+        if command.action is PowerAction.START:
+            await self._network_ready(what)
+        saved = self.vm_dir(command.vm_id) / SAVE_FILE
+        if command.action is PowerAction.START and saved.exists():  # a snapshot migration's
+            status = await asyncio.to_thread(hv.restore_saved, command.vm_id, str(saved))
+        else:  # (a restore: the source's copy goes on where it was)
+            op = {
+                PowerAction.SUSPEND: hv.suspend,
+                PowerAction.RESUME: hv.resume,
+                PowerAction.START: hv.start,
+                PowerAction.STOP: hv.stop,
+            }[command.action]
+            status = await asyncio.to_thread(op, command.vm_id)
+        if verdict is Fence.NEWER:
+            status = await asyncio.to_thread(hv.set_generation, command.vm_id, command.generation)
+        return status
 
     async def _network_ready(self, what: str) -> None:
         """A domain's NIC needs the VM bridge, which exists only once the mesh config arrived:

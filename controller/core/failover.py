@@ -84,6 +84,7 @@ class FailoverMixin(DeployMixin):
         for node_id, reason in lost:
             if by_node.get(node_id):
                 self.fail_over_node(node_id, reason, vms=by_node[node_id])
+            self.recover_lost_landings(node_id, reason)
 
     def node_back(self, node_id: str) -> None:
         """The node said hello: it is neither lost nor dead any more."""
@@ -248,3 +249,7 @@ class FailoverMixin(DeployMixin):
             if record.vm_id == vm_id and record.active:
                 return record
         return None
+
+    # provided by the offline migration mixin
+    def recover_lost_landings(self, node_id: str, reason: str) -> None:
+        raise NotImplementedError

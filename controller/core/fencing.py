@@ -54,6 +54,15 @@ def judge(
         and status.generation == migration.to_generation > record.generation
     ):  # given up, then it landed: only that migration gives a copy this generation
         return Verdict.ARRIVING, f"landed late by migration {migration.id}"
+    if (
+        migration is not None
+        and not migration.active
+        and not migration.arrived
+        and node_id == migration.source == record.node_id
+        and status.generation == migration.from_generation
+        and record.generation > migration.to_generation
+    ):  # given back to its source (the target was lost while landing it), not yet stamped
+        return Verdict.OURS, ""
     if migration is not None and migration.active:
         if node_id == migration.target and status.generation in (
             migration.from_generation,

@@ -11,6 +11,9 @@
 
 After a controller restart in switchover, only the target's report settles it: the VM in its
 hello switches over; its hello without the VM fails the move and starts the source's copy.
+A target that is lost in switchover may have started it before it went: once that copy is
+provably stopped (the VM's disconnect policy, as for a failover), the source's copy gets the
+VM again at a generation above the target's, so the target destroys its copy when it returns.
 
 Until the target runs the guest, the source keeps its copy defined and startable, so no
 failure loses the VM; the target's copy gets the new generation, so a source that missed the
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from controller.core.disconnect import due_at, in_force
 from controller.core.migration import MigrationMixin
 from controller.core.state import Pending
 from controller.records import MigrationPhase, MigrationRecord
@@ -94,6 +98,86 @@ class OfflineMigrationMixin(MigrationMixin):
                 self._fail_before_arrival(
                     mig, FailedPrecondition(f"did not finish: {node_id} did not start the VM")
                 )
+
+    def recover_lost_landings(self, node_id: str, reason: str) -> None:
+        """The tick's part for a lost node: moves it was landing (switchover, the outcome
+        unknown) go back to their source once the target's copy is provably stopped."""
+        landing = [
+            m
+            for m in self.state.migrations.values()
+            if m.active
+            and m.offline
+            and m.target == node_id
+            and m.phase is MigrationPhase.SWITCHOVER
+            and not m.arrived
+            and not any(p.migration_id == m.id for p in self.state.pending.values())
+        ]
+        if not landing:
+            return
+        last_heard = self.state.last_heard(node_id)
+        lost_at = self.state.lost_at.get(node_id, self._now)
+        dead = node_id in self.state.declared_dead
+        for mig in landing:
+            vm = self.state.vms[mig.vm_id]
+            policy = in_force(vm.spec.disconnect, self.settings.failover)
+            margin = self.settings.failover.clock_margin_s
+            due, why = due_at(policy, last_heard, lost_at, margin, node_is_dead=dead)
+            lead = f"its move's target {node_id} was lost while landing it"
+            if due is None or due > self._now:
+                when = why if due is None else f"in {due - self._now:.1f}s ({why})"
+                self.journal.put(
+                    self.state.failover_waiting, vm.id, f"{lead}: back on {mig.source} {when}"
+                )
+            elif not self.state.connected(mig.source):
+                self.journal.put(
+                    self.state.failover_waiting,
+                    vm.id,
+                    f"{lead}: back on {mig.source} once {mig.source} reports",
+                )
+            else:
+                self._back_to_source(mig, f"{lead} ({reason})")
+
+    def _back_to_source(self, mig: MigrationRecord, why: str) -> None:
+        """The source's copy is the VM again, at a generation above the target's copy (which
+        may have run before the target went): persisted before the source is told."""
+        vm = self.state.vms[mig.vm_id]
+        generation = 1 + max(
+            [vm.generation]
+            + [m.to_generation for m in self.state.migrations.values() if m.vm_id == vm.id]
+            + [r.to_generation for r in self.state.failovers.values() if r.vm_id == vm.id]
+        )
+        self.put_migration(
+            replace(
+                mig,
+                phase=MigrationPhase.FAILED,
+                error=f"{why}; the VM runs on {mig.source} again, at generation {generation}",
+                error_code=Unavailable.code,
+                finished_at=self._now,
+            )
+        )
+        self.set_vm_state(
+            vm, vm.state, f"back on {mig.source}: {why}", generation=generation, migrating_to=""
+        )
+        self.journal.pop(self.state.failover_waiting, vm.id)
+        self.audit(
+            "vm.migration.recovered",
+            vm.id,
+            f"name={vm.spec.name} source={mig.source} target={mig.target} "
+            f"generation={generation} reason={why}",
+        )
+        self.log.warning(
+            "move given back to its source", vm_id=vm.id, source=mig.source, why=why,
+            generation=generation,
+        )  # fmt: skip
+        self.answer_migration(mig.id, error=Unavailable(f"{why}; it runs on {mig.source} again"))
+        if not mig.stays_stopped:
+            self.send(
+                mig.source,
+                ChangePower(vm.id, vm.spec.name, generation, PowerAction.START),
+                purpose="mig_restart_source",
+                vm_id=vm.id,
+                migration_id=mig.id,
+            )
 
     def release_source(self, mig: MigrationRecord) -> None:
         """After the switch-over: the source's stopped copy (and its files) go. A source

@@ -189,10 +189,26 @@ async def test_same_generation_is_idempotent_and_newer_replaces(
     assert hypervisor.get_vm(VM_ID).generation == 4  # type: ignore[union-attr]
     # power at the held generation (or a newer one) acts
     assert (await executor.execute(power(PowerAction.SUSPEND, 4))).ok
-    assert (await executor.execute(power(PowerAction.RESUME, 5))).ok
+    resumed = await executor.execute(power(PowerAction.RESUME, 5))
+    assert resumed.ok and resumed.vm is not None and resumed.vm.generation == 5  # it follows
     # a delete at generation 0 is "whatever copy this node holds"
     assert (await executor.execute(envelope(DeleteVM(VM_ID, "web-1")))).ok
     assert hypervisor.get_vm(VM_ID) is None
+
+
+async def test_a_start_at_a_newer_generation_stamps_the_copy_it_starts(
+    executor: CommandExecutor, hypervisor: LibvirtHypervisor
+) -> None:
+    """A cold move whose target was lost while landing it: the controller gives the source's
+    stopped copy the VM again, at a generation above the target's copy."""
+    assert (await executor.execute(create(generation=1))).ok
+    assert (await executor.execute(power(PowerAction.STOP, 1))).ok
+    started = await executor.execute(power(PowerAction.START, 3))
+    assert started.ok and started.vm is not None
+    assert (started.vm.generation, started.vm.state) == (3, VMState.RUNNING)
+    held = hypervisor.get_vm(VM_ID)
+    assert held is not None and (held.generation, held.state) == (3, VMState.RUNNING)
+    assert_stale(await executor.execute(power(PowerAction.SUSPEND, 2)), held=3)
 
 
 async def test_finish_migration_with_a_newer_generation_moves_the_copy_on(

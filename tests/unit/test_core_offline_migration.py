@@ -4,13 +4,15 @@ alone, driven by hand (tests/unit/core_driver.py)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from controller.core import MigrationReport
 from controller.core import events as ev
 from controller.records import MigrationPhase
 from shared import commands as c
-from shared.domain import VMState
+from shared.domain import NEVER, DisconnectPolicy, VMState
 from shared.errors import FailedPrecondition, Internal, InvalidArgument, Unavailable
 from tests.unit.core_driver import Driver, status
 
@@ -261,3 +263,95 @@ def test_a_live_drain_moves_a_stopped_vm_cold(d: Driver) -> None:
     migrate = d.sent(c.Migrate, "n1").envelope.command
     assert isinstance(migrate, c.Migrate) and migrate.mode == "cold"
     assert d.migration(vm_id).stays_stopped and not d.core.state.drains["n1"].failed
+
+
+def lose_target_while_landing(d: Driver, vm_id: str, mode: str) -> float:
+    """The files are in; LandMigration is out; then n2 goes silent (its stream closes)."""
+    start(d, vm_id, mode)
+    d.answer(d.sent(c.Migrate, "n1"))
+    d.sent(c.LandMigration, "n2")
+    heard = d.now
+    d.disconnect("n2")  # the landing's outcome is unknown: n2 may have started it
+    assert "may be running on 'n2'" in str(d.reply("mig").error)
+    return heard
+
+
+def tick_until(d: Driver, at: float) -> None:
+    while d.now < at:
+        d.now = min(at, d.now + 1.0)
+        for node_id in list(d.sessions):
+            d.heartbeat(node_id)
+        d.feed(ev.Tick)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_target_lost_while_landing_gives_the_vm_back_to_its_source(
+    d: Driver, mode: str
+) -> None:
+    """Not a wait for ever: once the copy the target may have started is provably stopped
+    (the VM's stop_after + margin since n2 was last heard), the source's copy is the VM
+    again, at a generation above the target's, and n2's copy is destroyed when it returns."""
+    vm = d.deploy("web", "n1")
+    heard = lose_target_while_landing(d, vm.id, mode)
+    stopped_by = heard + 30.0 + 2.0  # the default stop_after, the clock margin
+    tick_until(d, stopped_by - 1.0)
+    assert not d.commands(c.ChangePower)
+    assert d.migration(vm.id).phase is P.SWITCHOVER
+    assert "back on n1 in" in d.core.state.failover_waiting[vm.id]
+    # the source still reports its stopped copy at generation 1: it is the VM, not stale
+    d.heartbeat("n1", status(vm.id, "web", 1, VMState.STOPPED))
+    assert not d.commands(c.DeleteVM)
+    tick_until(d, stopped_by + 0.5)
+    start_cmd = d.sent(c.ChangePower, "n1").envelope.command
+    assert isinstance(start_cmd, c.ChangePower)
+    assert (start_cmd.action, start_cmd.generation) == (c.PowerAction.START, 3)
+    stored = d.stored_vm(vm.id)
+    assert (stored.node_id, stored.generation) == ("n1", 3)  # persisted before the command
+    mig = d.stored_migration(d.migration(vm.id).id)
+    assert mig.phase is P.FAILED and "was lost while landing it" in mig.error
+    assert vm.id not in d.core.state.failover_waiting
+    # n1's session restarts before it started it: its hello has the copy still at
+    # generation 1, which is the VM (not stale), and the start is sent again
+    d.disconnect("n1")
+    d.hello("n1", status(vm.id, "web", 1, VMState.STOPPED))
+    assert not d.commands(c.DeleteVM)
+    again = d.sent(c.ChangePower, "n1")
+    assert again is not d.commands(c.ChangePower)[0]
+    assert isinstance(again.envelope.command, c.ChangePower)
+    assert again.envelope.command.generation == 3  # the agent stamps it (a newer one)
+    d.answer(again, vm=status(vm.id, "web", 3))
+    assert d.vm(vm.id).state is VMState.RUNNING
+    # n2 comes back with the copy it had started (and paused itself): destroyed, not adopted
+    d.hello("n2", status(vm.id, "web", 2, VMState.PAUSED))
+    delete = d.sent(c.DeleteVM, "n2").envelope.command
+    assert isinstance(delete, c.DeleteVM) and delete.generation == 2
+    assert (d.vm(vm.id).node_id, d.vm(vm.id).generation) == ("n1", 3)
+
+
+def test_a_target_lost_while_landing_is_waited_for_when_the_policy_says_never(
+    d: Driver,
+) -> None:
+    vm = d.deploy("web", "n1")
+    d.core.state.vms[vm.id] = replace(
+        vm, spec=replace(vm.spec, disconnect=DisconnectPolicy(replace_after_s=NEVER))
+    )
+    heard = lose_target_while_landing(d, vm.id, "cold")
+    tick_until(d, heard + 120.0)
+    assert not d.commands(c.ChangePower)
+    assert "waits for the node" in d.core.state.failover_waiting[vm.id]
+    d.hello("n2", status(vm.id, "web", 2))  # it had landed: the target's report settles it
+    assert (d.vm(vm.id).node_id, d.vm(vm.id).generation) == ("n2", 2)
+
+
+def test_a_target_lost_while_landing_waits_for_a_source_that_is_away_too(d: Driver) -> None:
+    vm = d.deploy("web", "n1")
+    heard = lose_target_while_landing(d, vm.id, "snapshot")
+    d.disconnect("n1")
+    tick_until(d, heard + 40.0)
+    assert not d.commands(c.ChangePower)
+    assert d.migration(vm.id).phase is P.SWITCHOVER  # nothing to start it on
+    d.hello("n1", status(vm.id, "web", 1, VMState.STOPPED))
+    assert not d.commands(c.DeleteVM)  # its copy is the VM's only sure one
+    tick_until(d, d.now + 1.0)
+    start_cmd = d.sent(c.ChangePower, "n1").envelope.command
+    assert isinstance(start_cmd, c.ChangePower) and start_cmd.generation == 3
