@@ -285,9 +285,7 @@ def tick_until(d: Driver, at: float) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_a_target_lost_while_landing_gives_the_vm_back_to_its_source(
-    d: Driver, mode: str
-) -> None:
+def test_a_target_lost_while_landing_gives_the_vm_back_to_its_source(d: Driver, mode: str) -> None:
     """Not a wait for ever: once the copy the target may have started is provably stopped
     (the VM's stop_after + margin since n2 was last heard), the source's copy is the VM
     again, at a generation above the target's, and n2's copy is destroyed when it returns."""
