@@ -257,6 +257,7 @@ async def run(config: AgentConfig) -> None:
     main_task = asyncio.create_task(session.run_forever())
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, main_task.cancel)
+    dump_stacks_on_sigusr1(loop)
     try:
         await main_task
     except asyncio.CancelledError:
@@ -307,7 +308,6 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, flags_of(args))
         fmt = {"json": True, "console": False}.get(args.log_format or "")
         configure_logging(config.log_level, json=fmt)
-        dump_stacks_on_sigusr1()
         asyncio.run(run(config))
     except NovaCronError as exc:
         print(f"novacron-agent: {exc}", file=sys.stderr)

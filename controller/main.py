@@ -83,6 +83,7 @@ async def serve(server: ControllerServer) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    dump_stacks_on_sigusr1(loop)
     await server.start()
     unit.serving()
     waiter = asyncio.create_task(server.wait())
@@ -124,7 +125,6 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, flags_of(args))
         fmt = {"json": True, "console": False}.get(args.log_format or "")
         configure_logging(config.log_level, json=fmt)
-        dump_stacks_on_sigusr1()
         asyncio.run(serve(ControllerServer(config)))
     except NovaCronError as exc:  # StoreCorrupt, StoreMissing, ... name the file themselves
         print(f"novacron-controller: {exc}", file=sys.stderr)
