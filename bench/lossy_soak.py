@@ -4,8 +4,9 @@ VM ever failed over, does it ever pause itself? (Goal: never; Nomad flaps on suc
 The lossy lab: an IoT gateway whose uplink drops 30 % of packets each way (the WAN router's
 loss, `lab/topologies/lossy.yaml`), at a real site's 5 s heartbeat and the default failover
 policy (`stop_after` 30 s). A tiny guest runs on it throughout. Every second the controller's
-view of the node is sampled; at the end the VM's failover records and the guest's own
-libvirtd (paused or not) are checked. Baseline, in the same run: the clean MEC site.
+view of the node is sampled; `virsh event` on the gateway's own libvirtd records every
+lifecycle event of the guest (a self-fence is a "Suspended" one); at the end the VM's failover
+records and its state there are read. Baseline, in the same run: the clean MEC site.
 
     .venv/bin/python -m bench.lossy_soak [--minutes 10]
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -37,6 +39,9 @@ def soak(lab: Lab, seconds: float) -> dict[str, object]:
         spec = pb.VMSpec(name="soak", image="tiny", vcpus=1, memory_mib=128)
         spec.placement.required_labels["site"] = LOSSY
         stub.DeployVM(api.DeployVMRequest(spec=spec, request_id="soak"), timeout=300)
+        events = lab.state_dir / "soak-events.txt"
+        witness = _lifecycle_witness(lab.libvirt_uri(LOSSY), domain_xml.domain_name("soak"),
+                                     seconds, events)  # fmt: skip
         seen: dict[str, Counter[str]] = {LOSSY: Counter(), CLEAN: Counter()}
         worst: dict[str, str] = {}
         vm_states: Counter[str] = Counter()
@@ -51,6 +56,15 @@ def soak(lab: Lab, seconds: float) -> dict[str, object]:
                 if node.condition != pb.NODE_CONDITION_READY and node_id not in worst:
                     worst[node_id] = node.condition_reason
             time.sleep(1.0)  # the sampling rate of this measurement
+        try:
+            witness.wait(timeout=30)  # it ends by itself at `seconds`
+        except subprocess.TimeoutExpired:
+            witness.kill()
+            witness.wait()
+        output = events.read_text()
+        if "events received:" not in output:  # it ends so (exit 1 on its timeout), or failed
+            raise RuntimeError(f"virsh event did not watch to the end: {output[-2000:]}")
+        lifecycle = [line for line in output.splitlines() if "lifecycle" in line]
         vm = stub.GetVM(api.GetVMRequest(name_or_id="soak"), timeout=30)
         conn = libvirt.open(lab.libvirt_uri(LOSSY))
         try:
@@ -67,7 +81,19 @@ def soak(lab: Lab, seconds: float) -> dict[str, object]:
         "failovers": len(vm.failovers),
         "vm_node": vm.node_id,
         "on_its_site": on_site,
+        "suspended_events": sum("Suspended" in line for line in lifecycle),
+        "lifecycle_events": lifecycle,
     }
+
+
+def _lifecycle_witness(uri: str, domain: str, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """`virsh event` on the site's own libvirtd: every lifecycle event of the guest, by a
+    witness that is neither the agent nor the controller. It exits by itself after
+    `seconds` (so its output is flushed), or is killed by its pid."""
+    argv = ["virsh", "-c", uri, "event", "--domain", domain, "--event", "lifecycle",
+            "--loop", "--timestamp", "--timeout", str(max(1, int(seconds)))]  # fmt: skip
+    with out.open("wb") as sink:
+        return subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
 
 
 def main() -> int:
@@ -97,7 +123,8 @@ def main() -> int:
         f"  failovers: {result['failovers']}; the VM on {result['vm_node']}, "
         f"{result['on_its_site']} on its own libvirtd"
     )
-    false_alarm = lossy.get("lost", 0) or result["failovers"]  # pauses: reported above
+    print(f"  its libvirtd's lifecycle events: {result['lifecycle_events'] or 'none'}")
+    false_alarm = lossy.get("lost", 0) or result["failovers"] or result["suspended_events"]
     return 1 if false_alarm else 0
 
 
