@@ -28,6 +28,7 @@ from controller.core.migration import MigrationMixin
 from controller.core.state import Pending
 from controller.records import MigrationPhase, MigrationRecord
 from shared.commands import ChangePower, CommandResult, DeleteVM, LandMigration, PowerAction
+from shared.domain import DesiredState
 from shared.errors import FailedPrecondition, NovaCronError, Unavailable
 
 
@@ -170,7 +171,7 @@ class OfflineMigrationMixin(MigrationMixin):
             generation=generation,
         )  # fmt: skip
         self.answer_migration(mig.id, error=Unavailable(f"{why}; it runs on {mig.source} again"))
-        if not mig.stays_stopped:
+        if not mig.stays_stopped and vm.desired in (DesiredState.RUNNING, DesiredState.PAUSED):
             self.send(
                 mig.source,
                 ChangePower(vm.id, vm.spec.name, generation, PowerAction.START),
