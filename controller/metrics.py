@@ -212,6 +212,7 @@ class _Histograms(Collector):
     def collect(self) -> Iterator[Metric]:
         if isinstance(self.engine, TimedEngine):
             yield from self.engine.times.histogram.collect()
+            yield from self.engine.times.batch.collect()
         yield from self.observations.collect()
 
 

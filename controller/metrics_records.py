@@ -28,6 +28,7 @@ from controller.records import FailoverRecord, MigrationPhase, MigrationRecord
 REMEMBERED = 10_000  # ids of finished jobs kept to observe each once
 
 PLACEMENT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 DURATION_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 DOWNTIME_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -41,6 +42,13 @@ class DecisionTimes:
             "Time the placement engine took to choose a node (deploy, migration, failover, "
             "explain)",
             buckets=PLACEMENT_BUCKETS,
+            registry=None,
+        )
+
+        self.batch = Histogram(
+            "novacron_batch_placement_seconds",
+            "Time the batch placer took to plan a DeployVMs batch (all its VMs together)",
+            buckets=BATCH_BUCKETS,
             registry=None,
         )
 
@@ -60,6 +68,9 @@ class TimedEngine(ScoredEngine):
         explanation = super().decide(table, request, k)
         self.times.observe(explanation.decision_ms / 1000)
         return explanation
+
+    def batch_planned(self, decision_ms: float, vms: int) -> None:
+        self.times.batch.observe(decision_ms / 1000)
 
 
 class Observations:

@@ -275,6 +275,10 @@ class ScoredEngine:
         best = self._best(ev.ctx, ev.shifted)
         return Evaluation(ev.ctx, ev.alive, ev.shifted, best)
 
+    def batch_planned(self, decision_ms: float, vms: int) -> None:
+        """The batch placer (controller.placement.batch) finished a plan of `vms` VMs: a hook
+        for whoever times decisions (controller.metrics_records.TimedEngine)."""
+
     def decide(self, table: NodeTable, request: PlacementRequest, k: int = 3) -> Explanation:
         """Evaluate and explain (no reservation): what PlaceVM and RecommendPlacement return."""
         started = time.perf_counter()

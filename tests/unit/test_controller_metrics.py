@@ -7,10 +7,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from controller.core import events as ev
 from controller.core.instructions import Persist
 from controller.metrics import ControllerCollector, _Histograms
 from controller.metrics_records import Observations, TimedEngine
 from controller.records import FailoverRecord, MigrationPhase, MigrationRecord
+from shared.domain import VMSpec
 from tests.metrics_check import promtool_check, samples, value
 from tests.unit.core_driver import Driver
 from tests.unit.metrics_fixtures import FakeRunner, exposition, observations_text
@@ -46,6 +48,21 @@ def test_fleet_gauges_and_placement_decisions() -> None:
     assert value(text, "novacron_placement_decision_seconds_count") == 1.0  # the deploy
     assert (value(text, "novacron_placement_decision_seconds_sum") or 0) > 0
     assert value(text, "novacron_migrations_active", phase="transfer") == 0.0
+    assert value(text, "novacron_batch_placement_seconds_count") == 0.0
+
+
+def test_a_batch_deploy_is_timed_as_one_plan() -> None:
+    d = Driver()
+    d.core.engine = TimedEngine()
+    runner = FakeRunner(d, sessions_opened=1, open_sessions=1)
+    d.hello("edge-a")
+    specs = tuple(VMSpec(f"web-{i}", "tiny", 1, 128) for i in range(3))
+    d.feed(ev.DeployManyRequested, specs=specs, stimulus_id="batch")
+    text = scrape(runner, Observations())
+    promtool_check(text)
+    assert value(text, "novacron_batch_placement_seconds_count") == 1.0  # one plan, 3 VMs
+    assert (value(text, "novacron_batch_placement_seconds_sum") or 0) > 0
+    assert value(text, "novacron_placement_decision_seconds_count") == 0.0  # not per VM
 
 
 def migration(phase: MigrationPhase, **kw: Any) -> MigrationRecord:
