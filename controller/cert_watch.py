@@ -1,10 +1,10 @@
 """When the installation's certificates expire, for the CertificateExpiring alert.
 
 The CA and serving certificates are read from the PKI directory (again whenever the files
-change: `novacron-controller rotate-serving-cert` replaces them). Node certificates are not
-stored by the controller, so their expiry is learnt from what it sees: the certificate a
-node connects with, and each one the issuer signs for a node (enrolment, renewal). A node
-not heard from since the controller started is not judged by this rule (NodeLost covers it).
+change: `novacron-controller rotate-serving-cert` replaces them). A node's certificate is
+judged by the newest one known: each one the issuer signs is kept with the node's credential
+(`NodeCredential.expires_at`, schema 7, across restarts), and the one a node connects with
+is seen too (a certificate issued before schema 7 is known only from then).
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ class CertificateWatch:
                 not_after = self._file_not_after(str(path))
                 if not_after is not None:
                     found.append(CertFacts(subject, not_after))
-        for node_id, not_after in sorted(self._nodes.items()):
-            credential = credentials.get(node_id)
-            if credential is not None and not credential.revoked:
+        for node_id, credential in sorted(credentials.items()):
+            not_after = max(credential.expires_at, self._nodes.get(node_id, 0.0))
+            if not_after and not credential.revoked:
                 found.append(CertFacts(f"node {node_id} certificate", not_after))
         return tuple(found)
 

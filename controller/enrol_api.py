@@ -75,6 +75,7 @@ class Enrolment:
         )
         identity = NodeIdentity(node_id, credential.epoch)
         issued = issuer.sign_key(public, identity, self._lifetime, dt.datetime.now(dt.UTC))
+        await self._issued(identity, issued, renewal=False, actor=f"token:{token_id}")
         return response(issued, issuer.ca_pem)
 
     async def renew(
@@ -89,4 +90,20 @@ class Enrolment:
             raise PermissionDenied(f"node {identity.node_id}'s certificate is revoked")
         public = verify_request(request.csr_pem)
         issued = issuer.sign_key(public, identity, self._lifetime, dt.datetime.now(dt.UTC))
+        await self._issued(identity, issued, renewal=True)
         return response(issued, issuer.ca_pem)
+
+    async def _issued(
+        self, identity: NodeIdentity, issued: Issued, *, renewal: bool, actor: str = ""
+    ) -> None:
+        """Kept and audited before the certificate leaves (a failed write fails the call;
+        a node revoked meanwhile gets none)."""
+        fields: dict[str, Any] = {"actor": actor} if actor else {}
+        await self._runner.request(
+            ev.CertificateIssued,
+            node_id=identity.node_id,
+            epoch=identity.epoch,
+            not_after=issued.not_after.timestamp(),
+            renewal=renewal,
+            **fields,
+        )

@@ -251,6 +251,7 @@ class NodeCredential:
     enrolled_at: float
     token_id: str
     revoked: bool = False
+    expires_at: float = 0.0  # the newest certificate issued to it (0: none since schema 7)
 
     def accepts(self, epoch: int) -> bool:
         return not self.revoked and epoch == self.epoch

@@ -8,6 +8,8 @@ guest's console is what an auditor asks first.
 
 from __future__ import annotations
 
+import datetime as dt
+
 from controller.core import events as ev
 
 ACTIONS: dict[type[ev.Event], str] = {
@@ -26,6 +28,7 @@ ACTIONS: dict[type[ev.Event], str] = {
     ev.TokenCreateRequested: "token.create",
     ev.TokenRevokeRequested: "token.revoke",
     ev.EnrolRequested: "node.enrol",
+    ev.CertificateIssued: "node.certificate",
     ev.NodeRevokeRequested: "node.revoke",
     ev.NodeRemoveRequested: "node.remove",
     ev.ServiceTokenCreateRequested: "service-token.create",
@@ -67,6 +70,10 @@ def detail_of(event: ev.Event) -> str:
         return "cordon" if event.cordoned else "uncordon"
     if isinstance(event, ev.EnrolRequested):
         return f"token={event.token_id}"
+    if isinstance(event, ev.CertificateIssued):
+        expires = dt.datetime.fromtimestamp(event.not_after, dt.UTC).isoformat(timespec="seconds")
+        why = "renewal" if event.renewal else "enrolment"
+        return f"{why} epoch={event.epoch} not_after={expires}"
     if isinstance(event, ev.ServiceTokenCreateRequested):
         return f"name={event.name} role={event.role} ttl={event.ttl:g}s"
     if isinstance(event, ev.TokenCreateRequested):

@@ -65,6 +65,7 @@ REQUESTS: tuple[type[ev.Event], ...] = (
     ev.TokenCreateRequested,
     ev.TokenRevokeRequested,
     ev.EnrolRequested,
+    ev.CertificateIssued,
     ev.NodeRevokeRequested,
     ev.NodeRemoveRequested,
     ev.ServiceTokenCreateRequested,

@@ -95,6 +95,17 @@ class EnrolmentMixin(CoreBase):
             self._cut_sessions(event.node_id, "the node enrolled again")
         self.reply(event.stimulus_id, credential)
 
+    def on_certificate_issued(self, event: ev.CertificateIssued) -> None:
+        current = self.state.credentials.get(event.node_id)
+        if current is None or not current.accepts(event.epoch):
+            raise PermissionDenied(
+                f"node {event.node_id}'s certificate (epoch {event.epoch}) is revoked or "
+                "superseded: nothing was issued"
+            )
+        if event.not_after > current.expires_at:
+            self.put_credential(replace(current, expires_at=event.not_after))
+        self.reply(event.stimulus_id, None)  # audited as a request: node.certificate
+
     def on_node_revoke(self, event: ev.NodeRevokeRequested) -> None:
         current = self.state.credentials.get(event.node_id)
         if current is None:

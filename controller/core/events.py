@@ -52,6 +52,18 @@ class EnrolRequested(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CertificateIssued(Event):
+    """The API signed a certificate for a node (its enrolment, or a renewal) and hands it out
+    once this is replied: the expiry is kept with the node's credential, a renewal audited.
+    Refused if the node's standing changed meanwhile (revoked, enrolled again)."""
+
+    node_id: str
+    epoch: int
+    not_after: float
+    renewal: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeRevokeRequested(Event):
     node_id: str
 
@@ -285,6 +297,7 @@ __all__ = [
     "AgentProgress",
     "AgentResult",
     "AgentVMStatus",
+    "CertificateIssued",
     "CommandUndeliverable",
     "ConsoleRequested",
     "CordonRequested",

@@ -44,6 +44,7 @@ class ControllerCore(EnrolmentMixin, ServiceTokenMixin, NodeRemovalMixin):
             ev.TokenCreateRequested: self.on_token_create,
             ev.TokenRevokeRequested: self.on_token_revoke,
             ev.EnrolRequested: self.on_enrol,
+            ev.CertificateIssued: self.on_certificate_issued,
             ev.NodeRevokeRequested: self.on_node_revoke,
             ev.NodeRemoveRequested: self.on_node_remove,
             ev.ServiceTokenCreateRequested: self.on_service_token_create,

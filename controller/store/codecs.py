@@ -156,11 +156,11 @@ def token_from_row(r: Sequence[Any]) -> JoinToken:
 
 
 def credential_row(c: NodeCredential) -> tuple[Any, ...]:
-    return (c.node_id, c.epoch, c.enrolled_at, c.token_id, int(c.revoked))
+    return (c.node_id, c.epoch, c.enrolled_at, c.token_id, int(c.revoked), c.expires_at)
 
 
 def credential_from_row(r: Sequence[Any]) -> NodeCredential:
-    return NodeCredential(str(r[0]), int(r[1]), float(r[2]), str(r[3]), bool(r[4]))
+    return NodeCredential(str(r[0]), int(r[1]), float(r[2]), str(r[3]), bool(r[4]), float(r[5]))
 
 
 def astuple_shallow(record: Any) -> tuple[Any, ...]:

@@ -13,13 +13,13 @@ from controller.store.errors import _UNCHANGED, StoreSchemaUnsupported
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 6  # 2: vms.migrating_to; 3: migrations, tombstones, meta.installation_id;
+SCHEMA_VERSION = 7  # 2: vms.migrating_to; 3: migrations, tombstones, meta.installation_id;
 # 4: failovers; 5: drains, migrations.stays_stopped; 6: join_tokens, node_credentials,
 # service_tokens,
-# audit.result and audit.request_id, the audit table append-only
+# audit.result and audit.request_id, the audit table append-only; 7: node_credentials.expires_at
 DB_NAME = "controller.db"
 
-TABLES = (  # schema 6; IF NOT EXISTS so that an upgrade adds what an older schema lacks
+TABLES = (  # schema 7; IF NOT EXISTS so that an upgrade adds what an older schema lacks
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS nodes (
         node_id TEXT PRIMARY KEY, info TEXT NOT NULL, images TEXT NOT NULL,
@@ -70,7 +70,7 @@ TABLES = (  # schema 6; IF NOT EXISTS so that an upgrade adds what an older sche
         created_by TEXT NOT NULL, revoked INTEGER NOT NULL, description TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS node_credentials (
         node_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL, enrolled_at REAL NOT NULL,
-        token_id TEXT NOT NULL, revoked INTEGER NOT NULL)""",
+        token_id TEXT NOT NULL, revoked INTEGER NOT NULL, expires_at REAL NOT NULL DEFAULT 0)""",
     """CREATE TABLE IF NOT EXISTS service_tokens (
         id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, name TEXT NOT NULL, role TEXT NOT NULL,
         expires_at REAL NOT NULL, created_at REAL NOT NULL, created_by TEXT NOT NULL,
@@ -97,7 +97,7 @@ PUT_SERVICE_TOKEN = (
     f"INSERT OR REPLACE INTO service_tokens({', '.join(SERVICE_TOKEN_COLUMNS)})"
     f" VALUES ({', '.join('?' * len(SERVICE_TOKEN_COLUMNS))})"
 )
-CREDENTIAL_COLUMNS = ("node_id", "epoch", "enrolled_at", "token_id", "revoked")
+CREDENTIAL_COLUMNS = ("node_id", "epoch", "enrolled_at", "token_id", "revoked", "expires_at")
 PUT_CREDENTIAL = (
     f"INSERT OR REPLACE INTO node_credentials({', '.join(CREDENTIAL_COLUMNS)})"
     f" VALUES ({', '.join('?' * len(CREDENTIAL_COLUMNS))})"
@@ -203,7 +203,7 @@ def schema_version(db: sqlite3.Connection, path: Path) -> int:
 
 
 def upgrade(db: sqlite3.Connection, path: Path, version: int) -> None:
-    """Schema 1 to 6, in place, in one transaction (SQLite's DDL is transactional)."""
+    """Schema 1 to 7, in place, in one transaction (SQLite's DDL is transactional)."""
     db.execute("BEGIN IMMEDIATE")
     try:
         columns = {r[1] for r in db.execute("PRAGMA table_info(vms)")}
@@ -219,6 +219,9 @@ def upgrade(db: sqlite3.Connection, path: Path, version: int) -> None:
         if "result" not in columns:  # 5 -> 6
             db.execute("ALTER TABLE audit ADD COLUMN result TEXT NOT NULL DEFAULT 'ok'")
             db.execute("ALTER TABLE audit ADD COLUMN request_id TEXT NOT NULL DEFAULT ''")
+        columns = {r[1] for r in db.execute("PRAGMA table_info(node_credentials)")}
+        if "expires_at" not in columns:  # 6 -> 7
+            db.execute("ALTER TABLE node_credentials ADD COLUMN expires_at REAL NOT NULL DEFAULT 0")
         for statement in APPEND_ONLY:
             db.execute(statement)
         db.execute(

@@ -180,3 +180,51 @@ def test_a_gone_node_is_removed_only_without_vms_unless_forced() -> None:
     assert "n1" not in d.core.state.nodes  # and it stays gone
     d.feed(ev.NodeRemoveRequested, node_id="n1", stimulus_id="r4")
     assert isinstance(d.reply("r4").error, NotFound)
+
+
+def issue(d: Driver, node_id: str, epoch: int, not_after: float, renewal: bool) -> None:
+    stimulus = d.sid()
+    d.feed(
+        ev.CertificateIssued,
+        node_id=node_id,
+        epoch=epoch,
+        not_after=not_after,
+        renewal=renewal,
+        actor=f"node:{node_id}" if renewal else "token:tok001",
+        stimulus_id=stimulus,
+    )
+    reply = d.reply(stimulus)
+    if reply.error is not None:
+        raise reply.error
+
+
+def test_each_certificate_issued_is_kept_with_the_credential_and_audited() -> None:
+    """Its expiry outlives a controller restart (the CertificateExpiring alert reads it);
+    a renewal leaves an audit record like every other change of a node's standing."""
+    d = Driver()
+    create(d, "tok001")
+    enrol(d, "tok001", "n1")
+    issue(d, "n1", 0, 1_000_000.0, renewal=False)
+    assert d.store["credentials"]["n1"].expires_at == 1_000_000.0
+    issue(d, "n1", 0, 3_000_000.0, renewal=True)
+    assert d.store["credentials"]["n1"].expires_at == 3_000_000.0
+    records = [e for e in d.audit if e.action == "node.certificate"]
+    assert [(e.actor, e.target, e.result) for e in records] == [
+        ("token:tok001", "n1", "ok"),
+        ("node:n1", "n1", "ok"),
+    ]
+    assert records[1].detail == "renewal epoch=0 not_after=1970-02-04T17:20:00+00:00"
+    d.restart()
+    assert d.core.state.credentials["n1"].expires_at == 3_000_000.0
+
+
+def test_no_certificate_is_kept_for_a_node_revoked_meanwhile() -> None:
+    d = Driver()
+    create(d, "tok001")
+    enrol(d, "tok001", "n1")
+    d.feed(ev.NodeRevokeRequested, node_id="n1", stimulus_id="revoke")
+    with pytest.raises(PermissionDenied, match="revoked or superseded: nothing was issued"):
+        issue(d, "n1", 0, 2_000_000.0, renewal=True)
+    assert d.store["credentials"]["n1"].expires_at == 0.0
+    refused = [e for e in d.audit if e.action == "node.certificate"]
+    assert [e.result.split(":")[0] for e in refused] == ["refused"]

@@ -368,6 +368,32 @@ async def test_a_schema_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
     assert _meta(path)["schema_version"] == str(SCHEMA_VERSION)
 
 
+async def test_a_schema_6_database_gains_credential_expiry(tmp_path: Path) -> None:
+    """Schema 6 kept no certificate expiry with a node's credential: its credentials load
+    with none (0) and keep what is written from then on."""
+    path = tmp_path / "six.db"
+    store = SQLiteStore(path)
+    await store.load()
+    await store.close()
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        ALTER TABLE node_credentials DROP COLUMN expires_at;
+        INSERT INTO node_credentials VALUES ('gw-1', 2, 10.0, 'tok1', 0);
+        UPDATE meta SET value = '6' WHERE key = 'schema_version';
+        """
+    )
+    db.commit()
+    db.close()
+    store = SQLiteStore(path)
+    [credential] = (await store.load()).credentials
+    assert credential == NodeCredential("gw-1", 2, 10.0, "tok1", False, 0.0)
+    await store.apply(Persist(credentials=(dataclasses.replace(credential, expires_at=99.5),)))
+    assert (await store.load()).credentials[0].expires_at == 99.5
+    await store.close()
+    assert _meta(path)["schema_version"] == str(SCHEMA_VERSION) == "7"
+
+
 def _corrupt_a_page(path: Path, page: int | None = None) -> None:
     """A database of many pages, one b-tree page overwritten (by default one in the middle,
     which makes reading fail; page 4's header makes `quick_check` report instead)."""
@@ -457,7 +483,7 @@ def test_a_write_ahead_log_without_its_database_is_refused(tmp_path: Path) -> No
     assert not path.exists()
 
 
-@pytest.mark.parametrize("version", ["7", "99", "two"])
+@pytest.mark.parametrize("version", [str(SCHEMA_VERSION + 1), "99", "two"])
 def test_an_unknown_schema_version_is_refused_untouched(tmp_path: Path, version: str) -> None:
     path = tmp_path / "controller.db"
     _write_schema_2(path)
