@@ -19,6 +19,7 @@ from agent.contact import ControllerContact
 from agent.desired_cache import PAUSED, RUNNING, DesiredStateCache
 from agent.hypervisor.base import Hypervisor
 from agent.mesh import MeshManager
+from shared.aio import event_within
 from shared.domain import VMState
 from shared.errors import NovaCronError
 
@@ -81,11 +82,8 @@ class OfflineRestore:
 
     async def after_grace(self, connected: asyncio.Event, grace_s: float) -> None:
         """Restore unless a session is up within `grace_s` (then the controller decides)."""
-        try:
-            await asyncio.wait_for(connected.wait(), grace_s)
+        if await event_within(connected, grace_s):
             return
-        except TimeoutError:
-            pass
         log.warning("no controller: restoring the node from its cached desired state")
         try:
             await asyncio.to_thread(self.restore)

@@ -35,6 +35,7 @@ from agent.renewal import renew_when_due
 from agent.resources import ResourceSampler
 from agent.self_fence import SelfFence
 from shared import convert
+from shared.aio import cancel_and_wait
 from shared.arch import host_arch
 from shared.commands import MigrationProgress
 from shared.domain import Capacity, LatencyStats, NodeInfo, VMStatus
@@ -48,6 +49,7 @@ PROTOCOL_VERSION = 1
 ROTATION_QUIET_S = 3.0
 CONTROLLER_TARGET = "controller"
 PROBE_TIMEOUT_S = 5.0  # a probe unanswered this long counts as lost
+TASKS_END_WITHIN_S = 5.0  # a session's own tasks, once it ends; then the next one starts
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
     # gRPC also sets TCP_USER_TIMEOUT to this: unacknowledged data older than it ends the
@@ -274,10 +276,9 @@ class AgentSession:
                 self._outbox = None
                 outbox.put_nowait(None)
                 self.controller_probe.reset()
-                for task in background:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                stuck = await cancel_and_wait(background, TASKS_END_WITHIN_S)
+                if stuck:  # a bug; the next session starts anyway (they end with the process)
+                    self.log.error("session tasks ignored their cancellation", tasks=stuck)
                 call.cancel()
 
     def restart_session(self, why: str = "after self-fencing") -> None:
@@ -325,9 +326,8 @@ class AgentSession:
                 listing = asyncio.ensure_future(asyncio.to_thread(self.hypervisor.list_vms))
                 listing.add_done_callback(_retrieve)  # a session may end before it does
                 with contextlib.suppress(TimeoutError, NovaCronError):
-                    vms = await asyncio.wait_for(
-                        asyncio.shield(listing), self.heartbeat_interval / 2
-                    )
+                    async with asyncio.timeout(self.heartbeat_interval / 2):  # not wait_for:
+                        vms = await asyncio.shield(listing)  # shared/aio.py says why
             problem = await asyncio.to_thread(self.hypervisor.problem)
             message = await asyncio.to_thread(self.heartbeat, self.latencies(), vms, problem)
             if self.mesh is not None:

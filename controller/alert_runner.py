@@ -31,6 +31,7 @@ from controller.core.instructions import Persist
 from controller.event_feed import EventFeed, FeedEvent
 from controller.feed_events import PersistFeed
 from controller.view import ControllerView
+from shared.aio import event_within
 from shared.domain import Capacity, NodeCondition
 
 log = structlog.get_logger(__name__)
@@ -178,8 +179,7 @@ class AlertRunner:
                 log.exception("alert evaluation failed")
             took = loop.time() - started
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.interval)
+            await event_within(self._wake, self.config.interval)
             # a rate limit, not synchronisation: at most ~10 % of the loop on a big fleet
             gap = max(min(MIN_GAP_S, self.config.interval), SHARE * took)
             gap -= loop.time() - started

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import structlog
 
+from shared.aio import event_within
 from shared.logging import configure_logging
 
 log = structlog.get_logger(__name__)
@@ -292,8 +293,7 @@ async def serve(config: RouterConfig) -> None:
                 tmp = Path(config.stats_file + ".tmp")
                 tmp.write_text(json.dumps(router.stats()))
                 tmp.replace(config.stats_file)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 2.0)
+            await event_within(stop, 2.0)
     finally:
         for fd in fds.values():
             os.close(fd)  # a non-persistent TUN disappears with its last descriptor
