@@ -222,8 +222,9 @@ class CommandExecutor(MigrationCommands):
             await self._network_ready(what)
         saved = self.vm_dir(command.vm_id) / SAVE_FILE
         if command.action is PowerAction.START and saved.exists():  # a snapshot migration's
+            # source: restored, the guest goes on where it was
             status = await asyncio.to_thread(hv.restore_saved, command.vm_id, str(saved))
-        else:  # (a restore: the source's copy goes on where it was)
+        else:
             op = {
                 PowerAction.SUSPEND: hv.suspend,
                 PowerAction.RESUME: hv.resume,
