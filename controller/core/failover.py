@@ -151,11 +151,7 @@ class FailoverMixin(DeployMixin):
         decision = self.explain_placement(vm.spec, self._now, k=2)
         if decision.node_id is None:
             return f"cannot be placed: {decision.summary}"
-        generation = 1 + max(
-            [vm.generation]
-            + [m.to_generation for m in self.state.migrations.values() if m.vm_id == vm.id]
-            + [r.to_generation for r in self.state.failovers.values() if r.vm_id == vm.id]
-        )
+        generation = self.state.next_generation(vm)
         record = FailoverRecord(
             id=self.new_id(f"failover/{vm.id}"),
             vm_id=vm.id,

@@ -142,11 +142,7 @@ class OfflineMigrationMixin(MigrationMixin):
         """The source's copy is the VM again, at a generation above the target's copy (which
         may have run before the target went): persisted before the source is told."""
         vm = self.state.vms[mig.vm_id]
-        generation = 1 + max(
-            [vm.generation]
-            + [m.to_generation for m in self.state.migrations.values() if m.vm_id == vm.id]
-            + [r.to_generation for r in self.state.failovers.values() if r.vm_id == vm.id]
-        )
+        generation = self.state.next_generation(vm)
         self.put_migration(
             replace(
                 mig,

@@ -189,6 +189,15 @@ class FleetState:
             return None
         return max(found, key=lambda m: (m.active, m.started_at, m.finished_at))
 
+    def next_generation(self, vm: VMRecord) -> int:
+        """A generation above every copy of `vm` that may exist: its own and any that a migration
+        or failover gave a target, so the copy it is given outranks all of them when fenced."""
+        return 1 + max(
+            [vm.generation]
+            + [m.to_generation for m in self.migrations.values() if m.vm_id == vm.id]
+            + [r.to_generation for r in self.failovers.values() if r.vm_id == vm.id]
+        )
+
     def connected(self, node_id: str) -> bool:
         return node_id in self.sessions
 
