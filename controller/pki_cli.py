@@ -1,5 +1,7 @@
 """`novacron-controller init` and `novacron-controller issue-client`: the commands that use
-the CA key directly (on the controller's host, as the user that owns its state dir).
+the CA key directly, on the controller's host. Run as root (as an operator will, after installing
+the package), what they write in the state dir is handed to the dir's owner, the `novacron` user
+the service runs as: a root-owned CA would stop the service from reading it.
 
 init makes the CA, the serving certificate and a first admin client certificate (in
 STATE_DIR/pki/admin, what the CLI reads when copied to ~/.config/novacron). issue-client makes
@@ -9,6 +11,7 @@ more, for operators and services, each with one role.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +34,19 @@ def write_client_set(directory: Path, pki: Pki, identity: ClientIdentity) -> Non
     write_private(directory / "client.key", key_pem)
     (directory / "client.crt").write_bytes(issued.certificate_pem)
     (directory / "ca.crt").write_bytes(pki.ca_cert.read_bytes())
+
+
+def hand_to_owner(state_dir: Path, tree: Path) -> None:
+    """`tree` (in `state_dir`) and everything in it owned by the state dir's owner, when we are
+    root and it is not: modes are kept, so keys stay 0600 and directories 0700."""
+    if os.geteuid() != 0:
+        return
+    owner = state_dir.stat()
+    if owner.st_uid == 0:
+        return
+    for directory, _, files in os.walk(tree):
+        for path in [directory, *(os.path.join(directory, f) for f in files)]:
+            os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
 
 
 def _usage(directory: Path) -> str:
@@ -62,6 +78,7 @@ def init(argv: list[str]) -> int:
         pki = init_pki(args.state_dir, args.advertise_address)
         admin = pki.directory / ADMIN_DIR
         write_client_set(admin, pki, ClientIdentity("admin", Role.ADMIN))
+        hand_to_owner(args.state_dir, pki.directory)
     except NovaCronError as exc:
         print(f"novacron-controller init: {exc}", file=sys.stderr)
         return 2
@@ -91,6 +108,7 @@ def rotate_serving_cert(argv: list[str]) -> int:
     try:
         pki = require_pki(args.state_dir)
         rotate_serving(pki, args.advertise_address)
+        hand_to_owner(args.state_dir, pki.directory)
     except NovaCronError as exc:
         print(f"novacron-controller rotate-serving-cert: {exc}", file=sys.stderr)
         return 2

@@ -52,6 +52,8 @@ class PrivateLibvirtd:
     listen_addr etc. through extra_libvirtd_conf); extra_*_conf: raw `key = value` settings
     (values already in libvirt syntax, e.g. '"10.0.0.2"'), e.g. for migration addresses.
     No virtlogd is started: qemu.conf uses stdio_handler = "file", so none is needed.
+    extra_binds: {host directory: path in the daemon's namespace}, for an agent whose files
+    (kernels, disks, console logs) live at paths the host does not have, e.g. in a container.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class PrivateLibvirtd:
         extra_qemu_conf: Mapping[str, str] | None = None,
         start_timeout_s: float = 30.0,
         warm_host_cache: bool = True,
+        extra_binds: Mapping[Path, str] | None = None,
     ) -> None:
         self.base_dir = Path(base_dir).absolute()
         self.netns = netns
@@ -72,6 +75,7 @@ class PrivateLibvirtd:
         self.extra_qemu_conf = dict(extra_qemu_conf or {})
         self.start_timeout_s = start_timeout_s
         self.warm_host_cache = warm_host_cache
+        self.extra_binds = dict(extra_binds or {})
         self.host_uuid = str(uuid.uuid4())
         self._pid: int | None = None
         if len(str(self.socket_path)) > _MAX_SOCKET_PATH:
@@ -116,7 +120,11 @@ class PrivateLibvirtd:
         binds = "; ".join(
             f"mount --bind {shlex.quote(str(self.dir(k)))} {_TARGETS[k]}" for k in _MOUNTS
         )
-        targets = " ".join(_TARGETS[k] for k in _MOUNTS)
+        binds += "".join(
+            f"; mount --bind {shlex.quote(str(src))} {shlex.quote(dst)}"
+            for src, dst in self.extra_binds.items()
+        )
+        targets = " ".join(shlex.quote(t) for t in [*_TARGETS.values(), *self.extra_binds.values()])
         daemon = f"exec libvirtd --daemon --pid-file {shlex.quote(str(self.pid_file))}"
         if self.listen:
             daemon += " --listen"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import socket
 import ssl
 import stat
@@ -22,6 +23,7 @@ from controller.main import main
 from controller.pki import init_pki, pki_of, require_pki
 from controller.server import ControllerServer
 from shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from tests.conftest import require_backend
 
 
 def test_init_makes_a_ca_and_a_serving_certificate_for_the_advertised_names(
@@ -128,6 +130,23 @@ def test_the_init_command_prints_the_pin_and_refuses_a_second_time(
     assert "PRIVATE KEY" not in out  # keys are never printed
     assert main(argv) == 2
     assert "holds a CA already" in capsys.readouterr().err
+
+
+def test_init_as_root_hands_the_pki_to_the_state_dirs_owner(tmp_path: Path) -> None:
+    """As after installing the package: the state dir is the service user's, init runs as root.
+    A root-owned CA (0600) would keep the service from reading its own key."""
+    require_backend(os.geteuid() == 0, "needs root (chown)")
+    state = tmp_path / "controller"
+    state.mkdir(mode=0o700)
+    os.chown(state, 4242, 4343)  # the service user, any non-root id
+    argv = ["--state-dir", str(state), "--advertise-address", "10.0.0.1"]
+    assert main(["init", *argv]) == 0
+    assert main(["rotate-serving-cert", *argv]) == 0
+    made = [state / "pki", *(state / "pki").rglob("*")]
+    assert len(made) >= 8
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in made} == {(4242, 4343)}
+    assert stat.S_IMODE((state / "pki/ca.key").stat().st_mode) == 0o600  # modes kept
+    assert stat.S_IMODE((state / "pki/admin").stat().st_mode) == 0o700
 
 
 async def test_a_controller_started_without_insecure_says_what_to_run(tmp_path: Path) -> None:
