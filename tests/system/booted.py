@@ -11,6 +11,7 @@ started: SIGTERM asks its systemd to power off, SIGKILL if that takes too long.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import shlex
 import shutil
 import signal
@@ -64,6 +65,11 @@ class Booted:
         return self.sh(f"journalctl -u {shlex.quote(unit)} --no-pager -o cat || true")
 
 
+def machine_suffix(root: Path) -> str:
+    """Letters and digits only (a temporary dir's name may hold '_', which nspawn refuses)."""
+    return hashlib.sha256(str(root).encode()).hexdigest()[:8]
+
+
 def _init_pid(nspawn: subprocess.Popen[bytes]) -> int | None:
     """The container's PID 1 as the host sees it: the child of systemd-nspawn running systemd."""
     children = Path(f"/proc/{nspawn.pid}/task/{nspawn.pid}/children")
@@ -78,8 +84,8 @@ def _init_pid(nspawn: subprocess.Popen[bytes]) -> int | None:
 @contextlib.contextmanager
 def booted(root: Path, console: Path, binds: Sequence[tuple[Path, str]] = ()) -> Iterator[Booted]:
     """`root` booted; powered off (by our pid) afterwards, whatever happened."""
-    argv = ["systemd-nspawn", "--quiet", "-D", str(root), "--boot", "--register=no",
-            "--keep-unit", "--private-network", f"--machine=nc-sd-{root.name[-8:]}"]  # fmt: skip
+    argv = ["systemd-nspawn", "--quiet", "-D", str(root), "--boot", "--register=no", "--keep-unit",
+            "--private-network", f"--machine=nc-sd-{machine_suffix(root)}"]  # fmt: skip
     argv += [f"--bind={src}:{dst}" for src, dst in binds]
     with console.open("wb") as out:
         nspawn = subprocess.Popen(
